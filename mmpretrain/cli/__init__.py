@@ -1,0 +1,1 @@
+"""Hydra entry points and the task wrapper; nothing else lives here."""

@@ -1,0 +1,161 @@
+"""Plumbing shared by the Hydra entry points: the task wrapper, instantiation of callbacks and loggers,
+W&B online/offline choice, resume lookup, and the sweep's table of trials."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import netrc
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+import pytorch_lightning as pl
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        log.info("closing W&B run %s", wandb.run.id)
+        wandb.finish()
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a task and always close W&B, even on failure, so a sweep's next trial starts a fresh run."""
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception:
+            log.exception("task failed; output dir: %s", cfg.get("paths", {}).get("output_dir"))
+            raise
+        finally:
+            _finish_wandb()
+
+    return wrapped
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """Optional niceties before a task: silence warnings, print the composed config."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    """Every `_target_` entry of the callbacks group."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B has an API key: the environment, or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[pl.loggers.Logger]:
+    """Every `_target_` entry of the logger group; W&B's `offline: auto` becomes offline without a login."""
+    if not cfg:
+        return []
+    loggers = []
+    for entry in cfg.values():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        kwargs: dict[str, Any] = {}
+        if entry.get("offline") == "auto":
+            online = wandb_logged_in() and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled")
+            kwargs["offline"] = not online
+            if not online:
+                log.info("W&B: no login found (or WANDB_MODE=offline); logging offline, sync later with `wandb sync`")
+        if entry.get("save_dir"):
+            Path(entry.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(hydra.utils.instantiate(entry, **kwargs))
+    return loggers
+
+
+def log_hyperparameters(cfg: DictConfig, loggers: list[pl.loggers.Logger]) -> None:
+    """Send the whole resolved config to every logger, so a run can be reproduced from its logs."""
+    if not loggers:
+        return
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, log_dir: str | Path, task_name: str) -> str | None:
+    """`last` → the newest `last.ckpt` among this task's earlier runs; a path must exist."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = Path(log_dir) / task_name
+        found = sorted(runs.glob("*runs/**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
+        log.info("resuming from %s", found[-1])
+        return str(found[-1])
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: file does not exist")
+    return ckpt_path
+
+
+def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweep optimizes; a clear error when the run never logged it."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name} was not logged; available: {sorted(metrics)}. "
+            "Is the kNN monitor configured (data.knn_train_root / data.knn_val_root)?"
+        )
+    value = metrics[name]
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+class TrialTable(HydraCallback):
+    """Collect each sweep trial's overrides and result; print them as a table when the sweep ends."""
+
+    def __init__(self, metric: str = "") -> None:
+        self.metric = metric
+        self.rows: list[tuple[int, float | None, str, str]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        try:
+            value = job_return.return_value
+            status = "ok"
+        except Exception as err:  # Hydra re-raises the job's own exception here
+            value, status = None, f"failed: {type(err).__name__}"
+        overrides = " ".join(job_return.overrides or [])
+        self.rows.append((len(self.rows), value, status, overrides))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(self.format())
+
+    def format(self) -> str:
+        """Trials best first (failed trials last)."""
+        ordered = sorted(self.rows, key=lambda r: (r[1] is None, -(r[1] or 0.0)))
+        lines = [f"{'trial':>5}  {self.metric or 'value':>14}  {'status':<10}  overrides"]
+        for trial, value, status, overrides in ordered:
+            shown = "-" if value is None else f"{value:.4f}"
+            lines.append(f"{trial:>5}  {shown:>14}  {status:<10}  {overrides}")
+        return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""Image data: sources (folder, file list, labeled folder), robust datasets, SSL transforms, demo data."""
+
+from mmpretrain.data.datamodule import LabeledImageDataModule, SSLImageDataModule
+from mmpretrain.data.dataset import ImageDataset, load_rgb
+from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
+from mmpretrain.data.health import DataHealthMonitor
+from mmpretrain.data.sources import ImageSource, image_source, labeled_folder, read_file_list, scan_images
+from mmpretrain.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    eval_transform,
+    linear_train_transform,
+    moby_transform,
+)
+
+__all__ = [
+    "DEMO_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataHealthMonitor",
+    "ImageDataset",
+    "ImageSource",
+    "LabeledImageDataModule",
+    "SSLImageDataModule",
+    "denormalize",
+    "eval_transform",
+    "image_source",
+    "labeled_folder",
+    "linear_train_transform",
+    "load_rgb",
+    "make_demo_images",
+    "moby_transform",
+    "read_file_list",
+    "scan_images",
+]

@@ -1,0 +1,54 @@
+"""Counts unreadable inputs as batches arrive and aborts a run whose data is too broken to trust."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DataHealthMonitor(pl.Callback):
+    """Sum the per-sample `failed` counts that `ImageDataset` puts in each batch.
+
+    Args:
+        max_failure_rate: abort when failed / attempted exceeds this (data.max_failure_rate).
+        min_attempts: judge the rate only after this many attempted reads, so one early bad file in a
+            small dataset does not end the run.
+    """
+
+    def __init__(self, max_failure_rate: float = 0.01, min_attempts: int = 100) -> None:
+        if not 0 <= max_failure_rate <= 1:
+            raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
+        self.max_failure_rate = max_failure_rate
+        self.min_attempts = min_attempts
+        self.failed = 0
+        self.attempted = 0
+
+    def _count(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        if not isinstance(batch, dict) or "failed" not in batch:
+            return
+        failed = int(torch.as_tensor(batch["failed"]).sum().item())
+        self.failed += failed
+        self.attempted += failed + len(batch["failed"])
+        if failed:
+            pl_module.log("data/failed_total", float(self.failed), on_step=True, on_epoch=False)
+        rate = self.failed / max(self.attempted, 1)
+        if self.attempted >= self.min_attempts and rate > self.max_failure_rate:
+            raise RuntimeError(
+                f"{self.failed} of {self.attempted} image reads failed ({rate:.1%}), above "
+                f"data.max_failure_rate={self.max_failure_rate:.1%}; see the warnings above for the files"
+            )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
+        self._count(pl_module, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._count(pl_module, batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.failed:
+            log.warning("skipped %d unreadable images out of %d reads", self.failed, self.attempted)

@@ -1,0 +1,35 @@
+"""One factory for image backbones: any timm model by name, without its classifier head."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+
+def create_backbone(
+    name: str, drop_path_rate: float = 0.0, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
+    """Create a timm model that returns pooled features (`num_classes=0`).
+
+    Args:
+        name: any timm architecture name, e.g. ``swin_tiny_patch4_window7_224``.
+        drop_path_rate: stochastic depth; MoBY uses 0.2 online and 0.0 for the momentum encoder.
+        pretrained: load timm's own weights (needs the hub, so off by default).
+        **kwargs: architecture overrides (img_size, embed_dim, depths, ...), passed to timm.
+
+    Raises:
+        ValueError: the name is not a timm model; the message suggests close names.
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean one of {close}?" if close else "; see timm.list_models()"
+        raise ValueError(f"unknown backbone '{name}' (model.backbone){hint}")
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
+
+
+def backbone_has_batchnorm(model: nn.Module) -> bool:
+    """True if any BatchNorm lives in the model: then views must be encoded separately to keep per-view stats."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

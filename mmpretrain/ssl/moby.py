@@ -1,0 +1,185 @@
+"""MoBY (MoCo v2 + BYOL) as a thin LightningModule over the pure parts in this package."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
+from mmpretrain.ssl.knn import knn_accuracy
+from mmpretrain.ssl.losses import moby_loss
+from mmpretrain.ssl.optim import param_groups_weight_decay
+from mmpretrain.ssl.queue import KeyQueue
+from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum, warmup_cosine_lr
+
+
+class MoBY(pl.LightningModule):
+    """Online encoder + projector + predictor against a momentum encoder + projector and two key queues.
+
+    Faithful to the official recipe (Transformer-SSL `models/moby.py`), with its two known bugs fixed: the
+    momentum schedule is a function of the restored global step (not a counter reset on resume), and the
+    relative-position bias tables are exempt from weight decay. Checkpoints hold the online weights under
+    `backbone.`, the target under `target_backbone.`, and both queues with their pointers.
+
+    Args:
+        backbone: timm model name; `backbone_kwargs` override its architecture (image size, widths...).
+        drop_path_rate / target_drop_path_rate: stochastic depth, 0.2 online and 0.0 for the target.
+        proj_hidden_dim / proj_dim: projector in→4096→256 and predictor 256→4096→256.
+        queue_len: negatives per queue (4096); must be divisible by the global batch.
+        temperature: InfoNCE temperature (0.2).
+        momentum_start / momentum_end: EMA momentum, cosine from 0.99 to 1 over all optimizer steps.
+        base_lr / lr_ref_batch: 1e-3 per 512 images, scaled by the global batch; so are warmup_start_lr and
+            min_lr, as the official code scales them.
+        weight_decay / betas: AdamW settings; warmup_epochs of linear warmup, then cosine per step.
+        knn_k / knn_temperature: the weighted-kNN monitor (20, 0.07).
+        image_size / mean / std / interpolation: preprocessing, stored so an exported encoder reproduces it.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "swin_tiny_patch4_window7_224",
+        backbone_kwargs: dict[str, Any] | None = None,
+        drop_path_rate: float = 0.2,
+        target_drop_path_rate: float = 0.0,
+        proj_hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        queue_len: int = 4096,
+        temperature: float = 0.2,
+        momentum_start: float = 0.99,
+        momentum_end: float = 1.0,
+        base_lr: float = 1e-3,
+        lr_ref_batch: int = 512,
+        warmup_start_lr: float = 5e-7,
+        min_lr: float = 5e-6,
+        warmup_epochs: float = 5,
+        weight_decay: float = 0.05,
+        betas: Sequence[float] = (0.9, 0.999),
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        image_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.backbone = create_backbone(backbone, drop_path_rate, **backbone_kwargs)
+        self.target_backbone = create_backbone(backbone, target_drop_path_rate, **backbone_kwargs)
+        feat_dim = self.backbone.num_features
+        self.projector = MLPHead(feat_dim, proj_hidden_dim, proj_dim)
+        self.target_projector = MLPHead(feat_dim, proj_hidden_dim, proj_dim)
+        self.predictor = MLPHead(proj_dim, proj_hidden_dim, proj_dim)
+        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
+            target.load_state_dict(online.state_dict())
+            target.requires_grad_(False)
+        self.queue1 = KeyQueue(proj_dim, queue_len)
+        self.queue2 = KeyQueue(proj_dim, queue_len)
+        self.concat_views = not backbone_has_batchnorm(self.backbone)
+        self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the online encoder: what downstream tasks embed with."""
+        return self.backbone(images)
+
+    def current_momentum(self) -> float:
+        """EMA momentum at the trainer's global step, so a resumed run continues the schedule."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return cosine_momentum(self.global_step, int(total), self.hparams.momentum_start, self.hparams.momentum_end)
+
+    def _encode_views(self, encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One batched pass when the encoder has no BatchNorm (Swin, ViT: identical result, faster), else two."""
+        if self.concat_views:
+            return encoder(torch.cat([x1, x2])).chunk(2)
+        return encoder(x1), encoder(x2)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x1, x2 = batch["views"]
+        global_batch = x1.shape[0] * self.trainer.world_size
+        self.queue1.check_batch(global_batch)
+        momentum = self.current_momentum()
+        with torch.no_grad():
+            update_momentum(self.backbone, self.target_backbone, momentum)
+            update_momentum(self.projector, self.target_projector, momentum)
+            f1, f2 = self._encode_views(self.target_backbone, x1, x2)
+            key_1 = F.normalize(self.target_projector(f1), dim=1)
+            key_2 = F.normalize(self.target_projector(f2), dim=1)
+        h1, h2 = self._encode_views(self.backbone, x1, x2)
+        pred_1 = F.normalize(self.predictor(self.projector(h1)), dim=1)
+        pred_2 = F.normalize(self.predictor(self.projector(h2)), dim=1)
+        loss = moby_loss(
+            pred_1, pred_2, key_1, key_2,
+            self.queue1.keys.clone(), self.queue2.keys.clone(), self.hparams.temperature,
+        )  # fmt: skip
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"MoBY loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
+                "stopping before any checkpoint is written, the last good one is kept"
+            )
+        self.queue1.enqueue(self._gather(key_1))
+        self.queue2.enqueue(self._gather(key_2))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x1.shape[0])
+        self.log("train/momentum", momentum, on_step=True, on_epoch=False, batch_size=x1.shape[0])
+        return loss
+
+    def _gather(self, keys: torch.Tensor) -> torch.Tensor:
+        """Keys of every rank, rank order, so each process enqueues the same global batch."""
+        if self.trainer.world_size == 1:
+            return keys
+        return self.all_gather(keys).flatten(0, 1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        features = self.backbone(batch["image"])
+        self._val_outputs.setdefault(dataloader_idx, []).append(
+            (features.float(), batch["label"], batch["index"])
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        outputs, self._val_outputs = self._val_outputs, {}
+        if len(outputs) < 2:
+            return
+        bank, query = (self._gathered(outputs[i]) for i in (0, 1))
+        scores = knn_accuracy(*bank, *query, k=self.hparams.knn_k, temperature=self.hparams.knn_temperature)
+        self.log("val/knn_top1", scores["top1"], prog_bar=True, sync_dist=False)
+        self.log("val/knn_top5", scores["top5"], sync_dist=False)
+
+    def _gathered(self, chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of every rank, each sample once (the distributed sampler pads with repeats)."""
+        features, labels, index = (torch.cat(parts) for parts in zip(*chunks))
+        if self.trainer.world_size > 1:
+            features, labels, index = (self.all_gather(t).flatten(0, 1) for t in (features, labels, index))
+        order = torch.argsort(index, stable=True)
+        index, features, labels = index[order], features[order], labels[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return features[keep], labels[keep]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        accumulate = self.trainer.accumulate_grad_batches
+        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
+        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
+        lr = scaled_lr(hp.base_lr, global_batch, hp.lr_ref_batch)
+        start_lr = scaled_lr(hp.warmup_start_lr, global_batch, hp.lr_ref_batch)
+        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
+        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor], hp.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+
+        def factor(step: int) -> float:
+            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, start_lr, min_lr) / lr
+
+        scheduler = LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
