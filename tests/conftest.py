@@ -28,3 +28,53 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmpretrain.data import make_demo_images
 
     return make_demo_images(tmp_path_factory.mktemp("demo"), num_classes=4, train_per_class=12, val_per_class=4, size=32)
+
+
+def compose_cfg(config_name: str, overrides: list[str], out_dir: Path):
+    """Compose a config the way the CLI does, with every path redirected under `out_dir`."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="mmpretrain.conf"):
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(out_dir)
+            cfg.paths.output_dir = str(out_dir / "run")
+            cfg.paths.log_dir = str(out_dir / "logs")
+            cfg.paths.work_dir = str(out_dir)
+            cfg.extras.print_config = False
+            del cfg.hydra
+    return cfg
+
+
+def tiny_overrides(demo_root: Path, queue_len: int = 64, batch_size: int = 8) -> list[str]:
+    """Overrides that shrink `experiment=moby_demo` to a tiny Swin on the 32-px test images, CPU, no workers."""
+    kw = TINY_SWIN["backbone_kwargs"]
+    return [
+        "experiment=moby_demo",
+        "logger=csv",
+        "trainer=cpu",
+        f"data.root={demo_root}/train",
+        f"data.knn_train_root={demo_root}/train",
+        f"data.knn_val_root={demo_root}/val",
+        "data.image_size=32",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        f"model.backbone_kwargs.img_size={kw['img_size']}",
+        f"model.backbone_kwargs.embed_dim={kw['embed_dim']}",
+        f"model.backbone_kwargs.depths=[{','.join(map(str, kw['depths']))}]",
+        f"model.backbone_kwargs.num_heads=[{','.join(map(str, kw['num_heads']))}]",
+        f"model.backbone_kwargs.window_size={kw['window_size']}",
+        "model.proj_hidden_dim=64",
+        "model.proj_dim=16",
+        f"model.queue_len={queue_len}",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.model_checkpoint.every_n_epochs=1",
+    ]
