@@ -27,7 +27,8 @@ TINY_SWIN = {
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmpretrain.data import make_demo_images
 
-    return make_demo_images(tmp_path_factory.mktemp("demo"), num_classes=4, train_per_class=12, val_per_class=4, size=32)
+    root = tmp_path_factory.mktemp("demo")
+    return make_demo_images(root, num_classes=4, train_per_class=12, val_per_class=4, size=32)
 
 
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path):

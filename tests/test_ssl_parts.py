@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_momentum_schedule_values() -> None:
     assert cosine_momentum(1000, total) == pytest.approx(1.0)
     assert cosine_momentum(250, total) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
     values = [cosine_momentum(k, total) for k in range(0, total + 1, 50)]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(values))
 
 
 def test_lr_schedule_warmup_and_cosine() -> None:
