@@ -1,0 +1,97 @@
+"""``mmpretrain-hub``: list, download, verify, convert and publish checkpoints from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from mmpretrain import hub
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmpretrain-hub", description=__doc__)
+    parser.add_argument("--registry", help="extra registry file (JSON/YAML); MMPRETRAIN_REGISTRY also works")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered checkpoint names, formats and URLs")
+
+    p = sub.add_parser("download", help="download a registered checkpoint or URL into the cache; prints its path")
+    p.add_argument("name", help="registry name or URL")
+    p.add_argument("--cache-dir", help="cache root (default: $MMPRETRAIN_HOME/checkpoints)")
+    p.add_argument("--sha256", help="expected sha256 (overrides the registry's)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("verify", help="check a file's sha256 against --sha256 or its .sha256 sidecar; prints it")
+    p.add_argument("path")
+    p.add_argument("--sha256", help="expected sha256; without it and without a sidecar the hash is printed")
+
+    p = sub.add_parser("convert", help="convert a checkpoint (e.g. official MoBY) into the own safetensors format")
+    p.add_argument("input", help="registry name, URL or file")
+    p.add_argument("out_dir")
+    p.add_argument("--arch", help="timm model name, for files that carry no architecture")
+    p.add_argument("--arch-kwargs", default="{}", help="JSON object of timm model kwargs for --arch")
+    p.add_argument("--name", help="registry name of the result (default: from the input file name)")
+    p.add_argument("--url", help="where model.safetensors will be hosted (default: its file:// URI)")
+
+    p = sub.add_parser("publish", help="turn a training checkpoint into safetensors + config.json + sha256")
+    p.add_argument("checkpoint", help="Lightning .ckpt written by mmpretrain-train")
+    p.add_argument("out_dir")
+    p.add_argument("--name", help="registry name (default: from the checkpoint file name)")
+    p.add_argument("--url", help="where model.safetensors will be hosted (default: its file:// URI)")
+    return parser
+
+
+def _print_entry(entry: dict) -> None:
+    body = {k: v for k, v in entry.items() if k != "name"}
+    print(f"wrote {entry['url']} (sha256 {entry['sha256']}); registry entry to paste into a registry JSON file:")
+    print(json.dumps({entry["name"]: body}, indent=2))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        for name, entry in sorted(hub.load_registry(args.registry).items()):
+            print(f"{name}\t{entry.format}\t{entry.sha256 or '-'}\t{entry.url}")
+    elif args.command == "download":
+        path = hub.download(
+            args.name,
+            cache_dir=args.cache_dir,
+            sha256=args.sha256,
+            progress=not args.no_progress,
+            registry=args.registry,
+        )
+        print(path)
+    elif args.command == "verify":
+        print(f"{hub.verify(args.path, args.sha256)}  {args.path}")
+    elif args.command == "convert":
+        architecture = None
+        if args.arch:
+            architecture = {"name": args.arch, "kwargs": json.loads(args.arch_kwargs)}
+        _print_entry(
+            hub.convert_to_published(
+                args.input,
+                args.out_dir,
+                name=args.name,
+                architecture=architecture,
+                url=args.url,
+                registry=args.registry,
+            )
+        )
+    else:
+        _print_entry(hub.publish(args.checkpoint, args.out_dir, name=args.name, url=args.url))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mmpretrain-hub``; returns the exit status (0 ok, 1 error, 2 usage)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (hub.HubError, OSError, KeyError, ValueError) as e:
+        print(f"mmpretrain-hub {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,552 @@
+"""Checkpoint hub: registry, downloads over real HTTP on 127.0.0.1, safe loading, conversion and publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from mmpretrain import hub
+from mmpretrain.cli.hub import main as hub_main
+
+SWIN = "swin_tiny_patch4_window7_224"
+TINY = {"img_size": 32, "embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 1, 2, 2), "window_size": 2}
+TINY_ARCH = {"name": SWIN, "kwargs": TINY}
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+# ----------------------------------------------------------------------------------------------- HTTP server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves ``server.files`` with Range support; can fail with 503 or cut a response short on demand."""
+
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep pytest output clean."""
+
+    def do_GET(self) -> None:
+        srv = self.server
+        with srv.lock:
+            srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
+            fail = srv.fail_next > 0
+            srv.fail_next -= int(fail)
+            truncate = srv.truncate_next > 0
+            srv.truncate_next -= int(truncate)
+        if fail:
+            self.send_error(503, "try again")
+            return
+        body = srv.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        requested = self.headers.get("Range")
+        if requested:
+            start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if truncate:
+            payload = payload[: len(payload) // 2]
+        for i in range(0, len(payload), 65536):
+            self.wfile.write(payload[i : i + 65536])
+            time.sleep(srv.delay)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.fail_next = 0
+        self.truncate_next = 0
+        self.delay = 0.0
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        self.running = True
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def serve(self, path: str, body: bytes) -> str:
+        self.files[path] = body
+        return self.url(path)
+
+    def gets(self, path: str) -> list[dict]:
+        return [r for r in self.requests if r["path"] == path]
+
+    def stop(self) -> None:
+        if self.running:
+            self.shutdown()
+            self.server_close()
+            self._thread.join()
+            self.running = False
+
+
+@pytest.fixture
+def server() -> _Server:
+    srv = _Server()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache, no offline flags or user registries from the caller, and no proxy for 127.0.0.1."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MMPRETRAIN_HOME", str(home))
+    for var in ("MMPRETRAIN_OFFLINE", "HF_HUB_OFFLINE", "MMPRETRAIN_REGISTRY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return home
+
+
+@pytest.fixture
+def blob() -> bytes:
+    return os.urandom(300_000)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_registry(path: Path, entries: dict) -> Path:
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _blob_registry(tmp_path: Path, url: str, sha256: str | None) -> Path:
+    entry = {"url": url, "format": "timm", "architecture": SWIN, "sha256": sha256}
+    return _write_registry(tmp_path / "registry.json", {"blob": entry})
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def _tiny_swin(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(SWIN, num_classes=0, **TINY).eval()
+
+
+def _same_outputs(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x), atol=1e-6, rtol=0)
+
+
+class FakeYacsConfig(dict):
+    """Stands in for yacs' CfgNode: a dict subclass with instance state, pickled by class reference."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.__dict__["__immutable__"] = True
+
+
+class Exploit:
+    """Unpickling this with plain pickle would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _official_moby_checkpoint(model: torch.nn.Module, path: Path, marker: Path) -> None:
+    """Write ``model`` the way Transformer-SSL releases it: the original Swin layout inside a full MoBY state."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)
+        state[f"encoder.{key}"] = value.clone()
+        state[f"encoder_k.{key}"] = torch.randn_like(value)
+    for key, value in model.named_buffers():
+        if key.endswith("relative_position_index"):
+            state[f"encoder.{key}"] = value.clone()
+            state[f"encoder_k.{key}"] = value.clone()
+    for i, depth in enumerate(TINY["depths"][:3]):
+        for j in range(1, depth, 2):
+            state[f"encoder.layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, 4, 4)
+            state[f"encoder_k.layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, 4, 4)
+    state["encoder.head.weight"] = torch.randn(10, model.num_features)
+    for branch in ("projector", "projector_k"):
+        state[f"{branch}.linear_hidden.1.weight"] = torch.randn(16, model.num_features)
+        state[f"{branch}.linear_hidden.2.weight"] = torch.randn(16)
+        state[f"{branch}.linear_out.weight"] = torch.randn(8, 16)
+    state["predictor.linear_hidden.1.weight"] = torch.randn(16, 8)
+    state["predictor.linear_out.weight"] = torch.randn(8, 16)
+    state["queue1"] = torch.randn(8, 32)
+    state["queue2"] = torch.randn(8, 32)
+    state["queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    config = FakeYacsConfig(MODEL={"TYPE": "swin", "NAME": "moby_swin_tiny"}, TRAIN={"EPOCHS": 300})
+    torch.save({"model": state, "config": config, "exploit": Exploit(marker), "epoch": 299}, path)
+
+
+def _training_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """A Lightning checkpoint shaped like the one ``mmpretrain.ssl.MoBY`` writes."""
+    state = {}
+    for key, value in model.state_dict().items():
+        state[f"backbone.{key}"] = value.clone()
+        state[f"target_backbone.{key}"] = value + 1
+    for prefix in ("projector", "target_projector", "predictor"):
+        state[f"{prefix}.0.weight"] = torch.randn(16, 8)
+    state.update(queue1=torch.randn(8, 32), queue2=torch.randn(8, 32), queue_ptr=torch.zeros(1, dtype=torch.long))
+    hparams = {
+        "backbone": SWIN,
+        "backbone_kwargs": dict(TINY, drop_path_rate=0.2),
+        "image_size": 32,
+        "mean": MEAN,
+        "std": STD,
+        "interpolation": "bilinear",
+        "lr": 1e-3,
+        "queue_size": 32,
+    }
+    ckpt = {
+        "epoch": 2,
+        "global_step": 20,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": state,
+        "hyper_parameters": hparams,
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
+    torch.save(ckpt, path)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def test_builtin_registry_goes_by_file_name() -> None:
+    entries = hub.load_registry()
+    assert {"moby_swin_t_300ep", "moby_deit_small_300ep"} <= set(hub.list_pretrained())
+    swin, deit = entries["moby_swin_t_300ep"], entries["moby_deit_small_300ep"]
+    assert swin.url.endswith("/v1.0.3/moby_swin_t_300ep_pretrained.pth")
+    assert swin.architecture["name"] == "swin_tiny_patch4_window7_224"
+    assert deit.url.endswith("/v1.0.3/moby_deit_small_300ep_pretrained.pth")
+    assert deit.architecture["name"] == "deit_small_patch16_224"
+    assert swin.format == deit.format == "moby-official"
+    assert swin.sha256 is None and swin.config()["preprocessing"]["image_size"] == 224
+
+
+def test_user_registry_files_extend_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = _write_registry(
+        tmp_path / "team.json",
+        [{"name": "team_model", "url": "https://example.org/a/team.safetensors", "format": "mmpretrain",
+          "architecture": {"name": SWIN, "kwargs": {"img_size": 32}}}],
+    )  # fmt: skip
+    yaml_file = tmp_path / "mine.yaml"
+    yaml_file.write_text(
+        textwrap.dedent(f"""\
+        moby_swin_t_300ep:
+          url: https://mirror.example.org/moby_swin_t_300ep_pretrained.pth
+          format: moby-official
+          architecture: {SWIN}
+          sha256: {"ab" * 32}
+        my_timm:
+          url: file:///data/my_timm.pth
+          format: timm
+          architecture: {{name: resnet18, kwargs: {{}}}}
+          preprocessing: {{image_size: 160}}
+        """)
+    )
+    monkeypatch.setenv("MMPRETRAIN_REGISTRY", str(env_file))
+    names = hub.list_pretrained(yaml_file)
+    assert {"team_model", "my_timm", "moby_swin_t_300ep", "moby_deit_small_300ep"} <= set(names)
+    entries = hub.load_registry(yaml_file)
+    assert entries["moby_swin_t_300ep"].url.startswith("https://mirror.example.org/")
+    assert entries["moby_swin_t_300ep"].sha256 == "ab" * 32
+    assert entries["team_model"].config()["preprocessing"]["image_size"] == 32
+    assert entries["my_timm"].config()["preprocessing"]["image_size"] == 160
+
+    bad = _write_registry(
+        tmp_path / "bad.json", {"x": {"url": "https://e.org/x.pth", "format": "pickle", "architecture": SWIN}}
+    )
+    with pytest.raises(ValueError, match=r"bad\.json.*'x'.*format 'pickle'"):
+        hub.load_registry(bad)
+    typo = _write_registry(
+        tmp_path / "typo.json", {"x": {"url": "https://e.org/x.pth", "format": "timm", "arch": SWIN}}
+    )
+    with pytest.raises(ValueError, match=r"typo\.json.*unknown keys \['arch'\]"):
+        hub.load_registry(typo)
+
+
+# ----------------------------------------------------------------------------------------------- download
+
+
+def test_download_then_cache_hit_with_server_stopped(
+    server: _Server, blob: bytes, tmp_path: Path, hub_env: Path
+) -> None:
+    registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), _sha(blob))
+    path = hub.download("blob", registry=registry, progress=False)
+    assert path.read_bytes() == blob
+    assert path.is_relative_to(hub_env / "checkpoints") and path.name == "blob.pth"
+    assert not path.with_name("blob.pth.part").exists()
+    assert len(server.gets("/files/blob.pth")) == 1
+
+    server.stop()
+    assert hub.download("blob", registry=registry, progress=False, retries=0) == path
+
+    with pytest.raises(hub.DownloadError, match="after 1 attempts"):  # the server is really gone
+        hub.download(server.url("/files/blob.pth"), cache_dir=tmp_path / "c", retries=0, progress=False)
+
+
+def test_unknown_hash_is_recorded(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    path = hub.download(server.serve("/u/x.bin", blob), progress=False)
+    assert path.with_name("x.bin.sha256").read_text().split()[0] == _sha(blob)
+    assert hub.verify(path) == _sha(blob)
+
+
+def test_sha256_mismatch_raises_and_removes_bad_file(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), "0" * 64)
+    with pytest.raises(hub.ChecksumError) as info:
+        hub.download("blob", registry=registry, progress=False)
+    assert "0" * 64 in str(info.value) and _sha(blob) in str(info.value)
+    folder = hub.hub_cache_dir() / "names" / "blob"
+    assert not (folder / "blob.pth").exists() and not (folder / "blob.pth.part").exists()
+
+
+def test_resume_from_partial_file_uses_range(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), _sha(blob))
+    part = hub.hub_cache_dir() / "names" / "blob" / "blob.pth.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(blob[:123_456])
+    path = hub.download("blob", registry=registry, progress=False)
+    assert path.read_bytes() == blob
+    assert [r["range"] for r in server.gets("/files/blob.pth")] == ["bytes=123456-"]
+
+
+def test_dropped_connection_is_resumed(server: _Server, blob: bytes) -> None:
+    url = server.serve("/files/cut.pth", blob)
+    server.truncate_next = 1
+    path = hub.download(url, sha256=_sha(blob), progress=False, backoff=0)
+    assert path.read_bytes() == blob
+    assert [r["range"] for r in server.gets("/files/cut.pth")] == [None, f"bytes={len(blob) // 2}-"]
+
+
+def test_retries_after_503_then_gives_up(server: _Server, blob: bytes) -> None:
+    url = server.serve("/files/flaky.pth", blob)
+    server.fail_next = 2
+    assert hub.download(url, progress=False, retries=3, backoff=0).read_bytes() == blob
+    assert len(server.gets("/files/flaky.pth")) == 3
+
+    server.fail_next = 10
+    with pytest.raises(hub.DownloadError, match=r"after 2 attempts.*503"):
+        hub.download(server.serve("/files/down.pth", blob), progress=False, retries=1, backoff=0)
+    server.fail_next = 0
+    with pytest.raises(hub.DownloadError, match="HTTP 404"):
+        hub.download(server.url("/files/missing.pth"), progress=False, retries=3, backoff=0)
+    assert len(server.gets("/files/missing.pth")) == 1
+
+
+@pytest.mark.parametrize("flag", ["MMPRETRAIN_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_mode_fails_fast(
+    server: _Server, blob: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), _sha(blob))
+    monkeypatch.setenv(flag, "1")
+    with pytest.raises(hub.OfflineError) as info:
+        hub.download("blob", registry=registry, progress=False)
+    expected_path = hub.hub_cache_dir() / "names" / "blob" / "blob.pth"
+    assert "'blob'" in str(info.value) and str(expected_path) in str(info.value)
+    assert server.requests == []
+
+
+def test_names_and_urls_never_escape_the_cache(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    server.serve("/evil.pth", blob)
+    for name in ("../evil", "/etc/evil", "a/b", "a\\b", "..", ".hidden"):
+        bad = _write_registry(
+            tmp_path / "bad.json", {name: {"url": server.url("/x.pth"), "format": "timm", "architecture": SWIN}}
+        )
+        with pytest.raises(ValueError, match="not a safe file name"):
+            hub.load_registry(bad)
+    base = server.url("")
+    for url in (
+        f"{base}/a/..%2F..%2F..%2Fevil.pth",
+        f"{base}/a/%2E%2E",
+        f"{base}/a/..",
+        f"{base}/dir/",
+        f"{base}/%2Fetc%2Fevil",
+    ):
+        with pytest.raises(ValueError, match="not a safe file name"):
+            hub.download(url, progress=False)
+    traversal = _write_registry(
+        tmp_path / "traversal.json",
+        {"ok_name": {"url": f"{base}/x/..%2F..%2Fevil.pth", "format": "timm", "architecture": SWIN}},
+    )
+    with pytest.raises(ValueError, match="not a safe file name"):
+        hub.download("ok_name", registry=traversal, progress=False)
+    assert server.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "traversal.json"]
+
+
+def test_concurrent_downloads_fetch_once(server: _Server, blob: bytes) -> None:
+    url = server.serve("/files/shared.pth", blob)
+    server.delay = 0.05
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(hub.download(url, progress=False))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and len(set(results)) == 1 and results[0].read_bytes() == blob
+    assert len(server.gets("/files/shared.pth")) == 1
+
+
+_DDP_WORKER = """
+import os, sys, torch.distributed as dist
+from mmpretrain import hub
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+path = hub.download(sys.argv[3], progress=False)
+dist.barrier()
+print("PATH", path)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_ranks_download_once_per_machine(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    url = server.serve("/files/ddp.pth", blob)
+    server.delay = 0.02
+    env = dict(os.environ, LOCAL_RANK="", PYTHONPATH=str(Path(hub.__file__).parents[1]))
+    procs = []
+    for rank in range(2):
+        env["LOCAL_RANK"] = str(rank)
+        args = [sys.executable, "-c", _DDP_WORKER, str(rank), str(tmp_path / "dist_init"), url]
+        procs.append(subprocess.Popen(args, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    paths = {line for out, _ in outputs for line in out.splitlines() if line.startswith("PATH")}
+    assert len(paths) == 1
+    assert len(server.gets("/files/ddp.pth")) == 1
+
+
+# ----------------------------------------------------------------------------------------------- formats
+
+
+def test_official_moby_layout_converts_and_loads_strict(tmp_path: Path) -> None:
+    source = _tiny_swin()
+    path, marker = tmp_path / "moby_official.pth", tmp_path / "pwned"
+    _official_moby_checkpoint(source, path, marker)
+
+    raw = hub.safe_torch_load(path)
+    assert not marker.exists()
+    assert not isinstance(raw["config"], FakeYacsConfig)
+    assert raw["config"]["MODEL"]["NAME"] == "moby_swin_tiny"
+    assert raw["exploit"].target.endswith(".system")
+
+    converted = hub.convert_moby_official(raw)
+    assert not any(k.endswith(("relative_position_index", "attn_mask")) or k.startswith("head.") for k in converted)
+    assert "layers.1.downsample.reduction.weight" in converted and "layers.0.downsample.norm.weight" not in converted
+
+    loaded = hub.load_checkpoint(path, architecture=TINY_ARCH)
+    assert loaded.format == "moby-official" and loaded.config["preprocessing"]["image_size"] == 32
+    _same_outputs(hub.build_backbone(loaded), source)
+    assert not marker.exists()
+
+    del loaded.state_dict["layers.1.downsample.reduction.weight"]
+    with pytest.raises(hub.HubError, match=r"missing keys \['layers\.1\.downsample\.reduction\.weight'\]"):
+        hub.build_backbone(loaded)
+    with pytest.raises(hub.HubError, match="carries no architecture"):
+        hub.load_checkpoint(path)
+
+
+def test_plain_timm_state_dict(tmp_path: Path) -> None:
+    source = _tiny_swin(seed=3)
+    path = tmp_path / "plain.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    loaded = hub.load_checkpoint(path, architecture=TINY_ARCH)
+    assert loaded.format == "timm"
+    _same_outputs(hub.build_backbone(loaded), source)
+
+
+def test_publish_load_build_roundtrip(server: _Server, tmp_path: Path) -> None:
+    source = _tiny_swin(seed=1)
+    ckpt = tmp_path / "epoch=2-step=20.ckpt"
+    _training_checkpoint(source, ckpt)
+    out = tmp_path / "published"
+    entry = hub.publish(ckpt, out, name="tiny_moby")
+
+    weights = out / "model.safetensors"
+    assert (out / "model.safetensors.sha256").read_text().split()[0] == entry["sha256"] == hub.sha256_file(weights)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == {"name": SWIN, "kwargs": json.loads(json.dumps(dict(TINY, drop_path_rate=0.2)))}
+    assert config["preprocessing"] == {
+        "image_size": 32, "mean": MEAN, "std": STD, "interpolation": "bilinear", "crop_pct": 0.875,
+    }  # fmt: skip
+    assert config["training"]["lr"] == 1e-3 and "tokenizer" not in config
+    assert entry["format"] == "mmpretrain" and entry["url"] == weights.resolve().as_uri()
+
+    served = server.serve("/m/model.safetensors", weights.read_bytes())
+    registry = _write_registry(
+        tmp_path / "pasted.json", {entry["name"]: {k: v for k, v in entry.items() if k != "name"}}
+    )
+    for where in (out, weights, served, "tiny_moby", ckpt):
+        loaded = hub.load_checkpoint(where, registry=registry, progress=False)
+        assert loaded.format == ("lightning" if where == ckpt else "mmpretrain")
+        assert loaded.config["preprocessing"]["mean"] == MEAN
+        _same_outputs(hub.build_backbone(loaded), source)
+    assert hub.publish(ckpt, tmp_path / "default_name")["name"] == "epoch_2-step_20"
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli(server: _Server, blob: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hub_main(["list"]) == 0
+    assert "moby_swin_t_300ep\tmoby-official" in capsys.readouterr().out
+
+    url = server.serve("/cli/blob.pth", blob)
+    assert hub_main(["download", url, "--cache-dir", str(tmp_path / "c"), "--sha256", _sha(blob), "--no-progress"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.read_bytes() == blob and path.is_relative_to(tmp_path / "c")
+
+    assert hub_main(["verify", str(path), "--sha256", _sha(blob)]) == 0
+    assert capsys.readouterr().out.startswith(_sha(blob))
+    assert hub_main(["verify", str(path), "--sha256", "1" * 64]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+    source = _tiny_swin(seed=2)
+    official = tmp_path / "official.pth"
+    _official_moby_checkpoint(source, official, tmp_path / "pwned")
+    args = ["convert", str(official), str(tmp_path / "conv"), "--arch", SWIN, "--arch-kwargs", json.dumps(TINY)]
+    assert hub_main(args) == 0
+    pasted = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert pasted["official"]["format"] == "mmpretrain"
+    _same_outputs(hub.build_backbone(hub.load_checkpoint(tmp_path / "conv")), source)
+    assert hub_main(["convert", str(official), str(tmp_path / "conv2")]) == 1
+    assert "carries no architecture" in capsys.readouterr().err
+
+    ckpt = tmp_path / "train.ckpt"
+    _training_checkpoint(source, ckpt)
+    assert hub_main(["publish", str(ckpt), str(tmp_path / "pub"), "--name", "cli_model"]) == 0
+    pasted = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert pasted["cli_model"]["sha256"] == hub.sha256_file(tmp_path / "pub" / "model.safetensors")
+    assert hub_main(["publish", str(ckpt), str(tmp_path / "pub2"), "--name", "../escape"]) == 1
+    assert "not a safe file name" in capsys.readouterr().err
