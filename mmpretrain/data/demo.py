@@ -11,6 +11,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "stripes", "ring", "star", "checker")
@@ -66,7 +67,9 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
                     d.rectangle([x, y, x + cell - 1, y + cell - 1], fill=fg)
     else:
         raise ValueError(f"unknown demo shape '{shape}'; choose from {DEMO_CLASSES}")
-    noise = Image.effect_noise((size, size), rng.uniform(10, 40)).convert("RGB")
+    sigma = rng.uniform(10, 40)
+    grain = np.random.default_rng(rng.randrange(2**32)).normal(128, sigma, (size, size))
+    noise = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8)).convert("RGB")
     return Image.blend(img, noise, 0.15).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 

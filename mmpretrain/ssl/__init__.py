@@ -1,6 +1,7 @@
 """Self-supervised learning: MoBY and its pure-torch parts (queue, schedules, loss, kNN monitor)."""
 
 from mmpretrain.ssl.callbacks import ViewPairGrid
+from mmpretrain.ssl.evaluation import LinearProbe, extract_features
 from mmpretrain.ssl.knn import knn_accuracy, weighted_knn_predict
 from mmpretrain.ssl.losses import infonce_with_queue, moby_loss
 from mmpretrain.ssl.moby import MoBY
@@ -10,9 +11,11 @@ from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum
 
 __all__ = [
     "KeyQueue",
+    "LinearProbe",
     "MoBY",
     "ViewPairGrid",
     "cosine_momentum",
+    "extract_features",
     "infonce_with_queue",
     "knn_accuracy",
     "moby_loss",
