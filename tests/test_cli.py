@@ -80,7 +80,7 @@ def test_eval_knn_and_linear_on_a_training_checkpoint(demo_root: Path, tmp_path:
     assert set(trained) == {"knn/top1", "knn/top5"} and 0 <= trained["knn/top1"] <= 100
     record = json.loads((tmp_path / "knn/run/metrics.json").read_text())
     assert record["knn/top1"] == trained["knn/top1"] and record["random_init"] is False
-    random, objects_r = evaluate(compose_cfg("eval.yaml", [*common, "random_init=true"], tmp_path / "rand"))
+    _random, objects_r = evaluate(compose_cfg("eval.yaml", [*common, "random_init=true"], tmp_path / "rand"))
     w_trained = next(objects["backbone"].parameters())
     w_random = next(objects_r["backbone"].parameters())
     assert w_trained.shape == w_random.shape and not (w_trained == w_random).all()
@@ -104,8 +104,8 @@ def test_optuna_sweep_prints_trial_table(demo_root: Path, tmp_path: Path) -> Non
     overrides = [o for o in tiny_overrides(demo_root) if o != "logger=csv"]
     run = subprocess.run(
         [str(BIN / "mmpretrain-train"), *overrides, "hparams_search=moby_optuna", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1", "logger=wandb", "extras.print_config=false",
-         "trainer.enable_progress_bar=false"],
+         "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1", "logger=wandb",
+         "extras.print_config=false", "trainer.enable_progress_bar=false"],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -110,7 +110,7 @@ def test_labeled_folder_and_class_mismatch(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="different classes"):
         dm.setup()
-    with pytest.raises(ValueError, match="set both data.knn_train_root and data.knn_val_root"):
+    with pytest.raises(ValueError, match=r"set both data\.knn_train_root and data\.knn_val_root"):
         SSLImageDataModule(root=str(tmp_path), knn_train_root=str(tmp_path / "train"))
 
 
