@@ -104,11 +104,13 @@ class MoBY(pl.LightningModule):
             return encoder(torch.cat([x1, x2])).chunk(2)
         return encoder(x1), encoder(x2)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x1, x2 = batch["views"]
-        global_batch = x1.shape[0] * self.trainer.world_size
-        self.queue1.check_batch(global_batch)
-        momentum = self.current_momentum()
+    def moby_step(
+        self, x1: torch.Tensor, x2: torch.Tensor, momentum: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EMA update, keys from the target branch, predictions from the online branch, and the loss.
+
+        Returns the loss and both keys (to enqueue after the loss has used the current queues).
+        """
         with torch.no_grad():
             update_momentum(self.backbone, self.target_backbone, momentum)
             update_momentum(self.projector, self.target_projector, momentum)
@@ -122,6 +124,13 @@ class MoBY(pl.LightningModule):
             pred_1, pred_2, key_1, key_2,
             self.queue1.keys.clone(), self.queue2.keys.clone(), self.hparams.temperature,
         )  # fmt: skip
+        return loss, key_1, key_2
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x1, x2 = batch["views"]
+        self.queue1.check_batch(x1.shape[0] * self.trainer.world_size)
+        momentum = self.current_momentum()
+        loss, key_1, key_2 = self.moby_step(x1, x2, momentum)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"MoBY loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
