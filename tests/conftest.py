@@ -79,3 +79,15 @@ def tiny_overrides(demo_root: Path, queue_len: int = 64, batch_size: int = 8) ->
         "trainer.enable_model_summary=false",
         "callbacks.model_checkpoint.every_n_epochs=1",
     ]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` are skipped when CUDA is absent (CI here has no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
