@@ -10,6 +10,7 @@ from conftest import compose_cfg, tiny_overrides
 
 from mmpretrain.cli.train import train
 
+
 def test_presets_turn_heads_into_syncbn_only_on_gpus(tmp_path: Path) -> None:
     for preset, sync in (("gpu", True), ("ddp", True), ("ddp_sim", False), ("cpu", None)):
         cfg = compose_cfg("train.yaml", [f"trainer={preset}"], tmp_path)
