@@ -1,0 +1,676 @@
+"""Feature extraction at scale: Lightning predict over a folder, file list or manifest, into an embedding store.
+
+The input is cut into fixed chunks of ``shard_size`` rows; chunk ``i`` becomes store shard ``i``, so the store's
+row order is the input's whatever the number of processes. Each rank streams every finished batch to small part
+files under ``<output>/.extract/parts/<chunk>/`` (nothing is kept in memory); the writer that completes a chunk
+merges its parts, in row order, into the shard. Rank 0 then writes ``failed.jsonl`` and the manifest.
+
+Resuming is the normal path, not a special mode: a shard on disk is skipped without decoding its images, and rows
+already in part files are not run again. ``.extract/run.json`` records the settings (encoder, input ids, shard size,
+dtype, ...) so a rerun with other settings is refused instead of mixing two extractions in one store.
+
+Files that fail to decode are left out of the store, never replaced, and listed in ``failed.jsonl`` with the
+reason; the run aborts when more than ``max_failure_rate`` of the inputs fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from mmpretrain.data.dataset import load_rgb
+from mmpretrain.data.sources import scan_images
+from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
+from mmpretrain.encoders import ImageEncoder, ImageTransform
+
+__all__ = [
+    "FAILED_FILE",
+    "RUN_DIR",
+    "EncoderPredictor",
+    "ExtractionDataModule",
+    "ExtractionDataset",
+    "ExtractionInput",
+    "ShardWriter",
+    "read_input",
+    "run_extraction",
+]
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = ".extract"
+FAILED_FILE = "failed.jsonl"
+_RUN_FILE = "run.json"
+_MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
+_MIN_ROWS_FOR_RATE = 100
+_PART_RE = re.compile(r"^(\d+)-(\d+)-r(\d+)\.npz$")
+_STORE_FILE_RE = re.compile(r"^(?:embeddings-\d{5,}\.npy|metadata-\d{5,}\.parquet|manifest\.json)$")
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+
+@dataclasses.dataclass
+class ExtractionInput:
+    """The rows to embed, in store order: image paths with their ids and, where known, labels and tags.
+
+    ``root`` is the folder ids are relative to (the input folder, or the list's or manifest's folder).
+    """
+
+    root: Path
+    kind: str
+    paths: list[str]
+    ids: list[str]
+    labels: list[str] | None = None
+    tags: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ids", "labels", "tags"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.paths):
+                raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
+        seen: dict[str, int] = {}
+        for row, item in enumerate(self.ids):
+            if item in seen:
+                raise ValueError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
+                                 f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
+            seen[item] = row
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def metadata(self, rows: np.ndarray) -> dict[str, list[Any]]:
+        """Store metadata columns (``id``, ``path`` and ``label``/``tags`` where known) of the given rows."""
+        columns: dict[str, list[Any]] = {
+            "id": [self.ids[r] for r in rows],
+            "path": [self.paths[r] for r in rows],
+        }
+        if self.labels is not None:
+            columns["label"] = [self.labels[r] for r in rows]
+        if self.tags is not None:
+            columns["tags"] = [self.tags[r] for r in rows]
+        return columns
+
+    def fingerprint(self) -> str:
+        """sha256 of the ids in order: a resumed run must see the same rows in the same order."""
+        digest = hashlib.sha256()
+        for item in self.ids:
+            digest.update(item.encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
+
+def _relative_id(path: Path, root: Path) -> str:
+    """The path relative to ``root`` in POSIX form, or the absolute path for files outside it."""
+    resolved = path.absolute()
+    with contextlib.suppress(ValueError):
+        return resolved.relative_to(root.absolute()).as_posix()
+    return resolved.as_posix()
+
+
+def _parse_labels(labels: str | bool, key: str) -> str | bool:
+    if isinstance(labels, bool) or labels == "auto":
+        return labels
+    raise ValueError(f"{key}: labels={labels!r} must be true, false or auto")
+
+
+def _read_folder(root: Path, labels: str | bool, key: str) -> ExtractionInput:
+    found = scan_images(root, key=key)
+    paths = [Path(p) for p in found.paths]
+    rel = [p.relative_to(root) for p in paths]
+    top_level = [p for p in rel if len(p.parts) == 1]
+    if labels is True and top_level:
+        raise ValueError(f"{key}={root}: labels=true needs one subfolder per class, but {len(top_level)} images "
+                         f"lie directly in the folder (e.g. {top_level[0]})")
+    labeled = labels is True or (labels == "auto" and not top_level)
+    return ExtractionInput(
+        root=root,
+        kind="labeled folder" if labeled else "folder",
+        paths=[str(p.absolute()) for p in paths],
+        ids=[p.as_posix() for p in rel],
+        labels=[p.parts[0] for p in rel] if labeled else None,
+    )
+
+
+def _read_file_list(path: Path, labels: str | bool, key: str) -> ExtractionInput:
+    """A text file of paths (``path`` or ``path<TAB>label`` per line, relative to its folder)."""
+    from mmpretrain.data.sources import read_file_list
+
+    found = read_file_list(path, key=key)
+    if labels is True and found.labels is None:
+        raise ValueError(f"{key}={path}: labels=true but the file list has no label column (path<TAB>label)")
+    keep = labels is not False and found.labels is not None
+    return ExtractionInput(
+        root=path.parent,
+        kind="file list",
+        paths=[str(Path(p).absolute()) for p in found.paths],
+        ids=[_relative_id(Path(p), path.parent) for p in found.paths],
+        labels=[found.classes[i] for i in found.labels] if keep else None,
+    )
+
+
+def _manifest_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSON Lines, JSON array or CSV manifest."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        for lineno, record in enumerate(csv.DictReader(text.splitlines()), start=2):
+            yield lineno, {k: v for k, v in record.items() if v not in (None, "")}
+        return
+    if path.suffix.lower() == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON: {e}") from e
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a .json manifest must be a list of objects (use .jsonl for one per line)")
+        yield from enumerate(records, start=1)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
+
+
+def _tags(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):  # CSV cells hold tags separated by '|'
+        return [t for t in value.split("|") if t]
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return value
+    raise ValueError(f"{where}: tags must be a list of strings, got {value!r}")
+
+
+def _read_manifest(path: Path, labels: str | bool, key: str) -> ExtractionInput:
+    """An image manifest: one record per image with ``image`` (or ``path``) and optional ``id``, ``label``, ``tags``.
+
+    Relative image paths resolve against the manifest's folder, as in the video manifest.
+    """
+    paths, ids, names, tags = [], [], [], []
+    for lineno, record in _manifest_records(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+        image = record.get("image", record.get("path"))
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
+        file = Path(image).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        paths.append(str(file.absolute()))
+        ids.append(str(record["id"]) if record.get("id") not in (None, "") else _relative_id(file, path.parent))
+        names.append(None if record.get("label") is None else str(record["label"]))
+        tags.append(_tags(record["tags"], where) if record.get("tags") is not None else [])
+    if not paths:
+        raise ValueError(f"{key}={path}: the manifest lists no images")
+    given = [n for n in names if n is not None]
+    if given and len(given) != len(names):
+        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    if labels is True and not given:
+        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+    return ExtractionInput(
+        root=path.parent,
+        kind="manifest",
+        paths=paths,
+        ids=ids,
+        labels=names if given and labels is not False else None,
+        tags=tags if any(tags) else None,
+    )
+
+
+def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str = "input") -> ExtractionInput:
+    """Rows to extract from a folder (recursive), a file list (``.txt``...) or a manifest (``.jsonl/.json/.csv``).
+
+    Args:
+        source: the folder or file.
+        labels: ``auto`` labels a folder whose images all sit in subfolders (one per class), a file list with a
+            label column and a manifest with ``label`` fields; ``true`` requires labels, ``false`` drops them.
+        key: config key named in errors.
+    """
+    labels = _parse_labels(labels, key)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_folder(path, labels, key)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={source}: no such folder or file")
+    if path.suffix.lower() in _MANIFEST_SUFFIXES:
+        return _read_manifest(path, labels, key)
+    return _read_file_list(path, labels, key)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class ExtractionDataset(Dataset):
+    """Rows of an :class:`ExtractionInput`; a file that fails to decode yields its error instead of pixels.
+
+    Unlike the training dataset nothing is re-drawn: every sample is its own row, so a failure must travel with
+    the row (as a non-empty ``error`` and zero pixels that are never embedded) to be left out and reported.
+    """
+
+    def __init__(self, paths: Sequence[str], rows: Sequence[int], transform: ImageTransform) -> None:
+        self.paths = paths
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = int(self.rows[index])
+        path = self.paths[row]
+        try:
+            pixels = self.transform(load_rgb(path))
+        except Exception as err:  # PIL raises many exception types for bad files
+            log.warning("cannot decode %s (row %d): %s: %s", path, row, type(err).__name__, err)
+            size = self.transform.image_size
+            return {"row": row, "pixels": torch.zeros(3, size, size, dtype=torch.uint8),
+                    "error": f"{type(err).__name__}: {err}"}
+        return {"row": row, "pixels": pixels, "error": ""}
+
+
+class EncoderPredictor(pl.LightningModule):
+    """The Lightning face of an :class:`ImageEncoder` for ``trainer.predict``: embeds the rows that decoded."""
+
+    def __init__(self, encoder: ImageEncoder, normalize: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.backbone = encoder.backbone  # registered, so Lightning moves it to the rank's device
+        self.normalize = normalize
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        ok = np.array([not error for error in batch["error"]], dtype=bool)
+        if ok.any():
+            pixels = batch["pixels"][torch.from_numpy(ok).to(batch["pixels"].device)]
+            embeddings = self.encoder.embed(pixels, self.normalize).cpu().numpy()
+        else:
+            embeddings = np.empty((0, self.encoder.embed_dim), dtype=np.float32)
+        return {"rows": batch["row"].cpu().numpy(), "ok": ok, "embeddings": embeddings, "errors": list(batch["error"])}
+
+
+# ----------------------------------------------------------------------------------------------- parts and shards
+
+
+def _run_dir(output: Path) -> Path:
+    return output / RUN_DIR
+
+
+def _parts_dir(output: Path, chunk: int) -> Path:
+    return _run_dir(output) / "parts" / f"{chunk:05d}"
+
+
+def _failed_part(output: Path, chunk: int) -> Path:
+    return _run_dir(output) / f"failed-{chunk:05d}.jsonl"
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = _atomic_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_part(
+    output: Path, chunk: int, rank: int, rows: np.ndarray, ok: np.ndarray, embeddings: np.ndarray, errors: list[str]
+) -> None:
+    """One batch's rows of one chunk: ``<first row>-<row count>-r<rank>.npz``, renamed into place when complete."""
+    folder = _parts_dir(output, chunk)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{int(rows[0]):010d}-{len(rows)}-r{rank}.npz"
+    tmp = _atomic_path(final)
+    with open(tmp, "wb") as f:
+        np.savez(f, rows=rows, ok=ok, embeddings=embeddings, errors=np.array(errors, dtype=str))
+    os.replace(tmp, final)
+
+
+def _part_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PART_RE.match(p.name))
+
+
+def _covered_rows(folder: Path) -> int:
+    """Rows the chunk's part files hold, from their names (cheap enough to ask after every batch)."""
+    return sum(int(_PART_RE.match(p.name).group(2)) for p in _part_files(folder))
+
+
+@contextlib.contextmanager
+def _chunk_lock(output: Path, chunk: int) -> Iterator[None]:
+    """Exclusive lock on a chunk, so two ranks finishing its last batches at once merge it only once."""
+    path = _run_dir(output) / "parts" / f"{chunk:05d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Where each row goes: chunk ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``."""
+
+    output: Path
+    source: ExtractionInput
+    shard_size: int
+    dtype: str
+    dim: int
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-len(self.source) // self.shard_size)
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        return chunk * self.shard_size, min((chunk + 1) * self.shard_size, len(self.source))
+
+    def merge(self, chunk: int) -> bool:
+        """Write shard ``chunk`` from its part files if they cover every row; False while rows are missing.
+
+        Rows come out in input order; rows that failed to decode go to the chunk's failure list instead.
+        """
+        lo, hi = self.bounds(chunk)
+        folder = _parts_dir(self.output, chunk)
+        rows, ok, embeddings, errors = [], [], [], []
+        for part in _part_files(folder):
+            with np.load(part, allow_pickle=False) as data:
+                full = np.zeros((len(data["rows"]), self.dim), dtype=np.float32)
+                full[data["ok"]] = data["embeddings"]
+                rows.append(data["rows"])
+                ok.append(data["ok"])
+                embeddings.append(full)
+                errors.append(data["errors"])
+        if not rows:
+            return False
+        all_rows = np.concatenate(rows)
+        unique, first = np.unique(all_rows, return_index=True)  # a row run twice (padding) is kept once
+        if unique[0] < lo or unique[-1] >= hi:
+            raise RuntimeError(f"{folder}: part files hold rows outside chunk {chunk} ([{lo}, {hi}))")
+        if len(unique) != hi - lo:
+            return False
+        good = np.concatenate(ok)[first]
+        failed_rows = unique[~good]
+        all_errors = np.concatenate(errors)[first][~good]
+        failures = [
+            {"row": int(r), "id": self.source.ids[r], "path": self.source.paths[r], "error": str(e)}
+            for r, e in zip(failed_rows, all_errors)
+        ]
+        _write_text(_failed_part(self.output, chunk), "".join(json.dumps(f) + "\n" for f in failures))
+        kept = unique[good]
+        write_shard(self.output, chunk, np.concatenate(embeddings)[first][good], self.source.metadata(kept),
+                    dtype=self.dtype)
+        shutil.rmtree(folder, ignore_errors=True)  # a padded duplicate may still land here; finalize clears it
+        log.info("shard %d written: %d rows, %d failed", chunk, len(kept), len(failures))
+        return True
+
+    def merge_if_complete(self, chunk: int) -> None:
+        """Merge ``chunk`` once its parts name as many rows as it has (under a lock; a no-op if already done)."""
+        lo, hi = self.bounds(chunk)
+        if _covered_rows(_parts_dir(self.output, chunk)) < hi - lo:
+            return
+        with _chunk_lock(self.output, chunk):
+            if not shard_done(self.output, chunk):
+                self.merge(chunk)
+
+    def pending_rows(self) -> np.ndarray:
+        """Rows not yet in a finished shard nor in a part file: what this run still has to decode and embed."""
+        pending = []
+        for chunk in range(self.num_chunks):
+            if shard_done(self.output, chunk):
+                continue
+            lo, hi = self.bounds(chunk)
+            todo = np.ones(hi - lo, dtype=bool)
+            for part in _part_files(_parts_dir(self.output, chunk)):
+                with np.load(part, allow_pickle=False) as data:
+                    todo[data["rows"] - lo] = False
+            pending.append(np.arange(lo, hi)[todo])
+        return np.concatenate(pending) if pending else np.empty(0, dtype=np.int64)
+
+
+def _clear_output(output: Path) -> None:
+    """Remove what an extraction writes (store files, failed.jsonl, .extract/) and nothing else."""
+    for path in output.iterdir():
+        if _STORE_FILE_RE.match(path.name) or path.name == FAILED_FILE:
+            path.unlink()
+    shutil.rmtree(_run_dir(output), ignore_errors=True)
+
+
+def _prepare_output(plan: _Plan, signature: dict[str, Any], overwrite: bool) -> None:
+    """Check the output against this run's settings, record them, and tidy what a previous run left behind."""
+    output = plan.output
+    output.mkdir(parents=True, exist_ok=True)
+    run_file = _run_dir(output) / _RUN_FILE
+    if overwrite:
+        _clear_output(output)
+    elif run_file.is_file():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = {k: (previous.get(k), v) for k, v in signature.items() if previous.get(k) != v}
+        if changed:
+            shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"output={output} holds an extraction with other settings ({shown}); "
+                             "set overwrite=true to replace it or choose another output folder")
+    elif any(_STORE_FILE_RE.match(p.name) for p in output.iterdir()):
+        raise ValueError(f"output={output} holds an embedding store not written by a resumable extraction; "
+                         "set overwrite=true to replace it or choose another output folder")
+    _run_dir(output).mkdir(parents=True, exist_ok=True)
+    _write_text(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
+    (output / MANIFEST).unlink(missing_ok=True)
+    (output / FAILED_FILE).unlink(missing_ok=True)
+    for chunk in range(plan.num_chunks):
+        if shard_done(output, chunk):
+            shutil.rmtree(_parts_dir(output, chunk), ignore_errors=True)
+        else:
+            plan.merge_if_complete(chunk)
+
+
+class ExtractionDataModule(pl.LightningDataModule):
+    """Prepares the output on global rank 0, then serves every rank the rows still to do.
+
+    ``prepare_data`` runs on global rank 0 only and Lightning holds the other ranks at a barrier until it is done,
+    so all ranks compute the same pending rows in ``setup``.
+    """
+
+    def __init__(
+        self,
+        plan: _Plan,
+        transform: ImageTransform,
+        signature: dict[str, Any],
+        overwrite: bool,
+        batch_size: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__()
+        self.prepare_data_per_node = False
+        self.plan = plan
+        self.transform = transform
+        self.signature = signature
+        self.overwrite = overwrite
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.rows = np.empty(0, dtype=np.int64)
+
+    def prepare_data(self) -> None:
+        _prepare_output(self.plan, self.signature, self.overwrite)
+
+    def setup(self, stage: str) -> None:
+        rows = self.plan.pending_rows()
+        done = len(self.plan.source) - len(rows)
+        if done:
+            log.info("resuming: %d of %d rows already extracted; %d to go", done, len(self.plan.source), len(rows))
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if 0 < len(rows) < world:  # every rank needs a batch; a repeated row is merged once
+            rows = np.concatenate([rows, np.full(world - len(rows), rows[-1])])
+        self.rows = rows
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            ExtractionDataset(self.plan.source.paths, self.rows, self.transform),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+class ShardWriter(BasePredictionWriter):
+    """Streams each batch to per-rank part files and merges a chunk into its shard as soon as it is complete.
+
+    Also counts this rank's decode failures and aborts past ``max_failure_rate`` (checked once the rank has seen
+    enough rows for the rate to mean something); rank 0 checks the exact global rate before finalizing.
+    """
+
+    def __init__(self, plan: _Plan, max_failure_rate: float) -> None:
+        super().__init__(write_interval="batch")
+        self.plan = plan
+        self.max_failure_rate = max_failure_rate
+        self.processed = 0
+        self.failed = 0
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        rows, ok, errors = prediction["rows"], prediction["ok"], np.array(prediction["errors"], dtype=str)
+        full = np.zeros((len(rows), self.plan.dim), dtype=np.float32)
+        full[ok] = prediction["embeddings"]
+        chunks = rows // self.plan.shard_size
+        for chunk in np.unique(chunks):
+            sel = chunks == chunk
+            _write_part(self.plan.output, int(chunk), trainer.global_rank, rows[sel], ok[sel], full[sel][ok[sel]],
+                        errors[sel].tolist())
+            self.plan.merge_if_complete(int(chunk))
+        self.processed += len(rows)
+        self.failed += int((~ok).sum())
+        if self.processed >= _MIN_ROWS_FOR_RATE and self.failed > self.max_failure_rate * self.processed:
+            last = errors[~ok][-1] if (~ok).any() else "-"
+            raise RuntimeError(
+                f"{self.failed} of {self.processed} images failed to decode on rank {trainer.global_rank}, more than "
+                f"max_failure_rate={self.max_failure_rate} (last error: {last}); see the log for the files"
+            )
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Wait for every rank's parts before rank 0 finalizes."""
+        trainer.strategy.barrier("mmpretrain_extract_parts")
+
+
+def _finalize(plan: _Plan, encoder: ImageEncoder, normalize: bool, max_failure_rate: float) -> dict[str, Any]:
+    """Merge what is left, write ``failed.jsonl``, check the failure rate and write the manifest."""
+    output = plan.output
+    for chunk in range(plan.num_chunks):
+        if shard_done(output, chunk):
+            continue
+        plan.merge_if_complete(chunk)
+        if not shard_done(output, chunk):
+            lo, hi = plan.bounds(chunk)
+            covered = _covered_rows(_parts_dir(output, chunk))
+            raise RuntimeError(f"{output}: {shard_name(chunk)[0]} is incomplete ({covered} of {hi - lo} rows in part "
+                               "files); rerun the same command to resume")
+    failures = "".join(_failed_part(output, c).read_text(encoding="utf-8") for c in range(plan.num_chunks)
+                       if _failed_part(output, c).is_file())
+    _write_text(output / FAILED_FILE, failures)
+    failed = failures.count("\n")
+    total = len(plan.source)
+    if failed > max_failure_rate * total:
+        raise RuntimeError(f"{failed} of {total} images failed to decode (listed in {output / FAILED_FILE}), more than "
+                           f"max_failure_rate={max_failure_rate}; the shards are kept: rerun with a higher "
+                           "max_failure_rate to accept them")
+    manifest = finalize_store(
+        output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
+        extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
+               "preprocessing": encoder.preprocessing, "precision": encoder.dtype},
+    )  # fmt: skip
+    shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)
+    log.info("embedding store %s: %d rows in %d shards, %d inputs failed", output, manifest["count"],
+             len(manifest["shards"]), failed)
+    return {"output": str(output), "count": manifest["count"], "failed": failed, "dim": plan.dim,
+            "shards": len(manifest["shards"]), "dtype": plan.dtype}
+
+
+def run_extraction(
+    encoder: ImageEncoder,
+    source: ExtractionInput,
+    output: str | os.PathLike,
+    trainer: pl.Trainer,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 4,
+    shard_size: int = 50_000,
+    dtype: str = "float32",
+    normalize: bool = True,
+    max_failure_rate: float = 0.1,
+    overwrite: bool = False,
+) -> dict[str, Any] | None:
+    """Embed every row of ``source`` with ``trainer.predict`` into the store at ``output`` (resuming if possible).
+
+    ``trainer`` decides devices and processes (``devices``, ``num_nodes``, ``strategy``); the shard writer is added
+    to its callbacks. Rerunning with the same settings resumes; other settings on the same ``output`` are refused
+    unless ``overwrite``.
+
+    Args:
+        encoder: the encoder (on the CPU is fine: Lightning moves it to each rank's device).
+        source: the rows, from :func:`read_input`.
+        output: the store folder.
+        trainer: a ``pytorch_lightning.Trainer`` without a logger.
+        batch_size / num_workers: the predict DataLoader's.
+        shard_size: rows per store shard; shard ``i`` holds input rows ``[i * shard_size, (i + 1) * shard_size)``.
+        dtype: the store's on-disk dtype, ``float32`` or ``float16``.
+        normalize: L2-normalise the rows.
+        max_failure_rate: abort when a larger fraction of the inputs fails to decode.
+        overwrite: delete an earlier extraction in ``output`` instead of resuming it.
+
+    Returns:
+        ``{"output", "count", "failed", "dim", "shards", "dtype"}`` on global rank 0, ``None`` on other ranks.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {SUPPORTED_DTYPES} (the store's on-disk dtype)")
+    if not 0 <= max_failure_rate <= 1:
+        raise ValueError(f"max_failure_rate={max_failure_rate} must be within [0, 1]")
+    plan = _Plan(Path(output).expanduser(), source, shard_size, dtype, encoder.embed_dim)
+    signature = {  # through JSON, so it compares equal to the run.json it is checked against on resume
+        "encoder": encoder.name,
+        "dim": encoder.embed_dim,
+        "preprocessing": encoder.preprocessing,
+        "precision": encoder.dtype,
+        "normalize": normalize,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "count": len(source),
+        "ids_sha256": source.fingerprint(),
+    }
+    signature = json.loads(json.dumps(signature))
+    writer = ShardWriter(plan, max_failure_rate)
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ShardWriter)] + [writer]
+    datamodule = ExtractionDataModule(plan, encoder.transform, signature, overwrite, batch_size, num_workers)
+    trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)
+    if not trainer.is_global_zero:
+        return None
+    return _finalize(plan, encoder, normalize, max_failure_rate)
