@@ -140,6 +140,7 @@ class LabeledImageDataModule(_ImageLoaders):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         eval_crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
         batch_size: int = 256,
         num_workers: int = 8,
         max_redraws: int = 20,
@@ -149,7 +150,7 @@ class LabeledImageDataModule(_ImageLoaders):
         super().__init__(batch_size, num_workers, seed, pin_memory)
         self.save_hyperparameters()
         self.train_transform = linear_train_transform(image_size, mean, std)
-        self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std)
+        self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std, interpolation)
         self.train_source: ImageSource | None = None
         self.val_source: ImageSource | None = None
 

@@ -67,12 +67,19 @@ def moby_transform(
 
 
 def eval_transform(
-    size: int, crop_pct: float = 0.875, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    size: int,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bicubic",
 ) -> T.Compose:
-    """Resize the short side to size/crop_pct (256 for 224), centre crop: the linear-eval test pipeline."""
+    """Resize the short side to size/crop_pct (256 for 224), centre crop: the linear-eval test pipeline.
+
+    `interpolation` comes from the checkpoint's preprocessing, so evaluation sees what extraction sees.
+    """
     return T.Compose(
         [
-            T.Resize(round(size / crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(round(size / crop_pct), interpolation=T.InterpolationMode(interpolation)),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),
