@@ -77,7 +77,6 @@ def tiny_overrides(demo_root: Path, queue_len: int = 64, batch_size: int = 8) ->
         "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
-        "callbacks.model_checkpoint.every_n_epochs=1",
     ]
 
 
