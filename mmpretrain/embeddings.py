@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from mmpretrain._io import sha256_file
+
 FORMAT_NAME = "mmpretrain.embeddings"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,7 +42,6 @@ VERIFY_MODES = ("full", "counts", "none")
 
 _SHARD_RE = re.compile(r"^(?:embeddings-(\d{5,})\.npy|metadata-(\d{5,})\.parquet)$")
 _KNOWN_TYPES = {"id": pa.string(), "path": pa.string(), "tags": pa.list_(pa.string())}
-_HASH_CHUNK = 1 << 20
 
 
 class StoreError(ValueError):
@@ -71,15 +72,6 @@ def _check_dtype(root: str | os.PathLike, dtype: Any, file: str | None = None) -
     if name not in SUPPORTED_DTYPES:
         raise _error(root, f"unsupported dtype {name!r}; use one of {SUPPORTED_DTYPES}", file)
     return name
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so shards of any size hash in constant memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _temp_path(path: Path) -> Path:
@@ -166,11 +158,11 @@ def write_shard(
     tmp_parquet, tmp_npy = _temp_path(parquet_path), _temp_path(npy_path)
     try:
         pq.write_table(table, tmp_parquet)
-        parquet_sha = _sha256(tmp_parquet)
+        parquet_sha = sha256_file(tmp_parquet)
         _commit(tmp_parquet, parquet_path)
         with open(tmp_npy, "wb") as f:
             np.save(f, array, allow_pickle=False)
-        npy_sha = _sha256(tmp_npy)
+        npy_sha = sha256_file(tmp_npy)
         _commit(tmp_npy, npy_path)
     finally:
         tmp_parquet.unlink(missing_ok=True)
@@ -322,8 +314,8 @@ def finalize_store(
             "embeddings": npy_name,
             "metadata": parquet_name,
             "count": count,
-            "embeddings_sha256": _sha256(root / npy_name),
-            "metadata_sha256": _sha256(root / parquet_name),
+            "embeddings_sha256": sha256_file(root / npy_name),
+            "metadata_sha256": sha256_file(root / parquet_name),
         }
         for index, ((npy_name, parquet_name), count) in enumerate(
             tqdm(list(zip(names, counts)), desc="hash shards", leave=False, disable=None)
@@ -413,7 +405,7 @@ class EmbeddingStore:
                                 expected=shard["count"])
             if full:
                 for key in ("embeddings", "metadata"):
-                    if _sha256(self.root / shard[key]) != shard[f"{key}_sha256"]:
+                    if sha256_file(self.root / shard[key]) != shard[f"{key}_sha256"]:
                         raise _error(self.root, "was altered: sha256 differs from manifest.json", shard[key])
 
     @property

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from mmpretrain._io import file_lock
 from mmpretrain.data.dataset import load_rgb
 from mmpretrain.data.sources import scan_images
 from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
@@ -356,14 +356,8 @@ def _covered_rows(folder: Path) -> int:
 @contextlib.contextmanager
 def _chunk_lock(output: Path, chunk: int) -> Iterator[None]:
     """Exclusive lock on a chunk, so two ranks finishing its last batches at once merge it only once."""
-    path = _run_dir(output) / "parts" / f"{chunk:05d}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(_run_dir(output) / "parts" / f"{chunk:05d}.lock"):
+        yield
 
 
 @dataclasses.dataclass

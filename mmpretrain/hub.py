@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import http.client
 import json
@@ -38,6 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
+
+from mmpretrain._io import file_lock, sha256_file
 
 __all__ = [
     "FORMATS",
@@ -283,15 +284,6 @@ def list_pretrained(registry: str | Path | None = None) -> list[str]:
 # ----------------------------------------------------------------------------------------------- hashing
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB checkpoints do not need to fit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -363,18 +355,6 @@ def _cache_path(root: Path, name: str | None, url: str) -> Path:
     if not dest.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"refusing to write {dest} outside the cache folder {root}")
     return dest
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive ``flock`` so concurrent processes on one machine download once and the rest wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -487,7 +467,7 @@ def _download_to(
             f"checkpoint {label!r} is not in the cache ({dest}) and offline mode is on "
             "(MMPRETRAIN_OFFLINE / HF_HUB_OFFLINE); copy the file there or unset offline mode"
         )
-    with _file_lock(dest.with_name(dest.name + ".lock")):
+    with file_lock(dest.with_name(dest.name + ".lock")):
         if dest.is_file():  # another process finished it while this one waited for the lock
             return dest
         part = dest.with_name(dest.name + ".part")
