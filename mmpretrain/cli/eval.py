@@ -1,4 +1,5 @@
-"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...`."""
+"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...`, and
+`mmpretrain-eval task=fewshot encoder=<checkpoint> data.root=<labeled images> n_way=5 n_shot=[1,5]` (or `store=`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
+from pytorch_lightning.loggers import WandbLogger
 
 from mmpretrain.cli.utils import (
     apply_extras,
@@ -19,13 +22,25 @@ from mmpretrain.cli.utils import (
     log_hyperparameters,
     task_wrapper,
 )
+from mmpretrain.encoders import ImageEncoder, load_encoder
+from mmpretrain.fewshot import (
+    EpisodeResult,
+    evaluate_episodes,
+    get_method,
+    log_results_to_wandb,
+    plot_accuracy_vs_shots,
+    results_table,
+    sample_episodes,
+    split_classes,
+)
+from mmpretrain.fewshot.inputs import ImageInput, LabeledInput, StoreInput
 from mmpretrain.hub import build_backbone, load_checkpoint
 from mmpretrain.models import create_backbone
 from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
 
-TASKS = ("knn", "linear")
+TASKS = ("knn", "linear", "fewshot")
 
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -44,14 +59,146 @@ def _device(trainer_cfg: DictConfig) -> str:
     return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
+def _log_metrics(loggers: list[pl.loggers.Logger], metrics: dict[str, float]) -> None:
+    """Send the metrics to every logger and flush them (nothing else ends these loggers outside a Trainer)."""
+    for logger in loggers:
+        logger.log_metrics(metrics)
+        logger.save()
+
+
+def _as_list(cfg: DictConfig, key: str) -> list[Any]:
+    """`cfg[key]` as a list, written back so that `n_shot=5` reads as `n_shot=[5]` everywhere (optimized_metric)."""
+    value = cfg[key]
+    items = list(value) if isinstance(value, ListConfig) else [value]
+    if not items:
+        raise ValueError(f"{key}=[] is empty; give at least one value")
+    cfg[key] = items
+    return items
+
+
+def _fewshot_encoder(cfg: DictConfig, device: str) -> ImageEncoder:
+    """The encoder named by `cfg.encoder`, or its architecture at (seeded) random init, as for knn."""
+    if not cfg.random_init:
+        return load_encoder(str(cfg.encoder), device=device)
+    backbone, prep = load_eval_backbone(str(cfg.encoder), random_init=True)
+    return ImageEncoder(backbone, prep, f"{cfg.encoder} (random init)", device=device)
+
+
+def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
+    """Labeled rows from `store=...`, or from `encoder=...` applied to the images in `data.root=...`."""
+    encoder, store, root = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root")
+    if store:
+        if encoder or root:
+            raise ValueError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
+                             f"(store={store}, encoder={encoder}, data.root={root})")
+        if cfg.random_init:
+            raise ValueError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
+        return StoreInput(store)
+    if not encoder:
+        raise ValueError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
+                         "list or manifest>, or store=<embedding store with a label column>")
+    if not root:
+        raise ValueError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
+                         "class), file list or manifest> holding the images to evaluate on")
+    return ImageInput(_fewshot_encoder(cfg, device), root, batch_size=cfg.data.batch_size)
+
+
+def _novel_rows(cfg: DictConfig, data: LabeledInput, shots: list[int]) -> np.ndarray:
+    """Rows episodes are drawn from (all, or those outside the `n_base` base classes), after checking that they
+    can supply the episodes, so that a bad setting fails before any image is encoded."""
+    novel = np.ones(len(data.labels), dtype=bool)
+    if cfg.n_base is not None:
+        try:
+            novel = split_classes(data.labels, cfg.n_base, seed=cfg.seed)[1]
+        except ValueError as err:
+            raise ValueError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
+    try:  # the largest shot count is the one the labels may fail to supply
+        sample_episodes(data.labels[novel], cfg.n_way, max(shots), cfg.n_query, episodes=1, seed=cfg.seed)
+    except ValueError as err:
+        raise ValueError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
+    return novel
+
+
+def _fewshot_record(
+    cfg: DictConfig, data: LabeledInput, novel: np.ndarray, results: dict[str, dict[int, EpisodeResult]]
+) -> dict[str, Any]:
+    """What fewshot.json holds: the setting, the classes used, and mean/ci95/std/episodes per method and shot."""
+    summary = ("mean", "ci95", "std", "episodes")
+    return {
+        "task": "fewshot",
+        "source": data.where,
+        "encoder": data.encoder_name,
+        "random_init": bool(cfg.random_init),
+        "n_way": cfg.n_way,
+        "n_query": cfg.n_query,
+        "episodes": cfg.episodes,
+        "seed": cfg.seed,
+        "rows": int(novel.sum()),
+        "classes": len(np.unique(data.labels[novel])),
+        "n_base": cfg.n_base,
+        "base_classes": sorted(map(str, np.unique(data.labels[~novel]))),
+        "results": {
+            method: {str(shot): {key: r.to_dict()[key] for key in summary} for shot, r in by_shot.items()}
+            for method, by_shot in results.items()
+        },
+    }
+
+
+def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Episodic few-shot evaluation; writes fewshot.json, fewshot_table.txt and fewshot.png into the run folder."""
+    shots, methods = _as_list(cfg, "n_shot"), _as_list(cfg, "methods")
+    for method in methods:
+        try:
+            get_method(method)
+        except ValueError as err:
+            raise ValueError(f"methods={methods}: {err}") from err
+    device = _device(cfg.trainer)
+    data = _fewshot_input(cfg, device)
+    novel = _novel_rows(cfg, data, shots)
+    features = data.features()
+    base_features = None if cfg.n_base is None else features[~novel]
+    results = {
+        method: evaluate_episodes(features[novel], data.labels[novel], cfg.n_way, shots, cfg.n_query, cfg.episodes,
+                                  method, cfg.seed, base_features=base_features, device=device)
+        for method in methods
+    }  # fmt: skip
+    metrics = {}
+    for method, by_shot in results.items():
+        for shot, result in by_shot.items():
+            metrics[f"fewshot/{method}/{cfg.n_way}way_{shot}shot/acc"] = result.mean
+            metrics[f"fewshot/{method}/{cfg.n_way}way_{shot}shot/ci95"] = result.ci95
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = _fewshot_record(cfg, data, novel, results)
+    table = results_table(results)
+    (out / "fewshot.json").write_text(json.dumps(record, indent=2))
+    (out / "fewshot_table.txt").write_text(table + "\n")
+    if cfg.plot:
+        plot_accuracy_vs_shots(results, out / "fewshot.png")
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log_hyperparameters(cfg, loggers)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            log_results_to_wandb(results, run=logger.experiment)  # a table, the plot and the same scalars
+        else:
+            _log_metrics([logger], metrics)
+    print(table)
+    print(json.dumps(record))
+    return metrics, {"features": features[novel], "labels": data.labels[novel], "results": results, "input": data}
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Score a frozen encoder on a labeled train/val pair; writes `metrics.json` into the run folder."""
+    """Score a frozen encoder: kNN or a linear probe on a labeled train/val pair (writes `metrics.json`), or few-shot
+    episodes on one labeled set or embedding store (writes `fewshot.json`, a table and a plot)."""
     apply_extras(cfg)
     name = cfg.task.name
     if name not in TASKS:
         raise ValueError(f"task={name} is not available here; choose one of {TASKS}")
     pl.seed_everything(cfg.seed, workers=True)
+    if name == "fewshot":
+        return _fewshot(cfg)
     backbone, prep = load_eval_backbone(str(cfg.encoder), bool(cfg.random_init))
     datamodule = hydra.utils.instantiate(
         cfg.data,
@@ -69,8 +216,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         query = extract_features(backbone, query_loader, device)
         scores = knn_accuracy(*bank, *query, k=cfg.task.k, temperature=cfg.task.temperature)
         metrics = {"knn/top1": scores["top1"], "knn/top5": scores["top5"]}
-        for logger in loggers:
-            logger.log_metrics(metrics)
+        _log_metrics(loggers, metrics)
     else:
         model = LinearProbe(
             backbone,
@@ -97,9 +243,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="eval.yaml")
 def main(cfg: DictConfig) -> float | None:
-    """Console entry; returns top-1 of the chosen task for sweeps."""
+    """Console entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
     metrics, _ = evaluate(cfg)
-    return get_metric_value(metrics, f"{cfg.task.name}/top1")
+    return get_metric_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

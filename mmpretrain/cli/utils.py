@@ -125,8 +125,8 @@ def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
         return None
     if name not in metrics:
         raise KeyError(
-            f"optimized_metric={name} was not logged; available: {sorted(metrics)}. "
-            "Is the kNN monitor configured (data.knn_train_root / data.knn_val_root)?"
+            f"optimized_metric={name} was not logged; available: {sorted(metrics)} "
+            "(for MoBY's val/knn_top1, set data.knn_train_root and data.knn_val_root)"
         )
     value = metrics[name]
     return float(value.item() if hasattr(value, "item") else value)

@@ -9,6 +9,8 @@ Usage::
 Modules: :mod:`~mmpretrain.fewshot.sampling` (episodes, class splits), :mod:`~mmpretrain.fewshot.methods` (the
 batched methods and their registry), :mod:`~mmpretrain.fewshot.evaluate`, :mod:`~mmpretrain.fewshot.finetune`
 (support-image fine-tuning), :mod:`~mmpretrain.fewshot.classifier` and :mod:`~mmpretrain.fewshot.report`.
+:mod:`~mmpretrain.fewshot.inputs` (labeled embeddings from a store, or from an encoder and labeled images) is
+imported on its own, so that this package does not pull in the encoders and Lightning.
 """
 
 from mmpretrain.fewshot.classifier import FewShotClassifier

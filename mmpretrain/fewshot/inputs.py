@@ -1,0 +1,98 @@
+"""Labeled embeddings for few-shot evaluation: from an embedding store, or from an encoder and labeled images.
+
+Both sources expose the labels first and the features on demand, so that a configuration the labels cannot
+support (too few classes, classes too small for K+Q) is refused before any image is encoded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mmpretrain.embeddings import open_store
+from mmpretrain.encoders import ImageEncoder
+from mmpretrain.extraction import read_input
+
+__all__ = ["ImageInput", "LabeledInput", "StoreInput"]
+
+
+class LabeledInput(Protocol):
+    """Rows with one label each; ``features()`` returns their ``(rows, dim)`` float32 embeddings in label order.
+
+    ``where`` names the source as a config setting (``store=...``) for error messages and reports; ``encoder_name``
+    records which encoder made (or makes) the embeddings.
+    """
+
+    labels: np.ndarray
+    where: str
+    encoder_name: str
+
+    def features(self) -> np.ndarray: ...
+
+
+class StoreInput:
+    """An embedding store (image or video) whose metadata holds a label per row.
+
+    Args:
+        root: the store folder.
+        column: the metadata column holding the class labels.
+        key: the config key named in errors.
+
+    Raises:
+        StoreError: a missing or inconsistent store (see :func:`~mmpretrain.embeddings.open_store`).
+        ValueError: the store has no ``column``, or some rows lack a label.
+    """
+
+    def __init__(self, root: str | os.PathLike, column: str = "label", key: str = "store") -> None:
+        self.store = open_store(root)
+        self.where = f"{key}={os.fspath(root)}"
+        self.encoder_name = self.store.encoder
+        table = self.store.metadata()
+        if column not in table.column_names:
+            raise ValueError(f"{self.where}: the embedding store has no {column!r} metadata column (columns: "
+                             f"{', '.join(table.column_names)}); few-shot evaluation needs a class label per row. "
+                             "Extract it from a labeled folder, file list or manifest, or evaluate with encoder=... "
+                             "and data.root=... instead")
+        labels = table.column(column)
+        if labels.null_count:
+            raise ValueError(f"{self.where}: {labels.null_count} of {len(labels)} rows have no {column!r}; "
+                             "few-shot evaluation needs a class label on every row")
+        self.labels = labels.to_numpy(zero_copy_only=False)
+
+    def features(self) -> np.ndarray:
+        """All rows of the store, float32."""
+        return self.store.embeddings()
+
+
+class ImageInput:
+    """Labeled images (a folder with one subfolder per class, a file list or a manifest) and the encoder to embed them.
+
+    Features are the encoder's raw pooled outputs, not L2-normalised: each few-shot method applies its own
+    normalisation, and SimpleShot's CL2N must center the raw features before normalising them.
+
+    Args:
+        encoder: the image encoder.
+        source: the folder, file list or manifest (read by :func:`~mmpretrain.extraction.read_input`).
+        batch_size: images per forward pass.
+        key: the config key named in errors.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing source, or one without labels, naming ``key``.
+    """
+
+    def __init__(
+        self, encoder: ImageEncoder, source: str | os.PathLike, batch_size: int = 64, key: str = "data.root"
+    ) -> None:
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.images = read_input(Path(source), labels=True, key=key)
+        self.where = f"{key}={os.fspath(source)}"
+        self.encoder_name = encoder.name
+        self.labels = np.asarray(self.images.labels)
+
+    def features(self) -> np.ndarray:
+        """Every image's embedding, in input order."""
+        return self.encoder.encode_images(self.images.paths, batch_size=self.batch_size, normalize=False)
