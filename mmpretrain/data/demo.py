@@ -1,7 +1,8 @@
 """A deterministic demo image set: procedural shapes whose class is the shape, never the colour.
 
-Colour, position, size, rotation and background vary at random, so a classifier must see shape; an encoder
-at random init mostly sees colour, and a self-supervised one trained with colour jitter learns past it.
+Colour, position, size, rotation and background vary at random, so a classifier must see shape. Colours come
+from a small shared palette: with a unique colour pair per image, instance discrimination (what MoBY trains)
+could be solved by colour alone and would never need to look at shape.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from PIL import Image, ImageDraw, ImageFilter
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "stripes", "ring", "star", "checker")
 
 
-def _colour(rng: random.Random) -> tuple[int, int, int]:
-    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (250, 250, 250), (20, 20, 20),
+)  # fmt: skip
 
 
 def _polygon(cx: float, cy: float, radius: float, points: int, angle: float, inner: float = 1.0) -> list:
@@ -32,9 +35,7 @@ def _polygon(cx: float, cy: float, radius: float, points: int, angle: float, inn
 
 def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
     """Draw one sample of `shape` on a noisy random background."""
-    bg, fg = _colour(rng), _colour(rng)
-    while sum(abs(a - b) for a, b in zip(bg, fg)) < 150:
-        fg = _colour(rng)
+    bg, fg = rng.sample(PALETTE, 2)
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
     r = size * rng.uniform(0.22, 0.38)
