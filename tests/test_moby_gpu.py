@@ -24,7 +24,7 @@ def test_bf16_training_on_gpu(demo_root: Path, tmp_path: Path) -> None:
     assert cfg.trainer.precision == "bf16-mixed"
     metrics, objects = train(cfg)
     model = objects["model"]
-    assert next(model.parameters()).device.type == "cuda"
+    assert objects["trainer"].strategy.root_device.type == "cuda"  # Lightning moves the model back to CPU after fit
     assert torch.isfinite(metrics["train/loss"]) and 0 <= float(metrics["val/knn_top1"]) <= 100
     assert int(model.queue1.ptr) == (objects["trainer"].global_step * 8) % 64
     assert model.queue1.keys.dtype == torch.float32
