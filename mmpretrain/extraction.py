@@ -572,7 +572,9 @@ class ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier("mmpretrain_extract_parts")
 
 
-def _finalize(plan: _Plan, encoder: ImageEncoder, normalize: bool, max_failure_rate: float) -> dict[str, Any]:
+def _finalize(
+    plan: _Plan, encoder: ImageEncoder, normalize: bool, max_failure_rate: float, encoder_source: str | None
+) -> dict[str, Any]:
     """Merge what is left, write ``failed.jsonl``, check the failure rate and write the manifest."""
     output = plan.output
     for chunk in range(plan.num_chunks):
@@ -596,7 +598,8 @@ def _finalize(plan: _Plan, encoder: ImageEncoder, normalize: bool, max_failure_r
     manifest = finalize_store(
         output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
         extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
-               "preprocessing": encoder.preprocessing, "precision": encoder.dtype},
+               "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
+               "encoder_source": encoder_source or encoder.name},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)
     log.info("embedding store %s: %d rows in %d shards, %d inputs failed", output, manifest["count"],
@@ -618,6 +621,7 @@ def run_extraction(
     normalize: bool = True,
     max_failure_rate: float = 0.1,
     overwrite: bool = False,
+    encoder_source: str | None = None,
 ) -> dict[str, Any] | None:
     """Embed every row of ``source`` with ``trainer.predict`` into the store at ``output`` (resuming if possible).
 
@@ -636,6 +640,8 @@ def run_extraction(
         normalize: L2-normalise the rows.
         max_failure_rate: abort when a larger fraction of the inputs fails to decode.
         overwrite: delete an earlier extraction in ``output`` instead of resuming it.
+        encoder_source: what loads the encoder again (name, path or URL), recorded in the manifest so a search can
+            embed queries with the same encoder; defaults to the encoder's name.
 
     Returns:
         ``{"output", "count", "failed", "dim", "shards", "dtype"}`` on global rank 0, ``None`` on other ranks.
@@ -667,4 +673,4 @@ def run_extraction(
     trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None
-    return _finalize(plan, encoder, normalize, max_failure_rate)
+    return _finalize(plan, encoder, normalize, max_failure_rate, encoder_source)

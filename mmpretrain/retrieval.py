@@ -527,8 +527,13 @@ class RetrievalIndex:
         return out
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write index, ids and parameters to directory ``path`` atomically (temporary sibling, then rename)."""
+        """Write index, ids and parameters to directory ``path`` atomically (temporary sibling, then rename).
+
+        An earlier index at ``path`` is replaced; any other existing file or folder is refused, never deleted.
+        """
         path = Path(path)
+        if path.exists() and not (path / PARAMS_FILE).is_file():
+            raise FileExistsError(f"{path} exists and is not a saved index: refusing to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
         tmp.mkdir()

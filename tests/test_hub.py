@@ -434,7 +434,7 @@ dist.destroy_process_group()
 def test_ddp_ranks_download_once_per_machine(server: _Server, blob: bytes, tmp_path: Path) -> None:
     url = server.serve("/files/ddp.pth", blob)
     server.delay = 0.02
-    env = dict(os.environ, LOCAL_RANK="", PYTHONPATH=str(Path(hub.__file__).parents[1]))
+    env = dict(os.environ, LOCAL_RANK="", PYTHONPATH=str(Path(hub.__file__).parents[2]))
     procs = []
     for rank in range(2):
         env["LOCAL_RANK"] = str(rank)

@@ -326,3 +326,19 @@ def test_gpu_path_gives_the_cpu_results(monkeypatch) -> None:
     assert gpu.search_params == cpu.search_params
     np.testing.assert_array_equal(gpu.search(q, 10)[1], cpu.search(q, 10)[1])
     assert not build_index(x[:2_000], index_key="HNSW32", progress=False).on_gpu  # faiss has no GPU HNSW
+
+
+def test_save_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path) -> None:
+    import numpy as np
+
+    from mmpretrain.retrieval import build_index
+
+    index = build_index(np.eye(4, 8, dtype=np.float32), index_key="Flat", progress=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a saved index"):
+        index.save(tmp_path / "data")
+    assert (tmp_path / "data/keep.txt").read_text() == "precious"
+    index.save(tmp_path / "idx")
+    index.save(tmp_path / "idx")  # replacing an earlier index is fine
+    assert (tmp_path / "idx/params.json").is_file()

@@ -41,6 +41,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
         normalize=cfg.normalize,
         max_failure_rate=cfg.max_failure_rate,
         overwrite=cfg.overwrite,
+        encoder_source=str(cfg.encoder),
     )
     if summary is not None:
         log.info("wrote %s", summary)

@@ -1,0 +1,311 @@
+"""`mmpretrain-index build|search|eval key=value ...`: FAISS indexes over an embedding store.
+
+The subcommand is the first argument; it becomes the `command` key and the rest are Hydra overrides of
+`conf/index.yaml`::
+
+    mmpretrain-index build store=/data/emb output=/data/idx memory_budget=8GB
+    mmpretrain-index search index=/data/idx query=cat.jpg k=10
+    mmpretrain-index eval index=/data/idx queries=1000 sweep=true
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, ListConfig
+
+from mmpretrain.cli.utils import apply_extras, task_wrapper
+from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
+from mmpretrain.encoders import load_encoder
+from mmpretrain.retrieval import (
+    PARAMS_FILE,
+    RetrievalIndex,
+    build_index_from_store,
+    evaluate_index,
+    load_index,
+    parse_memory,
+    plot_recall_qps,
+)
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("build", "search", "eval")
+USAGE = """usage: mmpretrain-index {build|search|eval} key=value ...
+  mmpretrain-index build store=<embedding store> output=<index folder> [memory_budget=8GB] [index_key=auto]
+  mmpretrain-index search index=<index folder> query=<image|folder|[a.jpg,b.jpg]|file.npy> [k=10] [encoder=...]
+  mmpretrain-index eval index=<index folder> [queries=1000|file.npy] [k=10] [sweep=true]"""
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
+SUPPORTED_QUERIES = "supported: query=<image file, folder of images, list of images, or .npy file of embeddings>"
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+
+
+def _required(cfg: DictConfig, key: str, what: str) -> str:
+    """`cfg[key]` as a string, or an error naming the key the subcommand needs."""
+    value = cfg.get(key)
+    if value is None or str(value) == "":
+        raise ValueError(f"mmpretrain-index {cfg.command} needs {key}=<{what}>")
+    return str(value)
+
+
+def _folder(value: str, key: str) -> Path:
+    """An existing folder given as `key=value`, or an error naming both."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{key}={value}: folder does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{key}={value}: not a folder")
+    return path
+
+
+def _check_output(output: Path) -> None:
+    """Refuse to replace anything but an earlier index: saving swaps the whole folder and deletes the old one."""
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / PARAMS_FILE).is_file()):
+        raise FileExistsError(f"output={output}: exists and is not an index folder (no {PARAMS_FILE}); saving would "
+                              "replace it, so choose a new folder")
+
+
+def _load(cfg: DictConfig) -> RetrievalIndex:
+    """The index at `index=`, paired with `store=` when given, else with the store it was built from."""
+    path = _folder(_required(cfg, "index", "index folder written by mmpretrain-index build"), "index")
+    store = _folder(str(cfg.store), "store") if cfg.get("store") else None
+    index = load_index(path, store=store, use_gpu=cfg.use_gpu)
+    log.info("loaded %r from %s (store %s)", index, path, index.store.root if index.store is not None else None)
+    return index
+
+
+def _need_store(index: RetrievalIndex, cfg: DictConfig, why: str) -> None:
+    """Stop with the remedy when the store the index was built from is not attached (moved or deleted)."""
+    if index.store is None:
+        raise FileNotFoundError(f"index={cfg.index}: {why} needs the embedding store it was built from "
+                                f"({index.store_path}), which is gone; pass store=<its new folder>")
+
+
+# ---------------------------------------------------------------------------------------------------- queries
+
+
+def _query_items(cfg: DictConfig) -> list[str]:
+    """The `query=` value as a list of paths (a list, a comma-separated string or one path)."""
+    if cfg.get("text"):
+        raise ValueError(f"text={cfg.text!r}: text queries need the video-text encoder, which is not available yet; "
+                         f"{SUPPORTED_QUERIES}")
+    query = cfg.get("query")
+    items = [str(q) for q in query] if isinstance(query, ListConfig) else str(query or "").split(",")
+    items = [item.strip() for item in items if item.strip()]
+    if not items:
+        raise ValueError(f"mmpretrain-index search needs query=<...>; {SUPPORTED_QUERIES}")
+    return items
+
+
+def _load_npy(path: Path, key: str, dim: int) -> np.ndarray:
+    """Query embeddings from a .npy file (one vector or one row per query), refusing pickles and wrong widths."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
+    array = array[None, :] if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[1] != dim or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
+                         f"{array.dtype}{array.shape}")
+    return array
+
+
+def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, list[str]]:
+    """Embeddings from a lone .npy file (with row names), or None and the image paths to encode, in order."""
+    images: list[str] = []
+    for item in items:
+        path = Path(item).expanduser()
+        suffix = path.suffix.lower()
+        if suffix in VIDEO_EXTENSIONS:
+            raise ValueError(f"query={item}: video queries need the video encoder, which is not available yet; "
+                             f"{SUPPORTED_QUERIES}")
+        if not path.exists():
+            raise FileNotFoundError(f"query={item}: no such file or folder")
+        if path.is_dir():
+            images += scan_images(path, key="query").paths
+        elif suffix == ".npy":
+            if len(items) > 1:
+                raise ValueError(f"query={item}: a .npy file of embeddings must be the only query")
+            array = _load_npy(path, "query", dim)
+            return array, [f"{path.name}[{row}]" for row in range(len(array))]
+        elif suffix in IMAGE_EXTENSIONS:
+            images.append(str(path))
+        else:
+            raise ValueError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) or a .npy file; "
+                             f"{SUPPORTED_QUERIES}")
+    return None, images
+
+
+def _encode_images(cfg: DictConfig, index: RetrievalIndex, images: list[str]) -> np.ndarray:
+    """Embed query images with `encoder=` or the store's encoder, normalized as the store's rows are."""
+    _need_store(index, cfg, "an image query (for the store's encoder and normalization)")
+    store = index.store
+    source = cfg.encoder or store.manifest.get("extra", {}).get("encoder_source") or store.encoder
+    try:
+        encoder = load_encoder(str(source))
+    except FileNotFoundError as exc:
+        if cfg.encoder:
+            raise
+        raise FileNotFoundError(f"store {store.root} names encoder {source!r}, which is neither a registered "
+                                "checkpoint nor a path here; pass encoder=<name|path|url> of the encoder that made "
+                                "the store") from exc
+    if encoder.embed_dim != index.dim:
+        raise ValueError(f"encoder={source} gives {encoder.embed_dim}-d embeddings but index {cfg.index} holds "
+                         f"{index.dim}-d ones; use the encoder that made store {store.root} ({store.encoder})")
+    log.info("encoding %d query images with %s", len(images), encoder.name)
+    return encoder.encode_images(images, batch_size=cfg.image_batch_size, normalize=store.normalized)
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def _hits(index: RetrievalIndex, scores: np.ndarray, ids: np.ndarray) -> list[list[dict[str, Any]]]:
+    """Per query, its found hits as `{"rank", "score", "id"[, "path", "label"]}` (metadata when the store is there)."""
+    metadata = index.metadata_for(ids) if index.store is not None else [[None] * ids.shape[1]] * len(ids)
+    out = []
+    for row_scores, row_ids, row_meta in zip(scores.tolist(), ids.tolist(), metadata):
+        hits = []
+        for rank, (score, item, meta) in enumerate(zip(row_scores, row_ids, row_meta), start=1):
+            if item == "":
+                continue
+            hit = {"rank": rank, "score": score, "id": item}
+            hit.update({key: meta[key] for key in ("path", "label") if meta and meta.get(key) is not None})
+            hits.append(hit)
+        out.append(hits)
+    return out
+
+
+def _table(name: str, hits: list[dict[str, Any]], score_name: str) -> str:
+    """A fixed-width table of one query's hits; label and path columns appear when known."""
+    columns = ["rank", "score", "id"] + [key for key in ("label", "path") if any(key in hit for hit in hits)]
+    rows = [[score_name if c == "score" else c for c in columns]]
+    rows += [[f"{hit[c]:.4f}" if c == "score" else str(hit.get(c, "")) for c in columns] for hit in hits]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = [f"query {name}"] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _folder_bytes(path: Path) -> int:
+    """Bytes of the files in a folder (the index's size on disk)."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+# ---------------------------------------------------------------------------------------------------- subcommands
+
+
+def _build(cfg: DictConfig) -> dict[str, Any]:
+    """Build an index over `store=` in batches, tune its search parameters and save it to `output=`."""
+    store = _folder(_required(cfg, "store", "embedding store folder"), "store")
+    output = Path(_required(cfg, "output", "index folder to write")).expanduser()
+    _check_output(output)
+    parse_memory(cfg.memory_budget)  # a malformed budget fails now, even when index_key skips the auto choice
+    # Hydra reads an unquoted factory string (IVF1024,Flat) as a sweep; its suggested list form is joined back
+    index_key = ",".join(cfg.index_key) if isinstance(cfg.index_key, ListConfig) else str(cfg.index_key)
+    tic = time.perf_counter()
+    index = build_index_from_store(
+        store, metric=cfg.metric, index_key=index_key, memory_budget=cfg.memory_budget,
+        target_recall=cfg.target_recall, k_tune=cfg.k, batch_size=cfg.batch_size, use_gpu=cfg.use_gpu,
+        seed=cfg.seed,
+    )  # fmt: skip
+    index.save(output)
+    summary = {
+        "command": "build", "output": str(output), "store": str(store), "index_key": index.index_key,
+        "metric": index.metric, "ntotal": index.ntotal, "dim": index.dim, "search_params": index.search_params,
+        "tuned_recall": index.tuning.get("recall"), "size_bytes": _folder_bytes(output),
+        "build_seconds": round(time.perf_counter() - tic, 3),
+    }  # fmt: skip
+    print(json.dumps(summary))
+    return summary
+
+
+def _search(cfg: DictConfig) -> dict[str, Any]:
+    """Top-k hits of each query, as tables (or JSON lines with `json=true`)."""
+    items = _query_items(cfg)
+    index = _load(cfg)
+    embeddings, names = _resolve_queries(items, index.dim)
+    if embeddings is None:
+        embeddings = _encode_images(cfg, index, names)
+    scores, ids = index.search(embeddings, k=cfg.k)
+    results = [{"query": name, "hits": hits} for name, hits in zip(names, _hits(index, scores, ids))]
+    score_name = "score" if index.metric == "ip" else "distance"
+    for result in results:
+        print(json.dumps(result) if cfg.json else _table(result["query"], result["hits"], score_name) + "\n")
+    return {"command": "search", "results": results}
+
+
+def _eval_queries(cfg: DictConfig, index: RetrievalIndex) -> np.ndarray:
+    """`queries=N` store rows sampled with `seed`, or the embeddings of `queries=file.npy`."""
+    queries = cfg.queries
+    if isinstance(queries, int) and not isinstance(queries, bool):
+        if queries < 1:
+            raise ValueError(f"queries={queries}: need at least one query")
+        rng = np.random.default_rng(cfg.seed)
+        rows = np.sort(rng.choice(index.store.count, size=min(queries, index.store.count), replace=False))
+        return index.store.take(rows)
+    path = Path(str(queries)).expanduser()
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"queries={queries}: give a number of store rows to sample or a .npy file of embeddings")
+    if not path.is_file():
+        raise FileNotFoundError(f"queries={queries}: no such file")
+    return _load_npy(path, "queries", index.dim)
+
+
+def _eval(cfg: DictConfig) -> dict[str, Any]:
+    """Recall@k against exact search and QPS; writes eval.json (and recall_qps.png with `sweep=true`)."""
+    index = _load(cfg)
+    _need_store(index, cfg, "eval (exact search over the indexed vectors)")
+    result = evaluate_index(index, _eval_queries(cfg, index), k=cfg.k, sweep=cfg.sweep)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"command": "eval", "index": str(cfg.index), **result}
+    if cfg.sweep:
+        if result["curve"]:
+            title = f"{index.index_key}: recall@{cfg.k} vs QPS"
+            record["plot"] = str(plot_recall_qps(result["curve"], out / "recall_qps.png", result["flat_qps"], title))
+        else:
+            log.warning("index %s (%s) is exact: no nprobe/efSearch to sweep, so no plot", cfg.index, index.index_key)
+    (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return record
+
+
+@task_wrapper
+def index_command(cfg: DictConfig) -> dict[str, Any]:
+    """Run the subcommand in `cfg.command` and return what it printed, as a dict."""
+    apply_extras(cfg)
+    commands = {"build": _build, "search": _search, "eval": _eval}
+    if cfg.command not in commands:
+        raise ValueError(f"command={cfg.command} is not one of {'|'.join(COMMANDS)}")
+    return commands[cfg.command](cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="index.yaml")
+def _hydra_main(cfg: DictConfig) -> None:
+    """Hydra's entry: run dir, logging and overrides; the subcommand arrives as `command=`."""
+    index_command(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: the subcommand first, then Hydra overrides (and Hydra's flags, such as `--cfg job`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if not args or args[0] not in COMMANDS:
+        got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
+        print(f"mmpretrain-index: {got}; choose build|search|eval\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+    sys.argv = [sys.argv[0], f"command={args[0]}", *args[1:]]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Checkpoint hub: a registry of named checkpoints, a safe download cache, format conversion and loading.
+
+Everything that turns a name, URL or file into timm backbone weights lives here, so that the rest of the project
+never touches the network, never unpickles untrusted code and never guesses a key layout.
+
+Modules: :mod:`~mmpretrain.hub.registry` (named checkpoints), :mod:`~mmpretrain.hub.download` (cache, fetch,
+verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :mod:`~mmpretrain.hub.formats`
+(conversion, publishing, loading, building) and :mod:`~mmpretrain.hub.errors`.
+"""
+
+from mmpretrain._io import sha256_file
+from mmpretrain.hub.download import download, hub_cache_dir, verify
+from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
+from mmpretrain.hub.formats import CONFIG_FILE as CONFIG_FILE
+from mmpretrain.hub.formats import WEIGHTS_FILE as WEIGHTS_FILE
+from mmpretrain.hub.formats import (
+    LoadedCheckpoint,
+    build_backbone,
+    convert_moby_official,
+    convert_to_published,
+    load_checkpoint,
+    publish,
+)
+from mmpretrain.hub.registry import DEFAULT_PREPROCESSING as DEFAULT_PREPROCESSING
+from mmpretrain.hub.registry import FORMATS, RegistryEntry, list_pretrained, load_registry
+from mmpretrain.hub.registry import IMAGENET_MEAN as IMAGENET_MEAN
+from mmpretrain.hub.registry import IMAGENET_STD as IMAGENET_STD
+from mmpretrain.hub.safe_load import safe_torch_load
+
+__all__ = [
+    "FORMATS",
+    "ChecksumError",
+    "DownloadError",
+    "HubError",
+    "LoadedCheckpoint",
+    "OfflineError",
+    "RegistryEntry",
+    "build_backbone",
+    "convert_moby_official",
+    "convert_to_published",
+    "download",
+    "hub_cache_dir",
+    "list_pretrained",
+    "load_checkpoint",
+    "load_registry",
+    "publish",
+    "safe_torch_load",
+    "sha256_file",
+    "verify",
+]

@@ -1,0 +1,19 @@
+"""The exceptions of the checkpoint hub."""
+
+from __future__ import annotations
+
+
+class HubError(RuntimeError):
+    """Base class for checkpoint hub errors."""
+
+
+class ChecksumError(HubError):
+    """A file's sha256 differs from the expected one."""
+
+
+class OfflineError(HubError):
+    """A checkpoint is not cached and offline mode forbids fetching it."""
+
+
+class DownloadError(HubError):
+    """A download failed for good (client error, or retries exhausted)."""

@@ -1,0 +1,327 @@
+"""Checkpoint formats: official-MoBY conversion, publishing to the own format, loading and strict building.
+
+Formats:
+    ``mmpretrain``: this project's own format, ``model.safetensors`` (the config embedded in its metadata) plus
+        ``config.json`` and ``model.safetensors.sha256``, written by :func:`publish`.
+    ``moby-official``: the SwinTransformer/Transformer-SSL release files (``{"model": {"encoder.*", ...}}``).
+    ``timm``: a plain state dict in timm's current key layout.
+    ``lightning``: a training checkpoint of :mod:`mmpretrain.ssl` (only read, never registered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmpretrain._io import sha256_file
+from mmpretrain.hub.download import _is_url, _sidecar, _write_text_atomic, download
+from mmpretrain.hub.errors import HubError
+from mmpretrain.hub.registry import (
+    DEFAULT_PREPROCESSING,
+    RegistryEntry,
+    _check_name,
+    _normalize_architecture,
+    _preprocessing,
+    load_registry,
+)
+from mmpretrain.hub.safe_load import safe_torch_load
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_CONFIG_METADATA_KEY = "mmpretrain_config"
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """Backbone weights in timm layout plus what is needed to rebuild and feed the model.
+
+    ``config`` holds at least ``architecture`` (``{"name", "kwargs"}``) and ``preprocessing``; published files
+    also carry ``tokenizer`` and ``training`` (the training hyper-parameters).
+    """
+
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    format: str
+    path: Path | None = None
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+
+def convert_moby_official(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Turn an official MoBY checkpoint into timm backbone weights (load them strict into a ``num_classes=0`` model).
+
+    Keeps the online ``encoder.`` only (drops ``encoder_k``, projectors, predictor and queues), drops the
+    ``relative_position_index``/``attn_mask`` buffers and any classifier ``head``, and for Swin moves
+    PatchMerging from the end of stage i (original layout) to the start of stage i+1 (timm layout).
+
+    Args:
+        state: the loaded file (``{"model": ...}``) or its ``model`` dict.
+    """
+    model = state.get("model", state)
+    if not isinstance(model, Mapping) or not any(k.startswith("encoder.") for k in model):
+        raise KeyError("not an official MoBY checkpoint: no 'encoder.' keys under 'model'")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.items():
+        if not key.startswith("encoder."):
+            continue
+        key = key[len("encoder.") :]
+        if key.endswith(("relative_position_index", "attn_mask")) or key.startswith("head."):
+            continue
+        out[key] = value
+    if any(k.startswith("layers.0.downsample.") for k in out):
+        out = {re.sub(r"^layers\.(\d+)\.downsample\.", _next_stage, k): v for k, v in out.items()}
+    return out
+
+
+def _next_stage(match: re.Match[str]) -> str:
+    return f"layers.{int(match.group(1)) + 1}.downsample."
+
+
+def _model_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Architecture kwargs without the head and weight switches, which the hub always sets itself."""
+    return {k: v for k, v in dict(kwargs or {}).items() if k not in ("num_classes", "pretrained")}
+
+
+def _lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and online backbone weights (``backbone.*``) of a Lightning training checkpoint of this project."""
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    for key in ("backbone", "image_size", "mean", "std", "interpolation"):
+        if key not in hparams:
+            raise KeyError(f"{source}: training checkpoint lacks hyper_parameters[{key!r}]")
+    architecture = {"name": hparams["backbone"], "kwargs": _model_kwargs(hparams.get("backbone_kwargs"))}
+    preprocessing = {
+        "image_size": int(hparams["image_size"]),
+        "mean": [float(x) for x in hparams["mean"]],
+        "std": [float(x) for x in hparams["std"]],
+        "interpolation": str(hparams["interpolation"]),
+        "crop_pct": float(hparams.get("crop_pct", DEFAULT_PREPROCESSING["crop_pct"])),
+    }
+    config: dict[str, Any] = {"architecture": architecture, "preprocessing": preprocessing}
+    if hparams.get("tokenizer") is not None:
+        config["tokenizer"] = hparams["tokenizer"]
+    config["training"] = json.loads(json.dumps(hparams, default=str))
+    prefix = "backbone."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise KeyError(f"{source}: training checkpoint has no '{prefix}*' weights in state_dict")
+    return config, state
+
+
+def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """Write ``model.safetensors`` (config in its metadata), ``config.json`` and the sha256 sidecar atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    tmp = out_dir / f"{WEIGHTS_FILE}.tmp"
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata={_CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)})
+    os.replace(tmp, weights)
+    digest = sha256_file(weights)
+    _write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_text_atomic(_sidecar(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    return digest
+
+
+def _published_entry(out_dir: Path, name: str, url: str | None, digest: str, config: dict[str, Any]) -> dict[str, Any]:
+    entry = RegistryEntry(
+        name=name,
+        url=url or (out_dir / WEIGHTS_FILE).resolve().as_uri(),
+        format="mmpretrain",
+        architecture=config["architecture"],
+        sha256=digest,
+        preprocessing=config["preprocessing"],
+    )
+    return entry.to_dict()
+
+
+def _default_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._-+") or "checkpoint"
+
+
+def publish(
+    training_checkpoint: str | Path, out_dir: str | Path, name: str | None = None, url: str | None = None
+) -> dict[str, Any]:
+    """Turn a Lightning training checkpoint into the own format and return the registry entry to paste.
+
+    Writes ``model.safetensors`` (online backbone only), ``config.json`` (architecture, preprocessing, tokenizer,
+    training hyper-parameters) and ``model.safetensors.sha256`` into ``out_dir``.
+
+    Args:
+        training_checkpoint: a ``.ckpt`` of :mod:`mmpretrain.ssl` (``state_dict`` with ``backbone.*`` and
+            ``hyper_parameters`` with ``backbone``, ``backbone_kwargs``, ``image_size``, ``mean``, ``std``,
+            ``interpolation``).
+        out_dir: folder to write to.
+        name: registry name; defaults to a sanitised file stem.
+        url: where ``model.safetensors`` will be hosted; defaults to its local ``file://`` URI.
+    """
+    path = Path(training_checkpoint)
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
+    name = _check_name(name, "name") if name is not None else _default_name(path.stem)
+    config, state = _lightning_config(ckpt, str(path))
+    config["name"] = name
+    out = Path(out_dir)
+    digest = _write_published(out, state, config)
+    return _published_entry(out, name, url, digest, config)
+
+
+def convert_to_published(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    architecture: str | Mapping[str, Any] | None = None,
+    url: str | None = None,
+    registry: str | Path | None = None,
+) -> dict[str, Any]:
+    """Convert any loadable checkpoint (e.g. official MoBY) to the own format, after checking it loads strict."""
+    loaded = load_checkpoint(source, architecture=architecture, registry=registry)
+    build_backbone(loaded)
+    config = {k: v for k, v in loaded.config.items() if k != "name"}
+    name = _check_name(name, "name") if name is not None else _default_name(Path(str(source)).stem)
+    config["name"] = name
+    config["converted_from"] = {"source": str(source), "format": loaded.format}
+    out = Path(out_dir)
+    digest = _write_published(out, loaded.state_dict, config)
+    return _published_entry(out, name, url, digest, config)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _plain_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """A timm-style state dict, possibly wrapped in ``{"state_dict": ...}`` or ``{"model": ...}``."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise HubError(f"{source}: not a state dict of tensors")
+    return dict(obj)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a Mapping
+    embedded = metadata.get(_CONFIG_METADATA_KEY)
+    return (json.loads(embedded) if embedded else None), state
+
+
+def _require_config(config: dict[str, Any] | None, source: str, fmt: str) -> dict[str, Any]:
+    if config is None:
+        raise HubError(
+            f"{source}: a {fmt} checkpoint carries no architecture; pass architecture='<timm name>' "
+            "or load it by a registry name"
+        )
+    return config
+
+
+def load_checkpoint(
+    name_or_path_or_url: str | Path,
+    *,
+    architecture: str | Mapping[str, Any] | None = None,
+    registry: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> LoadedCheckpoint:
+    """Load backbone weights in timm layout, with config, from a registry name, URL, file or published folder.
+
+    The format is detected from the content: own safetensors (config in metadata or a sibling ``config.json``),
+    official MoBY (``{"model": {"encoder.*"}}``), a Lightning training checkpoint of this project, or a plain
+    timm state dict. Files without a config need ``architecture`` or a registry entry.
+
+    Args:
+        name_or_path_or_url: registry name, ``http(s)://``/``file://`` URL, ``.pth``/``.ckpt``/``.safetensors``
+            file, or a folder written by :func:`publish`.
+        architecture: timm name or ``{"name", "kwargs"}`` for files that carry no config.
+        registry: an extra registry file.
+        cache_dir: download cache root.
+        progress: show a download progress bar.
+    """
+    source = str(name_or_path_or_url)
+    entries = load_registry(registry)
+    config: dict[str, Any] | None = None
+    if architecture is not None:
+        arch = _normalize_architecture(architecture, source)
+        config = {"architecture": arch, "preprocessing": _preprocessing(arch, None)}
+    if source in entries or _is_url(source):
+        path = download(source, cache_dir=cache_dir, progress=progress, registry=registry)
+        if source in entries and config is None:
+            config = entries[source].config()
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{source!r} is not a registered checkpoint ({', '.join(sorted(entries))}), a URL, or an existing path"
+            )
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_FILE}; not a published checkpoint")
+        path = path / WEIGHTS_FILE
+    if path.suffix == ".safetensors":
+        embedded, state = _read_safetensors(path)
+        sibling = path.with_name(CONFIG_FILE)
+        if embedded is None and path.name == WEIGHTS_FILE and sibling.is_file():
+            embedded = json.loads(sibling.read_text(encoding="utf-8"))
+        if embedded is not None:
+            return LoadedCheckpoint(embedded, state, source, "mmpretrain", path)
+        return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+    obj = safe_torch_load(path)
+    if (
+        isinstance(obj, Mapping)
+        and isinstance(obj.get("model"), Mapping)
+        and any(k.startswith("encoder.") for k in obj["model"])
+    ):
+        state = convert_moby_official(obj)
+        return LoadedCheckpoint(_require_config(config, source, "moby-official"), state, source, "moby-official", path)
+    if isinstance(obj, Mapping) and "state_dict" in obj and "backbone" in (obj.get("hyper_parameters") or {}):
+        lightning_config, state = _lightning_config(obj, source)
+        return LoadedCheckpoint(lightning_config, state, source, "lightning", path)
+    state = _plain_state_dict(obj, source)
+    return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+
+
+def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
+    """Create the timm model of ``loaded.config`` (``num_classes=0``, no timm download) and load it strict.
+
+    Strict loading is the point: a bare prefix strip with ``strict=False`` would leave e.g. Swin's downsample
+    layers random without a word. Classifier weights the headless model lacks are the only keys skipped.
+
+    Raises:
+        HubError: missing or unexpected keys or shape mismatches, naming the keys and the source.
+    """
+    import timm
+
+    arch = loaded.config["architecture"]
+    model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **_model_kwargs(arch.get("kwargs")))
+    expected = set(model.state_dict())
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    state = {
+        k: v
+        for k, v in loaded.state_dict.items()
+        if k in expected or not any(k == h or k.startswith(f"{h}.") for h in heads)
+    }
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise HubError(
+            f"{loaded.source}: weights do not fit {arch['name']}: missing keys {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise HubError(f"{loaded.source}: weights do not fit {arch['name']}: {e}") from e
+    return model.eval()

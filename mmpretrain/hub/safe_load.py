@@ -1,0 +1,147 @@
+"""Loading ``torch.save`` files without executing code from them (:func:`safe_torch_load`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmpretrain.hub.errors import HubError
+
+logger = logging.getLogger(__name__)
+
+
+class _Placeholder(dict):
+    """Inert stand-in for a class or function that a checkpoint names but that is not on the allowlist.
+
+    Calling, building or filling it only records the arguments, so pickled configs (e.g. a yacs ``CfgNode``)
+    load as data and a pickled ``os.system`` call does nothing.
+    """
+
+    target = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def append(self, item: Any) -> None:
+        self.__dict__.setdefault("items", []).append(item)
+
+    def extend(self, items: Any) -> None:
+        for item in items:
+            self.append(item)
+
+    def __repr__(self) -> str:
+        return f"<untrusted {self.target} args={self.args!r} items={dict(self)!r}>"
+
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+    "UntypedStorage": torch.uint8,
+}
+
+
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageType:
+    dtype: torch.dtype
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Reads the ``data.pkl`` of a ``torch.save`` zip with a tensor-only allowlist; everything else is inert."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self._archive = archive
+        self._prefix = prefix
+        self._storages: dict[str, torch.storage.TypedStorage] = {}
+        self.placeholders: set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        self.placeholders.add(f"{module}.{name}")
+        return type(name, (_Placeholder,), {"target": f"{module}.{name}", "__module__": __name__})
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        _, storage_type, key, _location, _numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+        if key not in self._storages:
+            raw = bytearray(self._archive.read(f"{self._prefix}data/{key}"))
+            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+            self._storages[key] = torch.storage.TypedStorage(
+                wrap_storage=untyped, dtype=storage_type.dtype, _internal=True
+            )
+        return self._storages[key]
+
+
+def _restricted_load(path: Path) -> Any:
+    if not zipfile.is_zipfile(path):
+        raise HubError(f"{path}: not a torch.save zip archive; legacy pickles are not loaded (re-save the file)")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles:
+            raise HubError(f"{path}: no data.pkl in the archive; not a torch.save file")
+        prefix = pickles[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in archive.namelist():
+            order = archive.read(f"{prefix}byteorder").decode().strip()
+            if order != sys.byteorder:
+                raise HubError(f"{path}: saved as {order}-endian, this machine is {sys.byteorder}-endian")
+        unpickler = _RestrictedUnpickler(archive, prefix)
+        obj = unpickler.load()
+    logger.info("%s: loaded with inert placeholders for %s", path, sorted(unpickler.placeholders))
+    return obj
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """Load a ``torch.save`` file without ever executing code from it.
+
+    ``torch.load(weights_only=True)`` first; when it refuses a global (official MoBY files pickle a yacs config,
+    Lightning checkpoints may hold other objects) a restricted unpickler reads the file again: tensors are rebuilt
+    and every non-allowlisted class or function becomes an inert :class:`_Placeholder`.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        logger.info("%s: weights_only load refused (%s); using the restricted unpickler", path, str(e).split("\n")[0])
+    except RuntimeError as e:
+        raise HubError(f"{path}: cannot read as a torch checkpoint: {e}") from e
+    return _restricted_load(path)
