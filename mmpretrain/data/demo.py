@@ -77,8 +77,8 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
 def make_demo_images(
     root: str | Path,
     num_classes: int = 6,
-    train_per_class: int = 60,
-    val_per_class: int = 20,
+    train_per_class: int = 100,
+    val_per_class: int = 40,
     size: int = 64,
     seed: int = 0,
 ) -> Path:
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the deterministic demo image set.")
     parser.add_argument("root")
     parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--val-per-class", type=int, default=20)
+    parser.add_argument("--train-per-class", type=int, default=100)
+    parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
