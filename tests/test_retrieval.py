@@ -24,6 +24,7 @@ from mmpretrain.retrieval import (
     plot_recall_qps,
     recall_at_k,
 )
+from mmpretrain.retrieval.index import _hnsw_parts
 
 DIM = 32
 
@@ -87,7 +88,7 @@ def test_ivf_and_hnsw_recall_against_exact(key: str) -> None:
     x, q = clustered(5_000, 300, noise=1.2)
     index = build_index(x, index_key=key, target_recall=0.95, progress=False)
     assert index.tunable() == ("nprobe" if key.startswith("IVF") else "efSearch")
-    assert [h.efConstruction for h in retrieval._hnsw_parts(index.index)] == ([80] if key == "HNSW32" else [])
+    assert [h.efConstruction for h in _hnsw_parts(index.index)] == ([80] if key == "HNSW32" else [])
     _, ids = index.search(q, 10)
     assert recall_at_k(ids, true_ids(x, q, 10), 10) >= 0.9
 

@@ -1,0 +1,169 @@
+"""Shared retrieval pieces: metric and GPU choices, row sources over arrays or stores, faiss helpers."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from mmpretrain.embeddings import EmbeddingStore
+
+Metric = Literal["ip", "l2"]
+GpuChoice = bool | Literal["auto"]
+
+GPU_MAX_K = 2048  # faiss GPU k-selection limit, also for nprobe
+
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+# ---------------------------------------------------------------------------------------------------- data sources
+
+
+def _check_metric(metric: str) -> int:
+    """faiss metric constant for ``"ip"``/``"l2"``, refusing anything else by name."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    return _METRICS[metric]
+
+
+def _as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
+    """A fresh C-contiguous float32 copy (faiss normalizes in place, never the caller's array)."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    if normalize:
+        faiss.normalize_L2(out)
+    return out
+
+
+class _Source:
+    """Row-ordered float32 access to an array or a store, normalized on the way out, without loading a store."""
+
+    def __init__(self, data: np.ndarray | EmbeddingStore, normalize: bool) -> None:
+        self.store = data if isinstance(data, EmbeddingStore) else None
+        self.array = None if self.store is not None else np.asarray(data)
+        if self.array is not None and (self.array.ndim != 2 or not np.issubdtype(self.array.dtype, np.number)):
+            raise ValueError(f"embeddings must be a numeric 2-D array, got {self.array.dtype}{self.array.shape}")
+        self.normalize = normalize
+        self.n, self.dim = (self.store.count, self.store.dim) if self.store is not None else self.array.shape
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order) as normalized float32."""
+        data = self.store.take(rows) if self.store is not None else self.array[rows]
+        return _as_float32(data, self.normalize)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """``(first row, float32 chunk, store ids or None)`` in row order."""
+        if self.store is None:
+            for start in range(0, self.n, batch_size):
+                yield start, _as_float32(self.array[start:start + batch_size], self.normalize), None
+            return
+        start = 0
+        for chunk, columns in self.store.iter_batches(batch_size, columns=("id",)):
+            yield start, _as_float32(chunk, self.normalize), np.asarray(columns["id"], dtype=str)
+            start += len(chunk)
+
+
+def _as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
+    """String id array of length n (row numbers when ``ids`` is None), refusing wrong lengths and duplicates."""
+    out = np.arange(n).astype(str) if ids is None else np.asarray(ids).astype(str)
+    if out.size:  # int -> str casts reserve 21 characters; keep only what the longest id needs
+        out = out.astype(f"<U{max(1, int(np.char.str_len(out).max()))}")
+    if out.shape != (n,):
+        raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {out.shape}")
+    unique, counts = np.unique(out, return_counts=True)
+    if len(unique) != n:
+        raise ValueError(f"ids must be unique; duplicated: {unique[counts > 1][:5].tolist()}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+
+
+def _gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _resolve_gpu(use_gpu: GpuChoice) -> bool:
+    """``"auto"`` means GPUs when faiss sees any; ``True`` without GPUs is an error rather than a silent CPU run."""
+    if use_gpu == "auto":
+        return _gpu_count() > 0
+    if use_gpu and _gpu_count() == 0:
+        raise RuntimeError("use_gpu=True but faiss sees no GPU: install faiss-gpu (pip install mmpretrain[gpu])")
+    return bool(use_gpu)
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """The search structure under pre-transforms, refinement and id maps."""
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, faiss.IndexPreTransform):
+            index = faiss.downcast_index(index.index)
+        elif isinstance(index, faiss.IndexRefine):
+            index = faiss.downcast_index(index.base_index)
+        elif isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            index = faiss.downcast_index(index.index)
+        else:
+            return index
+
+
+def _hnsw_quantizer(index: faiss.Index) -> bool:
+    """Whether an IVF index routes through an HNSW coarse quantizer (then quantizer_efSearch must follow nprobe)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+
+
+def _tunable(index: faiss.Index) -> str | None:
+    """The search parameter that trades speed for recall: ``"nprobe"``, ``"efSearch"`` or None (exact)."""
+    if faiss.try_extract_index_ivf(index) is not None:
+        return "nprobe"
+    return "efSearch" if isinstance(_inner(index), faiss.IndexHNSW) else None
+
+
+def _params_for(index: faiss.Index, value: int) -> dict[str, int]:
+    """Full parameter set for one value of the tunable parameter (an HNSW coarse quantizer follows nprobe)."""
+    name = _tunable(index)
+    if name == "nprobe" and _hnsw_quantizer(index):
+        return {"nprobe": value, "quantizer_efSearch": max(2 * value, 16)}
+    return {name: value} if name else {}
+
+
+def _set_params(index: faiss.Index, params: dict[str, int], gpu: bool) -> None:
+    """Apply ``{"nprobe": 16, ...}`` through faiss's (GPU) ParameterSpace, which reaches into wrappers."""
+    if params:
+        space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
+        space.set_index_parameters(index, ",".join(f"{name}={int(value)}" for name, value in params.items()))
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+    """faiss distances and labels for prepared queries, ``batch_size`` queries at a time."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    dist = np.empty((len(queries), k), dtype=np.float32)
+    labels = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch_size):
+        dist[start:start + batch_size], labels[start:start + batch_size] = index.search(
+            queries[start:start + batch_size], k)
+    return dist, labels
+
+
+def _to_gpus(index: faiss.Index, shard: bool) -> faiss.Index | None:
+    """Clone onto all GPUs (replicated, or sharded when ``shard``), or None where faiss has no GPU version (HNSW)."""
+    if isinstance(_inner(index), faiss.IndexHNSW) or _hnsw_quantizer(index):
+        return None
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = shard
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError as exc:
+        warnings.warn(f"faiss cannot run this index on GPUs ({exc}); using the CPU", stacklevel=3)
+        return None
+
+
+def _flat(dim: int, metric: int, gpu: bool) -> faiss.Index:
+    """Exact index on GPUs when asked, else on the CPU."""
+    index = faiss.IndexFlat(dim, metric)
+    return faiss.index_cpu_to_all_gpus(index) if gpu else index
+
