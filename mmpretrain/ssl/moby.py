@@ -174,6 +174,18 @@ class MoBY(pl.LightningModule):
         keep[1:] = index[1:] != index[:-1]
         return features[keep], labels[keep]
 
+    def build_optimizer(self, lr: float, fused: bool = True) -> torch.optim.AdamW:
+        """AdamW over the online branch with MoBY's no-decay groups.
+
+        The fused kernel is several times faster than the per-tensor loop on CPU and GPU; it is skipped under fp16,
+        where Lightning's gradient clipping needs the GradScaler to unscale outside the optimizer.
+        """
+        hp = self.hparams
+        groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor], hp.weight_decay)
+        if fused:
+            return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), foreach=True)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         total_steps = int(self.trainer.estimated_stepping_batches)
@@ -184,8 +196,8 @@ class MoBY(pl.LightningModule):
         start_lr = scaled_lr(hp.warmup_start_lr, global_batch, hp.lr_ref_batch)
         min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
         warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
-        groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor], hp.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+        fp16 = str(self.trainer.precision).startswith("16")
+        optimizer = self.build_optimizer(lr, fused=not fp16)
 
         def factor(step: int) -> float:
             return warmup_cosine_lr(step, total_steps, warmup_steps, lr, start_lr, min_lr) / lr

@@ -44,6 +44,5 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> 
 @torch.no_grad()
 def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> None:
     """target ← m·target + (1 − m)·online over parameters only, as the official momentum update does."""
-    target_params = list(target.parameters())
-    torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, [p.detach() for p in online.parameters()], alpha=1 - momentum)
+    # lerp: target + (1 - m)(online - target), one fused pass over the weights instead of a multiply and an add
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - momentum)
