@@ -1,10 +1,12 @@
-"""File helpers shared by the rooms that do I/O (hub, embedding store, extraction)."""
+"""File helpers shared by the rooms that do I/O (hub, embedding store, extraction, recommendation export)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +33,26 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A unique temporary sibling of `path` to write into; renamed over `path` only if the block succeeds.
+
+    Readers never see a half-written file, and concurrent writers (ranks, processes) never share a temporary.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small text file through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

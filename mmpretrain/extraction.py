@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from mmpretrain._io import file_lock
+from mmpretrain._io import atomic_path, file_lock, write_text_atomic
 from mmpretrain.data.dataset import load_rgb
 from mmpretrain.data.sources import scan_images
 from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
@@ -319,16 +318,6 @@ def _failed_part(output: Path, chunk: int) -> Path:
     return _run_dir(output) / f"failed-{chunk:05d}.jsonl"
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_part(
     output: Path, chunk: int, rank: int, rows: np.ndarray, ok: np.ndarray, embeddings: np.ndarray, errors: list[str]
 ) -> None:
@@ -336,10 +325,8 @@ def _write_part(
     folder = _parts_dir(output, chunk)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{int(rows[0]):010d}-{len(rows)}-r{rank}.npz"
-    tmp = _atomic_path(final)
-    with open(tmp, "wb") as f:
+    with atomic_path(final) as tmp, open(tmp, "wb") as f:
         np.savez(f, rows=rows, ok=ok, embeddings=embeddings, errors=np.array(errors, dtype=str))
-    os.replace(tmp, final)
 
 
 def _part_files(folder: Path) -> list[Path]:
@@ -408,7 +395,7 @@ class _Plan:
             {"row": int(r), "id": self.source.ids[r], "path": self.source.paths[r], "error": str(e)}
             for r, e in zip(failed_rows, all_errors)
         ]
-        _write_text(_failed_part(self.output, chunk), "".join(json.dumps(f) + "\n" for f in failures))
+        write_text_atomic(_failed_part(self.output, chunk), "".join(json.dumps(f) + "\n" for f in failures))
         kept = unique[good]
         write_shard(self.output, chunk, np.concatenate(embeddings)[first][good], self.source.metadata(kept),
                     dtype=self.dtype)
@@ -466,7 +453,7 @@ def _prepare_output(plan: _Plan, signature: dict[str, Any], overwrite: bool) -> 
         raise ValueError(f"output={output} holds an embedding store not written by a resumable extraction; "
                          "set overwrite=true to replace it or choose another output folder")
     _run_dir(output).mkdir(parents=True, exist_ok=True)
-    _write_text(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
     (output / MANIFEST).unlink(missing_ok=True)
     (output / FAILED_FILE).unlink(missing_ok=True)
     for chunk in range(plan.num_chunks):
@@ -588,7 +575,7 @@ def _finalize(
                                "files); rerun the same command to resume")
     failures = "".join(_failed_part(output, c).read_text(encoding="utf-8") for c in range(plan.num_chunks)
                        if _failed_part(output, c).is_file())
-    _write_text(output / FAILED_FILE, failures)
+    write_text_atomic(output / FAILED_FILE, failures)
     failed = failures.count("\n")
     total = len(plan.source)
     if failed > max_failure_rate * total:

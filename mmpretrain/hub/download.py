@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmpretrain._io import file_lock, sha256_file
+from mmpretrain._io import file_lock, sha256_file, write_text_atomic
 from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
 from mmpretrain.hub.registry import _URL_SCHEMES, _check_name, _normalize_sha256, load_registry
 
@@ -42,12 +42,6 @@ def _read_sidecar(path: Path) -> str | None:
         return None
     text = side.read_text(encoding="utf-8").split()
     return text[0].lower() if text else None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def verify(path: str | Path, sha256: str | None = None) -> str:
@@ -230,7 +224,7 @@ def _download_to(
             logger.warning(
                 "%s has no known sha256; downloaded file hashes to %s (add it to the registry)", label, actual
             )
-        _write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
+        write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
         os.replace(part, dest)
     return dest
 

@@ -22,8 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmpretrain._io import sha256_file
-from mmpretrain.hub.download import _is_url, _sidecar, _write_text_atomic, download
+from mmpretrain._io import sha256_file, write_text_atomic
+from mmpretrain.hub.download import _is_url, _sidecar, download
 from mmpretrain.hub.errors import HubError
 from mmpretrain.hub.registry import (
     DEFAULT_PREPROCESSING,
@@ -127,8 +127,8 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
     save_file(tensors, str(tmp), metadata={_CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)})
     os.replace(tmp, weights)
     digest = sha256_file(weights)
-    _write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    _write_text_atomic(_sidecar(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(_sidecar(weights), f"{digest}  {WEIGHTS_FILE}\n")
     return digest
 
 

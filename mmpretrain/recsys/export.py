@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mmpretrain._io import sha256_file
+from mmpretrain._io import atomic_path, sha256_file
 from mmpretrain.embeddings import EmbeddingStore, open_store
 from mmpretrain.recsys.formats import (
     FORMATS,
@@ -49,7 +49,6 @@ from mmpretrain.recsys.projection import (
     NPZ_FILE,
     OUTPUT_DTYPES,
     Projection,
-    atomic_path,
     fit_projection,
     load_projection,
     prepare_features,

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mmpretrain.recsys.projection import atomic_path
+from mmpretrain._io import atomic_path
 from mmpretrain.recsys.validation import FeatureError, check_finite, check_ids
 
 FORMATS = ("parquet", "easyrec", "npy")

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mmpretrain._io import atomic_path
 from mmpretrain.embeddings import EmbeddingStore
-from mmpretrain.recsys.projection import atomic_path
 from mmpretrain.retrieval import Metric, RetrievalIndex, build_index
 
 TABLE_FORMATS = ("parquet", "csv")

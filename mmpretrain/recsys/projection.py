@@ -8,34 +8,20 @@ the arrays). An export records the fingerprint and refuses to append with any ot
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmpretrain._io import atomic_path
+
 NPZ_FILE, JSON_FILE = "projection.npz", "projection.json"
 FORMAT_NAME, FORMAT_VERSION = "mmpretrain.projection", 1
 OUTPUT_DTYPES = ("float32", "float16")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write into; renamed over ``path`` only if the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
