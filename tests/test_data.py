@@ -81,7 +81,7 @@ def test_health_monitor_aborts_past_failure_rate() -> None:
     monitor.on_train_batch_end(None, _FakeModule(), None, batch, 0)  # 1 of 5: 20%, under min_attempts
     monitor.on_train_batch_end(None, _FakeModule(), None, {"failed": torch.tensor([0, 0, 0, 0])}, 1)
     assert (monitor.failed, monitor.attempted) == (1, 9)
-    with pytest.raises(RuntimeError, match=r"3 of 14 image reads failed.*max_failure_rate=20.0%"):
+    with pytest.raises(RuntimeError, match=r"3 of 14 reads failed.*max_failure_rate=20.0%"):
         monitor.on_train_batch_end(None, _FakeModule(), None, {"failed": torch.tensor([2, 0, 0])}, 2)
 
 

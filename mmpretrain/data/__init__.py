@@ -1,6 +1,6 @@
 """Image data: sources (folder, file list, labeled folder), robust datasets, SSL transforms, demo data."""
 
-from mmpretrain.data.datamodule import LabeledImageDataModule, SSLImageDataModule
+from mmpretrain.data.datamodule import LabeledImageDataModule, SampledLoaders, SSLImageDataModule
 from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
@@ -23,6 +23,7 @@ __all__ = [
     "ImageSource",
     "LabeledImageDataModule",
     "SSLImageDataModule",
+    "SampledLoaders",
     "denormalize",
     "eval_transform",
     "image_source",

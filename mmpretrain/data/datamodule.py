@@ -3,10 +3,10 @@ and labeled images for linear evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmpretrain.data.dataset import ImageDataset
 from mmpretrain.data.sources import ImageSource, image_source, labeled_folder
@@ -19,8 +19,15 @@ from mmpretrain.data.transforms import (
 )
 
 
-class _ImageLoaders(pl.LightningDataModule):
-    """Shared loader plumbing: an epoch-seeded sampler built here, so data order is reproducible on resume."""
+class SampledLoaders(pl.LightningDataModule):
+    """Shared loader plumbing: an epoch-seeded sampler built here, so data order is reproducible on resume.
+
+    Subclasses name what they load (``item_name``, for errors) and may turn persistent workers off when their
+    dataset draws per-epoch randomness from ``set_epoch`` (a persistent worker would keep a stale copy).
+    """
+
+    item_name = "images"
+    persistent_workers = True
 
     def __init__(self, batch_size: int, num_workers: int, seed: int, pin_memory: bool) -> None:
         super().__init__()
@@ -33,11 +40,11 @@ class _ImageLoaders(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _train_loader(self, dataset: ImageDataset, key: str) -> DataLoader:
+    def _train_loader(self, dataset: Dataset, key: str, collate_fn: Callable | None = None) -> DataLoader:
         world, rank = self._world()
         if len(dataset) < self.batch_size * world:
             raise ValueError(
-                f"{key}: {len(dataset)} images, fewer than one global batch "
+                f"{key}: {len(dataset)} {self.item_name}, fewer than one global batch "
                 f"(data.batch_size={self.batch_size} x {world} processes)"
             )
         sampler = DistributedSampler(
@@ -50,16 +57,22 @@ class _ImageLoaders(pl.LightningDataModule):
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
-    def _eval_loader(self, dataset: ImageDataset) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset, collate_fn: Callable | None = None) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, pin_memory=self.pin_memory
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_fn,
         )
 
 
-class SSLImageDataModule(_ImageLoaders):
+class SSLImageDataModule(SampledLoaders):
     """Unlabeled images (folder, recursive, or file list) in MoBY's two views; optional kNN monitor folders.
 
     `max_failure_rate` and `min_attempts` configure the `DataHealthMonitor` callback that enforces them.
@@ -129,7 +142,7 @@ class SSLImageDataModule(_ImageLoaders):
         ]
 
 
-class LabeledImageDataModule(_ImageLoaders):
+class LabeledImageDataModule(SampledLoaders):
     """Two labeled folders (train, val) for linear evaluation: the paper's RRC+flip train and resize+crop test."""
 
     def __init__(

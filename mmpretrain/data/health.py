@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 
 
 class DataHealthMonitor(pl.Callback):
-    """Sum the per-sample `failed` counts that `ImageDataset` puts in each batch.
+    """Sum the per-sample `failed` counts that `ImageDataset` and `VideoTextDataset` put in each batch.
+
+    Video batches also carry `failed_reasons` (missing, empty, truncated, ...): they are tallied so the final
+    warning says what went wrong, not only how often.
 
     Args:
         max_failure_rate: abort when failed / attempted exceeds this (data.max_failure_rate).
@@ -27,11 +30,15 @@ class DataHealthMonitor(pl.Callback):
         self.min_attempts = min_attempts
         self.failed = 0
         self.attempted = 0
+        self.reasons: dict[str, int] = {}
 
     def _count(self, pl_module: pl.LightningModule, batch: Any) -> None:
         if not isinstance(batch, dict) or "failed" not in batch:
             return
         failed = int(torch.as_tensor(batch["failed"]).sum().item())
+        for reasons in batch.get("failed_reasons") or ():
+            for reason in filter(None, str(reasons).split(",")):
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.failed += failed
         self.attempted += failed + len(batch["failed"])
         if failed:
@@ -39,9 +46,12 @@ class DataHealthMonitor(pl.Callback):
         rate = self.failed / max(self.attempted, 1)
         if self.attempted >= self.min_attempts and rate > self.max_failure_rate:
             raise RuntimeError(
-                f"{self.failed} of {self.attempted} image reads failed ({rate:.1%}), above "
+                f"{self.failed} of {self.attempted} reads failed ({rate:.1%}{self._reason_text()}), above "
                 f"data.max_failure_rate={self.max_failure_rate:.1%}; see the warnings above for the files"
             )
+
+    def _reason_text(self) -> str:
+        return "; " + ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) if self.reasons else ""
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         self._count(pl_module, batch)
@@ -51,4 +61,6 @@ class DataHealthMonitor(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.failed:
-            log.warning("skipped %d unreadable images out of %d reads", self.failed, self.attempted)
+            log.warning(
+                "skipped %d unreadable files out of %d reads%s", self.failed, self.attempted, self._reason_text()
+            )

@@ -1,0 +1,154 @@
+"""Video manifests as Lightning data: decoded (or pre-extracted) clips plus tokenized title and OCR."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmpretrain.video.dataset import VideoTextDataset, collate_videos
+from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
+from torch.utils.data import DataLoader
+
+from mmpretrain.data.datamodule import SampledLoaders
+from mmpretrain.models import create_tokenizer
+from mmpretrain.video.text import TextProcessor
+
+log = logging.getLogger(__name__)
+
+
+class VideoCollator:
+    """Stack clips and tokenize their text in the worker, so the main process only moves tensors."""
+
+    def __init__(self, processor: TextProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_videos(samples)
+        batch["text"] = self.processor(batch["title"], batch["ocr"])
+        return batch
+
+
+def split_records(records: Sequence[VideoRecord], fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random hold-out of ``fraction`` of the records (at least one), for a manifest without a val split."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"data.val_fraction={fraction} must be in (0, 1) when data.val_manifest is not set")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(records) * fraction))
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
+
+
+class VideoDataModule(SampledLoaders):
+    """Train/val video–text data from JSON Lines (or CSV) manifests (DESIGN §3).
+
+    Args:
+        train_manifest: the training manifest; val_manifest: a held-out one, else ``val_fraction`` of train.
+        tokenizer: transformers tokenizer (the model's text encoder name); max_text_len / max_title_len: lengths.
+        num_frames / image_size / sampling / stride: clip sampling (segment-based or fixed stride).
+        backend / pyav_mode: decoding (decord with PyAV fallback, or PyAV only).
+        frames_dir / val_frames_dir: pre-extracted frame shards (``scripts/prepare_frames.py``) instead of decoding.
+        crop_scale: random resized crop area range for training clips (same crop for every frame).
+        with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning).
+        max_redraws / max_failure_rate / min_attempts: unreadable videos are re-drawn, counted, and abort the run
+            past the failure rate (read by the ``data_health`` callback).
+    """
+
+    item_name = "videos"
+    persistent_workers = False
+
+    def __init__(
+        self,
+        train_manifest: str,
+        val_manifest: str | None = None,
+        val_fraction: float = 0.1,
+        tokenizer: str = "bert-base-uncased",
+        max_text_len: int = 64,
+        max_title_len: int | None = None,
+        num_frames: int = 8,
+        image_size: int = 224,
+        sampling: str = "segment",
+        stride: int = 4,
+        backend: str = "decord",
+        pyav_mode: str = "auto",
+        frames_dir: str | None = None,
+        val_frames_dir: str | None = None,
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        with_labels: bool = False,
+        with_tags: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        max_redraws: int = 10,
+        seed: int = 0,
+        max_failure_rate: float = 0.01,
+        min_attempts: int = 100,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed, pin_memory)
+        self.save_hyperparameters(logger=False)
+        self.train_records: list[VideoRecord] = []
+        self.val_records: list[VideoRecord] = []
+        self.labels: list[str] | None = None
+        self.tags: list[str] | None = None
+        self._processor: TextProcessor | None = None
+
+    @property
+    def processor(self) -> TextProcessor:
+        if self._processor is None:
+            hp = self.hparams
+            self._processor = TextProcessor(create_tokenizer(hp.tokenizer, "data.tokenizer"), hp.max_text_len,
+                                            hp.max_title_len)  # fmt: skip
+        return self._processor
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_records:
+            return
+        hp = self.hparams
+        for key in ("train_manifest", "val_manifest"):
+            value = hp[key]
+            if value is not None and not Path(value).is_file():
+                raise FileNotFoundError(f"data.{key}={value!r} does not exist")
+        records = read_video_manifest(hp.train_manifest)
+        if hp.val_manifest:
+            self.train_records, self.val_records = records, read_video_manifest(hp.val_manifest)
+        else:
+            self.train_records, self.val_records = split_records(records, hp.val_fraction, hp.seed)
+        everything = self.train_records + self.val_records
+        if hp.with_labels:
+            self.labels = label_vocab(everything)
+            if not self.labels:
+                raise ValueError(f"data.with_labels=true but no record of {hp.train_manifest} has a 'label'")
+        if hp.with_tags:
+            self.tags = tag_vocab(everything)
+            if not self.tags:
+                raise ValueError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
+
+    def dataset(self, records: Sequence[VideoRecord], train: bool, frames_dir: str | None) -> VideoTextDataset:
+        hp = self.hparams
+        return VideoTextDataset(
+            records,
+            num_frames=hp.num_frames,
+            size=(hp.image_size, hp.image_size),
+            train=train,
+            sampling=hp.sampling,
+            stride=hp.stride,
+            backend=hp.backend,
+            pyav_mode=hp.pyav_mode,
+            frames_dir=frames_dir,
+            crop_scale=tuple(hp.crop_scale) if train else (1.0, 1.0),
+            labels=self.labels,
+            tags=self.tags,
+            max_redraws=hp.max_redraws,
+            seed=hp.seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset(self.train_records, True, self.hparams.frames_dir)
+        return self._train_loader(dataset, "data.train_manifest", VideoCollator(self.processor))
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.dataset(self.val_records, False, self.hparams.val_frames_dir)
+        return self._eval_loader(dataset, VideoCollator(self.processor))

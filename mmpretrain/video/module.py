@@ -1,0 +1,364 @@
+"""Video–text pretraining (MVM, MTM, VTM, VTC) as a thin LightningModule over :mod:`mmpretrain.video` parts."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mmpretrain.models import create_backbone, create_text_encoder, create_tokenizer, tokenizer_to_json
+from mmpretrain.ssl.optim import param_groups_weight_decay
+from mmpretrain.ssl.schedules import scaled_lr, warmup_cosine_lr
+from mmpretrain.video.losses import (
+    mtm_accuracy,
+    mtm_loss,
+    mvm_loss,
+    patchify_pixels,
+    sample_hard_negatives,
+    vtc_loss,
+    vtm_accuracy,
+    vtm_loss,
+)
+from mmpretrain.video.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, random_mask
+from mmpretrain.video.model import VideoTextFusion, encode_frame_grid, video_model_config
+
+LOSSES = ("vtc", "vtm", "mtm", "mvm")
+MVM_TARGETS = ("teacher", "pixels")
+MASKINGS = ("blockwise", "random")
+
+
+def load_frame_init(encoder: nn.Module, source: str, name: str) -> None:
+    """Initialize the frame encoder from a checkpoint of this project (MoBY ``.ckpt``, published folder, registry).
+
+    Raises:
+        ValueError: the checkpoint's architecture is not ``name``, naming ``model.frame_init``.
+    """
+    from mmpretrain.hub import build_backbone, load_checkpoint
+
+    loaded = load_checkpoint(source, architecture=None)
+    arch = loaded.config.get("architecture", {}).get("name")
+    if arch != name:
+        raise ValueError(f"model.frame_init={source!r} holds a {arch!r} backbone but model.frame_encoder={name!r}")
+    encoder.load_state_dict(build_backbone(loaded).state_dict(), strict=True)
+
+
+def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, B)`` True where two samples carry identical text: such a pair is never a negative."""
+    ids = input_ids.masked_fill(attention_mask == 0, -1)
+    return (ids[:, None, :] == ids[None, :, :]).all(-1)
+
+
+class VideoFusionPretrain(pl.LightningModule):
+    """Pretrain :class:`VideoTextFusion` with masked visual / text modeling, video–text matching and contrast.
+
+    The recipe follows VIOLET (fusion over frame and text tokens, MVM + MTM + VTM, AdamW betas (0.9, 0.98), wd
+    1e-3), VIOLETv2 (MVM regresses features of a frozen copy of the initial frame encoder with L1), and
+    ALBEF/ALPRO (a 256-d contrastive head with a learnable temperature from 0.07, negatives gathered across ranks,
+    one hard VTM negative per video and per text drawn from the contrastive similarity, never the positive).
+    Modality dropout hides all text or all frames of some samples in the masked pass, so a video without text
+    still embeds well.
+
+    Args:
+        frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames.
+        frame_init: a MoBY checkpoint of this project (path, published folder, registry name) for the frame encoder.
+        text_encoder / text_pretrained / text_overrides: transformers model (hub name, path, ``pkg://``), whether to
+            load its weights, config overrides (e.g. ``num_hidden_layers``).
+        num_frames / image_size / visual_grid: clip length, frame side, fusion tokens per frame side.
+        width / depth / num_heads / mlp_ratio / dropout / proj_dim / temperature: see :class:`VideoTextFusion`.
+        mvm_target: ``teacher`` (frozen initial frame encoder features, L1) or ``pixels`` (per-patch normalized
+            pixels, MSE); mvm_ratio / mvm_masking / mvm_tube: the visual mask.
+        mtm_prob: BERT masking probability (0.15). vtm_negatives: ``hard`` or ``random`` (in-batch).
+        loss_weights: weight per objective; 0 switches one off. modality_dropout: ``{"text": p, "video": p}``.
+        lr / lr_ref_batch / min_lr / warmup_epochs / weight_decay / betas: AdamW with warmup + cosine per step,
+            lr quoted per ``lr_ref_batch`` clips.
+        max_text_len / mean / std: preprocessing, stored so an exported encoder reproduces it.
+        embedding: what ``VideoEncoder.encode_videos`` returns by default: ``vtc`` or ``fused``.
+    """
+
+    def __init__(
+        self,
+        frame_encoder: str = "vit_small_patch16_224",
+        frame_encoder_kwargs: dict[str, Any] | None = None,
+        frame_init: str | None = None,
+        frame_drop_path: float = 0.1,
+        text_encoder: str = "bert-base-uncased",
+        text_pretrained: bool = True,
+        text_overrides: dict[str, Any] | None = None,
+        num_frames: int = 8,
+        image_size: int = 224,
+        visual_grid: int | None = 7,
+        width: int = 512,
+        depth: int = 4,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        proj_dim: int = 256,
+        temperature: float = 0.07,
+        mvm_target: str = "teacher",
+        mvm_ratio: float = 0.3,
+        mvm_masking: str = "blockwise",
+        mvm_tube: bool = False,
+        mtm_prob: float = 0.15,
+        vtm_negatives: str = "hard",
+        loss_weights: Mapping[str, float] | None = None,
+        modality_dropout: Mapping[str, float] | None = None,
+        lr: float = 1e-4,
+        lr_ref_batch: int = 256,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 1,
+        weight_decay: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.98),
+        max_text_len: int = 64,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        embedding: str = "vtc",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if mvm_target not in MVM_TARGETS:
+            raise ValueError(f"model.mvm_target={mvm_target!r} is not one of {MVM_TARGETS}")
+        if mvm_masking not in MASKINGS:
+            raise ValueError(f"model.mvm_masking={mvm_masking!r} is not one of {MASKINGS}")
+        if embedding not in ("vtc", "fused"):
+            raise ValueError(f"model.embedding={embedding!r} is not 'vtc' or 'fused'")
+        self.loss_weights = {k: 1.0 for k in LOSSES} | dict(loss_weights or {})
+        unknown = sorted(set(self.loss_weights) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"model.loss_weights has unknown objectives {unknown}; known: {LOSSES}")
+        self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
+        kwargs = dict(frame_encoder_kwargs or {})
+        frames = create_backbone(frame_encoder, frame_drop_path, **kwargs)
+        if frame_init:
+            load_frame_init(frames, frame_init, frame_encoder)
+        self.tokenizer = create_tokenizer(text_encoder)
+        text = create_text_encoder(text_encoder, text_pretrained, text_overrides)
+        grid = visual_grid or int(frames.patch_embed.grid_size[0])
+        if mvm_target == "pixels" and image_size % grid:
+            raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={grid} (MVM pixels)")
+        mvm_dim = frames.num_features if mvm_target == "teacher" else 3 * (image_size // grid) ** 2
+        self.model = VideoTextFusion(
+            frames, text, len(self.tokenizer), num_frames, visual_grid, width, depth, num_heads, mlp_ratio,
+            dropout, proj_dim, temperature, mvm_dim,
+        )  # fmt: skip
+        self.grid = grid
+        self.teacher = copy.deepcopy(frames).eval().requires_grad_(False) if mvm_target == "teacher" else None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self._val: list[tuple[torch.Tensor, ...]] = []
+
+    # ------------------------------------------------------------------------------------------- pieces
+
+    def train(self, mode: bool = True) -> VideoFusionPretrain:
+        """Keep the MVM teacher in eval mode (no dropout, no drop path) whatever Lightning asks."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` uint8 -> normalized float, on the device (cheaper than per clip in workers)."""
+        return (frames.float() / 255 - self.mean) / self.std
+
+    def export_config(self) -> dict[str, Any]:
+        """What rebuilds the model and its inputs without the original files: stored in every checkpoint."""
+        hp = self.hparams
+        return {
+            "kind": "video",
+            "architecture": video_model_config(self.model, hp.frame_encoder, hp.frame_encoder_kwargs),
+            "preprocessing": {
+                "num_frames": int(hp.num_frames),
+                "image_size": int(hp.image_size),
+                "mean": [float(x) for x in hp.mean],
+                "std": [float(x) for x in hp.std],
+                "max_text_len": int(hp.max_text_len),
+            },
+            "tokenizer": tokenizer_to_json(self.tokenizer),
+            "embedding": hp.embedding,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["video_model"] = self.export_config()
+
+    def _frame_mask(self, batch: int, frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        make = blockwise_mask if self.hparams.mvm_masking == "blockwise" else random_mask
+        return make(batch, frames, self.grid, self.grid, self.hparams.mvm_ratio,
+                    generator=generator, tube=self.hparams.mvm_tube)  # fmt: skip
+
+    @staticmethod
+    def _hide(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Zero (= the mean after normalization) the pixels under masked tokens."""
+        b, t, _, h, w = frames.shape
+        pixels = F.interpolate(mask.flatten(0, 1)[:, None].float(), size=(h, w), mode="nearest")
+        return frames * (1 - pixels.view(b, t, 1, h, w))
+
+    def _mvm_target(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return patchify_pixels(frames, (self.grid, self.grid))
+        with torch.no_grad():
+            return encode_frame_grid(self.teacher, frames, self.grid).flatten(1, 3).float()
+
+    def _gather(self, *tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
+        """Every rank's rows (gradients flow back to their owner) and this rank's offset among them."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensors, 0
+        out = tuple(self.all_gather(t, sync_grads=t.requires_grad).flatten(0, 1) for t in tensors)
+        return out, self.trainer.global_rank * tensors[0].shape[0]
+
+    # ------------------------------------------------------------------------------------------- the step
+
+    def pretrain_step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                      dropout: bool = True) -> dict[str, torch.Tensor]:
+        """All four objectives on one batch; returns the weighted ``loss``, each term, accuracies and embeddings."""
+        hp, m = self.hparams, self.model
+        text = batch["text"]
+        ids, attn, types, has_text = (text[k] for k in ("input_ids", "attention_mask", "token_type_ids", "has_text"))
+        frames = self.normalize(batch["frames"])
+        b, t = frames.shape[:2]
+        out: dict[str, torch.Tensor] = {}
+
+        video = m.video_tokens(m.frame_grid(frames))
+        states = m.text_states(ids, attn, types)
+        v_emb, t_emb = m.video_embedding(video), m.text_embedding(states)
+        with torch.no_grad():
+            m.temperature.clamp_(0.001, 0.5)
+        (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, has_text)
+        out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
+                              valid=has_text, all_valid=all_valid)  # fmt: skip
+
+        out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator)
+
+        mask = self._frame_mask(b, t, generator).to(frames.device)
+        masked_ids, labels = mask_tokens(ids, text["special_tokens_mask"], mask_token_id=self.tokenizer.mask_token_id,
+                                         vocab_size=len(self.tokenizer), prob=hp.mtm_prob, generator=None)
+        text_keep, video_keep = has_text.clone(), torch.ones_like(has_text)
+        if dropout:
+            draw = torch.rand(b, 2, generator=generator).to(frames.device)
+            drop_text = (draw[:, 0] < self.modality_dropout["text"]) & has_text
+            text_keep &= ~drop_text
+            video_keep &= ~((draw[:, 1] < self.modality_dropout["video"]) & has_text & ~drop_text)
+        masked_video = m.video_tokens(m.frame_grid(self._hide(frames, mask)))
+        fused = m.fuse(masked_video, m.text_states(masked_ids, attn, types), attn, types, video_keep, text_keep)
+        n_video = masked_video.shape[1]
+        mvm_mask = mask.flatten(1) & video_keep[:, None]
+        out["mvm"] = mvm_loss(m.mvm_head(fused[:, 1 : 1 + n_video]), self._mvm_target(frames), mvm_mask,
+                              loss="l1" if self.teacher is not None else "mse")  # fmt: skip
+        labels = labels.masked_fill(~text_keep[:, None], IGNORE_INDEX)
+        chosen = labels != IGNORE_INDEX
+        logits = m.mtm_head(fused[:, 1 + n_video :][chosen])[None]
+        out["mtm"] = mtm_loss(logits, labels[chosen][None])
+        out["mtm_acc"] = mtm_accuracy(logits.detach(), labels[chosen][None])
+        out["loss"] = sum(self.loss_weights[k] * out[k] for k in LOSSES)
+        out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), has_text
+        return out
+
+    def _matching(
+        self,
+        video: torch.Tensor,
+        states: torch.Tensor,
+        text: Mapping[str, torch.Tensor],
+        v_emb: torch.Tensor,
+        t_emb: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """VTM over positives, one negative text per video and one negative video per text (hard by default).
+
+        Negatives come from the local batch's VTC similarity (ALBEF); samples with identical text are never each
+        other's negative, and videos without text take part only as negatives for other texts.
+        """
+        ids, attn, types, has_text = (text[k] for k in ("input_ids", "attention_mask", "token_type_ids", "has_text"))
+        rows = has_text.nonzero().flatten()
+        with torch.no_grad():
+            sim = (v_emb @ t_emb.T).float() / self.model.temperature
+            same = same_text(ids, attn)
+            mode = self.hparams.vtm_negatives
+            neg_text = sample_hard_negatives(sim, valid=has_text, same=same, mode=mode, generator=generator)[rows]
+            neg_video = sample_hard_negatives(sim.T.contiguous(), same=same, mode=mode, generator=generator)[rows]
+        has_nt, has_nv = neg_text >= 0, neg_video >= 0
+        video_idx = torch.cat([rows, rows[has_nt], neg_video[has_nv]])
+        text_idx = torch.cat([rows, neg_text[has_nt], rows[has_nv]])
+        labels = torch.cat([torch.ones_like(rows), torch.zeros(int(has_nt.sum() + has_nv.sum()), dtype=torch.long,
+                                                               device=rows.device)])
+        if rows.numel() == 0:
+            return self.model.vtm_head.weight.sum() * 0, torch.tensor(float("nan"), device=v_emb.device)
+        fused = self.model.fuse(video[video_idx], states[text_idx], attn[text_idx], types[text_idx])
+        logits = self.model.match_logits(fused)
+        return vtm_loss(logits, labels), vtm_accuracy(logits.detach(), labels)
+
+    # ------------------------------------------------------------------------------------------- Lightning
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.pretrain_step(batch)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(
+                f"video pretraining loss is {out['loss'].item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); terms: " + ", ".join(f"{k}={out[k].item():.4g}" for k in LOSSES)
+            )
+        size = batch["frames"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        for key in (*LOSSES, "mtm_acc", "vtm_acc"):
+            if torch.isfinite(out[key]):
+                self.log(f"train/{key}", out[key], on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/temperature", self.model.temperature, on_step=True, on_epoch=False, batch_size=size)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(batch_idx)
+        out = self.pretrain_step(batch, generator=generator, dropout=False)
+        size = batch["frames"].shape[0]
+        self.log("val/loss", out["loss"], on_epoch=True, batch_size=size, sync_dist=True)
+        for key in (*LOSSES, "mtm_acc", "vtm_acc"):
+            if torch.isfinite(out[key]):
+                self.log(f"val/{key}", out[key], on_epoch=True, batch_size=size, sync_dist=True)
+        self._val.append((out["v_emb"].float(), out["t_emb"].float(), out["has_text"], batch["index"]))
+
+    def on_validation_epoch_end(self) -> None:
+        chunks, self._val = self._val, []
+        if not chunks:
+            return
+        v, t, valid, index = (torch.cat(parts) for parts in zip(*chunks))
+        if self.trainer.world_size > 1:
+            v, t, valid, index = (self.all_gather(x).flatten(0, 1) for x in (v, t, valid, index))
+        order = torch.argsort(index, stable=True)
+        v, t, valid, index = v[order], t[order], valid[order], index[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        keep &= valid.bool()
+        v, t = v[keep], t[keep]
+        if len(v) == 0:
+            return
+        sim = t @ v.T
+        target = torch.arange(len(v), device=sim.device)
+        self.log("val/t2v_r1", (sim.argmax(1) == target).float().mean() * 100, prog_bar=True)
+        self.log("val/v2t_r1", (sim.argmax(0) == target).float().mean() * 100)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        accumulate = self.trainer.accumulate_grad_batches
+        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
+        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
+        lr = scaled_lr(hp.lr, global_batch, hp.lr_ref_batch)
+        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
+        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        no_decay = ("temporal_pos", "spatial_pos", "temperature")
+        groups = param_groups_weight_decay([self.model], hp.weight_decay, no_decay)
+        # fused AdamW is fastest; under fp16 the GradScaler must unscale outside the optimizer for clipping
+        kernel = {"foreach": True} if str(self.trainer.precision).startswith("16") else {"fused": True}
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **kernel)
+
+        def factor(step: int) -> float:
+            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, lr * 0.01, min_lr) / lr
+
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}}
