@@ -24,7 +24,7 @@ from torchvision.transforms import functional as TF
 
 from mmpretrain.data.dataset import load_rgb
 
-__all__ = ["PRECISIONS", "ImageEncoder", "ImageTransform", "default_device", "load_encoder"]
+__all__ = ["PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder"]
 
 PRECISIONS = ("fp32", "bf16")
 _INTERPOLATIONS = {mode.value: mode for mode in InterpolationMode}
@@ -224,6 +224,189 @@ class ImageEncoder:
         return out
 
 
+class VideoClipLoader:
+    """Path -> ``(T, 3, size, size)`` uint8 clip sampled as in evaluation (segment middles); picklable for workers.
+
+    Raises :class:`~mmpretrain.video.VideoDecodeError` (naming the file and the reason) for unreadable videos.
+    """
+
+    def __init__(self, num_frames: int, image_size: int, backend: str = "decord") -> None:
+        self.num_frames, self.image_size, self.backend = int(num_frames), int(image_size), backend
+        self.shape = (self.num_frames, 3, self.image_size, self.image_size)
+
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+        from mmpretrain.video.decoding import decode_clip
+        from mmpretrain.video.sampling import make_sampler
+
+        sampler = make_sampler(self.num_frames, mode="segment", train=False, rng=None)
+        frames, _ = decode_clip(os.fspath(path), sampler, (self.image_size, self.image_size), self.backend)
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+
+class VideoEncoder:
+    """A pretrained video–text model with its preprocessing: standalone video and text embeddings, VTM scores.
+
+    ``encode_videos`` returns, by ``embedding``: ``"vtc"``, the contrastive embedding of the frames alone (the same
+    space as ``encode_texts``; titles and OCR are ignored), or ``"fused"``, the fusion CLS over frames, title and
+    OCR (a video without text is fused from its frames alone, as modality dropout trained it to be).
+    Clips are sampled like evaluation in training: ``num_frames`` segment middles, resized at decode time.
+
+    Args:
+        model: a :class:`~mmpretrain.video.VideoTextFusion` with trained weights.
+        config: the checkpoint's config (``preprocessing``, ``tokenizer``, ``embedding``).
+        name: the encoder's name, recorded in embedding stores.
+        device / dtype: as :class:`ImageEncoder`.
+        embedding: ``"vtc"`` or ``"fused"``; default from the checkpoint's config.
+        backend: video decoding backend (``decord`` with PyAV fallback, or ``pyav``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Mapping[str, Any],
+        name: str,
+        device: str | torch.device | None = None,
+        dtype: str = "fp32",
+        embedding: str | None = None,
+        backend: str = "decord",
+    ) -> None:
+        from mmpretrain.models import tokenizer_from_json
+        from mmpretrain.video.text import TextProcessor
+
+        if dtype not in PRECISIONS:
+            raise ValueError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
+        self.embedding = embedding or config.get("embedding", "vtc")
+        if self.embedding not in ("vtc", "fused"):
+            raise ValueError(f"encoder {name!r}: embedding={self.embedding!r} is not 'vtc' or 'fused'")
+        pre = config["preprocessing"]
+        self.name, self.dtype, self.backend = name, dtype, backend
+        self.num_frames, self.image_size = int(pre["num_frames"]), int(pre["image_size"])
+        self.preprocessing = dict(pre)
+        self.processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
+        self.loader = VideoClipLoader(self.num_frames, self.image_size, backend)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.mean = [float(x) for x in pre["mean"]]
+        self.std = [float(x) for x in pre["std"]]
+
+    def __repr__(self) -> str:
+        return (f"VideoEncoder({self.name!r}, embedding={self.embedding}, embed_dim={self.embed_dim}, "
+                f"frames={self.num_frames}x{self.image_size}px, device={self.device}, dtype={self.dtype})")
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of ``encode_videos`` rows: the VTC projection, or the fusion width for ``fused``."""
+        return int(self.model.vtc_video.out_features if self.embedding == "vtc" else self.model.width)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The whole video–text model: what Lightning moves between devices during extraction."""
+        return self.model
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _frames(self, clips: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, T, 3, H, W)`` -> normalized float on the model's device (which Lightning may have moved)."""
+        device = next(self.model.parameters()).device
+        mean = torch.tensor(self.mean, device=device).view(1, 1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 1, 3, 1, 1)
+        return (clips.to(device).float() / 255 - mean) / std
+
+    def read_clip(self, item: Any, index: int = 0) -> torch.Tensor:
+        """One video (path, or uint8 ``(T, H, W, 3)`` frames) as a ``(T, 3, size, size)`` uint8 clip."""
+        from mmpretrain.video.decoding import VideoDecodeError
+
+        if isinstance(item, str | os.PathLike):
+            try:
+                return self.loader(item)
+            except VideoDecodeError as err:
+                raise ValueError(f"videos[{index}]: {err}") from err
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 4 and item.shape[-1] == 3:
+            clip = torch.from_numpy(np.ascontiguousarray(item)).permute(0, 3, 1, 2)
+            if clip.shape[0] > self.num_frames:
+                positions = np.linspace(0, clip.shape[0] - 1, self.num_frames).round().astype(int)
+                clip = clip[torch.from_numpy(positions)]
+            if clip.shape[-2:] != (self.image_size, self.image_size):
+                clip = F.interpolate(clip.float(), size=(self.image_size,) * 2, mode="bilinear", antialias=True)
+                clip = clip.round().clamp(0, 255).to(torch.uint8)
+            return clip
+        raise TypeError(f"videos[{index}]: expected a path or a uint8 (T, H, W, 3) array, got {type(item).__name__}")
+
+    def embed(self, clips: torch.Tensor, text: Mapping[str, torch.Tensor] | None = None,
+              normalize: bool = True) -> torch.Tensor:
+        """Float32 embeddings of a ``(B, T, 3, H, W)`` uint8 batch on the model's device (text for ``fused``)."""
+        frames = self._frames(clips)
+        m = self.model
+        with self._autocast(frames.device):
+            video = m.video_tokens(m.frame_grid(frames))
+            if self.embedding == "vtc":
+                out = m.vtc_video(m.fuse(video)[:, 0])
+            else:
+                text = {k: v.to(frames.device) for k, v in text.items()}
+                states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+                out = m.fuse(video, states, text["attention_mask"], text["token_type_ids"],
+                             text_keep=text["has_text"])[:, 0]  # fmt: skip
+        out = out.float()
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_videos(
+        self,
+        paths: Sequence[Any],
+        titles: Sequence[str | None] | None = None,
+        ocr: Sequence[str | Sequence[str] | None] | None = None,
+        batch_size: int = 8,
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """One float32 row per video, in input order (see the class docstring for what the row is).
+
+        Raises:
+            ValueError: an unreadable video (naming its index and file) or titles/OCR of another length.
+        """
+        if isinstance(paths, str | os.PathLike):
+            raise TypeError("paths must be a sequence of videos; wrap a single path in a list")
+        items = list(paths)
+        titles = [None] * len(items) if titles is None else list(titles)
+        ocr = [None] * len(items) if ocr is None else list(ocr)
+        if len(titles) != len(items) or len(ocr) != len(items):
+            raise ValueError(f"{len(items)} videos but {len(titles)} titles and {len(ocr)} OCR entries")
+        out = np.empty((len(items), self.embed_dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start, batch in _batches(items, batch_size):
+                clips = torch.stack([self.read_clip(item, start + i) for i, item in enumerate(batch)])
+                text = self.processor(titles[start:start + len(batch)], ocr[start:start + len(batch)])
+                out[start:start + len(batch)] = self.embed(clips, text, normalize).cpu().numpy()
+        return out
+
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> np.ndarray:
+        """Text embeddings in the VTC space of ``encode_videos`` (the text encoder's CLS, projected)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings; wrap a single text in a list")
+        items = list(texts)
+        out = np.empty((len(items), int(self.model.vtc_text.out_features)), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode(), self._autocast(device):
+            for start, batch in _batches(items, batch_size):
+                text = {k: v.to(device) for k, v in self.processor(batch, [None] * len(batch)).items()}
+                states = self.model.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+                emb = self.model.vtc_text(states[:, 0]).float()
+                out[start:start + len(batch)] = (F.normalize(emb, dim=-1) if normalize else emb).cpu().numpy()
+        return out
+
+    def match_scores(self, clips: torch.Tensor, texts: Sequence[str], ocr: Sequence[Any] | None = None) -> np.ndarray:
+        """VTM match probabilities of ``(clip i, text i)`` pairs: the re-ranking score of a retrieval shortlist."""
+        frames = self._frames(clips)
+        text = self.processor(list(texts), list(ocr or [None] * len(texts)))
+        text = {k: v.to(frames.device) for k, v in text.items()}
+        m = self.model
+        with torch.inference_mode(), self._autocast(frames.device):
+            states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+            fused = m.fuse(m.video_tokens(m.frame_grid(frames)), states, text["attention_mask"], text["token_type_ids"])
+            return m.match_logits(fused).float().softmax(-1)[:, 1].cpu().numpy()
+
+
 def _batches(items: list[Any], batch_size: int) -> Iterator[tuple[int, list[Any]]]:
     for start in range(0, len(items), batch_size):
         yield start, items[start:start + batch_size]
@@ -239,8 +422,10 @@ def load_encoder(
     registry: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-) -> ImageEncoder:
-    """An :class:`ImageEncoder` from a registry name, URL, published folder/file or training ``.ckpt``.
+    embedding: str | None = None,
+    backend: str = "decord",
+) -> ImageEncoder | VideoEncoder:
+    """An :class:`ImageEncoder` or :class:`VideoEncoder` from a registry name, URL, published folder/file or ``.ckpt``.
 
     Weights are downloaded once into the cache and sha256-verified, converted to timm layout and loaded strict
     (see :mod:`mmpretrain.hub`); the preprocessing comes from the checkpoint's config.
@@ -254,6 +439,7 @@ def load_encoder(
         registry: an extra registry file.
         cache_dir: download cache root.
         progress: show a download progress bar.
+        embedding / backend: video models only: ``vtc`` or ``fused`` rows, and the decoding backend.
     """
     from mmpretrain.hub import build_backbone, load_checkpoint
 
@@ -261,7 +447,27 @@ def load_encoder(
         name_or_path_or_url, architecture=architecture, registry=registry, cache_dir=cache_dir, progress=progress
     )
     name = loaded.config.get("name") or str(name_or_path_or_url)
+    if loaded.config.get("kind") == "video":
+        return VideoEncoder(build_video(loaded), loaded.config, name, device=device, dtype=dtype,
+                            embedding=embedding, backend=backend)  # fmt: skip
     return ImageEncoder(
         build_backbone(loaded), loaded.config["preprocessing"], name,
         device=device, dtype=dtype, channels_last=channels_last,
     )  # fmt: skip
+
+
+def build_video(loaded: Any) -> nn.Module:
+    """The :class:`~mmpretrain.video.VideoTextFusion` of a loaded video checkpoint, weights loaded strict.
+
+    Raises:
+        HubError: missing or unexpected keys, naming the source.
+    """
+    from mmpretrain.hub import HubError
+    from mmpretrain.video.model import build_video_model
+
+    model = build_video_model(loaded.config["architecture"])
+    try:
+        model.load_state_dict(loaded.state_dict, strict=True)
+    except RuntimeError as err:
+        raise HubError(f"{loaded.source}: weights do not fit the video model in its config: {err}") from err
+    return model.eval()

@@ -38,7 +38,7 @@ from mmpretrain._io import atomic_path, file_lock, write_text_atomic
 from mmpretrain.data.dataset import load_rgb
 from mmpretrain.data.sources import scan_images
 from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
-from mmpretrain.encoders import ImageEncoder, ImageTransform
+from mmpretrain.encoders import ImageEncoder, ImageTransform, VideoEncoder
 
 __all__ = [
     "FAILED_FILE",
@@ -68,7 +68,8 @@ _STORE_FILE_RE = re.compile(r"^(?:embeddings-\d{5,}\.npy|metadata-\d{5,}\.parque
 
 @dataclasses.dataclass
 class ExtractionInput:
-    """The rows to embed, in store order: image paths with their ids and, where known, labels and tags.
+    """The rows to embed, in store order: image or video paths with their ids and, where known, labels and tags
+    (and, for videos, title and OCR text, which a ``fused`` video encoder reads).
 
     ``root`` is the folder ids are relative to (the input folder, or the list's or manifest's folder).
     """
@@ -79,9 +80,11 @@ class ExtractionInput:
     ids: list[str]
     labels: list[str] | None = None
     tags: list[list[str]] | None = None
+    titles: list[str] | None = None
+    ocr: list[str] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("ids", "labels", "tags"):
+        for name in ("ids", "labels", "tags", "titles", "ocr"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.paths):
                 raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
@@ -105,7 +108,13 @@ class ExtractionInput:
             columns["label"] = [self.labels[r] for r in rows]
         if self.tags is not None:
             columns["tags"] = [self.tags[r] for r in rows]
+        if self.titles is not None:
+            columns["title"] = [self.titles[r] for r in rows]
         return columns
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "video manifest"
 
     def fingerprint(self) -> str:
         """sha256 of the ids in order: a resumed run must see the same rows in the same order."""
@@ -233,6 +242,37 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> ExtractionInput:
     )
 
 
+def _is_video_manifest(path: Path) -> bool:
+    """A manifest whose first record names a ``video`` (DESIGN §3) rather than an ``image``."""
+    for _, record in _manifest_records(path):
+        return isinstance(record, dict) and "video" in record
+    return False
+
+
+def _read_video_manifest(path: Path, labels: str | bool, key: str) -> ExtractionInput:
+    """A video manifest (``video`` with optional ``id``, ``title``, ``ocr``, ``label``, ``tags``)."""
+    from mmpretrain.video.manifest import read_video_manifest
+    from mmpretrain.video.text import join_ocr
+
+    records = read_video_manifest(path)
+    names = [r.label for r in records]
+    given = [n for n in names if n is not None]
+    if labels is True and not given:
+        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+    if given and len(given) != len(names):
+        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    return ExtractionInput(
+        root=path.parent,
+        kind="video manifest",
+        paths=[r.video for r in records],
+        ids=[r.id for r in records],
+        labels=names if given and labels is not False else None,
+        tags=[list(r.tags) for r in records] if any(r.tags for r in records) else None,
+        titles=[r.title or "" for r in records],
+        ocr=[join_ocr(list(r.ocr)) for r in records],
+    )
+
+
 def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str = "input") -> ExtractionInput:
     """Rows to extract from a folder (recursive), a file list (``.txt``...) or a manifest (``.jsonl/.json/.csv``).
 
@@ -249,11 +289,29 @@ def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str 
     if not path.is_file():
         raise FileNotFoundError(f"{key}={source}: no such folder or file")
     if path.suffix.lower() in _MANIFEST_SUFFIXES:
+        if _is_video_manifest(path):
+            return _read_video_manifest(path, labels, key)
         return _read_manifest(path, labels, key)
     return _read_file_list(path, labels, key)
 
 
 # ----------------------------------------------------------------------------------------------- data
+
+
+class ImageFileLoader:
+    """Path -> ``(3, size, size)`` uint8 pixels through the encoder's transform; picklable for workers."""
+
+    def __init__(self, transform: ImageTransform) -> None:
+        self.transform = transform
+        self.shape = (3, transform.image_size, transform.image_size)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return self.transform(load_rgb(path))
+
+
+def file_loader(encoder: ImageEncoder | VideoEncoder) -> Any:
+    """What turns one input file into the encoder's uint8 input: an image transform or a clip decoder."""
+    return encoder.loader if isinstance(encoder, VideoEncoder) else ImageFileLoader(encoder.transform)
 
 
 class ExtractionDataset(Dataset):
@@ -263,10 +321,11 @@ class ExtractionDataset(Dataset):
     the row (as a non-empty ``error`` and zero pixels that are never embedded) to be left out and reported.
     """
 
-    def __init__(self, paths: Sequence[str], rows: Sequence[int], transform: ImageTransform) -> None:
-        self.paths = paths
+    def __init__(self, source: ExtractionInput, rows: Sequence[int], loader: Any) -> None:
+        self.paths = source.paths
+        self.titles, self.ocr = source.titles, source.ocr
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.transform = transform
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -274,20 +333,20 @@ class ExtractionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = int(self.rows[index])
         path = self.paths[row]
+        text = {"title": self.titles[row] if self.titles else "", "ocr": self.ocr[row] if self.ocr else ""}
         try:
-            pixels = self.transform(load_rgb(path))
-        except Exception as err:  # PIL raises many exception types for bad files
+            pixels = self.loader(path)
+        except Exception as err:  # PIL and the video decoders raise many exception types for bad files
             log.warning("cannot decode %s (row %d): %s: %s", path, row, type(err).__name__, err)
-            size = self.transform.image_size
-            return {"row": row, "pixels": torch.zeros(3, size, size, dtype=torch.uint8),
-                    "error": f"{type(err).__name__}: {err}"}
-        return {"row": row, "pixels": pixels, "error": ""}
+            return {"row": row, "pixels": torch.zeros(self.loader.shape, dtype=torch.uint8),
+                    "error": f"{type(err).__name__}: {err}", **text}
+        return {"row": row, "pixels": pixels, "error": "", **text}
 
 
 class EncoderPredictor(pl.LightningModule):
-    """The Lightning face of an :class:`ImageEncoder` for ``trainer.predict``: embeds the rows that decoded."""
+    """The Lightning face of an encoder for ``trainer.predict``: embeds the rows that decoded."""
 
-    def __init__(self, encoder: ImageEncoder, normalize: bool = True) -> None:
+    def __init__(self, encoder: ImageEncoder | VideoEncoder, normalize: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
         self.backbone = encoder.backbone  # registered, so Lightning moves it to the rank's device
@@ -297,7 +356,12 @@ class EncoderPredictor(pl.LightningModule):
         ok = np.array([not error for error in batch["error"]], dtype=bool)
         if ok.any():
             pixels = batch["pixels"][torch.from_numpy(ok).to(batch["pixels"].device)]
-            embeddings = self.encoder.embed(pixels, self.normalize).cpu().numpy()
+            if isinstance(self.encoder, VideoEncoder):
+                keep = np.flatnonzero(ok)
+                text = self.encoder.processor([batch["title"][i] for i in keep], [batch["ocr"][i] for i in keep])
+                embeddings = self.encoder.embed(pixels, text, self.normalize).cpu().numpy()
+            else:
+                embeddings = self.encoder.embed(pixels, self.normalize).cpu().numpy()
         else:
             embeddings = np.empty((0, self.encoder.embed_dim), dtype=np.float32)
         return {"rows": batch["row"].cpu().numpy(), "ok": ok, "embeddings": embeddings, "errors": list(batch["error"])}
@@ -473,7 +537,7 @@ class ExtractionDataModule(pl.LightningDataModule):
     def __init__(
         self,
         plan: _Plan,
-        transform: ImageTransform,
+        loader: Any,
         signature: dict[str, Any],
         overwrite: bool,
         batch_size: int,
@@ -482,7 +546,7 @@ class ExtractionDataModule(pl.LightningDataModule):
         super().__init__()
         self.prepare_data_per_node = False
         self.plan = plan
-        self.transform = transform
+        self.loader = loader
         self.signature = signature
         self.overwrite = overwrite
         self.batch_size = batch_size
@@ -504,7 +568,7 @@ class ExtractionDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
-            ExtractionDataset(self.plan.source.paths, self.rows, self.transform),
+            ExtractionDataset(self.plan.source, self.rows, self.loader),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -560,7 +624,11 @@ class ShardWriter(BasePredictionWriter):
 
 
 def _finalize(
-    plan: _Plan, encoder: ImageEncoder, normalize: bool, max_failure_rate: float, encoder_source: str | None
+    plan: _Plan,
+    encoder: ImageEncoder | VideoEncoder,
+    normalize: bool,
+    max_failure_rate: float,
+    encoder_source: str | None,
 ) -> dict[str, Any]:
     """Merge what is left, write ``failed.jsonl``, check the failure rate and write the manifest."""
     output = plan.output
@@ -579,14 +647,15 @@ def _finalize(
     failed = failures.count("\n")
     total = len(plan.source)
     if failed > max_failure_rate * total:
-        raise RuntimeError(f"{failed} of {total} images failed to decode (listed in {output / FAILED_FILE}), more than "
+        raise RuntimeError(f"{failed} of {total} inputs failed to decode (listed in {output / FAILED_FILE}), more than "
                            f"max_failure_rate={max_failure_rate}; the shards are kept: rerun with a higher "
                            "max_failure_rate to accept them")
     manifest = finalize_store(
         output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
         extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
-               "encoder_source": encoder_source or encoder.name},
+               "encoder_source": encoder_source or encoder.name,
+               **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)
     log.info("embedding store %s: %d rows in %d shards, %d inputs failed", output, manifest["count"],
@@ -596,7 +665,7 @@ def _finalize(
 
 
 def run_extraction(
-    encoder: ImageEncoder,
+    encoder: ImageEncoder | VideoEncoder,
     source: ExtractionInput,
     output: str | os.PathLike,
     trainer: pl.Trainer,
@@ -656,7 +725,11 @@ def run_extraction(
     signature = json.loads(json.dumps(signature))
     writer = ShardWriter(plan, max_failure_rate)
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ShardWriter)] + [writer]
-    datamodule = ExtractionDataModule(plan, encoder.transform, signature, overwrite, batch_size, num_workers)
+    video_encoder = isinstance(encoder, VideoEncoder)
+    if source.is_video != video_encoder:
+        raise ValueError(f"{source.root}: a {source.kind} needs {'a video' if source.is_video else 'an image'} "
+                         f"encoder, but {encoder.name!r} is {'a video' if video_encoder else 'an image'} encoder")
+    datamodule = ExtractionDataModule(plan, file_loader(encoder), signature, overwrite, batch_size, num_workers)
     trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None

@@ -31,6 +31,47 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_images(root, num_classes=4, train_per_class=12, val_per_class=4, size=32)
 
 
+@pytest.fixture(scope="session")
+def video_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real encoded demo videos (H.264 MP4 and MPEG-4 AVI, 32 px, 8 frames): 4 shapes x 6, a quarter held out."""
+    from mmpretrain.video.demo import make_demo_videos
+
+    return make_demo_videos(tmp_path_factory.mktemp("video_demo"), per_class=6, num_frames=8, size=32)
+
+
+TINY_VIDEO = [
+    "model.frame_encoder_kwargs.embed_dim=24",
+    "model.frame_encoder_kwargs.depth=1",
+    "model.text_pretrained=false",
+    "model.text_overrides.num_hidden_layers=1",
+    "+model.text_overrides.hidden_size=32",
+    "+model.text_overrides.num_attention_heads=2",
+    "+model.text_overrides.intermediate_size=64",
+    "model.width=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.proj_dim=16",
+]
+
+
+def video_overrides(video_demo: dict[str, Path], batch_size: int = 4) -> list[str]:
+    """`experiment=video_fusion_demo` shrunk further for tests: CPU, no workers, CSV logs, a 1-layer everything."""
+    return [
+        "experiment=video_fusion_demo",
+        "logger=csv",
+        "trainer=cpu",
+        f"data.train_manifest={video_demo['train']}",
+        f"data.val_manifest={video_demo['val']}",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        *TINY_VIDEO,
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+
+
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path):
     """Compose a config the way the CLI does, with every path redirected under `out_dir`."""
     from hydra import compose, initialize_config_module

@@ -183,11 +183,16 @@ def test_eval_reports_recall_qps_and_plots_the_sweep(store: EmbeddingStore, inde
         ("build", ["store={store}", "output={tmp}/idx", "memory_budget=lots"], ValueError, r"memory_budget 'lots'"),
         ("search", ["query={tmp}/q.npy"], ValueError, r"search needs index=<index folder"),
         ("search", ["index={tmp}/nowhere", "query={tmp}/q.npy"], FileNotFoundError, r"index=.*/nowhere: folder"),
-        ("search", ["index={index}"], ValueError, r"search needs query=<\.\.\.>; supported: query=<image file"),
+        ("search", ["index={index}"], ValueError, r"search needs query=<\.\.\.> or text=<\.\.\.>; supported: query=<image"),
         ("search", ["index={index}", "query={tmp}/gone.jpg"], FileNotFoundError, r"query=.*/gone.jpg: no such file"),
         ("search", ["index={index}", "query={tmp}/notes.txt"], ValueError, r"notes.txt: not an image .* or a \.npy"),
-        ("search", ["index={index}", "query={tmp}/clip.mp4"], ValueError, r"clip.mp4: video queries need the video"),
-        ("search", ["index={index}", "text='a red cat'"], ValueError, r"text='a red cat': text queries need"),
+        ("search", ["index={index}", "query={tmp}/clip.mp4", "encoder={ckpt}"], ValueError,
+         r"is an image encoder; video queries need a video-text encoder"),
+        ("search", ["index={index}", "text='a red cat'", "encoder={ckpt}"], ValueError,
+         r"is an image encoder; text queries need a video-text encoder"),
+        ("search", ["index={index}", "text='a red cat'"], FileNotFoundError, r"names encoder .* pass encoder="),
+        ("search", ["index={index}", "text=a", "query={tmp}/q.npy"], ValueError, r"query=<files> or text=<texts>, not"),
+        ("search", ["index={index}", "query=[{tmp}/clip.mp4,{tmp}/a.jpg]"], ValueError, r"mixes images and videos"),
         ("search", ["index={index}", "query={tmp}/wide.npy"], ValueError, r"wide.npy: need a numeric \(n, 32\)"),
         ("search", ["index={index}", "store={other}", "query={tmp}/q.npy"], StoreError, r"fingerprint"),
         ("eval", ["index={index}", "queries=abc"], ValueError, r"queries=abc: give a number of store rows"),
@@ -197,14 +202,16 @@ def test_eval_reports_recall_qps_and_plots_the_sweep(store: EmbeddingStore, inde
 )
 def test_clear_errors_name_the_key_and_file(
     store: EmbeddingStore, index_dir: Path, tmp_path: Path, command: str, overrides: list[str], error: type,
-    match: str,
+    match: str, request: pytest.FixtureRequest,
 ) -> None:
     other = clustered_store(tmp_path / "other", rows=300, seed=1) if "{other}" in " ".join(overrides) else None
     np.save(tmp_path / "q.npy", store.take([0]))
     np.save(tmp_path / "wide.npy", np.zeros((2, DIM + 1), dtype=np.float32))
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "clip.mp4").write_bytes(b"\0" * 16)
-    values = {"tmp": tmp_path, "store": store.root, "index": index_dir, "other": other and other.root}
+    (tmp_path / "a.jpg").write_bytes(b"\0" * 16)
+    ckpt = request.getfixturevalue("ckpt") if "{ckpt}" in " ".join(overrides) else None
+    values = {"tmp": tmp_path, "store": store.root, "index": index_dir, "other": other and other.root, "ckpt": ckpt}
     with pytest.raises(error, match=match):
         run(tmp_path, command, *(o.format(**values) for o in overrides))
 

@@ -24,9 +24,10 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     (output, count, failed, dim, shards, dtype) on global rank 0, None on the other ranks.
     """
     apply_extras(cfg)
-    encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last)
+    video = {"embedding": cfg.get("embedding"), "backend": cfg.get("backend", "decord")}
+    encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last, **video)
     source = read_input(cfg.input, labels=cfg.labels)
-    log.info("extracting %d images (%s %s) with %s (dim %d) into %s",
+    log.info("extracting %d inputs (%s %s) with %s (dim %d) into %s",
              len(source), source.kind, cfg.input, encoder.name, encoder.embed_dim, cfg.output)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     summary = run_extraction(

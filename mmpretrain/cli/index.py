@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig
 
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
-from mmpretrain.encoders import load_encoder
+from mmpretrain.encoders import ImageEncoder, VideoEncoder, load_encoder
 from mmpretrain.retrieval import (
     PARAMS_FILE,
     RetrievalIndex,
@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 COMMANDS = ("build", "search", "eval")
 USAGE = """usage: mmpretrain-index {build|search|eval} key=value ...
   mmpretrain-index build store=<embedding store> output=<index folder> [memory_budget=8GB] [index_key=auto]
-  mmpretrain-index search index=<index folder> query=<image|folder|[a.jpg,b.jpg]|file.npy> [k=10] [encoder=...]
+  mmpretrain-index search index=<index folder> query=<image|video|folder|[a.jpg,b.jpg]|file.npy> [k=10]
+  mmpretrain-index search index=<index folder> text="a red circle moving left" [k=10] [encoder=...]
   mmpretrain-index eval index=<index folder> [queries=1000|file.npy] [k=10] [sweep=true]"""
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
-SUPPORTED_QUERIES = "supported: query=<image file, folder of images, list of images, or .npy file of embeddings>"
+SUPPORTED_QUERIES = ("supported: query=<image or video file, folder of images, list of images or videos, or .npy "
+                     "file of embeddings>, or text=<text or [list of texts]> on a store of video (VTC) embeddings")
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -94,14 +96,21 @@ def _need_store(index: RetrievalIndex, cfg: DictConfig, why: str) -> None:
 
 def _query_items(cfg: DictConfig) -> list[str]:
     """The `query=` value as a list of paths (a list, a comma-separated string or one path)."""
-    if cfg.get("text"):
-        raise ValueError(f"text={cfg.text!r}: text queries need the video-text encoder, which is not available yet; "
-                         f"{SUPPORTED_QUERIES}")
     query = cfg.get("query")
     items = [str(q) for q in query] if isinstance(query, ListConfig) else str(query or "").split(",")
     items = [item.strip() for item in items if item.strip()]
     if not items:
-        raise ValueError(f"mmpretrain-index search needs query=<...>; {SUPPORTED_QUERIES}")
+        raise ValueError(f"mmpretrain-index search needs query=<...> or text=<...>; {SUPPORTED_QUERIES}")
+    return items
+
+
+def _text_items(cfg: DictConfig) -> list[str]:
+    """The `text=` value as a list of query texts (a list or one text; commas stay inside a text)."""
+    text = cfg.get("text")
+    items = [str(t) for t in text] if isinstance(text, ListConfig) else [str(text)]
+    items = [item.strip() for item in items if item.strip()]
+    if not items:
+        raise ValueError(f"text={text!r} is empty; {SUPPORTED_QUERIES}")
     return items
 
 
@@ -118,15 +127,13 @@ def _load_npy(path: Path, key: str, dim: int) -> np.ndarray:
     return array
 
 
-def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, list[str]]:
-    """Embeddings from a lone .npy file (with row names), or None and the image paths to encode, in order."""
+def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, list[str], str]:
+    """Embeddings from a lone .npy file (with row names), or None, the files to encode in order and their kind."""
     images: list[str] = []
+    videos: list[str] = []
     for item in items:
         path = Path(item).expanduser()
         suffix = path.suffix.lower()
-        if suffix in VIDEO_EXTENSIONS:
-            raise ValueError(f"query={item}: video queries need the video encoder, which is not available yet; "
-                             f"{SUPPORTED_QUERIES}")
         if not path.exists():
             raise FileNotFoundError(f"query={item}: no such file or folder")
         if path.is_dir():
@@ -135,18 +142,22 @@ def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, lis
             if len(items) > 1:
                 raise ValueError(f"query={item}: a .npy file of embeddings must be the only query")
             array = _load_npy(path, "query", dim)
-            return array, [f"{path.name}[{row}]" for row in range(len(array))]
+            return array, [f"{path.name}[{row}]" for row in range(len(array))], "embedding"
         elif suffix in IMAGE_EXTENSIONS:
             images.append(str(path))
+        elif suffix in VIDEO_EXTENSIONS:
+            videos.append(str(path))
         else:
-            raise ValueError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) or a .npy file; "
-                             f"{SUPPORTED_QUERIES}")
-    return None, images
+            raise ValueError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}), a video "
+                             f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or a .npy file; {SUPPORTED_QUERIES}")
+    if images and videos:
+        raise ValueError(f"query={items}: mixes images and videos; an index holds one kind, query it with that kind")
+    return None, videos or images, "video" if videos else "image"
 
 
-def _encode_images(cfg: DictConfig, index: RetrievalIndex, images: list[str]) -> np.ndarray:
-    """Embed query images with `encoder=` or the store's encoder, normalized as the store's rows are."""
-    _need_store(index, cfg, "an image query (for the store's encoder and normalization)")
+def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> ImageEncoder | VideoEncoder:
+    """`encoder=` or the store's own encoder, checked to embed `kind` queries into the index's space."""
+    _need_store(index, cfg, f"a {kind} query (for the store's encoder and normalization)")
     store = index.store
     source = cfg.encoder or store.manifest.get("extra", {}).get("encoder_source") or store.encoder
     try:
@@ -157,11 +168,34 @@ def _encode_images(cfg: DictConfig, index: RetrievalIndex, images: list[str]) ->
         raise FileNotFoundError(f"store {store.root} names encoder {source!r}, which is neither a registered "
                                 "checkpoint nor a path here; pass encoder=<name|path|url> of the encoder that made "
                                 "the store") from exc
-    if encoder.embed_dim != index.dim:
-        raise ValueError(f"encoder={source} gives {encoder.embed_dim}-d embeddings but index {cfg.index} holds "
+    video = isinstance(encoder, VideoEncoder)
+    if (kind == "image" and video) or (kind in ("video", "text") and not video):
+        raise ValueError(f"encoder={source} is {'a video' if video else 'an image'} encoder; {kind} queries need "
+                         f"{'an image' if kind == 'image' else 'a video-text'} encoder (the one that made the store)")
+    if kind == "text":
+        made_with = store.manifest.get("extra", {}).get("embedding", "vtc")
+        if made_with != "vtc":
+            raise ValueError(f"store {store.root} holds {made_with!r} video embeddings; text queries live in the VTC "
+                             "space: extract the store with embedding=vtc")
+        dim = int(encoder.model.vtc_text.out_features)
+    else:
+        dim = encoder.embed_dim
+    if dim != index.dim:
+        raise ValueError(f"encoder={source} gives {dim}-d embeddings but index {cfg.index} holds "
                          f"{index.dim}-d ones; use the encoder that made store {store.root} ({store.encoder})")
-    log.info("encoding %d query images with %s", len(images), encoder.name)
-    return encoder.encode_images(images, batch_size=cfg.image_batch_size, normalize=store.normalized)
+    return encoder
+
+
+def _encode(cfg: DictConfig, index: RetrievalIndex, items: list[str], kind: str) -> np.ndarray:
+    """Embed image, video or text queries with the store's encoder, normalized as the store's rows are."""
+    encoder = _store_encoder(cfg, index, kind)
+    normalize = index.store.normalized
+    log.info("encoding %d %s queries with %s", len(items), kind, encoder.name)
+    if kind == "image":
+        return encoder.encode_images(items, batch_size=cfg.image_batch_size, normalize=normalize)
+    if kind == "video":
+        return encoder.encode_videos(items, batch_size=cfg.video_batch_size, normalize=normalize)
+    return encoder.encode_texts(items, normalize=normalize)
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -228,11 +262,16 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
 
 def _search(cfg: DictConfig) -> dict[str, Any]:
     """Top-k hits of each query, as tables (or JSON lines with `json=true`)."""
-    items = _query_items(cfg)
+    if cfg.get("text") and cfg.get("query"):
+        raise ValueError("give query=<files> or text=<texts>, not both")
+    items = _text_items(cfg) if cfg.get("text") else _query_items(cfg)
     index = _load(cfg)
-    embeddings, names = _resolve_queries(items, index.dim)
-    if embeddings is None:
-        embeddings = _encode_images(cfg, index, names)
+    if cfg.get("text"):
+        embeddings, names = _encode(cfg, index, items, "text"), items
+    else:
+        embeddings, names, kind = _resolve_queries(items, index.dim)
+        if embeddings is None:
+            embeddings = _encode(cfg, index, names, kind)
     scores, ids = index.search(embeddings, k=cfg.k)
     results = [{"query": name, "hits": hits} for name, hits in zip(names, _hits(index, scores, ids))]
     score_name = "score" if index.metric == "ip" else "distance"

@@ -5,7 +5,11 @@ Formats:
         ``config.json`` and ``model.safetensors.sha256``, written by :func:`publish`.
     ``moby-official``: the SwinTransformer/Transformer-SSL release files (``{"model": {"encoder.*", ...}}``).
     ``timm``: a plain state dict in timm's current key layout.
-    ``lightning``: a training checkpoint of :mod:`mmpretrain.ssl` (only read, never registered).
+    ``lightning``: a training checkpoint of :mod:`mmpretrain.ssl` or :mod:`mmpretrain.video` (only read, never
+        registered).
+
+Video models (``config["kind"] == "video"``) carry their whole architecture (frame encoder, text encoder config,
+fusion sizes) and their tokenizer in the config, so a single downloaded file rebuilds them offline.
 """
 
 from __future__ import annotations
@@ -118,6 +122,22 @@ def _lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, A
     return config, state
 
 
+def is_video(config: Mapping[str, Any]) -> bool:
+    """True for a video–text model config (built by :mod:`mmpretrain.video`, not a timm backbone)."""
+    return config.get("kind") == "video"
+
+
+def _video_lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and fusion-model weights (``model.*``; the frozen MVM teacher is left out) of a video training run."""
+    config = dict(ckpt["video_model"])
+    config["training"] = json.loads(json.dumps(dict(ckpt.get("hyper_parameters") or {}), default=str))
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise KeyError(f"{source}: video training checkpoint has no '{prefix}*' weights in state_dict")
+    return config, state
+
+
 def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any]) -> str:
     """Write ``model.safetensors`` (config in its metadata), ``config.json`` and the sha256 sidecar atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,11 +153,12 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
 
 
 def _published_entry(out_dir: Path, name: str, url: str | None, digest: str, config: dict[str, Any]) -> dict[str, Any]:
+    video = is_video(config)
     entry = RegistryEntry(
         name=name,
         url=url or (out_dir / WEIGHTS_FILE).resolve().as_uri(),
         format="mmpretrain",
-        architecture=config["architecture"],
+        architecture={"name": "video_fusion", "kwargs": {}} if video else config["architecture"],
         sha256=digest,
         preprocessing=config["preprocessing"],
     )
@@ -169,7 +190,8 @@ def publish(
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
     name = _check_name(name, "name") if name is not None else _default_name(path.stem)
-    config, state = _lightning_config(ckpt, str(path))
+    read = _video_lightning_config if "video_model" in ckpt else _lightning_config
+    config, state = read(ckpt, str(path))
     config["name"] = name
     out = Path(out_dir)
     digest = _write_published(out, state, config)
@@ -285,6 +307,9 @@ def load_checkpoint(
     ):
         state = convert_moby_official(obj)
         return LoadedCheckpoint(_require_config(config, source, "moby-official"), state, source, "moby-official", path)
+    if isinstance(obj, Mapping) and "state_dict" in obj and "video_model" in obj:
+        video_config, state = _video_lightning_config(obj, source)
+        return LoadedCheckpoint(video_config, state, source, "lightning", path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "backbone" in (obj.get("hyper_parameters") or {}):
         lightning_config, state = _lightning_config(obj, source)
         return LoadedCheckpoint(lightning_config, state, source, "lightning", path)
@@ -303,6 +328,8 @@ def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
     """
     import timm
 
+    if is_video(loaded.config):
+        raise HubError(f"{loaded.source} is a video–text model, not an image backbone: use mmpretrain.load_encoder")
     arch = loaded.config["architecture"]
     model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **_model_kwargs(arch.get("kwargs")))
     expected = set(model.state_dict())
