@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.video.dataset import VideoTextDataset, collate_videos
-from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
 from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
 from mmpretrain.models import create_tokenizer
+from mmpretrain.video.dataset import VideoTextDataset, collate_videos
+from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
 from mmpretrain.video.text import TextProcessor
 
 log = logging.getLogger(__name__)

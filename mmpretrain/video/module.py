@@ -346,6 +346,8 @@ class VideoFusionPretrain(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         total_steps = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.train_dataloader is None:  # with max_steps Lightning has not loaded it yet
+            self.trainer.fit_loop.setup_data()
         accumulate = self.trainer.accumulate_grad_batches
         global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
         steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)

@@ -51,10 +51,9 @@ class TextProcessor:
 
     def pair_ids(self, title_ids: list[int], ocr_ids: list[int]) -> tuple[list[int], list[int]]:
         """Token ids and segment ids of one pair, OCR truncated first, then the title."""
-        budget = self.max_len - (3 if ocr_ids else 2)
-        cap = budget if self.max_title_len is None else min(budget, self.max_title_len)
+        cap = self.max_len - 2 if self.max_title_len is None else min(self.max_len - 2, self.max_title_len)
         title_ids = title_ids[:cap]
-        ocr_ids = ocr_ids[: max(budget - len(title_ids), 0)]
+        ocr_ids = ocr_ids[: max(self.max_len - 3 - len(title_ids), 0)]
         ids = [self.cls_id, *title_ids, self.sep_id]
         types = [0] * len(ids)
         if ocr_ids:
