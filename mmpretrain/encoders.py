@@ -380,16 +380,29 @@ class VideoEncoder:
                 out[start:start + len(batch)] = self.embed(clips, text, normalize).cpu().numpy()
         return out
 
-    def encode_texts(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> np.ndarray:
-        """Text embeddings in the VTC space of ``encode_videos`` (the text encoder's CLS, projected)."""
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        normalize: bool = True,
+        batch_size: int = 256,
+        ocr: Sequence[str | Sequence[str] | None] | None = None,
+    ) -> np.ndarray:
+        """Text embeddings in the VTC space of ``encode_videos`` (the text encoder's CLS, projected).
+
+        ``texts`` are titles or free queries; ``ocr`` optionally pairs each with OCR text, as in training.
+        """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings; wrap a single text in a list")
         items = list(texts)
+        ocr = [None] * len(items) if ocr is None else list(ocr)
+        if len(ocr) != len(items):
+            raise ValueError(f"{len(items)} texts but {len(ocr)} OCR entries")
         out = np.empty((len(items), int(self.model.vtc_text.out_features)), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast(device):
             for start, batch in _batches(items, batch_size):
-                text = {k: v.to(device) for k, v in self.processor(batch, [None] * len(batch)).items()}
+                pairs = self.processor(batch, ocr[start:start + len(batch)])
+                text = {k: v.to(device) for k, v in pairs.items()}
                 states = self.model.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
                 emb = self.model.vtc_text(states[:, 0]).float()
                 out[start:start + len(batch)] = (F.normalize(emb, dim=-1) if normalize else emb).cpu().numpy()

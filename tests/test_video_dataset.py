@@ -71,15 +71,10 @@ def test_demo_is_deterministic_and_mixes_containers(tmp_path):
     everything = read_video_manifest(a["train"]) + read_video_manifest(a["val"])
     assert {Path(r.video).suffix for r in everything} == {".mp4", ".avi"}
     assert any(r.title is None for r in everything) or any(not r.ocr for r in everything)
-    first = everything[0]
-    np.testing.assert_array_equal(
-        decode_clip(first.video, lambda n: np.arange(n), backend="pyav")[0],
-        decode_clip(
-            Path(b["train"]).parent / Path(first.video).relative_to(tmp_path / "a"),
-            lambda n: np.arange(n),
-            backend="pyav",
-        )[0],
-    )
+    for r in everything[:4]:
+        twin = tmp_path / "b" / Path(r.video).relative_to(tmp_path / "a")
+        first, second = decode_clip(r.video, np.arange)[0], decode_clip(twin, np.arange)[0]
+        assert np.abs(first.astype(float) - second).mean() < 1.0  # same content; the bytes may differ
 
 
 # ---------------------------------------------------------------- dataset
@@ -227,6 +222,7 @@ def test_shard_directory_checks(shards, tmp_path):
         prepare_frames(shards[0], tmp_path / "other")
 
 
+@pytest.mark.slow  # two fresh interpreters, each importing the mmpretrain.video package (torch, Lightning)
 def test_scripts_prepare_frames_and_demo(demo, tmp_path):
     done = subprocess.run(
         [
@@ -269,4 +265,4 @@ def test_scripts_prepare_frames_and_demo(demo, tmp_path):
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["counts"] == {"train": 6, "val": 2}
+    assert json.loads(done.stdout)["counts"] == {"train": 4, "val": 4}  # one video per class held out

@@ -142,36 +142,49 @@ def test_make_sampler_modes():
 # ---------------------------------------------------------------- decoding
 
 
+DECODERS = [("decord", "auto"), ("pyav", "seek"), ("pyav", "full"), ("pyav", "auto")]
+
+
+@pytest.mark.parametrize("size", [None, (32, 56)])
 @pytest.mark.parametrize("kind", ["mp4", "avi", "mp4_long"])
-def test_decord_and_pyav_return_the_same_frames(videos, kind):
+def test_decord_and_pyav_return_the_same_frames(videos, kind, size, caplog):
     wanted = [0, 3, 5, 6, 11, 17, 23] if kind != "mp4_long" else [2, 9, 20, 33, 39]
     got = {}
-    for backend, mode in [("decord", "auto"), ("pyav", "seek"), ("pyav", "full"), ("pyav", "auto")]:
+    for backend, mode in DECODERS:
         if backend == "decord" and decoding.decord is None:
             continue
-        frames, indices = decode_clip(videos[kind], lambda n: np.array(wanted), backend=backend, pyav_mode=mode)
-        assert frames.shape == (len(wanted), SIZE, SIZE, 3) and frames.dtype == np.uint8
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="mmpretrain.video.decoding"):
+            frames, indices = decode_clip(
+                videos[kind], lambda n: np.array(wanted), size=size, backend=backend, pyav_mode=mode
+            )
+        assert "using PyAV" not in caplog.text  # decord really decoded its share
+        h, w = size or (SIZE, SIZE)
+        assert frames.shape == (len(wanted), h, w, 3) and frames.dtype == np.uint8
         assert indices.tolist() == wanted
         assert frame_numbers(frames) == wanted, (backend, mode)
         got[(backend, mode)] = frames.astype(np.float32)
     reference = got[("pyav", "full")]
     for key, frames in got.items():
         assert np.abs(frames - reference).mean() < 1.0, key
-        assert np.abs(frames - pattern_stack(wanted)).mean() < 6.0, key
+    if size is None:
+        assert np.abs(reference - np.stack([pattern(i) for i in wanted])).mean() < 6.0
 
 
-def pattern_stack(indices: list[int]) -> np.ndarray:
-    return np.stack([pattern(i) for i in indices]).astype(np.float32)
-
-
-def test_repeated_and_backward_indices_and_resize(videos):
+def test_repeated_and_backward_indices(videos):
     wanted = [20, 2, 2, 13, 0]  # out of order and repeated: seek mode must go back
-    for backend, mode in [("decord", "auto"), ("pyav", "seek"), ("pyav", "full")]:
-        frames, _ = decode_clip(
-            videos["mp4"], lambda n: np.array(wanted), size=(32, 48), backend=backend, pyav_mode=mode
-        )
-        assert frames.shape == (5, 32, 48, 3)
-        assert frame_numbers(frames) == wanted, (backend, mode)
+    for backend, mode in DECODERS:
+        frames, indices = decode_clip(videos["mp4"], lambda n: np.array(wanted), backend=backend, pyav_mode=mode)
+        assert indices.tolist() == wanted and frame_numbers(frames) == wanted, (backend, mode)
+
+
+def test_decord_output_widths_it_cannot_make_fall_back(videos, caplog):
+    """decord 0.6 fails with an array size mismatch for some small output widths (16, 24, 48, 72 px here)."""
+    with caplog.at_level("INFO", logger="mmpretrain.video.decoding"):
+        frames, _ = decode_clip(videos["avi"], lambda n: np.array([4, 9]), size=(32, 48), backend="decord")
+    assert frames.shape == (2, 32, 48, 3) and frame_numbers(frames) == [4, 9]
+    if decoding.decord is not None:
+        assert "using PyAV" in caplog.text
 
 
 def test_auto_mode_seeks_only_when_it_saves_decoding(videos):
@@ -257,6 +270,13 @@ def test_bad_files_raise_with_reason(videos, tmp_path, kind, backend):
         decode_clip(path, lambda n: np.arange(min(n, 24)), backend=backend, pyav_mode="full")
     assert info.value.reason == BAD[kind]
     assert info.value.path == str(path) and str(path) in str(info.value)
+
+
+def test_stray_bytes_after_a_complete_mp4_are_not_truncation(videos, tmp_path):
+    padded = tmp_path / "padded.mp4"
+    padded.write_bytes(videos["mp4"].read_bytes() + b"\0\0\n")
+    frames, _ = decode_clip(padded, lambda n: np.array([3, 7]), backend="pyav")
+    assert frame_numbers(frames) == [3, 7]
 
 
 def test_decode_error_pickles():

@@ -1,5 +1,6 @@
-"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...`, and
-`mmpretrain-eval task=fewshot encoder=<checkpoint> data.root=<labeled images> n_way=5 n_shot=[1,5]` (or `store=`)."""
+"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...`,
+`mmpretrain-eval task=fewshot encoder=<checkpoint> data.root=<labeled images> n_way=5 n_shot=[1,5]` (or `store=`), and
+`mmpretrain-eval task=retrieval encoder=<video checkpoint> data.manifest=<held-out videos>`."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
 
-TASKS = ("knn", "linear", "fewshot")
+TASKS = ("knn", "linear", "fewshot", "retrieval")
 
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -188,10 +189,44 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"features": features[novel], "labels": data.labels[novel], "results": results, "input": data}
 
 
+def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Text↔video retrieval of a video model (or its random-init twin) on a held-out manifest."""
+    from mmpretrain.encoders import VideoEncoder, build_video
+    from mmpretrain.hub.formats import is_video
+    from mmpretrain.video import build_video_model, read_video_manifest
+    from mmpretrain.video.evaluation import video_text_retrieval
+
+    loaded = load_checkpoint(str(cfg.encoder))
+    if not is_video(loaded.config):
+        raise ValueError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
+    model = build_video_model(loaded.config["architecture"]) if cfg.random_init else build_video(loaded)
+    name = loaded.config.get("name") or str(cfg.encoder)
+    encoder = VideoEncoder(model, loaded.config, name, device=_device(cfg.trainer), backend=cfg.data.backend)
+    records = read_video_manifest(cfg.data.manifest)
+    task = cfg.task
+    result = video_text_retrieval(encoder, records, ks=list(task.ks), shortlist=task.shortlist,
+                                  rerank_k=task.rerank_k, index_key=task.index_key,
+                                  batch_size=cfg.data.batch_size)  # fmt: skip
+    metrics = {"retrieval/vtm_acc": result["vtm_accuracy"]}
+    for direction in ("t2v", "v2t", "t2v_rerank"):
+        metrics |= {f"retrieval/{direction}_{k}": float(v) for k, v in result.get(direction, {}).items()}
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log_hyperparameters(cfg, loggers)
+    _log_metrics(loggers, metrics)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"task": "retrieval", "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
+              "manifest": str(cfg.data.manifest), **result}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(record))
+    return metrics, {"encoder": encoder, "result": result}
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Score a frozen encoder: kNN or a linear probe on a labeled train/val pair (writes `metrics.json`), or few-shot
-    episodes on one labeled set or embedding store (writes `fewshot.json`, a table and a plot)."""
+    """Score a frozen encoder: kNN or a linear probe on a labeled train/val pair (writes `metrics.json`), few-shot
+    episodes on one labeled set or embedding store (writes `fewshot.json`, a table and a plot), or video–text
+    retrieval on a held-out video manifest (writes `metrics.json`)."""
     apply_extras(cfg)
     name = cfg.task.name
     if name not in TASKS:
@@ -199,6 +234,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True)
     if name == "fewshot":
         return _fewshot(cfg)
+    if name == "retrieval":
+        return _retrieval(cfg)
     backbone, prep = load_eval_backbone(str(cfg.encoder), bool(cfg.random_init))
     datamodule = hydra.utils.instantiate(
         cfg.data,

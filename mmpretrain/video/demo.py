@@ -58,6 +58,12 @@ def _title(rng: np.random.Generator, shape: str, colour: str, direction: str, fa
     return template.format(colour=colour, shape=shape, toward=toward)
 
 
+def _captions(rng: np.random.Generator) -> list[str]:
+    """One caption like "PROMO 42", and a second one in 30% of videos."""
+    count = 1 + int(rng.random() < 0.3)
+    return [f"{_OCR_WORDS[rng.integers(len(_OCR_WORDS))]} {rng.integers(10, 100)}" for _ in range(count)]
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A dim, smooth random texture (upsampled noise): textured, but never confused with the shape."""
     coarse = rng.uniform(30, 110, (6, 6, 3)).astype(np.float32)
@@ -130,7 +136,7 @@ def _render(
     return frames
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str) -> None:
+def _write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str) -> None:
     """Encode RGB frames at constant fps (yuv420p) atomically; the container comes from the file's suffix."""
     container_format = {".mp4": "mp4", ".avi": "avi", ".mkv": "matroska"}[path.suffix]
     height, width = frames[0].shape[:2]
@@ -165,16 +171,16 @@ def make_demo_videos(
     Returns:
         {"train": root/train.jsonl, "val": root/val.jsonl}
     """
-    if per_class < 1 or num_frames < 2 or size < 32:
-        raise ValueError(f"need per_class >= 1, num_frames >= 2, size >= 32; got {per_class}, {num_frames}, {size}")
-    if not 0 <= val_fraction < 1 or not 0 <= avi_fraction <= 1:
+    if per_class < 2 or num_frames < 2 or size < 32:
+        raise ValueError(f"need per_class >= 2, num_frames >= 2, size >= 32; got {per_class}, {num_frames}, {size}")
+    if not 0 < val_fraction < 1 or not 0 <= avi_fraction <= 1:
         raise ValueError(
-            f"val_fraction must be in [0, 1) and avi_fraction in [0, 1], got {val_fraction}, {avi_fraction}"
+            f"val_fraction must be in (0, 1) and avi_fraction in [0, 1], got {val_fraction}, {avi_fraction}"
         )
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     splits: dict[str, list[dict]] = {"train": [], "val": []}
-    n_val = round(per_class * val_fraction)
+    n_val = min(per_class - 1, max(1, round(per_class * val_fraction)))  # each class in both splits
     for c, shape in enumerate(DEMO_SHAPES):
         val_rows = set(np.random.default_rng([seed, c]).permutation(per_class)[:n_val].tolist())
         for j in range(per_class):
@@ -183,19 +189,12 @@ def make_demo_videos(
             direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
             fast = bool(rng.random() < 0.3)
             has_title, has_ocr = rng.random() >= _MISSING_TEXT, rng.random() >= _MISSING_TEXT
-            captions = (
-                [
-                    f"{_OCR_WORDS[rng.integers(len(_OCR_WORDS))]} {rng.integers(10, 100)}"
-                    for _ in range(1 + int(rng.random() < 0.3))
-                ]
-                if has_ocr
-                else []
-            )
+            captions = _captions(rng) if has_ocr else []
             avi = rng.random() < avi_fraction
             vid = f"{shape}-{j:03d}"
             path = root / "videos" / (vid + (".avi" if avi else ".mp4"))
             frames = _render(rng, shape, colour, direction, fast, captions, num_frames, size)
-            write_video(path, frames, fps, "mpeg4" if avi else "libx264")
+            _write_video(path, frames, fps, "mpeg4" if avi else "libx264")
             tags = [colour, shape, f"moving-{direction}"] + (["fast"] if fast else [])
             entry = {"id": vid, "video": f"videos/{path.name}", "label": shape, "tags": tags}
             if has_title:

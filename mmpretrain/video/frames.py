@@ -45,6 +45,7 @@ _SHARD = re.compile(r"frames-\d{5}\.npy")
 
 
 def shard_file(index: int) -> str:
+    """File name of shard `index` (frames-00000.npy, ...)."""
     return f"frames-{index:05d}.npy"
 
 
@@ -137,8 +138,10 @@ def _results(jobs: list[tuple], num_workers: int) -> Iterator[dict[str, Any]]:
     if num_workers <= 0:
         yield from map(_extract, jobs)
         return
-    # spawn: decoders and their threads do not survive fork; results come back in manifest order
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+    # fork, as DataLoader workers do: the children only decode, and start without importing torch again (the
+    # package imports it); spawn where fork does not exist. Results come back in manifest order.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(num_workers) as pool:
         yield from pool.imap(_extract, jobs, chunksize=2)
 
 
@@ -171,6 +174,7 @@ def prepare_frames(
     root = Path(output_dir)
     stale = _check_output(root)
     root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").unlink(missing_ok=True)  # an old run's directory reads as unfinished while rewritten
     size = (int(size[0]), int(size[1]))
     jobs = [(r.id, r.video, num_frames, size, backend) for r in records]
     writer = _ShardWriter(root, shard_size, (num_frames, *size, 3))
@@ -178,26 +182,12 @@ def prepare_frames(
     try:
         for result in tqdm(_results(jobs, num_workers), total=len(jobs), desc="frames", unit="video"):
             if "frames" not in result:
-                log.warning(
-                    "skipping video %s (id %s): %s %s",
-                    result["video"],
-                    result["id"],
-                    result["reason"],
-                    result["detail"],
-                )
+                log.warning("skipping video %s (%s): %s", result["video"], result["reason"], result["detail"])
                 failed.append(result)
                 continue
-            shard, row = writer.add(result["frames"])
-            index.append(
-                {
-                    "id": result["id"],
-                    "video": result["video"],
-                    "shard": shard,
-                    "row": row,
-                    "frames": result["indices"],
-                    "source_frames": result["total"],
-                }
-            )
+            shard, row = writer.add(result.pop("frames"))
+            entry = {"id": result["id"], "video": result["video"], "shard": shard, "row": row}
+            index.append({**entry, "frames": result["indices"], "source_frames": result["total"]})
         shards = writer.close()
     except BaseException:
         writer.abort()
@@ -271,8 +261,11 @@ class FrameShards:
 
     def _check(self, rows: dict[str, int]) -> None:
         listed = {s["file"]: int(s["count"]) for s in self.manifest["shards"]}
-        for name in sorted(set(rows) - set(listed)):
-            raise ValueError(f"{self.root}: index.jsonl points to shard {name}, which manifest.json does not list")
+        unlisted = sorted(set(rows) - set(listed))
+        if unlisted:
+            raise ValueError(
+                f"{self.root}: index.jsonl points to shard {unlisted[0]}, which manifest.json does not list"
+            )
         expected = (self.num_frames, *self.size, 3)
         for name, count in listed.items():
             path = self.root / name

@@ -147,6 +147,7 @@ class VideoFusionPretrain(pl.LightningModule):
             frames, text, len(self.tokenizer), num_frames, visual_grid, width, depth, num_heads, mlp_ratio,
             dropout, proj_dim, temperature, mvm_dim,
         )  # fmt: skip
+        self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
         self.grid = grid
         self.teacher = copy.deepcopy(frames).eval().requires_grad_(False) if mvm_target == "teacher" else None
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
