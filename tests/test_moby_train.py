@@ -63,6 +63,17 @@ def test_fast_dev_run_swin_tiny_experiment(demo_root: Path, tmp_path: Path) -> N
     assert "val/knn_top1" in metrics
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_mixed_precision_steps_with_gradient_clipping(demo_root: Path, tmp_path: Path, precision: str) -> None:
+    """Lightning's AMP plugin refuses to clip the gradients of a fused AdamW: the optimizer must follow precision."""
+    cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root), "debug=fdr", f"trainer.precision={precision}",
+                                     "trainer.gradient_clip_val=5.0"], tmp_path)  # fmt: skip
+    metrics, objects = train(cfg)
+    assert torch.isfinite(metrics["train/loss"])
+    defaults = objects["trainer"].optimizers[0].defaults
+    assert bool(defaults.get("fused")) == (precision == "32-true")
+
+
 def test_tiny_run_logs_and_checkpoints(demo_root: Path, tmp_path: Path) -> None:
     cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root), "trainer.max_epochs=2"], tmp_path)
     metrics, objects = train(cfg)

@@ -5,7 +5,7 @@ from mmpretrain.ssl.evaluation import LinearProbe, extract_features
 from mmpretrain.ssl.knn import knn_accuracy, weighted_knn_predict
 from mmpretrain.ssl.losses import infonce_with_queue, moby_loss
 from mmpretrain.ssl.moby import MoBY
-from mmpretrain.ssl.optim import param_groups_weight_decay
+from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
 from mmpretrain.ssl.queue import KeyQueue
 from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum, warmup_cosine_lr
 
@@ -14,6 +14,7 @@ __all__ = [
     "LinearProbe",
     "MoBY",
     "ViewPairGrid",
+    "adamw_kernel",
     "cosine_momentum",
     "extract_features",
     "infonce_with_queue",

@@ -15,7 +15,7 @@ from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
-from mmpretrain.ssl.optim import param_groups_weight_decay
+from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
 from mmpretrain.ssl.queue import KeyQueue
 from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum, warmup_cosine_lr
 
@@ -174,17 +174,15 @@ class MoBY(pl.LightningModule):
         keep[1:] = index[1:] != index[:-1]
         return features[keep], labels[keep]
 
-    def build_optimizer(self, lr: float, fused: bool = True) -> torch.optim.AdamW:
+    def build_optimizer(self, lr: float, precision: str = "32-true") -> torch.optim.AdamW:
         """AdamW over the online branch with MoBY's no-decay groups.
 
-        The fused kernel is several times faster than the per-tensor loop on CPU and GPU; it is skipped under fp16,
-        where Lightning's gradient clipping needs the GradScaler to unscale outside the optimizer.
+        The fused kernel is several times faster than the per-tensor loop on CPU and GPU; under mixed precision
+        (``precision``, Lightning's setting) the foreach kernel is used instead, see :func:`adamw_kernel`.
         """
         hp = self.hparams
         groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor], hp.weight_decay)
-        if fused:
-            return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=True)
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(precision))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -196,8 +194,7 @@ class MoBY(pl.LightningModule):
         start_lr = scaled_lr(hp.warmup_start_lr, global_batch, hp.lr_ref_batch)
         min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
         warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
-        fp16 = str(self.trainer.precision).startswith("16")
-        optimizer = self.build_optimizer(lr, fused=not fp16)
+        optimizer = self.build_optimizer(lr, str(self.trainer.precision))
 
         def factor(step: int) -> float:
             return warmup_cosine_lr(step, total_steps, warmup_steps, lr, start_lr, min_lr) / lr

@@ -31,3 +31,12 @@ def param_groups_weight_decay(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def adamw_kernel(precision: str | int) -> dict[str, bool]:
+    """``fused=True`` (the fastest AdamW) unless Lightning's mixed precision (AMP) plugin runs the step.
+
+    The AMP plugin (``16-mixed`` and ``bf16-mixed``) refuses to clip gradients of an optimizer that unscales them
+    internally, which a fused one does; ``foreach`` is the fastest kernel it accepts.
+    """
+    return {"foreach": True} if "mixed" in str(precision) else {"fused": True}

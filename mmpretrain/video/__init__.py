@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from mmpretrain.video.datamodule import VideoCollator, VideoDataModule
     from mmpretrain.video.dataset import VideoTextDataset, collate_videos
     from mmpretrain.video.decoding import BACKENDS, VideoDecodeError, VideoInfo, decode_clip, probe_video
+    from mmpretrain.video.evaluation import video_text_retrieval
+    from mmpretrain.video.finetune import VideoFinetune, write_predictions
     from mmpretrain.video.frames import FrameShards, prepare_frames
     from mmpretrain.video.manifest import (
         VideoRecord,
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     )
     from mmpretrain.video.model import VideoTextFusion, build_video_model
     from mmpretrain.video.module import VideoFusionPretrain
+    from mmpretrain.video.probe import linear_probe, probe_store
     from mmpretrain.video.sampling import make_sampler, segment_indices, stride_indices
     from mmpretrain.video.text import TextProcessor, join_ocr
 
@@ -35,6 +38,7 @@ _LAZY = {
     "VideoCollator": "datamodule",
     "VideoDataModule": "datamodule",
     "VideoDecodeError": "decoding",
+    "VideoFinetune": "finetune",
     "VideoFusionPretrain": "module",
     "VideoInfo": "decoding",
     "VideoRecord": "manifest",
@@ -44,6 +48,10 @@ _LAZY = {
     "collate_videos": "dataset",
     "decode_clip": "decoding",
     "join_ocr": "text",
+    "linear_probe": "probe",
+    "probe_store": "probe",
+    "video_text_retrieval": "evaluation",
+    "write_predictions": "finetune",
     "label_vocab": "manifest",
     "make_sampler": "sampling",
     "prepare_frames": "frames",
@@ -77,6 +85,7 @@ __all__ = [
     "VideoCollator",
     "VideoDataModule",
     "VideoDecodeError",
+    "VideoFinetune",
     "VideoFusionPretrain",
     "VideoInfo",
     "VideoRecord",
@@ -87,12 +96,16 @@ __all__ = [
     "decode_clip",
     "join_ocr",
     "label_vocab",
+    "linear_probe",
     "make_sampler",
     "prepare_frames",
+    "probe_store",
     "probe_video",
     "read_video_manifest",
     "segment_indices",
     "stride_indices",
     "tag_vocab",
+    "video_text_retrieval",
+    "write_predictions",
     "write_video_manifest",
 ]

@@ -11,12 +11,29 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
-from mmpretrain.models import create_tokenizer
+from mmpretrain.models import create_tokenizer, tokenizer_from_json
 from mmpretrain.video.dataset import VideoTextDataset, collate_videos
 from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
 from mmpretrain.video.text import TextProcessor
 
 log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name: str, key: str = "data.tokenizer") -> Any:
+    """A tokenizer by transformers name/path/``pkg://``, or the one stored in a video checkpoint of this project.
+
+    Fine-tuning must tokenize exactly as pretraining did; a checkpoint (``.ckpt``, ``.safetensors``, a published
+    folder) carries its tokenizer, so ``data.tokenizer=${model.pretrained}`` needs nothing else.
+    """
+    path = Path(name).expanduser()
+    if path.suffix in (".ckpt", ".safetensors") or (path / "model.safetensors").is_file():
+        from mmpretrain.hub import load_checkpoint
+
+        config = load_checkpoint(path).config
+        if "tokenizer" not in config:
+            raise ValueError(f"{key}={name}: this checkpoint carries no tokenizer (not a video model)")
+        return tokenizer_from_json(config["tokenizer"])
+    return create_tokenizer(name, key)
 
 
 class VideoCollator:
@@ -47,7 +64,8 @@ class VideoDataModule(SampledLoaders):
 
     Args:
         train_manifest: the training manifest; val_manifest: a held-out one, else ``val_fraction`` of train.
-        tokenizer: transformers tokenizer (the model's text encoder name); max_text_len / max_title_len: lengths.
+        tokenizer: transformers tokenizer (the model's text encoder name), or a video checkpoint whose tokenizer to
+            use (fine-tuning); max_text_len / max_title_len: lengths.
         num_frames / image_size / sampling / stride: clip sampling (segment-based or fixed stride).
         backend / pyav_mode: decoding (decord with PyAV fallback, or PyAV only).
         frames_dir / val_frames_dir: pre-extracted frame shards (``scripts/prepare_frames.py``) instead of decoding.
@@ -99,8 +117,7 @@ class VideoDataModule(SampledLoaders):
     def processor(self) -> TextProcessor:
         if self._processor is None:
             hp = self.hparams
-            self._processor = TextProcessor(create_tokenizer(hp.tokenizer, "data.tokenizer"), hp.max_text_len,
-                                            hp.max_title_len)  # fmt: skip
+            self._processor = TextProcessor(load_tokenizer(hp.tokenizer), hp.max_text_len, hp.max_title_len)
         return self._processor
 
     def setup(self, stage: str | None = None) -> None:

@@ -110,7 +110,9 @@ class VideoTextFusion(nn.Module):
             nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, vocab_size)
         )
         self.mvm_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, mvm_dim or frame_dim))
-        for param in (self.cls_token, self.spatial_pos, self.temporal_pos):
+        # BERT's initializer range for every learned embedding: nn.Embedding's default N(0, 1) would bury the
+        # content of each token under its type embedding and make the fused CLS nearly constant.
+        for param in (self.cls_token, self.spatial_pos, self.temporal_pos, self.type_embed.weight):
             nn.init.trunc_normal_(param, std=0.02)
 
     def _native_grid(self) -> int:
@@ -207,6 +209,7 @@ def video_model_config(
             "depth": len(model.fusion.layers),
             "num_heads": int(layer.self_attn.num_heads),
             "mlp_ratio": layer.linear1.out_features / model.width,
+            "dropout": float(layer.dropout.p),
             "proj_dim": int(model.vtc_video.out_features),
             "mvm_dim": int(model.mvm_head[-1].out_features),
         },

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import create_backbone, create_text_encoder, create_tokenizer, tokenizer_to_json
-from mmpretrain.ssl.optim import param_groups_weight_decay
+from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
 from mmpretrain.ssl.schedules import scaled_lr, warmup_cosine_lr
 from mmpretrain.video.losses import (
     mtm_accuracy,
@@ -357,9 +357,7 @@ class VideoFusionPretrain(pl.LightningModule):
         warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
         no_decay = ("temporal_pos", "spatial_pos", "temperature")
         groups = param_groups_weight_decay([self.model], hp.weight_decay, no_decay)
-        # fused AdamW is fastest; under fp16 the GradScaler must unscale outside the optimizer for clipping
-        kernel = {"foreach": True} if str(self.trainer.precision).startswith("16") else {"fused": True}
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **kernel)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
 
         def factor(step: int) -> float:
             return warmup_cosine_lr(step, total_steps, warmup_steps, lr, lr * 0.01, min_lr) / lr

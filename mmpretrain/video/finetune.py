@@ -1,0 +1,639 @@
+"""Fine-tune a pretrained video–text fusion model for video classification or multi-label tagging.
+
+A linear head reads the fusion CLS over frames, title and OCR. A video without title or OCR is fused from its frames
+alone (its text hidden through the key-padding mask), and modality dropout hides the text of some training videos
+so that case is learned. Validation gathers every video's scores once, logs the metrics of
+:mod:`mmpretrain.video.metrics`, tunes per-tag thresholds (a buffer, so they travel in the checkpoint) and writes a
+per-class / per-tag report. The pure parts (class weights, metric summaries, reports, prediction records) are plain
+functions; :class:`VideoFinetune` wires them into Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.model_helpers import is_overridden
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+
+from mmpretrain._io import atomic_path, write_text_atomic
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mmpretrain.models import tokenizer_from_json
+from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
+from mmpretrain.ssl.schedules import scaled_lr, warmup_cosine_lr
+from mmpretrain.video.datamodule import VideoDataModule
+from mmpretrain.video.manifest import VideoRecord
+from mmpretrain.video.metrics import (
+    apply_thresholds,
+    average_precision_per_tag,
+    gap_at_k,
+    mean_average_precision,
+    multilabel_f1,
+    per_class_report,
+    precision_recall_at_k,
+    topk_accuracy,
+    tune_thresholds,
+)
+from mmpretrain.video.model import VideoTextFusion, build_video_model
+from mmpretrain.video.module import VideoFusionPretrain
+
+__all__ = [
+    "TASKS",
+    "WEIGHTINGS",
+    "VideoFinetune",
+    "class_weights",
+    "classification_metrics",
+    "label_counts",
+    "prediction_records",
+    "tag_counts",
+    "tag_pos_weights",
+    "tagging_metrics",
+    "tagging_report",
+    "write_predictions",
+]
+
+TASKS = ("classify", "tagging")
+WEIGHTINGS = ("none", "inverse_sqrt", "inverse")
+# heads of pretraining that a classifier never calls: dropped so they stay out of the optimizer, DDP's
+# unused-parameter check and the checkpoint (the MTM head alone is vocabulary x width)
+_PRETRAINING_HEADS = ("vtc_video", "vtc_text", "vtm_head", "mtm_head", "mvm_head")
+
+
+def check_task(task: str, key: str = "model.task") -> str:
+    """``task`` if it is one of :data:`TASKS`, else a ValueError naming ``key``."""
+    if task not in TASKS:
+        raise ValueError(f"{key}={task!r} is not one of {TASKS}")
+    return task
+
+
+# ----------------------------------------------------------------------------------------------- pure parts
+
+
+def label_counts(records: Sequence[VideoRecord], names: Sequence[str]) -> np.ndarray:
+    """Training videos per class, in ``names`` order (records without a label are not counted)."""
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for record in records:
+        if record.label in index:
+            counts[index[record.label]] += 1
+    return counts
+
+
+def tag_counts(records: Sequence[VideoRecord], names: Sequence[str]) -> np.ndarray:
+    """Training videos carrying each tag, in ``names`` order."""
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for record in records:
+        for tag in set(record.tags):
+            if tag in index:
+                counts[index[tag]] += 1
+    return counts
+
+
+def _check_weighting(mode: str) -> None:
+    if mode not in WEIGHTINGS:
+        raise ValueError(f"model.class_weighting={mode!r} is not one of {WEIGHTINGS}")
+
+
+def class_weights(counts: Sequence[int] | np.ndarray, mode: str) -> torch.Tensor | None:
+    """Cross-entropy class weights from training counts; ``None`` for ``mode="none"``.
+
+    ``inverse`` gives w_c ∝ 1/n_c (every class weighs the same in total), ``inverse_sqrt`` the softer w_c ∝ 1/√n_c.
+    Weights are scaled so the mean weight over the training videos is 1, which keeps the loss scale (and a learning
+    rate tuned without weighting) comparable. A class without training videos counts as one.
+    """
+    _check_weighting(mode)
+    if mode == "none":
+        return None
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("model.class_weighting needs labelled training videos; the training manifest has none")
+    clamped = np.maximum(counts, 1.0)
+    raw = 1.0 / clamped if mode == "inverse" else 1.0 / np.sqrt(clamped)
+    return torch.tensor(raw * counts.sum() / (raw * counts).sum(), dtype=torch.float32)
+
+
+def tag_pos_weights(positives: Sequence[int] | np.ndarray, total: int, mode: str) -> torch.Tensor | None:
+    """BCE ``pos_weight`` per tag: negatives / positives (``inverse``) or its square root; ``None`` for ``none``.
+
+    Without it a rare tag learns to always answer no. Counts are clamped at one, so a tag on every (or no) training
+    video still gets a finite, positive weight.
+    """
+    _check_weighting(mode)
+    if mode == "none":
+        return None
+    positives = np.asarray(positives, dtype=np.float64)
+    ratio = np.maximum(total - positives, 1.0) / np.maximum(positives, 1.0)
+    return torch.tensor(ratio if mode == "inverse" else np.sqrt(ratio), dtype=torch.float32)
+
+
+def classification_metrics(scores: Any, labels: Any) -> dict[str, float]:
+    """``{"top1", "top5"}`` in percent (k beyond the number of classes counts as all classes)."""
+    accuracy = topk_accuracy(scores, labels, ks=(1, 5))
+    return {"top1": accuracy[1], "top5": accuracy[5]}
+
+
+def tagging_metrics(scores: Any, targets: Any, thresholds: Any) -> dict[str, float]:
+    """mAP, GAP@20, P@5, R@5 of the ranking and micro / macro F1 of the thresholded predictions (fractions)."""
+    precision, recall = precision_recall_at_k(scores, targets, 5)
+    f1 = multilabel_f1(apply_thresholds(scores, thresholds), targets)
+    return {
+        "mAP": mean_average_precision(scores, targets),
+        "gap20": gap_at_k(scores, targets, 20),
+        "p@5": precision,
+        "r@5": recall,
+        "f1_micro": f1["micro"],
+        "f1_macro": f1["macro"],
+    }
+
+
+def tagging_report(scores: Any, targets: Any, names: Sequence[str], thresholds: Any) -> list[dict[str, Any]]:
+    """Per tag: support, AP (NaN without positives), threshold, and precision / recall / F1 at that threshold."""
+    targets = np.asarray(targets).astype(bool)
+    predicted = apply_thresholds(scores, thresholds)
+    aps = average_precision_per_tag(scores, targets)
+    rows = []
+    for t, name in enumerate(names):
+        tp = int((predicted[:, t] & targets[:, t]).sum())
+        n_predicted, support = int(predicted[:, t].sum()), int(targets[:, t].sum())
+        precision = tp / n_predicted if n_predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"name": str(name), "support": support, "ap": float(aps[t]), "threshold": float(thresholds[t]),
+                     "precision": precision, "recall": recall, "f1": f1})  # fmt: skip
+    return rows
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as ``None``, so reports stay strict JSON (a tag without positives: AP NaN, threshold inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def log_report_tables(loggers: Sequence[Any], key: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Send report rows as a ``wandb.Table`` to every W&B logger; other loggers have no tables and are skipped."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    data = [[_json_safe(row[c]) for c in columns] for row in rows]
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key=key, columns=columns, data=data)
+
+
+def prediction_records(
+    ids: Sequence[str],
+    scores: np.ndarray,
+    names: Sequence[str],
+    task: str,
+    top_k: int = 5,
+    thresholds: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON-ready record per video: its ``top_k`` labels (or tags) with scores, best first.
+
+    Tagging records also list under ``predicted`` every tag whose score reaches its threshold, best first.
+    """
+    check_task(task, "task")
+    order = np.argsort(-scores, axis=1, kind="stable")
+    key, field = ("labels", "label") if task == "classify" else ("tags", "tag")
+    records = []
+    for row, video in enumerate(ids):
+        record: dict[str, Any] = {"id": str(video), key: [{field: names[j], "score": float(scores[row, j])}
+                                                          for j in order[row, :top_k]]}  # fmt: skip
+        if task == "tagging" and thresholds is not None:
+            record["predicted"] = [names[j] for j in order[row] if scores[row, j] >= thresholds[j]]
+        records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, dict[str, Any]]:
+    """The fusion model of a video pretraining checkpoint (weights loaded strict, or fresh for the baseline)."""
+    from mmpretrain.encoders import build_video
+    from mmpretrain.hub import HubError, load_checkpoint
+    from mmpretrain.hub.formats import is_video
+
+    try:
+        loaded = load_checkpoint(source)
+    except (HubError, OSError, KeyError, ValueError) as err:
+        raise ValueError(f"model.pretrained={source!r}: cannot load a video pretraining checkpoint: {err}") from err
+    if not is_video(loaded.config):
+        arch = (loaded.config.get("architecture") or {}).get("name")
+        raise ValueError(
+            f"model.pretrained={source!r} is not a video pretraining checkpoint (it holds a {arch!r} image "
+            "backbone); use a checkpoint of experiment=video_fusion_pretrain, its published folder or registry name"
+        )
+    config = {k: loaded.config[k] for k in ("architecture", "preprocessing", "tokenizer")}
+    if random_init:
+        return build_video_model(config["architecture"]), config
+    try:
+        return build_video(loaded), config
+    except HubError as err:
+        raise ValueError(f"model.pretrained={source!r}: {err}") from err
+
+
+def _from_arguments(architecture: Mapping[str, Any]) -> tuple[VideoTextFusion, dict[str, Any]]:
+    """A model without video pretraining, from :class:`~mmpretrain.video.VideoFusionPretrain`'s own arguments."""
+    try:
+        pretrain = VideoFusionPretrain(**dict(architecture))
+    except TypeError as err:
+        raise ValueError(f"model.architecture: {err} (it takes VideoFusionPretrain's arguments)") from err
+    config = pretrain.export_config()
+    return pretrain.model, {k: config[k] for k in ("architecture", "preprocessing", "tokenizer")}
+
+
+class VideoFinetune(pl.LightningModule):
+    """Video classification (softmax, cross-entropy) or multi-label tagging (sigmoid, BCE) on the fused CLS.
+
+    Args:
+        task: ``classify`` (one ``label`` per video) or ``tagging`` (multi-hot ``tags``).
+        pretrained: a video pretraining checkpoint (``.ckpt`` of ``VideoFusionPretrain``, a published folder or a
+            registry name); its architecture, preprocessing and tokenizer define the model.
+        random_init: build the pretrained checkpoint's architecture at random init (seeded): the baseline that
+            video pretraining must beat, identical in every size.
+        architecture: instead of ``pretrained``, :class:`~mmpretrain.video.VideoFusionPretrain`'s model arguments
+            (``frame_encoder``, ``text_encoder``, ``width``, ...) for a model without video pretraining.
+        num_classes / class_names, num_tags / tag_names: the outputs; filled from the datamodule's ``labels`` /
+            ``tags`` at setup when null, and saved in the checkpoint so predictions name them.
+        head_dropout: dropout before the linear head.
+        modality_dropout: probability of hiding a training video's text, so videos without title or OCR are
+            predicted well.
+        freeze_backbone: train the head only (the pretrained model stays in eval mode).
+        class_weighting: ``none``, ``inverse_sqrt`` or ``inverse``: cross-entropy class weights or BCE
+            ``pos_weight`` from the training manifest's counts (:func:`class_weights`, :func:`tag_pos_weights`).
+        lr / lr_ref_batch / backbone_lr_scale / min_lr / warmup_epochs / weight_decay / betas: AdamW with linear
+            warmup and cosine decay per step; ``lr`` (the head's) is quoted per ``lr_ref_batch`` clips and the
+            pretrained parts get ``lr * backbone_lr_scale``.
+        top_k: labels or tags listed per video by :meth:`predict_step`.
+        video_model: the built model's architecture, preprocessing and tokenizer; checkpoints store it (and drop
+            ``pretrained``) so they load without the pretraining checkpoint. Not a user setting.
+    """
+
+    def __init__(
+        self,
+        task: str = "classify",
+        pretrained: str | None = None,
+        random_init: bool = False,
+        architecture: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        num_tags: int | None = None,
+        tag_names: Sequence[str] | None = None,
+        head_dropout: float = 0.1,
+        modality_dropout: float = 0.1,
+        freeze_backbone: bool = False,
+        class_weighting: str = "none",
+        lr: float = 1e-4,
+        lr_ref_batch: int = 32,
+        backbone_lr_scale: float = 0.1,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 1,
+        weight_decay: float = 0.01,
+        betas: Sequence[float] = (0.9, 0.999),
+        top_k: int = 5,
+        video_model: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_task(task)
+        _check_weighting(class_weighting)
+        if not 0 <= modality_dropout <= 1:
+            raise ValueError(f"model.modality_dropout={modality_dropout} must be in [0, 1]")
+        if backbone_lr_scale <= 0:
+            raise ValueError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0; freeze with freeze_backbone")
+        if sum(x is not None for x in (pretrained, architecture, video_model)) != 1:
+            raise ValueError(
+                "set exactly one of model.pretrained (a video pretraining checkpoint) and model.architecture "
+                f"(VideoFusionPretrain's arguments, no video pretraining); got pretrained={pretrained!r}, "
+                f"architecture={'set' if architecture is not None else None}"
+            )
+        other = "num_tags" if task == "classify" else "num_classes"
+        if self.hparams[other] is not None:
+            raise ValueError(f"model.{other} is not used by model.task={task!r}; leave it null")
+        if pretrained is not None:
+            model, config = _load_pretrained(pretrained, random_init)
+            config["finetuned_from"] = {"pretrained": pretrained, "random_init": bool(random_init)}
+        elif architecture is not None:
+            if random_init:
+                raise ValueError("model.random_init=true needs model.pretrained (whose architecture it re-initializes)")
+            model, config = _from_arguments(architecture)
+        else:
+            model, config = build_video_model(video_model["architecture"]), dict(video_model)
+        for name in _PRETRAINING_HEADS:
+            setattr(model, name, nn.Identity())
+        model.temperature.requires_grad_(False)
+        self.model = model
+        self.video_config = config
+        self.tokenizer = tokenizer_from_json(config["tokenizer"])
+        pre = config["preprocessing"]
+        mean, std = pre.get("mean", IMAGENET_MEAN), pre.get("std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("class_weight", None, persistent=False)
+        self.register_buffer("pos_weight", None, persistent=False)
+        if freeze_backbone:
+            self.model.requires_grad_(False)
+        self.head: nn.Module | None = None
+        names = class_names if task == "classify" else tag_names
+        size = num_classes if task == "classify" else num_tags
+        if names is not None or size is not None:
+            self._set_outputs(list(names) if names is not None else None, size)
+        self.predict_top_k = int(top_k)
+        self._outputs: list[tuple[torch.Tensor, ...]] = []
+
+    # ------------------------------------------------------------------------------------------- outputs
+
+    @property
+    def task(self) -> str:
+        return self.hparams.task
+
+    @property
+    def names(self) -> list[str]:
+        """Class (or tag) names in output order; indices as strings when the names were never given."""
+        key = "class_names" if self.task == "classify" else "tag_names"
+        names = self.hparams[key]
+        return list(names) if names is not None else [str(i) for i in range(self.head[-1].out_features)]
+
+    def _set_outputs(self, names: list[str] | None, size: int | None) -> None:
+        """Create the head (and the tag thresholds) once; later calls must agree with it, naming the key."""
+        names_key, size_key = ("class_names", "num_classes") if self.task == "classify" else ("tag_names", "num_tags")
+        if names is not None and size is not None and len(names) != size:
+            raise ValueError(f"model.{size_key}={size} but the data has {len(names)}: {names[:10]}")
+        known = self.hparams[names_key]
+        if names is not None and known is not None and list(known) != names:
+            raise ValueError(f"model.{names_key} {list(known)[:10]} differ from the data's {names[:10]}")
+        size = len(names) if names is not None else size
+        if self.head is None:
+            self.head = nn.Sequential(nn.Dropout(self.hparams.head_dropout), nn.Linear(self.model.width, size))
+            if self.task == "tagging":
+                self.register_buffer("thresholds", torch.full((size,), 0.5))
+        elif self.head[-1].out_features != size:
+            raise ValueError(f"model.{size_key}={self.head[-1].out_features} but the data has {size}")
+        self.hparams[size_key] = size
+        if names is not None:
+            self.hparams[names_key] = names
+
+    def check_data(self, datamodule: Any) -> None:
+        """Refuse data the model cannot read as it was pretrained: tokenizer, frame size, clip length, targets."""
+        if not isinstance(datamodule, VideoDataModule):
+            return
+        hp, pre = datamodule.hparams, self.video_config["preprocessing"]
+        source = f"model.pretrained={self.hparams.pretrained!r}" if self.hparams.pretrained else "the model"
+        if "image_size" in pre and int(hp.image_size) != int(pre["image_size"]):
+            raise ValueError(f"data.image_size={hp.image_size} but {source} was trained at {pre['image_size']} px")
+        if int(hp.num_frames) > self.model.num_frames:
+            raise ValueError(f"data.num_frames={hp.num_frames} but {source} takes at most {self.model.num_frames}")
+        data_tok = datamodule.processor.tokenizer
+        same = data_tok.get_vocab() == self.tokenizer.get_vocab() and all(
+            getattr(data_tok, k) == getattr(self.tokenizer, k) for k in ("cls_token_id", "sep_token_id", "pad_token_id")
+        )
+        if not same:
+            raise ValueError(f"data.tokenizer={hp.tokenizer!r} is not the tokenizer {source} was trained with")
+        if self.task == "classify" and datamodule.labels is None:
+            raise ValueError("model.task=classify needs class labels: set data.with_labels=true")
+        if self.task == "tagging" and datamodule.tags is None:
+            raise ValueError("model.task=tagging needs tags: set data.with_tags=true")
+
+    def setup(self, stage: str) -> None:
+        """Size the head from the datamodule's vocabulary and weight the loss by the training counts."""
+        datamodule = self.trainer.datamodule
+        self.check_data(datamodule)
+        names = getattr(datamodule, "labels" if self.task == "classify" else "tags", None)
+        if names is not None:
+            self._set_outputs(list(names), None)
+        if self.head is None:
+            key = "num_classes" if self.task == "classify" else "num_tags"
+            raise ValueError(f"model.{key} is null and the datamodule provides no {key[4:]} to size the head")
+        records = getattr(datamodule, "train_records", None)
+        if stage == "fit" and records and names is not None:
+            mode = self.hparams.class_weighting
+            if self.task == "classify":
+                self.class_weight = class_weights(label_counts(records, names), mode)
+            else:
+                self.pos_weight = tag_pos_weights(tag_counts(records, names), len(records), mode)
+
+    # ------------------------------------------------------------------------------------------- forward
+
+    def train(self, mode: bool = True) -> VideoFinetune:
+        """Keep a frozen backbone in eval mode (no dropout, no drop path) whatever Lightning asks."""
+        super().train(mode)
+        if self.hparams.freeze_backbone:
+            self.model.eval()
+        return self
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` uint8 -> normalized float with the pretraining's mean and std."""
+        return (frames.float() / 255 - self.mean) / self.std
+
+    def features(self, batch: Mapping[str, Any], text_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused CLS ``(B, width)``; ``text_keep`` (default ``has_text``) False fuses a video from frames alone."""
+        text, m = batch["text"], self.model
+        keep = (text["has_text"] if text_keep is None else text_keep).bool()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
+            video = m.video_tokens(m.frame_grid(self.normalize(batch["frames"])))
+            states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+            fused = m.fuse(video, states, text["attention_mask"], text["token_type_ids"], text_keep=keep)
+        return fused[:, 0]
+
+    def forward(self, batch: Mapping[str, Any], text_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, classes or tags)``."""
+        return self.head(self.features(batch, text_keep))
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (classify) or per-tag sigmoid probabilities (tagging)."""
+        logits = logits.float()
+        return logits.softmax(-1) if self.task == "classify" else logits.sigmoid()
+
+    def loss(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Weighted cross-entropy ignoring videos without a label (-1), or BCE with ``pos_weight`` over tags."""
+        logits = logits.float()
+        if self.task == "tagging":
+            return F.binary_cross_entropy_with_logits(logits, batch["tags"].float(), pos_weight=self.pos_weight)
+        labels = batch["label"]
+        if not (labels >= 0).any():
+            return logits.sum() * 0
+        return F.cross_entropy(logits, labels, weight=self.class_weight, ignore_index=-1)
+
+    def _targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["label"] if self.task == "classify" else batch["tags"]
+
+    # ------------------------------------------------------------------------------------------- Lightning
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        keep = batch["text"]["has_text"].bool()
+        if self.hparams.modality_dropout > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.hparams.modality_dropout)
+        loss = self.loss(self(batch, keep), batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning loss is {loss.item()} at global step {self.global_step} "
+                                     f"(epoch {self.current_epoch})")  # fmt: skip
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(keep))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        logits = self(batch)
+        size = logits.shape[0]
+        self.log(f"{stage}/loss", self.loss(logits, batch), on_epoch=True, batch_size=size, sync_dist=True)
+        self._outputs.append((self.scores(logits), self._targets(batch), batch["index"]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    def _gathered(self, chunks: list[tuple[torch.Tensor, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and targets of every rank, each video once (the distributed sampler pads with repeats)."""
+        scores, targets, index = (torch.cat(parts) for parts in zip(*chunks))
+        if self.trainer.world_size > 1:
+            scores, targets, index = (self.all_gather(t).flatten(0, 1) for t in (scores, targets, index))
+        order = torch.argsort(index, stable=True)
+        index, scores, targets = index[order], scores[order], targets[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return scores[keep].cpu().numpy(), targets[keep].cpu().numpy()
+
+    def _evaluate(self, stage: str) -> None:
+        """Metrics over the whole split; on validation (not the sanity check) also tune thresholds and report."""
+        chunks, self._outputs = self._outputs, []
+        if not chunks:
+            return
+        scores, targets = self._gathered(chunks)
+        final = not self.trainer.sanity_checking
+        if self.task == "classify":
+            labelled = targets >= 0
+            if not labelled.any():
+                return
+            scores, targets = scores[labelled], targets[labelled]
+            metrics = classification_metrics(scores, targets)
+            rows = per_class_report(scores, targets, self.names)
+        else:
+            targets = targets > 0.5
+            if stage == "val" and final:
+                self.thresholds.copy_(torch.from_numpy(tune_thresholds(scores, targets)).to(self.thresholds))
+            thresholds = self.thresholds.cpu().double().numpy()
+            metrics = tagging_metrics(scores, targets, thresholds)
+            rows = tagging_report(scores, targets, self.names, thresholds)
+        for key, value in metrics.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key in ("top1", "mAP"), sync_dist=False)
+        if final:
+            self._report(stage, metrics, rows)
+
+    def _report_dir(self) -> Path:
+        """The logger's folder (``trainer.log_dir``, a collective call), else the trainer's ``default_root_dir``."""
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _report(self, stage: str, metrics: dict[str, float], rows: list[dict[str, Any]]) -> None:
+        """Write ``<log_dir>/<stage>_report.json`` (overwritten each evaluation) and a W&B table where W&B logs."""
+        folder = self._report_dir()
+        if not self.trainer.is_global_zero:
+            return
+        report = {"task": self.task, "stage": stage, "epoch": self.current_epoch, "global_step": self.global_step,
+                  "metrics": metrics, "classes" if self.task == "classify" else "tags": rows}  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / f"{stage}_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
+        log_report_tables(self.loggers, f"{stage}/report", rows)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """JSON-ready records: each video's ``predict_top_k`` labels or tags with scores (and tags over threshold)."""
+        scores = self.scores(self(batch)).cpu().numpy()
+        thresholds = self.thresholds.cpu().double().numpy() if self.task == "tagging" else None
+        return prediction_records(batch["id"], scores, self.names, self.task, self.predict_top_k, thresholds)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make the checkpoint self-contained: the architecture and tokenizer replace the pretraining reference."""
+        hparams = dict(checkpoint["hyper_parameters"])
+        hparams.update(pretrained=None, random_init=False, architecture=None, video_model=self.video_config)
+        checkpoint["hyper_parameters"] = hparams
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        accumulate = self.trainer.accumulate_grad_batches
+        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
+        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
+        lr = scaled_lr(hp.lr, global_batch, hp.lr_ref_batch)
+        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
+        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        no_decay = ("temporal_pos", "spatial_pos")
+        groups = []
+        for module, scale in ((self.head, 1.0), (self.model, hp.backbone_lr_scale)):
+            for group in param_groups_weight_decay([module], hp.weight_decay, no_decay):
+                if group["params"]:
+                    groups.append({**group, "lr": lr * scale})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
+
+        def factor(step: int) -> float:
+            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, lr * 0.01, min_lr) / lr
+
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}}
+
+
+# ----------------------------------------------------------------------------------------------- predictions
+
+
+def _prediction_loader(data: pl.LightningDataModule | DataLoader) -> DataLoader:
+    """A loader to predict: the datamodule's ``predict_dataloader`` if it has one, else its validation split."""
+    if isinstance(data, DataLoader):
+        return data
+    return data.predict_dataloader() if is_overridden("predict_dataloader", data) else data.val_dataloader()
+
+
+def write_predictions(
+    trainer: pl.Trainer,
+    module: VideoFinetune,
+    data: pl.LightningDataModule | DataLoader,
+    path: str | Path,
+    top_k: int = 5,
+) -> int:
+    """Predict ``data`` and write JSON Lines, one video a line; returns the number of videos written.
+
+    Classify lines are ``{"id", "labels": [{"label", "score"}, ...]}``; tagging lines are ``{"id", "tags":
+    [{"tag", "score"}, ...], "predicted": [tags at or above their tuned thresholds]}``. A datamodule without a
+    ``predict_dataloader`` is predicted on its validation split. Runs in one process, so every video is written.
+    """
+    if trainer.world_size > 1:
+        raise ValueError("write_predictions runs in one process; use a trainer with devices=1")
+    if not isinstance(data, DataLoader):
+        data.setup("predict")
+        module.check_data(data)
+    loader = _prediction_loader(data)
+    previous, module.predict_top_k = module.predict_top_k, int(top_k)
+    try:
+        batches = trainer.predict(module, dataloaders=loader)
+    finally:
+        module.predict_top_k = previous
+    records = [record for batch in batches or [] for record in batch]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return len(records)
