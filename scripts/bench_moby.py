@@ -13,32 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import time
 
 import torch
+from _timing import time_pair
 
 from mmpretrain.ssl import MoBY
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time_pair(a, b, repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of `a` and of `b`, timed alternately so drift in machine load hits both alike."""
-    a()
-    b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def main() -> None:
@@ -80,7 +59,7 @@ def main() -> None:
         torch.autograd.backward([h1, h2], dense_grads)
         model.zero_grad(set_to_none=True)
 
-    step_s, parts_s = _time_pair(full_step, unavoidable, args.repeats, device)
+    step_s, parts_s = time_pair(full_step, unavoidable, args.repeats, device)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20

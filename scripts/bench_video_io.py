@@ -4,7 +4,9 @@ A 10-second 1280x720 H.264 file at 30 fps (fixed GOP, default 250 frames; `--gop
 is written once (cached under `--workdir`). Clips of 8 frames are drawn with training segment sampling, a different
 random clip every time, and decoded at 224x224 by decord, PyAV seek-and-decode, PyAV full decode and PyAV auto, in
 the same run and interleaved, median clips/s over repeats. Then a DataLoader with 2 workers reads a small
-manifest of such files through `VideoTextDataset` (training crop, size 224) and reports clips/s.
+manifest of such files through `VideoTextDataset` (training crop, size 224) and reports clips/s, against the clips/s
+of one pretraining step of `--model` (bench_video_model.py's base config by default): `loader_over_model` above 1
+means two workers keep that model fed on this machine.
 
     python scripts/bench_video_io.py                   # GOP 250
     python scripts/bench_video_io.py --gop 30 --quick
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +136,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="2 repeats of 2 clips, 8 DataLoader clips")
+    parser.add_argument("--model", choices=("base", "tiny", "none"), default="base",
+                        help="pretraining step to compare the DataLoader with (bench_video_model.py's configs)")
+    parser.add_argument("--model-device", default="cpu")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.clips, args.loader_clips = 2, 2, 8
@@ -169,7 +175,23 @@ def main() -> None:
         )
         result["dataloader_workers"] = args.workers
         result["dataloader_backend"] = args.loader_backend
+        if args.model != "none":
+            result.update(model_step_rate(args.model, args.model_device, result["dataloader_clips_s"]))
         print(json.dumps(result))
+
+
+def model_step_rate(config: str, device: str, loader_clips_s: float) -> dict[str, Any]:
+    """Clips/s of one pretraining step (bench_video_model.py) and how many such steps the DataLoader can feed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_video_model import bench
+
+    step = bench(config, None, 3, device, "bf16" if device.startswith("cuda") else "fp32")
+    return {
+        "model_config": config,
+        "model_device": device,
+        "model_clips_s": step["clips_per_s"],
+        "loader_over_model": round(loader_clips_s / step["clips_per_s"], 3),
+    }
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import time
 from typing import Any
 
 import torch
+from _timing import time_pair
 
 from mmpretrain.video import TextProcessor, VideoFusionPretrain
 
@@ -50,26 +49,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 TITLES = ["a red circle moving left", "blue square slides up", "", "green cross drifting right"]
 OCR = [["PROMO 42"], "SALE 7", ["BIG", "NEWS"], ""]
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time_pair(a, b, repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of `a` and of `b`, timed alternately so drift in machine load hits both alike."""
-    a()
-    b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def bench(name: str, batch: int | None, repeats: int, device: str, precision: str) -> dict[str, Any]:
@@ -110,7 +89,7 @@ def bench(name: str, batch: int | None, repeats: int, device: str, precision: st
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    step_s, encoders_s = _time_pair(full_step, encoders, repeats, device)
+    step_s, encoders_s = time_pair(full_step, encoders, repeats, device)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20

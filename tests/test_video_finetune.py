@@ -15,6 +15,7 @@ import torch
 from conftest import compose_cfg, video_overrides
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
+from mmpretrain.cli.eval import evaluate
 from mmpretrain.cli.train import train
 from mmpretrain.embeddings import write_store
 from mmpretrain.hub import load_checkpoint
@@ -147,6 +148,14 @@ def test_epoch_writes_report_checkpoint_and_predictions(task: str, video_demo, p
         if task == "tagging":
             threshold = dict(zip(names, loaded.thresholds.tolist()))
             assert line["predicted"] == [i["tag"] for i in line["tags"] if i["score"] >= threshold[i["tag"]]]
+
+    # the same predictions from the checkpoint alone, through `mmpretrain-eval task=predict`
+    cli = tmp_path / "cli.jsonl"
+    evaluate(compose_cfg("eval.yaml", ["task=predict", f"encoder={last}", f"data.manifest={video_demo['val']}",
+                                       f"task.top_k={top_k}", f"task.output={cli}", "trainer=cpu"], tmp_path))
+    for mine, theirs in zip(lines, (json.loads(line) for line in cli.read_text().splitlines()), strict=True):
+        assert mine["id"] == theirs["id"] and [i[field] for i in mine[key]] == [i[field] for i in theirs[key]]
+        np.testing.assert_allclose([i["score"] for i in mine[key]], [i["score"] for i in theirs[key]], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- the model

@@ -342,3 +342,62 @@ def test_ddp_two_cpu_processes_gather_vtc_negatives_from_both_ranks(
         torch.testing.assert_close(r0["gathered"][3:], r1["local"])  # rank 1's videos are rank 0's negatives
         torch.testing.assert_close(r1["gathered"][:3], r0["local"])
         torch.testing.assert_close(r0["gathered"], r1["gathered"])
+
+
+# ----------------------------------------------------------------------------------------------- downstream CLI
+
+
+def test_eval_retrieval_reranks_inside_the_shortlist_only(pretrained: Path, video_demo: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    from mmpretrain.cli.eval import evaluate
+
+    runs, weights = {}, {}
+    for random_init in ("false", "true"):
+        metrics, objects = evaluate(compose_cfg("eval.yaml", [
+            "task=retrieval", f"encoder={pretrained}", f"data.manifest={video_demo['val']}", "task.rerank_k=5",
+            f"random_init={random_init}", "trainer=cpu", "data.batch_size=4"], tmp_path / random_init))  # fmt: skip
+        runs[random_init] = objects["result"]
+        weights[random_init] = objects["encoder"].model.fusion.layers[0].linear1.weight
+        saved = json.loads((tmp_path / random_init / "run/metrics.json").read_text())
+        assert saved["t2v"] == objects["result"]["t2v"] and metrics["retrieval/t2v_R@1"] == saved["t2v"]["R@1"]
+    result = runs["false"]
+    records = read_video_manifest(video_demo["val"])
+    assert result["videos"] == len(records) and result["queries"] == sum(bool(r.title or r.ocr) for r in records)
+    for direction in ("t2v", "v2t", "t2v_rerank"):
+        r = result[direction]
+        assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100 and 1 <= r["MdR"] <= len(records)
+    # re-ranking reorders each query's top 5 only: recall at 5 and beyond cannot change
+    assert result["t2v_rerank"]["R@5"] == result["t2v"]["R@5"]
+    assert result["t2v_rerank"]["R@10"] == result["t2v"]["R@10"]
+    assert 0 <= result["vtm_accuracy"] <= 100
+    trained = load_checkpoint(pretrained).state_dict["fusion.layers.0.linear1.weight"]
+    torch.testing.assert_close(weights["false"], trained)
+    assert not torch.allclose(weights["true"], trained)  # the baseline: same architecture, fresh weights
+
+
+def test_eval_retrieval_refuses_an_image_model(tmp_path: Path, video_demo: dict[str, Path]) -> None:
+    from test_encoders import training_checkpoint
+
+    from mmpretrain.cli.eval import evaluate
+
+    ckpt = training_checkpoint(tmp_path / "moby.ckpt")
+    with pytest.raises(ValueError, match=r"task=retrieval needs a video–text model; encoder=.*moby.ckpt is an image"):
+        evaluate(compose_cfg("eval.yaml", ["task=retrieval", f"encoder={ckpt}",
+                                           f"data.manifest={video_demo['val']}"], tmp_path))  # fmt: skip
+
+
+def test_eval_probe_on_video_stores(pretrained: Path, video_demo: dict[str, Path], tmp_path: Path) -> None:
+    from mmpretrain.cli.eval import evaluate
+
+    stores = {}
+    for split in ("train", "val"):
+        stores[split] = tmp_path / split
+        extract(compose_cfg("extract.yaml", [f"encoder={pretrained}", f"input={video_demo[split]}",
+                                             f"output={stores[split]}", "trainer=cpu", "num_workers=0"],
+                            tmp_path / f"x{split}"))  # fmt: skip
+    for task, key in (("classify", "top1"), ("tagging", "mAP")):
+        metrics, _ = evaluate(compose_cfg("eval.yaml", ["task=probe", f"train_store={stores['train']}",
+                                                        f"val_store={stores['val']}", f"probe_task={task}",
+                                                        "epochs=50"], tmp_path / task))  # fmt: skip
+        assert metrics["probe/score"] == metrics[f"probe/{key}"]
+        assert 0 <= metrics["probe/score"] <= (100 if task == "classify" else 1)

@@ -41,7 +41,7 @@ from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
 
-TASKS = ("knn", "linear", "fewshot", "retrieval")
+TASKS = ("knn", "linear", "fewshot", "retrieval", "probe", "predict")
 
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -213,13 +213,62 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     loggers = instantiate_loggers(cfg.get("logger"))
     log_hyperparameters(cfg, loggers)
     _log_metrics(loggers, metrics)
+    _write_record(cfg, {"task": "retrieval", "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
+                        "manifest": str(cfg.data.manifest), **result})  # fmt: skip
+    return metrics, {"encoder": encoder, "result": result}
+
+
+def _write_record(cfg: DictConfig, record: dict[str, Any]) -> None:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"task": "retrieval", "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
-              "manifest": str(cfg.data.manifest), **result}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
-    return metrics, {"encoder": encoder, "result": result}
+
+
+def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """A linear probe on two embedding stores (labels or tags from their metadata)."""
+    from mmpretrain.video.probe import probe_store
+
+    result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
+                         weight_decay=cfg.weight_decay, seed=cfg.seed)  # fmt: skip
+    scalars = {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics = {f"probe/{k}": v for k, v in scalars.items()}
+    metrics["probe/score"] = scalars["top1" if cfg.probe_task == "classify" else "mAP"]
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log_hyperparameters(cfg, loggers)
+    _log_metrics(loggers, metrics)
+    _write_record(cfg, {"task": "probe", "probe_task": cfg.probe_task, "train_store": str(cfg.train_store),
+                        "val_store": str(cfg.val_store), **scalars})  # fmt: skip
+    return metrics, {"result": result}
+
+
+def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """JSON Lines predictions of a fine-tuned video classifier/tagger on a manifest."""
+    from torch.utils.data import DataLoader
+
+    from mmpretrain.models import tokenizer_from_json
+    from mmpretrain.video import TextProcessor, VideoCollator, VideoFinetune, VideoTextDataset, read_video_manifest
+    from mmpretrain.video.finetune import write_predictions
+
+    try:
+        module = VideoFinetune.load_from_checkpoint(str(cfg.encoder), map_location="cpu")
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"task=predict needs a fine-tuning checkpoint (experiment=video_classify or "
+                         f"video_tagging); encoder={cfg.encoder} is not one: {err}") from err
+    config = module.video_config
+    pre = config["preprocessing"]
+    dataset = VideoTextDataset(read_video_manifest(cfg.data.manifest), num_frames=pre["num_frames"],
+                               size=(pre["image_size"], pre["image_size"]), train=False,
+                               backend=cfg.data.backend)  # fmt: skip
+    processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_checkpointing=False)
+    path = Path(cfg.task.output or Path(cfg.paths.output_dir) / "predictions.jsonl")
+    count = write_predictions(trainer, module, loader, path, top_k=cfg.task.top_k)
+    log.info("wrote %d predictions to %s", count, path)
+    _write_record(cfg, {"task": "predict", "encoder": str(cfg.encoder), "manifest": str(cfg.data.manifest),
+                        "predictions": str(path), "count": count})  # fmt: skip
+    return {"predict/count": float(count)}, {"path": path}
 
 
 @task_wrapper
@@ -236,6 +285,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         return _fewshot(cfg)
     if name == "retrieval":
         return _retrieval(cfg)
+    if name == "probe":
+        return _probe(cfg)
+    if name == "predict":
+        return _predict(cfg)
     backbone, prep = load_eval_backbone(str(cfg.encoder), bool(cfg.random_init))
     datamodule = hydra.utils.instantiate(
         cfg.data,

@@ -9,15 +9,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
+from mmpretrain._dist import gather_unique
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
-from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
+from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
 from mmpretrain.ssl.queue import KeyQueue
-from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum, warmup_cosine_lr
+from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum
 
 
 class MoBY(pl.LightningModule):
@@ -166,13 +166,7 @@ class MoBY(pl.LightningModule):
     def _gathered(self, chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and labels of every rank, each sample once (the distributed sampler pads with repeats)."""
         features, labels, index = (torch.cat(parts) for parts in zip(*chunks))
-        if self.trainer.world_size > 1:
-            features, labels, index = (self.all_gather(t).flatten(0, 1) for t in (features, labels, index))
-        order = torch.argsort(index, stable=True)
-        index, features, labels = index[order], features[order], labels[order]
-        keep = torch.ones_like(index, dtype=torch.bool)
-        keep[1:] = index[1:] != index[:-1]
-        return features[keep], labels[keep]
+        return gather_unique(self, index, features, labels)
 
     def build_optimizer(self, lr: float, precision: str = "32-true") -> torch.optim.AdamW:
         """AdamW over the online branch with MoBY's no-decay groups.
@@ -186,18 +180,8 @@ class MoBY(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        accumulate = self.trainer.accumulate_grad_batches
-        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
-        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
-        lr = scaled_lr(hp.base_lr, global_batch, hp.lr_ref_batch)
-        start_lr = scaled_lr(hp.warmup_start_lr, global_batch, hp.lr_ref_batch)
-        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
-        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        batch = global_batch(self)
+        lr, start_lr, min_lr = (scaled_lr(x, batch, hp.lr_ref_batch) for x in (hp.base_lr, hp.warmup_start_lr,
+                                                                                  hp.min_lr))
         optimizer = self.build_optimizer(lr, str(self.trainer.precision))
-
-        def factor(step: int) -> float:
-            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, start_lr, min_lr) / lr
-
-        scheduler = LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr)

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from mmpretrain._dist import gather_unique
 from mmpretrain._io import atomic_path, write_text_atomic
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import tokenizer_from_json
-from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
-from mmpretrain.ssl.schedules import scaled_lr, warmup_cosine_lr
+from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
+from mmpretrain.ssl.schedules import scaled_lr
 from mmpretrain.video.datamodule import VideoDataModule
 from mmpretrain.video.manifest import VideoRecord
 from mmpretrain.video.metrics import (
@@ -513,13 +513,8 @@ class VideoFinetune(pl.LightningModule):
     def _gathered(self, chunks: list[tuple[torch.Tensor, ...]]) -> tuple[np.ndarray, np.ndarray]:
         """Scores and targets of every rank, each video once (the distributed sampler pads with repeats)."""
         scores, targets, index = (torch.cat(parts) for parts in zip(*chunks))
-        if self.trainer.world_size > 1:
-            scores, targets, index = (self.all_gather(t).flatten(0, 1) for t in (scores, targets, index))
-        order = torch.argsort(index, stable=True)
-        index, scores, targets = index[order], scores[order], targets[order]
-        keep = torch.ones_like(index, dtype=torch.bool)
-        keep[1:] = index[1:] != index[:-1]
-        return scores[keep].cpu().numpy(), targets[keep].cpu().numpy()
+        scores, targets = gather_unique(self, index, scores, targets)
+        return scores.cpu().numpy(), targets.cpu().numpy()
 
     def _evaluate(self, stage: str) -> None:
         """Metrics over the whole split; on validation (not the sanity check) also tune thresholds and report."""
@@ -576,13 +571,8 @@ class VideoFinetune(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        accumulate = self.trainer.accumulate_grad_batches
-        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
-        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
-        lr = scaled_lr(hp.lr, global_batch, hp.lr_ref_batch)
-        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
-        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        batch = global_batch(self)
+        lr, min_lr = scaled_lr(hp.lr, batch, hp.lr_ref_batch), scaled_lr(hp.min_lr, batch, hp.lr_ref_batch)
         no_decay = ("temporal_pos", "spatial_pos")
         groups = []
         for module, scale in ((self.head, 1.0), (self.model, hp.backbone_lr_scale)):
@@ -590,11 +580,7 @@ class VideoFinetune(pl.LightningModule):
                 if group["params"]:
                     groups.append({**group, "lr": lr * scale})
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
-
-        def factor(step: int) -> float:
-            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, lr * 0.01, min_lr) / lr
-
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}}
+        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs)
 
 
 # ----------------------------------------------------------------------------------------------- predictions

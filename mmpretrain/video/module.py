@@ -10,12 +10,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
+from mmpretrain._dist import gather_unique
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import create_backbone, create_text_encoder, create_tokenizer, tokenizer_to_json
-from mmpretrain.ssl.optim import adamw_kernel, param_groups_weight_decay
-from mmpretrain.ssl.schedules import scaled_lr, warmup_cosine_lr
+from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
+from mmpretrain.ssl.schedules import scaled_lr
 from mmpretrain.video.losses import (
     mtm_accuracy,
     mtm_loss,
@@ -329,14 +329,8 @@ class VideoFusionPretrain(pl.LightningModule):
         if not chunks:
             return
         v, t, valid, index = (torch.cat(parts) for parts in zip(*chunks))
-        if self.trainer.world_size > 1:
-            v, t, valid, index = (self.all_gather(x).flatten(0, 1) for x in (v, t, valid, index))
-        order = torch.argsort(index, stable=True)
-        v, t, valid, index = v[order], t[order], valid[order], index[order]
-        keep = torch.ones_like(index, dtype=torch.bool)
-        keep[1:] = index[1:] != index[:-1]
-        keep &= valid.bool()
-        v, t = v[keep], t[keep]
+        v, t, valid = gather_unique(self, index, v, t, valid)
+        v, t = v[valid.bool()], t[valid.bool()]
         if len(v) == 0:
             return
         sim = t @ v.T
@@ -346,20 +340,9 @@ class VideoFusionPretrain(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        if self.trainer.train_dataloader is None:  # with max_steps Lightning has not loaded it yet
-            self.trainer.fit_loop.setup_data()
-        accumulate = self.trainer.accumulate_grad_batches
-        global_batch = self.trainer.train_dataloader.batch_size * self.trainer.world_size * accumulate
-        steps_per_epoch = max(self.trainer.num_training_batches // accumulate, 1)
-        lr = scaled_lr(hp.lr, global_batch, hp.lr_ref_batch)
-        min_lr = scaled_lr(hp.min_lr, global_batch, hp.lr_ref_batch)
-        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        batch = global_batch(self)
+        lr, min_lr = scaled_lr(hp.lr, batch, hp.lr_ref_batch), scaled_lr(hp.min_lr, batch, hp.lr_ref_batch)
         no_decay = ("temporal_pos", "spatial_pos", "temperature")
         groups = param_groups_weight_decay([self.model], hp.weight_decay, no_decay)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
-
-        def factor(step: int) -> float:
-            return warmup_cosine_lr(step, total_steps, warmup_steps, lr, lr * 0.01, min_lr) / lr
-
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}}
+        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs)
