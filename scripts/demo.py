@@ -141,7 +141,7 @@ def _videos(root: Path, runs: Path) -> None:
     if not (videos / "val.jsonl").is_file():
         from mmpretrain.video.demo import make_demo_videos
 
-        make_demo_videos(videos)
+        make_demo_videos(videos, per_class=60)
     counts = {s: len((videos / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "val")}
     print(f"{videos}: {counts['train']} train, {counts['val']} held-out videos")
 

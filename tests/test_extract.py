@@ -155,7 +155,7 @@ def test_corrupt_images_are_listed_in_failed_jsonl_and_left_out(
 
 def test_a_failure_rate_above_the_limit_aborts(encoder: ImageEncoder, demo_root: Path, tmp_path: Path) -> None:
     _corrupt_inputs(demo_root, tmp_path / "images")
-    with pytest.raises(RuntimeError, match=r"2 of 50 images failed.*max_failure_rate=0\.01"):
+    with pytest.raises(RuntimeError, match=r"2 of 50 inputs failed.*max_failure_rate=0\.01"):
         _extract(encoder, tmp_path / "images", tmp_path / "store", max_failure_rate=0.01)
     assert not (tmp_path / "store" / "manifest.json").exists()
     summary = _extract(encoder, tmp_path / "images", tmp_path / "store", max_failure_rate=0.05)

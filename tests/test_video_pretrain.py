@@ -221,6 +221,7 @@ def pretrained(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     """A real checkpoint of the tiny demo model after two epochs of `mmpretrain-train`."""
     tmp = tmp_path_factory.mktemp("video_ckpt")
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "trainer.max_epochs=2",
+                                     "callbacks.last_checkpoint.every_n_epochs=1",
                                      "trainer.check_val_every_n_epoch=2"], tmp)  # fmt: skip
     train(cfg)
     return tmp / "run/checkpoints/last.ckpt"
