@@ -207,7 +207,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     result = video_text_retrieval(encoder, records, ks=list(task.ks), shortlist=task.shortlist,
                                   rerank_k=task.rerank_k, index_key=task.index_key,
                                   batch_size=cfg.data.batch_size)  # fmt: skip
-    metrics = {"retrieval/vtm_acc": result["vtm_accuracy"]}
+    metrics = {"retrieval/vtm_acc": result["vtm_accuracy"], "retrieval/vtm_acc_hard": result["vtm_accuracy_hard"]}
     for direction in ("t2v", "v2t", "t2v_rerank"):
         metrics |= {f"retrieval/{direction}_{k}": float(v) for k, v in result.get(direction, {}).items()}
     loggers = instantiate_loggers(cfg.get("logger"))
