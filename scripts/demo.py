@@ -159,7 +159,8 @@ def _videos(root: Path, runs: Path) -> None:
              root)  # fmt: skip
         retrieval[label] = json.loads((runs / f"video_retrieval_{random_init}/metrics.json").read_text())
 
-    _section("fine-tuning from the pretrained checkpoint vs the same model at random init (10 epochs each)")
+    _section("fine-tuning on frames alone (titles name the labels) from the pretrained checkpoint vs random init")
+    frames_only = {split: _frames_only(videos / f"{split}.jsonl") for split in ("train", "val")}
     finetune = {}
     for task, experiment, metric in (("classify", "video_classify_demo", "val/top1"),
                                      ("tagging", "video_tagging_demo", "val/mAP")):
@@ -167,6 +168,7 @@ def _videos(root: Path, runs: Path) -> None:
             folder = runs / f"video_{task}_{random_init}"
             _run([str(BIN / "mmpretrain-train"), f"experiment={experiment}", f"model.pretrained={ckpt}",
                   f"model.random_init={random_init}", f"paths.data_dir={root}/data", "logger=csv",
+                  f"data.train_manifest={frames_only['train']}", f"data.val_manifest={frames_only['val']}",
                   f"hydra.run.dir={folder}", "trainer.enable_progress_bar=false", *QUIET], root)  # fmt: skip
             finetune[(task, label)] = _best(folder / "csv/version_0/metrics.csv", metric)
 
@@ -176,13 +178,13 @@ def _videos(root: Path, runs: Path) -> None:
         ("text→video R@5 (VTC)", lambda r: r["t2v"]["R@5"]),
         ("video→text R@1 (VTC)", lambda r: r["v2t"]["R@1"]),
         ("text→video R@1 after VTM re-ranking", lambda r: r["t2v_rerank"]["R@1"]),
-        ("VTM accuracy (positives vs hardest negatives)", lambda r: r["vtm_accuracy"]),
+        ("VTM accuracy (own text vs a random other text)", lambda r: r["vtm_accuracy"]),
     ]
     for name, get in rows:
         print(f"{name:<46}{get(retrieval['random init']):>12.1f}{get(retrieval['pretrained']):>12.1f}")
-    print(f"{'classification top-1 (best epoch)':<46}{finetune[('classify', 'random init')]:>12.1f}"
+    print(f"{'classification top-1, frames only (best epoch)':<46}{finetune[('classify', 'random init')]:>12.1f}"
           f"{finetune[('classify', 'pretrained')]:>12.1f}")
-    print(f"{'tagging mAP (best epoch)':<46}{finetune[('tagging', 'random init')]:>12.3f}"
+    print(f"{'tagging mAP, frames only (best epoch)':<46}{finetune[('tagging', 'random init')]:>12.3f}"
           f"{finetune[('tagging', 'pretrained')]:>12.3f}")
     chance = 100 / retrieval["pretrained"]["videos"]
     print(f"(text→video R@1 by chance: {chance:.1f})")
@@ -196,6 +198,16 @@ def _videos(root: Path, runs: Path) -> None:
           "target_recall=null", *QUIET], root)  # fmt: skip
     print(_run([str(BIN / "mmpretrain-index"), "search", f"index={index}", "text='a red circle moving to the left'",
                 "k=5", *QUIET], root))  # fmt: skip
+
+
+def _frames_only(manifest: Path) -> Path:
+    """The manifest without titles and OCR: the demo titles name shape, colour and direction, so a fine-tuned model
+    with text would read its labels instead of showing what pretraining taught the frame encoder."""
+    from mmpretrain.video.manifest import read_video_manifest, write_video_manifest
+
+    records = [{"id": r.id, "video": r.video, "label": r.label, "tags": list(r.tags)}
+               for r in read_video_manifest(manifest)]
+    return write_video_manifest(records, manifest.with_name(f"{manifest.stem}_frames_only.jsonl"))
 
 
 def _best(metrics_csv: Path, key: str) -> float:
