@@ -50,11 +50,14 @@ def test_bf16_training_on_gpu_updates_every_part() -> None:
     before = copy.deepcopy(module.model.state_dict())
     collate = VideoCollator(TextProcessor(create_tokenizer(MINILM), 32))
     loader = DataLoader(SyntheticClips(), batch_size=8, shuffle=True, collate_fn=collate, drop_last=True)
+    val_loader = DataLoader(SyntheticClips(), batch_size=8, collate_fn=collate)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=6, gradient_clip_val=5.0,
-                         logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         val_check_interval=3, limit_val_batches=2)  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert np.isfinite(float(trainer.callback_metrics["val/loss"]))  # seeded validation draws on a GPU model
+    assert 0 <= float(trainer.callback_metrics["val/t2v_r1"]) <= 100
     after = module.model.state_dict()
     for prefix in ("frame_encoder.", "text_encoder.", "fusion.", "vtm_head.", "mtm_head.", "mvm_head.", "vtc_video."):
         changed = [not torch.equal(before[k].cpu(), after[k].cpu()) for k in before if k.startswith(prefix)]

@@ -271,16 +271,18 @@ class VideoFusionPretrain(pl.LightningModule):
         """VTM over positives, one negative text per video and one negative video per text (hard by default).
 
         Negatives come from the local batch's VTC similarity (ALBEF); samples with identical text are never each
-        other's negative, and videos without text take part only as negatives for other texts.
+        other's negative, and videos without text take part only as negatives for other texts. The draw runs on the
+        CPU (a B×B matrix), so a seeded CPU ``generator`` works whatever device the model is on.
         """
         ids, attn, types, has_text = (text[k] for k in ("input_ids", "attention_mask", "token_type_ids", "has_text"))
         rows = has_text.nonzero().flatten()
         with torch.no_grad():
-            sim = (v_emb @ t_emb.T).float() / self.model.temperature
-            same = same_text(ids, attn)
+            sim = ((v_emb @ t_emb.T).float() / self.model.temperature).cpu()
+            same, valid = same_text(ids, attn).cpu(), has_text.cpu()
             mode = self.hparams.vtm_negatives
-            neg_text = sample_hard_negatives(sim, valid=has_text, same=same, mode=mode, generator=generator)[rows]
-            neg_video = sample_hard_negatives(sim.T.contiguous(), same=same, mode=mode, generator=generator)[rows]
+            neg_text = sample_hard_negatives(sim, valid=valid, same=same, mode=mode, generator=generator)
+            neg_video = sample_hard_negatives(sim.T.contiguous(), same=same, mode=mode, generator=generator)
+            neg_text, neg_video = neg_text.to(rows.device)[rows], neg_video.to(rows.device)[rows]
         has_nt, has_nv = neg_text >= 0, neg_video >= 0
         video_idx = torch.cat([rows, rows[has_nt], neg_video[has_nv]])
         text_idx = torch.cat([rows, neg_text[has_nt], rows[has_nv]])
