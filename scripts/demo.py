@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -166,6 +167,7 @@ def _videos(root: Path, runs: Path) -> None:
                                      ("tagging", "video_tagging_demo", "val/mAP")):
         for label, random_init in (("random init", "true"), ("pretrained", "false")):
             folder = runs / f"video_{task}_{random_init}"
+            shutil.rmtree(folder, ignore_errors=True)  # a rerun must not read an earlier run's CSV log
             _run([str(BIN / "mmpretrain-train"), f"experiment={experiment}", f"model.pretrained={ckpt}",
                   f"model.random_init={random_init}", f"paths.data_dir={root}/data", "logger=csv",
                   f"data.train_manifest={frames_only['train']}", f"data.val_manifest={frames_only['val']}",
