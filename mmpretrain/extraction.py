@@ -174,28 +174,34 @@ def _read_file_list(path: Path, labels: str | bool, key: str) -> ExtractionInput
 
 
 def _manifest_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a JSON Lines, JSON array or CSV manifest."""
-    text = path.read_text(encoding="utf-8")
+    """(line number, record) of a JSON Lines, JSON array or CSV manifest.
+
+    JSON Lines and CSV are read a line at a time, so a caller that stops early (peeking at the first record to tell
+    an image manifest from a video one) does not read a manifest of millions of rows.
+    """
     if path.suffix.lower() == ".csv":
-        for lineno, record in enumerate(csv.DictReader(text.splitlines()), start=2):
-            yield lineno, {k: v for k, v in record.items() if v not in (None, "")}
+        with path.open(encoding="utf-8", newline="") as f:
+            for lineno, record in enumerate(csv.DictReader(f), start=2):
+                yield lineno, {k: v for k, v in record.items() if v not in (None, "")}
         return
     if path.suffix.lower() == ".json":
         try:
-            records = json.loads(text)
+            records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON: {e}") from e
         if not isinstance(records, list):
             raise ValueError(f"{path}: a .json manifest must be a list of objects (use .jsonl for one per line)")
         yield from enumerate(records, start=1)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
+            yield lineno, record
 
 
 def _tags(value: Any, where: str) -> list[str]:

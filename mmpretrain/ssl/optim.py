@@ -80,7 +80,6 @@ def global_batch(module: pl.LightningModule) -> int:
     here, as Lightning itself would a moment later.
     """
     trainer = module.trainer
-    int(trainer.estimated_stepping_batches)
     if trainer.train_dataloader is None:
         trainer.fit_loop.setup_data()
     return trainer.train_dataloader.batch_size * trainer.world_size * trainer.accumulate_grad_batches

@@ -33,7 +33,8 @@ def _shortlist(gallery: np.ndarray, queries: np.ndarray, k: int, index_key: str)
 
 def _negative_texts(sim: np.ndarray, texts: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """For each video, the most similar text that is not its own (nor an identical copy), and a random such text."""
-    same = np.array([[a == b for b in texts] for a in texts])
+    codes = np.unique(np.array(list(texts)), return_inverse=True)[1]
+    same = codes[:, None] == codes[None, :]
     hardest = np.where(same, -np.inf, sim).argmax(axis=1)
     rng = np.random.default_rng(seed)
     random = np.array([rng.choice(np.flatnonzero(~row)) if (~row).any() else i for i, row in enumerate(same)])
