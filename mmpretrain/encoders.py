@@ -23,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from mmpretrain.data.dataset import load_rgb
+from mmpretrain.data.transforms import FrameNormalize
 
 __all__ = ["PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder"]
 
@@ -288,6 +289,7 @@ class VideoEncoder:
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.mean = [float(x) for x in pre["mean"]]
         self.std = [float(x) for x in pre["std"]]
+        self.normalize = FrameNormalize(self.mean, self.std)
 
     def __repr__(self) -> str:
         return (f"VideoEncoder({self.name!r}, embedding={self.embedding}, embed_dim={self.embed_dim}, "
@@ -311,9 +313,7 @@ class VideoEncoder:
     def _frames(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, T, 3, H, W)`` -> normalized float on the model's device (which Lightning may have moved)."""
         device = next(self.model.parameters()).device
-        mean = torch.tensor(self.mean, device=device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 1, 3, 1, 1)
-        return (clips.to(device).float() / 255 - mean) / std
+        return self.normalize.to(device)(clips.to(device))
 
     def read_clip(self, item: Any, index: int = 0) -> torch.Tensor:
         """One video (path, or uint8 ``(T, H, W, 3)`` frames) as a ``(T, 3, size, size)`` uint8 clip."""
@@ -454,33 +454,17 @@ def load_encoder(
         progress: show a download progress bar.
         embedding / backend: video models only: ``vtc`` or ``fused`` rows, and the decoding backend.
     """
-    from mmpretrain.hub import build_backbone, load_checkpoint
+    from mmpretrain.hub import build_model, load_checkpoint
 
     loaded = load_checkpoint(
         name_or_path_or_url, architecture=architecture, registry=registry, cache_dir=cache_dir, progress=progress
     )
     name = loaded.config.get("name") or str(name_or_path_or_url)
     if loaded.config.get("kind") == "video":
-        return VideoEncoder(build_video(loaded), loaded.config, name, device=device, dtype=dtype,
+        return VideoEncoder(build_model(loaded), loaded.config, name, device=device, dtype=dtype,
                             embedding=embedding, backend=backend)  # fmt: skip
     return ImageEncoder(
-        build_backbone(loaded), loaded.config["preprocessing"], name,
+        build_model(loaded), loaded.config["preprocessing"], name,
         device=device, dtype=dtype, channels_last=channels_last,
     )  # fmt: skip
 
-
-def build_video(loaded: Any) -> nn.Module:
-    """The :class:`~mmpretrain.video.VideoTextFusion` of a loaded video checkpoint, weights loaded strict.
-
-    Raises:
-        HubError: missing or unexpected keys, naming the source.
-    """
-    from mmpretrain.hub import HubError
-    from mmpretrain.video.model import build_video_model
-
-    model = build_video_model(loaded.config["architecture"])
-    try:
-        model.load_state_dict(loaded.state_dict, strict=True)
-    except RuntimeError as err:
-        raise HubError(f"{loaded.source}: weights do not fit the video model in its config: {err}") from err
-    return model.eval()

@@ -16,11 +16,9 @@ from mmpretrain.ssl import (
     infonce_with_queue,
     knn_accuracy,
     moby_loss,
-    param_groups_weight_decay,
-    scaled_lr,
     update_momentum,
-    warmup_cosine_lr,
 )
+from mmpretrain.training import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
 
 
 def _np_infonce(q: np.ndarray, k: np.ndarray, queue: np.ndarray, t: float) -> float:

@@ -35,8 +35,7 @@ from mmpretrain.fewshot import (
     split_classes,
 )
 from mmpretrain.fewshot.inputs import ImageInput, LabeledInput, StoreInput
-from mmpretrain.hub import build_backbone, load_checkpoint
-from mmpretrain.models import create_backbone
+from mmpretrain.hub import build_model, load_checkpoint
 from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,7 @@ TASKS = ("knn", "linear", "fewshot", "retrieval", "probe", "predict")
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checkpoint's backbone, or the same architecture at (seeded) random init, and its preprocessing."""
     loaded = load_checkpoint(source)
-    if random_init:
-        arch = loaded.config["architecture"]
-        backbone = create_backbone(arch["name"], **arch.get("kwargs", {}))
-    else:
-        backbone = build_backbone(loaded)
-    return backbone, loaded.config["preprocessing"]
+    return build_model(loaded, random_init), loaded.config["preprocessing"]
 
 
 def _device(trainer_cfg: DictConfig) -> str:
@@ -191,15 +185,15 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Text↔video retrieval of a video model (or its random-init twin) on a held-out manifest."""
-    from mmpretrain.encoders import VideoEncoder, build_video
+    from mmpretrain.encoders import VideoEncoder
     from mmpretrain.hub.formats import is_video
-    from mmpretrain.video import build_video_model, read_video_manifest
+    from mmpretrain.video import read_video_manifest
     from mmpretrain.video.evaluation import video_text_retrieval
 
     loaded = load_checkpoint(str(cfg.encoder))
     if not is_video(loaded.config):
         raise ValueError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
-    model = build_video_model(loaded.config["architecture"]) if cfg.random_init else build_video(loaded)
+    model = build_model(loaded, random_init=bool(cfg.random_init))
     name = loaded.config.get("name") or str(cfg.encoder)
     encoder = VideoEncoder(model, loaded.config, name, device=_device(cfg.trainer), backend=cfg.data.backend)
     records = read_video_manifest(cfg.data.manifest)

@@ -8,6 +8,7 @@ from mmpretrain.data.sources import ImageSource, image_source, labeled_folder, r
 from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FrameNormalize,
     denormalize,
     eval_transform,
     linear_train_transform,
@@ -19,6 +20,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DataHealthMonitor",
+    "FrameNormalize",
     "ImageDataset",
     "ImageSource",
     "LabeledImageDataModule",

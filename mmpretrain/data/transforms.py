@@ -6,10 +6,27 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
+from torch import nn
 from torchvision import transforms as T
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class FrameNormalize(nn.Module):
+    """uint8 frames ``(..., 3, H, W)`` -> float, scaled to [0, 1] and normalized by ``mean`` / ``std``.
+
+    Video clips travel as uint8 and are normalized batched on the model's device, which costs a fraction of doing it
+    per clip in DataLoader workers; the buffers are not saved (the checkpoint's preprocessing config holds them).
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return (frames.float() / 255 - self.mean) / self.std
 
 
 def _blur_kernel(size: int) -> int:

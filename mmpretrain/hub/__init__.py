@@ -5,7 +5,7 @@ never touches the network, never unpickles untrusted code and never guesses a ke
 
 Modules: :mod:`~mmpretrain.hub.registry` (named checkpoints), :mod:`~mmpretrain.hub.download` (cache, fetch,
 verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :mod:`~mmpretrain.hub.formats`
-(conversion, publishing, loading, building) and :mod:`~mmpretrain.hub.errors`.
+(conversion, publishing, loading, building a model from a checkpoint) and :mod:`~mmpretrain.hub.errors`.
 """
 
 from mmpretrain._io import sha256_file
@@ -16,6 +16,7 @@ from mmpretrain.hub.formats import WEIGHTS_FILE as WEIGHTS_FILE
 from mmpretrain.hub.formats import (
     LoadedCheckpoint,
     build_backbone,
+    build_model,
     convert_moby_official,
     convert_to_published,
     load_checkpoint,
@@ -36,6 +37,7 @@ __all__ = [
     "OfflineError",
     "RegistryEntry",
     "build_backbone",
+    "build_model",
     "convert_moby_official",
     "convert_to_published",
     "download",

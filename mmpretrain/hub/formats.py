@@ -352,3 +352,28 @@ def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
     except RuntimeError as e:
         raise HubError(f"{loaded.source}: weights do not fit {arch['name']}: {e}") from e
     return model.eval()
+
+
+def build_model(loaded: LoadedCheckpoint, random_init: bool = False) -> torch.nn.Module:
+    """The model a loaded checkpoint describes: an image backbone or a video–text fusion model, in eval mode.
+
+    ``random_init=True`` builds the same architecture without loading the weights (seed first): the baseline every
+    quality figure is compared with, built by the same code as the trained model so the two differ only in weights.
+
+    Raises:
+        HubError: the weights do not fit the architecture in the config, naming the source.
+    """
+    from mmpretrain.models import build_video_model, create_backbone
+
+    arch = loaded.config["architecture"]
+    if is_video(loaded.config):
+        model = build_video_model(arch)
+        if not random_init:
+            try:
+                model.load_state_dict(loaded.state_dict, strict=True)
+            except RuntimeError as err:
+                raise HubError(f"{loaded.source}: weights do not fit the video model in its config: {err}") from err
+        return model.eval()
+    if random_init:
+        return create_backbone(arch["name"], **_model_kwargs(arch.get("kwargs"))).eval()
+    return build_backbone(loaded)

@@ -1,6 +1,14 @@
-"""Model factories: image backbones (timm), text encoders and tokenizers (transformers), MLP heads."""
+"""Model factories: image backbones (timm), text encoders and tokenizers (transformers), MLP heads, and the
+video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
 from mmpretrain.models.backbones import backbone_has_batchnorm, create_backbone
+from mmpretrain.models.fusion import (
+    VideoTextFusion,
+    build_video_model,
+    encode_frame_grid,
+    frame_token_grid,
+    video_model_config,
+)
 from mmpretrain.models.heads import MLPHead
 from mmpretrain.models.text import (
     create_text_encoder,
@@ -14,13 +22,18 @@ from mmpretrain.models.text import (
 
 __all__ = [
     "MLPHead",
+    "VideoTextFusion",
     "backbone_has_batchnorm",
+    "build_video_model",
     "create_backbone",
     "create_text_encoder",
     "create_tokenizer",
+    "encode_frame_grid",
+    "frame_token_grid",
     "resolve_text_model",
     "text_encoder_from_dict",
     "text_encoder_to_dict",
     "tokenizer_from_json",
     "tokenizer_to_json",
+    "video_model_config",
 ]

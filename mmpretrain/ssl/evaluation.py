@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from mmpretrain.ssl.schedules import scaled_lr
+from mmpretrain.training import scaled_lr
 
 
 @torch.inference_mode()

@@ -10,14 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpretrain._dist import gather_unique
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
-from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
+from mmpretrain.ssl.momentum import cosine_momentum, update_momentum
 from mmpretrain.ssl.queue import KeyQueue
-from mmpretrain.ssl.schedules import cosine_momentum, scaled_lr, update_momentum
+from mmpretrain.training import (
+    adamw_kernel,
+    gather_unique,
+    global_batch,
+    param_groups_weight_decay,
+    scaled_lr,
+    warmup_cosine_schedule,
+)
 
 
 class MoBY(pl.LightningModule):

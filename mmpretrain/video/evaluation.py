@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mmpretrain.encoders import VideoEncoder
 from mmpretrain.retrieval import build_index
 from mmpretrain.video.manifest import VideoRecord
 from mmpretrain.video.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks
 from mmpretrain.video.text import join_ocr
+
+if TYPE_CHECKING:
+    from mmpretrain.encoders import VideoEncoder
 
 log = logging.getLogger(__name__)
 

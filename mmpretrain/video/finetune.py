@@ -25,12 +25,17 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmpretrain._dist import gather_unique
 from mmpretrain._io import atomic_path, write_text_atomic
-from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mmpretrain.models import tokenizer_from_json
-from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
-from mmpretrain.ssl.schedules import scaled_lr
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
+from mmpretrain.models import VideoTextFusion, build_video_model, tokenizer_from_json
+from mmpretrain.training import (
+    adamw_kernel,
+    gather_unique,
+    global_batch,
+    param_groups_weight_decay,
+    scaled_lr,
+    warmup_cosine_schedule,
+)
 from mmpretrain.video.datamodule import VideoDataModule
 from mmpretrain.video.manifest import VideoRecord
 from mmpretrain.video.metrics import (
@@ -44,7 +49,6 @@ from mmpretrain.video.metrics import (
     topk_accuracy,
     tune_thresholds,
 )
-from mmpretrain.video.model import VideoTextFusion, build_video_model
 from mmpretrain.video.module import VideoFusionPretrain
 
 __all__ = [
@@ -226,8 +230,7 @@ def prediction_records(
 
 def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, dict[str, Any]]:
     """The fusion model of a video pretraining checkpoint (weights loaded strict, or fresh for the baseline)."""
-    from mmpretrain.encoders import build_video
-    from mmpretrain.hub import HubError, load_checkpoint
+    from mmpretrain.hub import HubError, build_model, load_checkpoint
     from mmpretrain.hub.formats import is_video
 
     try:
@@ -241,10 +244,8 @@ def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, d
             "backbone); use a checkpoint of experiment=video_fusion_pretrain, its published folder or registry name"
         )
     config = {k: loaded.config[k] for k in ("architecture", "preprocessing", "tokenizer")}
-    if random_init:
-        return build_video_model(config["architecture"]), config
     try:
-        return build_video(loaded), config
+        return build_model(loaded, random_init), config
     except HubError as err:
         raise ValueError(f"model.pretrained={source!r}: {err}") from err
 
@@ -344,8 +345,7 @@ class VideoFinetune(pl.LightningModule):
         self.tokenizer = tokenizer_from_json(config["tokenizer"])
         pre = config["preprocessing"]
         mean, std = pre.get("mean", IMAGENET_MEAN), pre.get("std", IMAGENET_STD)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self.normalize = FrameNormalize(mean, std)
         self.register_buffer("class_weight", None, persistent=False)
         self.register_buffer("pos_weight", None, persistent=False)
         if freeze_backbone:
@@ -437,10 +437,6 @@ class VideoFinetune(pl.LightningModule):
         if self.hparams.freeze_backbone:
             self.model.eval()
         return self
-
-    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, T, 3, H, W)`` uint8 -> normalized float with the pretraining's mean and std."""
-        return (frames.float() / 255 - self.mean) / self.std
 
     def features(self, batch: Mapping[str, Any], text_keep: torch.Tensor | None = None) -> torch.Tensor:
         """The fused CLS ``(B, width)``; ``text_keep`` (default ``has_text``) False fuses a video from frames alone."""

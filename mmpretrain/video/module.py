@@ -11,11 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpretrain._dist import gather_unique
-from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mmpretrain.models import create_backbone, create_text_encoder, create_tokenizer, tokenizer_to_json
-from mmpretrain.ssl.optim import adamw_kernel, global_batch, param_groups_weight_decay, warmup_cosine_schedule
-from mmpretrain.ssl.schedules import scaled_lr
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
+from mmpretrain.models import (
+    VideoTextFusion,
+    create_backbone,
+    create_text_encoder,
+    create_tokenizer,
+    encode_frame_grid,
+    tokenizer_to_json,
+    video_model_config,
+)
+from mmpretrain.training import (
+    adamw_kernel,
+    gather_unique,
+    global_batch,
+    param_groups_weight_decay,
+    scaled_lr,
+    warmup_cosine_schedule,
+)
 from mmpretrain.video.losses import (
     mtm_accuracy,
     mtm_loss,
@@ -27,7 +40,6 @@ from mmpretrain.video.losses import (
     vtm_loss,
 )
 from mmpretrain.video.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, random_mask
-from mmpretrain.video.model import VideoTextFusion, encode_frame_grid, video_model_config
 
 LOSSES = ("vtc", "vtm", "mtm", "mvm")
 MVM_TARGETS = ("teacher", "pixels")
@@ -150,8 +162,7 @@ class VideoFusionPretrain(pl.LightningModule):
         self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
         self.grid = grid
         self.teacher = copy.deepcopy(frames).eval().requires_grad_(False) if mvm_target == "teacher" else None
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1), persistent=False)
+        self.normalize = FrameNormalize(mean, std)
         self._val: list[tuple[torch.Tensor, ...]] = []
 
     # ------------------------------------------------------------------------------------------- pieces
@@ -162,10 +173,6 @@ class VideoFusionPretrain(pl.LightningModule):
         if self.teacher is not None:
             self.teacher.eval()
         return self
-
-    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, T, 3, H, W)`` uint8 -> normalized float, on the device (cheaper than per clip in workers)."""
-        return (frames.float() / 255 - self.mean) / self.std
 
     def export_config(self) -> dict[str, Any]:
         """What rebuilds the model and its inputs without the original files: stored in every checkpoint."""

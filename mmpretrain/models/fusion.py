@@ -4,7 +4,8 @@ Frames go through a timm ViT/Swin one at a time; its token grid (pooled to ``vis
 spatial and temporal position embeddings. Title and OCR go through a transformers BERT. A fusion transformer
 reads ``[CLS; video tokens; text tokens]`` with type embeddings (CLS, video, title, OCR) and key-padding masks, so
 either modality may be absent: a video without text is fused alone, which is also how its standalone (VTC)
-embedding is made. Pure torch: no file or network access; :mod:`mmpretrain.video.module` builds the parts.
+embedding is made. Pure torch: no file or network access; :mod:`mmpretrain.video.module` trains it and
+:func:`mmpretrain.hub.build_model` rebuilds it from a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmpretrain.models.backbones import create_backbone
+from mmpretrain.models.text import text_encoder_from_dict, text_encoder_to_dict
 
 TYPE_CLS, TYPE_VIDEO, TYPE_TITLE, TYPE_OCR = range(4)
 
@@ -195,8 +199,6 @@ def video_model_config(
     model: VideoTextFusion, frame_encoder: str, frame_kwargs: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The architecture of ``model`` as plain JSON: enough for :func:`build_video_model` to rebuild it."""
-    from mmpretrain.models import text_encoder_to_dict
-
     layer = model.fusion.layers[0]
     return {
         "frame_encoder": {"name": frame_encoder, "kwargs": dict(frame_kwargs or {})},
@@ -218,8 +220,6 @@ def video_model_config(
 
 def build_video_model(architecture: dict[str, Any]) -> VideoTextFusion:
     """A random-init :class:`VideoTextFusion` from :func:`video_model_config`; the caller loads the weights."""
-    from mmpretrain.models import create_backbone, text_encoder_from_dict
-
     frame = architecture["frame_encoder"]
     return VideoTextFusion(
         create_backbone(frame["name"], 0.0, **dict(frame.get("kwargs") or {})),

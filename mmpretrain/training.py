@@ -1,7 +1,13 @@
-"""AdamW for every method here: which weights get weight decay, which kernel, and the per-step lr schedule."""
+"""Pieces every method here trains with: lr scaling and schedule, AdamW groups and kernel, gathering across ranks.
+
+MoBY (:mod:`mmpretrain.ssl`) and the video modules (:mod:`mmpretrain.video`) both build their optimizers from these,
+so a schedule or decay rule is written once. Schedules are pure functions of the global step, so a resumed run
+continues them exactly.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,7 +16,38 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from mmpretrain.ssl.schedules import warmup_cosine_lr
+__all__ = [
+    "NO_DECAY_KEYWORDS",
+    "adamw_kernel",
+    "gather_unique",
+    "global_batch",
+    "param_groups_weight_decay",
+    "scaled_lr",
+    "warmup_cosine_lr",
+    "warmup_cosine_schedule",
+]
+
+
+def warmup_cosine_lr(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    warmup_start_lr: float,
+    min_lr: float,
+) -> float:
+    """Linear warmup from `warmup_start_lr` to `base_lr`, then cosine decay to `min_lr`, per iteration."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    return min_lr + (base_lr - min_lr) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> float:
+    """Linear scaling rule: `base_lr` is quoted per `reference_batch` images."""
+    return base_lr * global_batch / reference_batch
+
 
 NO_DECAY_KEYWORDS: tuple[str, ...] = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed", "cls_token")
 
@@ -83,3 +120,18 @@ def global_batch(module: pl.LightningModule) -> int:
     if trainer.train_dataloader is None:
         trainer.fit_loop.setup_data()
     return trainer.train_dataloader.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def gather_unique(module: pl.LightningModule, index: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` of every rank, sorted by dataset ``index``, each sample once.
+
+    A distributed sampler pads the last batches with repeated samples so every rank gets as many; a metric over
+    the split must count each sample once, or a padded split scores differently on 1 and on 8 GPUs.
+    """
+    if module.trainer.world_size > 1:
+        index, *tensors = (module.all_gather(t).flatten(0, 1) for t in (index, *tensors))
+    order = torch.argsort(index, stable=True)
+    index = index[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return tuple(t[order][keep] for t in tensors)
