@@ -253,7 +253,7 @@ class VideoEncoder:
     Clips are sampled like evaluation in training: ``num_frames`` segment middles, resized at decode time.
 
     Args:
-        model: a :class:`~mmpretrain.video.VideoTextFusion` with trained weights.
+        model: a :class:`~mmpretrain.models.VideoTextFusion` with trained weights.
         config: the checkpoint's config (``preprocessing``, ``tokenizer``, ``embedding``).
         name: the encoder's name, recorded in embedding stores.
         device / dtype: as :class:`ImageEncoder`.

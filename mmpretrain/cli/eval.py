@@ -221,7 +221,7 @@ def _write_record(cfg: DictConfig, record: dict[str, Any]) -> None:
 
 def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """A linear probe on two embedding stores (labels or tags from their metadata)."""
-    from mmpretrain.video.probe import probe_store
+    from mmpretrain.video.store_probe import probe_store
 
     result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, seed=cfg.seed)  # fmt: skip

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from mmpretrain.embeddings import open_store
-from mmpretrain.video.finetune import check_task, classification_metrics, tagging_metrics
 from mmpretrain.video.metrics import tune_thresholds
+from mmpretrain.video.tasks import check_task, classification_metrics, tagging_metrics
 
 __all__ = ["linear_probe", "probe_store"]
 
