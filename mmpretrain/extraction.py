@@ -16,9 +16,7 @@ reason; the run aborts when more than ``max_failure_rate`` of the inputs fail.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmpretrain._io import atomic_path, file_lock, write_text_atomic
 from mmpretrain.data.dataset import load_rgb
-from mmpretrain.data.sources import scan_images
+from mmpretrain.data.records import RECORD_SUFFIXES
+from mmpretrain.data.sources import InputRows, is_video_manifest, parse_labels, read_image_input
 from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
 from mmpretrain.encoders import ImageEncoder, ImageTransform, VideoEncoder
 
@@ -46,7 +45,6 @@ __all__ = [
     "EncoderPredictor",
     "ExtractionDataModule",
     "ExtractionDataset",
-    "ExtractionInput",
     "ShardWriter",
     "read_input",
     "run_extraction",
@@ -57,7 +55,6 @@ log = logging.getLogger(__name__)
 RUN_DIR = ".extract"
 FAILED_FILE = "failed.jsonl"
 _RUN_FILE = "run.json"
-_MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
 _MIN_ROWS_FOR_RATE = 100
 _PART_RE = re.compile(r"^(\d+)-(\d+)-r(\d+)\.npz$")
 _STORE_FILE_RE = re.compile(r"^(?:embeddings-\d{5,}\.npy|metadata-\d{5,}\.parquet|manifest\.json)$")
@@ -66,239 +63,18 @@ _STORE_FILE_RE = re.compile(r"^(?:embeddings-\d{5,}\.npy|metadata-\d{5,}\.parque
 # ----------------------------------------------------------------------------------------------- input
 
 
-@dataclasses.dataclass
-class ExtractionInput:
-    """The rows to embed, in store order: image or video paths with their ids and, where known, labels and tags
-    (and, for videos, title and OCR text, which a ``fused`` video encoder reads).
+def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str = "input") -> InputRows:
+    """Rows to extract from a folder, a file list, an image manifest or a video manifest (DESIGN §3).
 
-    ``root`` is the folder ids are relative to (the input folder, or the list's or manifest's folder).
+    A manifest whose first record names a ``video`` is a video manifest (:func:`mmpretrain.video.video_input`);
+    everything else is read by :func:`mmpretrain.data.read_image_input`, whose ``labels`` and ``key`` this takes.
     """
-
-    root: Path
-    kind: str
-    paths: list[str]
-    ids: list[str]
-    labels: list[str] | None = None
-    tags: list[list[str]] | None = None
-    titles: list[str] | None = None
-    ocr: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("ids", "labels", "tags", "titles", "ocr"):
-            values = getattr(self, name)
-            if values is not None and len(values) != len(self.paths):
-                raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
-        seen: dict[str, int] = {}
-        for row, item in enumerate(self.ids):
-            if item in seen:
-                raise ValueError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
-                                 f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
-            seen[item] = row
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def metadata(self, rows: np.ndarray) -> dict[str, list[Any]]:
-        """Store metadata columns (``id``, ``path`` and ``label``/``tags`` where known) of the given rows."""
-        columns: dict[str, list[Any]] = {
-            "id": [self.ids[r] for r in rows],
-            "path": [self.paths[r] for r in rows],
-        }
-        if self.labels is not None:
-            columns["label"] = [self.labels[r] for r in rows]
-        if self.tags is not None:
-            columns["tags"] = [self.tags[r] for r in rows]
-        if self.titles is not None:
-            columns["title"] = [self.titles[r] for r in rows]
-        return columns
-
-    @property
-    def is_video(self) -> bool:
-        return self.kind == "video manifest"
-
-    def fingerprint(self) -> str:
-        """sha256 of the ids in order: a resumed run must see the same rows in the same order."""
-        digest = hashlib.sha256()
-        for item in self.ids:
-            digest.update(item.encode("utf-8") + b"\n")
-        return digest.hexdigest()
-
-
-def _relative_id(path: Path, root: Path) -> str:
-    """The path relative to ``root`` in POSIX form, or the absolute path for files outside it."""
-    resolved = path.absolute()
-    with contextlib.suppress(ValueError):
-        return resolved.relative_to(root.absolute()).as_posix()
-    return resolved.as_posix()
-
-
-def _parse_labels(labels: str | bool, key: str) -> str | bool:
-    if isinstance(labels, bool) or labels == "auto":
-        return labels
-    raise ValueError(f"{key}: labels={labels!r} must be true, false or auto")
-
-
-def _read_folder(root: Path, labels: str | bool, key: str) -> ExtractionInput:
-    found = scan_images(root, key=key)
-    paths = [Path(p) for p in found.paths]
-    rel = [p.relative_to(root) for p in paths]
-    top_level = [p for p in rel if len(p.parts) == 1]
-    if labels is True and top_level:
-        raise ValueError(f"{key}={root}: labels=true needs one subfolder per class, but {len(top_level)} images "
-                         f"lie directly in the folder (e.g. {top_level[0]})")
-    labeled = labels is True or (labels == "auto" and not top_level)
-    return ExtractionInput(
-        root=root,
-        kind="labeled folder" if labeled else "folder",
-        paths=[str(p.absolute()) for p in paths],
-        ids=[p.as_posix() for p in rel],
-        labels=[p.parts[0] for p in rel] if labeled else None,
-    )
-
-
-def _read_file_list(path: Path, labels: str | bool, key: str) -> ExtractionInput:
-    """A text file of paths (``path`` or ``path<TAB>label`` per line, relative to its folder)."""
-    from mmpretrain.data.sources import read_file_list
-
-    found = read_file_list(path, key=key)
-    if labels is True and found.labels is None:
-        raise ValueError(f"{key}={path}: labels=true but the file list has no label column (path<TAB>label)")
-    keep = labels is not False and found.labels is not None
-    return ExtractionInput(
-        root=path.parent,
-        kind="file list",
-        paths=[str(Path(p).absolute()) for p in found.paths],
-        ids=[_relative_id(Path(p), path.parent) for p in found.paths],
-        labels=[found.classes[i] for i in found.labels] if keep else None,
-    )
-
-
-def _manifest_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a JSON Lines, JSON array or CSV manifest.
-
-    JSON Lines and CSV are read a line at a time, so a caller that stops early (peeking at the first record to tell
-    an image manifest from a video one) does not read a manifest of millions of rows.
-    """
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            for lineno, record in enumerate(csv.DictReader(f), start=2):
-                yield lineno, {k: v for k, v in record.items() if v not in (None, "")}
-        return
-    if path.suffix.lower() == ".json":
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from e
-        if not isinstance(records, list):
-            raise ValueError(f"{path}: a .json manifest must be a list of objects (use .jsonl for one per line)")
-        yield from enumerate(records, start=1)
-        return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
-            yield lineno, record
-
-
-def _tags(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):  # CSV cells hold tags separated by '|'
-        return [t for t in value.split("|") if t]
-    if isinstance(value, list) and all(isinstance(t, str) for t in value):
-        return value
-    raise ValueError(f"{where}: tags must be a list of strings, got {value!r}")
-
-
-def _read_manifest(path: Path, labels: str | bool, key: str) -> ExtractionInput:
-    """An image manifest: one record per image with ``image`` (or ``path``) and optional ``id``, ``label``, ``tags``.
-
-    Relative image paths resolve against the manifest's folder, as in the video manifest.
-    """
-    paths, ids, names, tags = [], [], [], []
-    for lineno, record in _manifest_records(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
-        image = record.get("image", record.get("path"))
-        if not isinstance(image, str) or not image:
-            raise ValueError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
-        file = Path(image).expanduser()
-        file = file if file.is_absolute() else path.parent / file
-        paths.append(str(file.absolute()))
-        ids.append(str(record["id"]) if record.get("id") not in (None, "") else _relative_id(file, path.parent))
-        names.append(None if record.get("label") is None else str(record["label"]))
-        tags.append(_tags(record["tags"], where) if record.get("tags") is not None else [])
-    if not paths:
-        raise ValueError(f"{key}={path}: the manifest lists no images")
-    given = [n for n in names if n is not None]
-    if given and len(given) != len(names):
-        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
-    if labels is True and not given:
-        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
-    return ExtractionInput(
-        root=path.parent,
-        kind="manifest",
-        paths=paths,
-        ids=ids,
-        labels=names if given and labels is not False else None,
-        tags=tags if any(tags) else None,
-    )
-
-
-def _is_video_manifest(path: Path) -> bool:
-    """A manifest whose first record names a ``video`` (DESIGN §3) rather than an ``image``."""
-    for _, record in _manifest_records(path):
-        return isinstance(record, dict) and "video" in record
-    return False
-
-
-def _read_video_manifest(path: Path, labels: str | bool, key: str) -> ExtractionInput:
-    """A video manifest (``video`` with optional ``id``, ``title``, ``ocr``, ``label``, ``tags``)."""
-    from mmpretrain.video.manifest import read_video_manifest
-    from mmpretrain.video.text import join_ocr
-
-    records = read_video_manifest(path)
-    names = [r.label for r in records]
-    given = [n for n in names if n is not None]
-    if labels is True and not given:
-        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
-    if given and len(given) != len(names):
-        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
-    return ExtractionInput(
-        root=path.parent,
-        kind="video manifest",
-        paths=[r.video for r in records],
-        ids=[r.id for r in records],
-        labels=names if given and labels is not False else None,
-        tags=[list(r.tags) for r in records] if any(r.tags for r in records) else None,
-        titles=[r.title or "" for r in records],
-        ocr=[join_ocr(list(r.ocr)) for r in records],
-    )
-
-
-def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str = "input") -> ExtractionInput:
-    """Rows to extract from a folder (recursive), a file list (``.txt``...) or a manifest (``.jsonl/.json/.csv``).
-
-    Args:
-        source: the folder or file.
-        labels: ``auto`` labels a folder whose images all sit in subfolders (one per class), a file list with a
-            label column and a manifest with ``label`` fields; ``true`` requires labels, ``false`` drops them.
-        key: config key named in errors.
-    """
-    labels = _parse_labels(labels, key)
     path = Path(source).expanduser()
-    if path.is_dir():
-        return _read_folder(path, labels, key)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}={source}: no such folder or file")
-    if path.suffix.lower() in _MANIFEST_SUFFIXES:
-        if _is_video_manifest(path):
-            return _read_video_manifest(path, labels, key)
-        return _read_manifest(path, labels, key)
-    return _read_file_list(path, labels, key)
+    if path.is_file() and path.suffix.lower() in RECORD_SUFFIXES and is_video_manifest(path):
+        from mmpretrain.video.manifest import video_input
+
+        return video_input(path, parse_labels(labels, key), key)
+    return read_image_input(path, labels, key)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -321,13 +97,13 @@ def file_loader(encoder: ImageEncoder | VideoEncoder) -> Any:
 
 
 class ExtractionDataset(Dataset):
-    """Rows of an :class:`ExtractionInput`; a file that fails to decode yields its error instead of pixels.
+    """Rows of an :class:`InputRows`; a file that fails to decode yields its error instead of pixels.
 
     Unlike the training dataset nothing is re-drawn: every sample is its own row, so a failure must travel with
     the row (as a non-empty ``error`` and zero pixels that are never embedded) to be left out and reported.
     """
 
-    def __init__(self, source: ExtractionInput, rows: Sequence[int], loader: Any) -> None:
+    def __init__(self, source: InputRows, rows: Sequence[int], loader: Any) -> None:
         self.paths = source.paths
         self.titles, self.ocr = source.titles, source.ocr
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -422,7 +198,7 @@ class _Plan:
     """Where each row goes: chunk ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``."""
 
     output: Path
-    source: ExtractionInput
+    source: InputRows
     shard_size: int
     dtype: str
     dim: int
@@ -672,7 +448,7 @@ def _finalize(
 
 def run_extraction(
     encoder: ImageEncoder | VideoEncoder,
-    source: ExtractionInput,
+    source: InputRows,
     output: str | os.PathLike,
     trainer: pl.Trainer,
     *,

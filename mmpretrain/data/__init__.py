@@ -4,7 +4,17 @@ from mmpretrain.data.datamodule import LabeledImageDataModule, SampledLoaders, S
 from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
-from mmpretrain.data.sources import ImageSource, image_source, labeled_folder, read_file_list, scan_images
+from mmpretrain.data.records import csv_list, read_records
+from mmpretrain.data.sources import (
+    ImageSource,
+    InputRows,
+    image_source,
+    is_video_manifest,
+    labeled_folder,
+    read_file_list,
+    read_image_input,
+    scan_images,
+)
 from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,17 +33,22 @@ __all__ = [
     "FrameNormalize",
     "ImageDataset",
     "ImageSource",
+    "InputRows",
     "LabeledImageDataModule",
     "SSLImageDataModule",
     "SampledLoaders",
+    "csv_list",
     "denormalize",
     "eval_transform",
     "image_source",
+    "is_video_manifest",
     "labeled_folder",
     "linear_train_transform",
     "load_rgb",
     "make_demo_images",
     "moby_transform",
     "read_file_list",
+    "read_image_input",
+    "read_records",
     "scan_images",
 ]

@@ -1,11 +1,20 @@
-"""Where images come from: an unlabeled folder (recursive), a file list, or a labeled folder (a subfolder per class)."""
+"""Where images come from: an unlabeled folder (recursive), a file list, a labeled folder (a subfolder per class) or
+an image manifest, as training sources (:class:`ImageSource`) or as the id-keyed rows extraction and evaluation read
+(:class:`InputRows`)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmpretrain.data.records import RECORD_SUFFIXES, read_records
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +138,171 @@ def image_source(root: str | None = None, file_list: str | None = None) -> Image
     if not root:
         raise ValueError("data.root is not set: point it at a folder of images (or set data.file_list)")
     return scan_images(root)
+
+
+# ----------------------------------------------------------------------------------------------- id-keyed rows
+
+
+@dataclass
+class InputRows:
+    """The rows of an input, in store order: image or video paths with their ids and, where known, labels and tags
+    (and, for videos, title and OCR text, which a ``fused`` video encoder reads).
+
+    ``root`` is the folder ids are relative to (the input folder, or the list's or manifest's folder).
+    """
+
+    root: Path
+    kind: str
+    paths: list[str]
+    ids: list[str]
+    labels: list[str] | None = None
+    tags: list[list[str]] | None = None
+    titles: list[str] | None = None
+    ocr: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ids", "labels", "tags", "titles", "ocr"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.paths):
+                raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
+        seen: dict[str, int] = {}
+        for row, item in enumerate(self.ids):
+            if item in seen:
+                raise ValueError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
+                                 f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
+            seen[item] = row
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def metadata(self, rows: np.ndarray) -> dict[str, list[Any]]:
+        """Store metadata columns (``id``, ``path`` and ``label``/``tags`` where known) of the given rows."""
+        columns: dict[str, list[Any]] = {
+            "id": [self.ids[r] for r in rows],
+            "path": [self.paths[r] for r in rows],
+        }
+        if self.labels is not None:
+            columns["label"] = [self.labels[r] for r in rows]
+        if self.tags is not None:
+            columns["tags"] = [self.tags[r] for r in rows]
+        if self.titles is not None:
+            columns["title"] = [self.titles[r] for r in rows]
+        return columns
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "video manifest"
+
+    def fingerprint(self) -> str:
+        """sha256 of the ids in order: a resumed run must see the same rows in the same order."""
+        digest = hashlib.sha256()
+        for item in self.ids:
+            digest.update(item.encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
+def _relative_id(path: Path, root: Path) -> str:
+    """The path relative to ``root`` in POSIX form, or the absolute path for files outside it."""
+    resolved = path.absolute()
+    with contextlib.suppress(ValueError):
+        return resolved.relative_to(root.absolute()).as_posix()
+    return resolved.as_posix()
+
+def parse_labels(labels: str | bool, key: str) -> str | bool:
+    """``labels`` checked: ``True``, ``False`` or ``"auto"`` (see :func:`read_image_input`)."""
+    if isinstance(labels, bool) or labels == "auto":
+        return labels
+    raise ValueError(f"{key}: labels={labels!r} must be true, false or auto")
+
+def _read_folder(root: Path, labels: str | bool, key: str) -> InputRows:
+    found = scan_images(root, key=key)
+    paths = [Path(p) for p in found.paths]
+    rel = [p.relative_to(root) for p in paths]
+    top_level = [p for p in rel if len(p.parts) == 1]
+    if labels is True and top_level:
+        raise ValueError(f"{key}={root}: labels=true needs one subfolder per class, but {len(top_level)} images "
+                         f"lie directly in the folder (e.g. {top_level[0]})")
+    labeled = labels is True or (labels == "auto" and not top_level)
+    return InputRows(
+        root=root,
+        kind="labeled folder" if labeled else "folder",
+        paths=[str(p.absolute()) for p in paths],
+        ids=[p.as_posix() for p in rel],
+        labels=[p.parts[0] for p in rel] if labeled else None,
+    )
+
+def _read_file_list(path: Path, labels: str | bool, key: str) -> InputRows:
+    """A text file of paths (``path`` or ``path<TAB>label`` per line, relative to its folder)."""
+    found = read_file_list(path, key=key)
+    if labels is True and found.labels is None:
+        raise ValueError(f"{key}={path}: labels=true but the file list has no label column (path<TAB>label)")
+    keep = labels is not False and found.labels is not None
+    return InputRows(
+        root=path.parent,
+        kind="file list",
+        paths=[str(Path(p).absolute()) for p in found.paths],
+        ids=[_relative_id(Path(p), path.parent) for p in found.paths],
+        labels=[found.classes[i] for i in found.labels] if keep else None,
+    )
+
+def _tags(value: Any, where: str) -> list[str]:
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return value
+    raise ValueError(f"{where}: tags must be a list of strings, got {value!r}")
+
+def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
+    """An image manifest: one record per image with ``image`` (or ``path``) and optional ``id``, ``label``, ``tags``.
+
+    Relative image paths resolve against the manifest's folder, as in the video manifest.
+    """
+    paths, ids, names, tags = [], [], [], []
+    for lineno, record in read_records(path, list_columns=("tags",)):
+        where = f"{path}:{lineno}"
+        image = record.get("image", record.get("path"))
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
+        file = Path(image).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        paths.append(str(file.absolute()))
+        ids.append(str(record["id"]) if record.get("id") not in (None, "") else _relative_id(file, path.parent))
+        names.append(None if record.get("label") is None else str(record["label"]))
+        tags.append(_tags(record["tags"], where) if record.get("tags") is not None else [])
+    if not paths:
+        raise ValueError(f"{key}={path}: the manifest lists no images")
+    given = [n for n in names if n is not None]
+    if given and len(given) != len(names):
+        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    if labels is True and not given:
+        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+    return InputRows(
+        root=path.parent,
+        kind="manifest",
+        paths=paths,
+        ids=ids,
+        labels=names if given and labels is not False else None,
+        tags=tags if any(tags) else None,
+    )
+
+def is_video_manifest(path: Path) -> bool:
+    """A manifest whose first record names a ``video`` (DESIGN §3) rather than an ``image``."""
+    for _, record in read_records(path):
+        return "video" in record
+    return False
+
+def read_image_input(source: str | os.PathLike, labels: str | bool = "auto", key: str = "input") -> InputRows:
+    """Rows of images from a folder (recursive), a file list (``.txt``...) or an image manifest (``.jsonl/.json/.csv``).
+
+    Args:
+        source: the folder or file.
+        labels: ``auto`` labels a folder whose images all sit in subfolders (one per class), a file list with a
+            label column and a manifest with ``label`` fields; ``true`` requires labels, ``false`` drops them.
+        key: config key named in errors.
+    """
+    labels = parse_labels(labels, key)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_folder(path, labels, key)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={source}: no such folder or file")
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        return _read_manifest(path, labels, key)
+    return _read_file_list(path, labels, key)

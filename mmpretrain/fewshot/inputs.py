@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from mmpretrain.data.sources import read_image_input
 from mmpretrain.embeddings import open_store
-from mmpretrain.encoders import ImageEncoder
-from mmpretrain.extraction import read_input
+
+if TYPE_CHECKING:
+    from mmpretrain.encoders import ImageEncoder
 
 __all__ = ["ImageInput", "LabeledInput", "StoreInput"]
 
@@ -75,7 +77,7 @@ class ImageInput:
 
     Args:
         encoder: the image encoder.
-        source: the folder, file list or manifest (read by :func:`~mmpretrain.extraction.read_input`).
+        source: the folder, file list or manifest (read by :func:`~mmpretrain.data.read_image_input`).
         batch_size: images per forward pass.
         key: the config key named in errors.
 
@@ -88,7 +90,7 @@ class ImageInput:
     ) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
-        self.images = read_input(Path(source), labels=True, key=key)
+        self.images = read_image_input(Path(source), labels=True, key=key)
         self.where = f"{key}={os.fspath(source)}"
         self.encoder_name = encoder.name
         self.labels = np.asarray(self.images.labels)

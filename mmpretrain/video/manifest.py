@@ -15,12 +15,14 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmpretrain._io import write_text_atomic
+from mmpretrain.data.records import RECORD_SUFFIXES, read_records
+from mmpretrain.data.sources import InputRows
 
 FIELDS = ("id", "video", "title", "ocr", "label", "tags")
 
@@ -94,49 +96,6 @@ def _record(entry: Mapping[str, Any], path: Path, line: int) -> VideoRecord:
     )
 
 
-def _jsonl_entries(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                entry = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{_where(path, line)}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(entry, dict):
-                raise ValueError(f"{_where(path, line)}: expected one JSON object per line, got {type(entry).__name__}")
-            yield line, entry
-
-
-def _csv_list(cell: str | None, key: str, where: str) -> list[str] | None:
-    if cell is None or not cell.strip():
-        return None
-    cell = cell.strip()
-    if cell.startswith("["):
-        try:
-            value = json.loads(cell)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: '{key}' looks like a JSON list but is not ({err.msg})") from None
-        return value
-    return [part.strip() for part in cell.split("|")]
-
-
-def _csv_entries(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "video" not in reader.fieldnames:
-            raise ValueError(f"{_where(path, 1)}: the CSV header has no 'video' column (got {reader.fieldnames})")
-        for row in reader:
-            line = reader.line_num  # the row's last line; rows span one line unless a quoted cell holds a newline
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            where = _where(path, line)
-            entry: dict[str, Any] = {k: (v if v != "" else None) for k, v in row.items() if k in FIELDS}
-            entry["ocr"] = _csv_list(row.get("ocr"), "ocr", where)
-            entry["tags"] = _csv_list(row.get("tags"), "tags", where)
-            yield line, entry
-
-
 def read_video_manifest(path: str | Path) -> list[VideoRecord]:
     """Read and validate a `.jsonl`/`.json` (JSON Lines) or `.csv` manifest; blank lines are skipped.
 
@@ -147,16 +106,11 @@ def read_video_manifest(path: str | Path) -> list[VideoRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video manifest {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        entries = _jsonl_entries(path)
-    elif suffix == ".csv":
-        entries = _csv_entries(path)
-    else:
-        raise ValueError(f"{path}: unknown manifest format '{suffix}'; use .jsonl, .json (JSON Lines) or .csv")
+    if path.suffix.lower() not in RECORD_SUFFIXES:
+        raise ValueError(f"{path}: unknown manifest format '{path.suffix}'; use .jsonl, .json or .csv")
     records: list[VideoRecord] = []
     first_line: dict[str, int] = {}
-    for line, entry in entries:
+    for line, entry in read_records(path, required="video", list_columns=("ocr", "tags")):
         record = _record(entry, path, line)
         if record.id in first_line:
             raise ValueError(
@@ -220,3 +174,29 @@ def label_vocab(records: Sequence[VideoRecord]) -> list[str]:
 def tag_vocab(records: Sequence[VideoRecord]) -> list[str]:
     """Sorted distinct tags; index = position in the multi-hot vector."""
     return sorted({t for r in records for t in r.tags})
+
+
+def video_input(path: Path, labels: str | bool, key: str) -> InputRows:
+    """A video manifest as extraction rows (``video`` with optional ``id``, ``title``, ``ocr``, ``label``, ``tags``).
+
+    ``labels`` as :func:`mmpretrain.data.read_image_input` takes it; ``key`` is the config key named in errors.
+    """
+    from mmpretrain.video.text import join_ocr
+
+    records = read_video_manifest(path)
+    names = [r.label for r in records]
+    given = [n for n in names if n is not None]
+    if labels is True and not given:
+        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+    if given and len(given) != len(names):
+        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    return InputRows(
+        root=path.parent,
+        kind="video manifest",
+        paths=[r.video for r in records],
+        ids=[r.id for r in records],
+        labels=names if given and labels is not False else None,
+        tags=[list(r.tags) for r in records] if any(r.tags for r in records) else None,
+        titles=[r.title or "" for r in records],
+        ocr=[join_ocr(list(r.ocr)) for r in records],
+    )
