@@ -23,6 +23,17 @@ TINY_SWIN = {
 }
 
 
+@pytest.fixture
+def one_faiss_thread():
+    """One OpenMP thread: faiss's small parallel loops crawl when a loaded 2-core machine oversubscribes them."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmpretrain.data import make_demo_images
@@ -70,6 +81,18 @@ def video_overrides(video_demo: dict[str, Path], batch_size: int = 4) -> list[st
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def video_pretrained(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny `experiment=video_fusion_demo` checkpoint after one training step."""
+    from mmpretrain.cli.train import train
+
+    out = tmp_path_factory.mktemp("video_pretrain")
+    overrides = [*video_overrides(video_demo), "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                 "+trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_epochs=1"]  # fmt: skip
+    train(compose_cfg("train.yaml", overrides, out))
+    return out / "run/checkpoints/last.ckpt"
 
 
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -22,16 +21,9 @@ from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import read_input, run_extraction
 from mmpretrain.retrieval import load_index
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 ROWS, DIM, CENTERS = 3000, 32, 40
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: faiss's small parallel loops crawl when a loaded 2-core machine oversubscribes them."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def run(tmp: Path, command: str, *overrides: str) -> dict:

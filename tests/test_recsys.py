@@ -7,7 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -28,14 +27,7 @@ from mmpretrain.recsys import (
     write_sequence_csv,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: faiss's small parallel loops crawl when a loaded 2-core machine oversubscribes them."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def vectors(n: int, dim: int = 16, seed: int = 0, centers: int = 8) -> np.ndarray:

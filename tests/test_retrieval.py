@@ -26,16 +26,9 @@ from mmpretrain.retrieval import (
 )
 from mmpretrain.retrieval.index import _hnsw_parts
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 DIM = 32
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: faiss's small parallel loops crawl when a loaded 2-core machine oversubscribes them."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def clustered(n: int, n_queries: int = 0, dim: int = DIM, centers: int = 40, noise: float = 1.0,

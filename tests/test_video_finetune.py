@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_cfg, video_overrides
+from conftest import compose_cfg
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from mmpretrain.cli.eval import evaluate
@@ -42,14 +42,9 @@ TINY_ARCHITECTURE = {
 }
 
 
-@pytest.fixture(scope="module")
-def pretrained(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny `experiment=video_fusion_demo` checkpoint after one training step."""
-    out = tmp_path_factory.mktemp("video_pretrain")
-    overrides = [*video_overrides(video_demo), "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-                 "+trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_epochs=1"]  # fmt: skip
-    train(compose_cfg("train.yaml", overrides, out))
-    return out / "run/checkpoints/last.ckpt"
+@pytest.fixture
+def pretrained(video_pretrained: Path) -> Path:
+    return video_pretrained
 
 
 def _finetune_overrides(video_demo: dict[str, Path], task: str, ckpt: Path) -> list[str]:

