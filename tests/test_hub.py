@@ -19,6 +19,7 @@ import timm
 import torch
 
 from mmpretrain import hub
+from mmpretrain._io import sha256_file
 from mmpretrain.cli.hub import main as hub_main
 
 SWIN = "swin_tiny_patch4_window7_224"
@@ -494,7 +495,7 @@ def test_publish_load_build_roundtrip(server: _Server, tmp_path: Path) -> None:
     entry = hub.publish(ckpt, out, name="tiny_moby")
 
     weights = out / "model.safetensors"
-    assert (out / "model.safetensors.sha256").read_text().split()[0] == entry["sha256"] == hub.sha256_file(weights)
+    assert (out / "model.safetensors.sha256").read_text().split()[0] == entry["sha256"] == sha256_file(weights)
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == {"name": SWIN, "kwargs": json.loads(json.dumps(dict(TINY, drop_path_rate=0.2)))}
     assert config["preprocessing"] == {
@@ -547,6 +548,6 @@ def test_cli(server: _Server, blob: bytes, tmp_path: Path, capsys: pytest.Captur
     _training_checkpoint(source, ckpt)
     assert hub_main(["publish", str(ckpt), str(tmp_path / "pub"), "--name", "cli_model"]) == 0
     pasted = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert pasted["cli_model"]["sha256"] == hub.sha256_file(tmp_path / "pub" / "model.safetensors")
+    assert pasted["cli_model"]["sha256"] == sha256_file(tmp_path / "pub" / "model.safetensors")
     assert hub_main(["publish", str(ckpt), str(tmp_path / "pub2"), "--name", "../escape"]) == 1
     assert "not a safe file name" in capsys.readouterr().err

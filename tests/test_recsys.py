@@ -22,10 +22,9 @@ from mmpretrain.recsys import (
     load_projection,
     prepare_features,
     read_features,
-    read_part,
-    write_part,
     write_sequence_csv,
 )
+from mmpretrain.recsys.formats import read_part, write_part
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

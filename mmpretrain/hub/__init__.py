@@ -8,7 +8,6 @@ verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :m
 (conversion, publishing, loading, building a model from a checkpoint) and :mod:`~mmpretrain.hub.errors`.
 """
 
-from mmpretrain._io import sha256_file
 from mmpretrain.hub.download import download, hub_cache_dir, verify
 from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
 from mmpretrain.hub.formats import CONFIG_FILE as CONFIG_FILE
@@ -47,6 +46,5 @@ __all__ = [
     "load_registry",
     "publish",
     "safe_torch_load",
-    "sha256_file",
     "verify",
 ]

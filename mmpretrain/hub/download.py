@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mmpretrain._io import file_lock, sha256_file, write_text_atomic
 from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
-from mmpretrain.hub.registry import _URL_SCHEMES, _check_name, _normalize_sha256, load_registry
+from mmpretrain.hub.registry import URL_SCHEMES, check_name, load_registry, normalize_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ _USER_AGENT = "mmpretrain-hub"
 # ----------------------------------------------------------------------------------------------- hashing
 
 
-def _sidecar(path: Path) -> Path:
+def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
 def _read_sidecar(path: Path) -> str | None:
-    side = _sidecar(path)
+    side = sidecar_path(path)
     if not side.is_file():
         return None
     text = side.read_text(encoding="utf-8").split()
@@ -55,7 +55,7 @@ def verify(path: str | Path, sha256: str | None = None) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    expected = _normalize_sha256(sha256, str(path)) if sha256 else _read_sidecar(path)
+    expected = normalize_sha256(sha256, str(path)) if sha256 else _read_sidecar(path)
     actual = sha256_file(path)
     if expected is not None and actual != expected:
         raise ChecksumError(f"{path}: sha256 mismatch: expected {expected}, actual {actual}")
@@ -76,21 +76,21 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in truthy for v in ("MMPRETRAIN_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def _is_url(text: str) -> bool:
-    return urllib.parse.urlparse(text).scheme in _URL_SCHEMES
+def is_url(text: str) -> bool:
+    return urllib.parse.urlparse(text).scheme in URL_SCHEMES
 
 
 def _url_filename(url: str) -> str:
     """The last path segment of ``url``, percent-decoded, refused if it could act as a path."""
     segment = urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]
-    return _check_name(urllib.parse.unquote(segment), f"file name derived from {url!r}")
+    return check_name(urllib.parse.unquote(segment), f"file name derived from {url!r}")
 
 
 def _cache_path(root: Path, name: str | None, url: str) -> Path:
     """``<root>/names/<name>/<file>`` or ``<root>/urls/<hash of url>/<file>``, always inside ``root``."""
     filename = _url_filename(url)
     if name is not None:
-        folder = root / "names" / _check_name(name, "registry name")
+        folder = root / "names" / check_name(name, "registry name")
     else:
         folder = root / "urls" / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     dest = folder / filename
@@ -224,7 +224,7 @@ def _download_to(
             logger.warning(
                 "%s has no known sha256; downloaded file hashes to %s (add it to the registry)", label, actual
             )
-        write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
+        write_text_atomic(sidecar_path(dest), f"{actual}  {dest.name}\n")
         os.replace(part, dest)
     return dest
 
@@ -264,11 +264,11 @@ def download(
     if name_or_url in entries:
         entry = entries[name_or_url]
         url, name, expected = entry.url, entry.name, sha256 or entry.sha256
-    elif _is_url(name_or_url):
+    elif is_url(name_or_url):
         url, name, expected = name_or_url, None, sha256
     else:
         raise KeyError(f"{name_or_url!r} is neither a registered checkpoint ({', '.join(sorted(entries))}) nor a URL")
-    expected = _normalize_sha256(expected, name_or_url)
+    expected = normalize_sha256(expected, name_or_url)
     if urllib.parse.urlparse(url).scheme == "file":
         local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         verify(local, expected)

@@ -27,15 +27,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmpretrain._io import sha256_file, write_text_atomic
-from mmpretrain.hub.download import _is_url, _sidecar, download
+from mmpretrain.hub.download import download, is_url, sidecar_path
 from mmpretrain.hub.errors import HubError
 from mmpretrain.hub.registry import (
     DEFAULT_PREPROCESSING,
     RegistryEntry,
-    _check_name,
-    _normalize_architecture,
-    _preprocessing,
+    check_name,
+    default_preprocessing,
     load_registry,
+    normalize_architecture,
 )
 from mmpretrain.hub.safe_load import safe_torch_load
 
@@ -148,7 +148,7 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
     os.replace(tmp, weights)
     digest = sha256_file(weights)
     write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    write_text_atomic(_sidecar(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    write_text_atomic(sidecar_path(weights), f"{digest}  {WEIGHTS_FILE}\n")
     return digest
 
 
@@ -189,7 +189,7 @@ def publish(
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
-    name = _check_name(name, "name") if name is not None else _default_name(path.stem)
+    name = check_name(name, "name") if name is not None else _default_name(path.stem)
     read = _video_lightning_config if "video_model" in ckpt else _lightning_config
     config, state = read(ckpt, str(path))
     config["name"] = name
@@ -211,7 +211,7 @@ def convert_to_published(
     loaded = load_checkpoint(source, architecture=architecture, registry=registry)
     build_backbone(loaded)
     config = {k: v for k, v in loaded.config.items() if k != "name"}
-    name = _check_name(name, "name") if name is not None else _default_name(Path(str(source)).stem)
+    name = check_name(name, "name") if name is not None else _default_name(Path(str(source)).stem)
     config["name"] = name
     config["converted_from"] = {"source": str(source), "format": loaded.format}
     out = Path(out_dir)
@@ -275,9 +275,9 @@ def load_checkpoint(
     entries = load_registry(registry)
     config: dict[str, Any] | None = None
     if architecture is not None:
-        arch = _normalize_architecture(architecture, source)
-        config = {"architecture": arch, "preprocessing": _preprocessing(arch, None)}
-    if source in entries or _is_url(source):
+        arch = normalize_architecture(architecture, source)
+        config = {"architecture": arch, "preprocessing": default_preprocessing(arch, None)}
+    if source in entries or is_url(source):
         path = download(source, cache_dir=cache_dir, progress=progress, registry=registry)
         if source in entries and config is None:
             config = entries[source].config()

@@ -22,7 +22,7 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "crop_pct": 0.875,
 }
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_URL_SCHEMES = ("http", "https", "file")
+URL_SCHEMES = ("http", "https", "file")
 _MOBY_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.3"
 
 
@@ -43,19 +43,19 @@ class RegistryEntry:
     description: str = ""
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "registry name")
+        check_name(self.name, "registry name")
         if self.format not in FORMATS:
             raise ValueError(f"checkpoint {self.name!r}: format {self.format!r} is not one of {FORMATS}")
-        if urllib.parse.urlparse(self.url).scheme not in _URL_SCHEMES:
+        if urllib.parse.urlparse(self.url).scheme not in URL_SCHEMES:
             raise ValueError(f"checkpoint {self.name!r}: url {self.url!r} must be http(s):// or file://")
-        self.architecture = _normalize_architecture(self.architecture, f"checkpoint {self.name!r}")
-        self.sha256 = _normalize_sha256(self.sha256, f"checkpoint {self.name!r}")
+        self.architecture = normalize_architecture(self.architecture, f"checkpoint {self.name!r}")
+        self.sha256 = normalize_sha256(self.sha256, f"checkpoint {self.name!r}")
 
     def config(self) -> dict[str, Any]:
         """The loader config this entry implies for files that carry none (official and timm formats)."""
         return {
             "architecture": self.architecture,
-            "preprocessing": _preprocessing(self.architecture, self.preprocessing),
+            "preprocessing": default_preprocessing(self.architecture, self.preprocessing),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class RegistryEntry:
         return dataclasses.asdict(self)
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     """Refuse names that could escape the cache folder once used as a path component."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
         raise ValueError(
@@ -73,7 +73,7 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def _normalize_sha256(value: str | None, what: str) -> str | None:
+def normalize_sha256(value: str | None, what: str) -> str | None:
     if value is None:
         return None
     value = str(value).strip().lower()
@@ -82,7 +82,7 @@ def _normalize_sha256(value: str | None, what: str) -> str | None:
     return value
 
 
-def _normalize_architecture(arch: str | Mapping[str, Any], what: str) -> dict[str, Any]:
+def normalize_architecture(arch: str | Mapping[str, Any], what: str) -> dict[str, Any]:
     """Accept ``"timm_name"`` or ``{"name": ..., "kwargs": {...}}`` and return the dict form."""
     if isinstance(arch, str):
         return {"name": arch, "kwargs": {}}
@@ -97,7 +97,7 @@ def _normalize_architecture(arch: str | Mapping[str, Any], what: str) -> dict[st
     return {"name": arch["name"], "kwargs": dict(kwargs)}
 
 
-def _preprocessing(arch: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+def default_preprocessing(arch: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
     """Fill preprocessing defaults; a model built for another ``img_size`` gets that as the default size."""
     out = dict(DEFAULT_PREPROCESSING)
     img_size = arch.get("kwargs", {}).get("img_size")

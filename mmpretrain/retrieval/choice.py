@@ -6,7 +6,7 @@ import math
 import os
 import re
 
-from mmpretrain.retrieval.core import Metric, _check_metric
+from mmpretrain.retrieval.core import Metric, check_metric
 
 FLAT_MAX, HNSW_MAX, IVF_FLAT_MAX = 1_000, 10_000, 1_000_000
 PQ_CODE_SIZES = (256, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4)
@@ -117,7 +117,7 @@ def choose_index_key(
     Raises:
         ValueError: if no candidate fits, naming the smallest candidate and what it needs.
     """
-    _check_metric(metric)
+    check_metric(metric)
     if n < 1 or dim < 1:
         raise ValueError(f"need n >= 1 and dim >= 1, got n={n}, dim={dim}")
     budget = parse_memory(memory_budget_bytes)

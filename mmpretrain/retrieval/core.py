@@ -22,14 +22,14 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 # ---------------------------------------------------------------------------------------------------- data sources
 
 
-def _check_metric(metric: str) -> int:
+def check_metric(metric: str) -> int:
     """faiss metric constant for ``"ip"``/``"l2"``, refusing anything else by name."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
     return _METRICS[metric]
 
 
-def _as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
+def as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
     """A fresh C-contiguous float32 copy (faiss normalizes in place, never the caller's array)."""
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     if normalize:
@@ -37,7 +37,7 @@ def _as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
     return out
 
 
-class _Source:
+class VectorSource:
     """Row-ordered float32 access to an array or a store, normalized on the way out, without loading a store."""
 
     def __init__(self, data: np.ndarray | EmbeddingStore, normalize: bool) -> None:
@@ -51,21 +51,21 @@ class _Source:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (any order) as normalized float32."""
         data = self.store.take(rows) if self.store is not None else self.array[rows]
-        return _as_float32(data, self.normalize)
+        return as_float32(data, self.normalize)
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """``(first row, float32 chunk, store ids or None)`` in row order."""
         if self.store is None:
             for start in range(0, self.n, batch_size):
-                yield start, _as_float32(self.array[start:start + batch_size], self.normalize), None
+                yield start, as_float32(self.array[start:start + batch_size], self.normalize), None
             return
         start = 0
         for chunk, columns in self.store.iter_batches(batch_size, columns=("id",)):
-            yield start, _as_float32(chunk, self.normalize), np.asarray(columns["id"], dtype=str)
+            yield start, as_float32(chunk, self.normalize), np.asarray(columns["id"], dtype=str)
             start += len(chunk)
 
 
-def _as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
+def as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
     """String id array of length n (row numbers when ``ids`` is None), refusing wrong lengths and duplicates."""
     out = np.arange(n).astype(str) if ids is None else np.asarray(ids).astype(str)
     if out.size:  # int -> str casts reserve 21 characters; keep only what the longest id needs
@@ -86,7 +86,7 @@ def _gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def _resolve_gpu(use_gpu: GpuChoice) -> bool:
+def resolve_gpu(use_gpu: GpuChoice) -> bool:
     """``"auto"`` means GPUs when faiss sees any; ``True`` without GPUs is an error rather than a silent CPU run."""
     if use_gpu == "auto":
         return _gpu_count() > 0
@@ -95,7 +95,7 @@ def _resolve_gpu(use_gpu: GpuChoice) -> bool:
     return bool(use_gpu)
 
 
-def _inner(index: faiss.Index) -> faiss.Index:
+def inner_index(index: faiss.Index) -> faiss.Index:
     """The search structure under pre-transforms, refinement and id maps."""
     index = faiss.downcast_index(index)
     while True:
@@ -119,10 +119,10 @@ def _tunable(index: faiss.Index) -> str | None:
     """The search parameter that trades speed for recall: ``"nprobe"``, ``"efSearch"`` or None (exact)."""
     if faiss.try_extract_index_ivf(index) is not None:
         return "nprobe"
-    return "efSearch" if isinstance(_inner(index), faiss.IndexHNSW) else None
+    return "efSearch" if isinstance(inner_index(index), faiss.IndexHNSW) else None
 
 
-def _params_for(index: faiss.Index, value: int) -> dict[str, int]:
+def params_for(index: faiss.Index, value: int) -> dict[str, int]:
     """Full parameter set for one value of the tunable parameter (an HNSW coarse quantizer follows nprobe)."""
     name = _tunable(index)
     if name == "nprobe" and _hnsw_quantizer(index):
@@ -130,14 +130,16 @@ def _params_for(index: faiss.Index, value: int) -> dict[str, int]:
     return {name: value} if name else {}
 
 
-def _set_params(index: faiss.Index, params: dict[str, int], gpu: bool) -> None:
+def set_params(index: faiss.Index, params: dict[str, int], gpu: bool) -> None:
     """Apply ``{"nprobe": 16, ...}`` through faiss's (GPU) ParameterSpace, which reaches into wrappers."""
     if params:
         space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
         space.set_index_parameters(index, ",".join(f"{name}={int(value)}" for name, value in params.items()))
 
 
-def _search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+def search_batched(
+    index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 16_384
+) -> tuple[np.ndarray, np.ndarray]:
     """faiss distances and labels for prepared queries, ``batch_size`` queries at a time."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -149,9 +151,9 @@ def _search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 1
     return dist, labels
 
 
-def _to_gpus(index: faiss.Index, shard: bool) -> faiss.Index | None:
+def to_gpus(index: faiss.Index, shard: bool) -> faiss.Index | None:
     """Clone onto all GPUs (replicated, or sharded when ``shard``), or None where faiss has no GPU version (HNSW)."""
-    if isinstance(_inner(index), faiss.IndexHNSW) or _hnsw_quantizer(index):
+    if isinstance(inner_index(index), faiss.IndexHNSW) or _hnsw_quantizer(index):
         return None
     options = faiss.GpuMultipleClonerOptions()
     options.shard = shard
@@ -162,7 +164,7 @@ def _to_gpus(index: faiss.Index, shard: bool) -> faiss.Index | None:
         return None
 
 
-def _flat(dim: int, metric: int, gpu: bool) -> faiss.Index:
+def flat_index(dim: int, metric: int, gpu: bool) -> faiss.Index:
     """Exact index on GPUs when asked, else on the CPU."""
     index = faiss.IndexFlat(dim, metric)
     return faiss.index_cpu_to_all_gpus(index) if gpu else index

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from mmpretrain.embeddings import EmbeddingStore
-from mmpretrain.retrieval.core import _params_for, _Source
-from mmpretrain.retrieval.exact import _exact, _queries, recall_at_k
-from mmpretrain.retrieval.index import RetrievalIndex, _sweep_values
+from mmpretrain.retrieval.core import VectorSource, params_for
+from mmpretrain.retrieval.exact import as_queries, exact_topk, recall_at_k
+from mmpretrain.retrieval.index import RetrievalIndex, sweep_values
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
@@ -25,12 +25,12 @@ def recall_qps_curve(
     name = index.tunable()
     if name is None:
         return []
-    prepared = _queries(queries, index.dim, index.normalize)
+    prepared = as_queries(queries, index.dim, index.normalize)
     saved = dict(index.search_params)
     curve = []
     try:
-        for value in values or _sweep_values(index.index, k, index.on_gpu):
-            index.set_search_params(**_params_for(index.index, value))
+        for value in values or sweep_values(index.index, k, index.on_gpu):
+            index.set_search_params(**params_for(index.index, value))
             tic = time.perf_counter()
             _, labels = index._search_labels(prepared, k)
             qps = len(prepared) / (time.perf_counter() - tic)
@@ -65,11 +65,11 @@ def evaluate_index(
     database = index.store if database is None else database
     if database is None:
         raise ValueError("evaluate_index needs the indexed vectors: pass database= or attach the store")
-    source = _Source(database, index.normalize)
+    source = VectorSource(database, index.normalize)
     if (source.n, source.dim) != (index.ntotal, index.dim):
         raise ValueError(f"database is {source.n} x {source.dim} but the index holds {index.ntotal} x {index.dim}")
-    prepared = _queries(queries, index.dim, index.normalize)
-    _, truth, flat_seconds = _exact(source, prepared, k, index.metric, batch_size, index.on_gpu)
+    prepared = as_queries(queries, index.dim, index.normalize)
+    _, truth, flat_seconds = exact_topk(source, prepared, k, index.metric, batch_size, index.on_gpu)
     index._search_labels(prepared[:16], k)  # warm-up: first-touch page faults and GPU lazy init
     tic = time.perf_counter()
     _, labels = index._search_labels(prepared, k)

@@ -12,18 +12,18 @@ from mmpretrain.retrieval.core import (
     GPU_MAX_K,
     GpuChoice,
     Metric,
-    _as_float32,
-    _check_metric,
-    _flat,
-    _resolve_gpu,
-    _Source,
+    VectorSource,
+    as_float32,
+    check_metric,
+    flat_index,
+    resolve_gpu,
 )
 
 # ---------------------------------------------------------------------------------------------------- exact search
 
 
-def _exact(
-    source: _Source, queries: np.ndarray, k: int, metric: Metric, batch_size: int, gpu: bool,
+def exact_topk(
+    source: VectorSource, queries: np.ndarray, k: int, metric: Metric, batch_size: int, gpu: bool,
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Exact top-k rows over the source in batches merged in a heap, skipping ``exclude`` (sorted rows).
@@ -31,7 +31,7 @@ def _exact(
     Also returns the seconds spent inside faiss's search, so Flat QPS leaves out reading and copying.
     """
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric == "ip")
-    flat = _flat(source.dim, _check_metric(metric), gpu and k <= GPU_MAX_K)
+    flat = flat_index(source.dim, check_metric(metric), gpu and k <= GPU_MAX_K)
     seconds = 0.0
     for start, chunk, _ in source.batches(batch_size):
         rows = np.arange(start, start + len(chunk))
@@ -65,20 +65,20 @@ def exact_search(
         ``(scores (q, k) float32, rows (q, k) int64)``: database row numbers, -1 where fewer than k rows exist.
     """
     normalize = metric == "ip" if normalize is None else normalize
-    source = _Source(database, normalize)
-    dist, rows, _ = _exact(source, _queries(queries, source.dim, normalize), k, metric, batch_size,
-                           _resolve_gpu(use_gpu))
+    source = VectorSource(database, normalize)
+    dist, rows, _ = exact_topk(source, as_queries(queries, source.dim, normalize), k, metric, batch_size,
+                           resolve_gpu(use_gpu))
     return dist, rows
 
 
-def _queries(queries: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
+def as_queries(queries: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
     """Queries as a normalized float32 (q, dim) matrix; a single vector becomes one row."""
     q = np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2 or q.shape[1] != dim:
         raise ValueError(f"queries must be (q, {dim}) to match the index, got shape {np.shape(queries)}")
-    return _as_float32(q, normalize)
+    return as_float32(q, normalize)
 
 
 def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
@@ -90,7 +90,7 @@ def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
     return float(hits.sum() / totals.sum()) if totals.sum() else 1.0
 
 
-def _recall_per_query(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> np.ndarray:
+def recall_per_query(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> np.ndarray:
     """Recall@k of each query (1.0 where the truth is empty)."""
     hits, totals = _hits(found_ids, true_ids, k)
     return np.divide(hits, totals, out=np.ones(len(hits)), where=totals > 0)

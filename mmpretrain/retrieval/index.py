@@ -23,18 +23,18 @@ from mmpretrain.retrieval.core import (
     GPU_MAX_K,
     GpuChoice,
     Metric,
-    _as_ids,
-    _check_metric,
-    _inner,
-    _params_for,
-    _resolve_gpu,
-    _search,
-    _set_params,
-    _Source,
-    _to_gpus,
+    VectorSource,
     _tunable,
+    as_ids,
+    check_metric,
+    inner_index,
+    params_for,
+    resolve_gpu,
+    search_batched,
+    set_params,
+    to_gpus,
 )
-from mmpretrain.retrieval.exact import _exact, _queries, _recall_per_query
+from mmpretrain.retrieval.exact import as_queries, exact_topk, recall_per_query
 
 FORMAT_VERSION = 1
 INDEX_FILE, IDS_FILE, PARAMS_FILE = "index.faiss", "ids.npy", "params.json"
@@ -101,15 +101,15 @@ class RetrievalIndex:
 
     def set_search_params(self, **params: int) -> None:
         """Apply faiss search parameters (``nprobe=16``, ``efSearch=64``...) on the CPU index and its GPU clone."""
-        _set_params(self.index, params, gpu=False)
+        set_params(self.index, params, gpu=False)
         if self._gpu is not None and params.get("nprobe", 0) <= GPU_MAX_K:
-            _set_params(self._gpu, params, gpu=True)
+            set_params(self._gpu, params, gpu=True)
         self.search_params = {**self.search_params, **{name: int(value) for name, value in params.items()}}
 
     def _search_labels(self, queries: np.ndarray, k: int, batch_size: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
         """Distances and faiss ids (store rows) for prepared queries; on GPUs when k and nprobe allow."""
         gpu_ok = self._gpu is not None and k <= GPU_MAX_K and self.search_params.get("nprobe", 0) <= GPU_MAX_K
-        return _search(self._gpu if gpu_ok else self.index, queries, k, batch_size)
+        return search_batched(self._gpu if gpu_ok else self.index, queries, k, batch_size)
 
     def search(self, queries: np.ndarray, k: int = 10, batch_size: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ids for each query embedding (normalized here when the index is).
@@ -118,7 +118,7 @@ class RetrievalIndex:
             ``(scores (q, k) float32, ids (q, k) str)``: inner products (higher is closer) for ``ip``, squared L2
             distances (lower is closer) for ``l2``; missing hits (fewer than k found) are ``nan`` and ``""``.
         """
-        dist, labels = self._search_labels(_queries(queries, self.dim, self.normalize), k, batch_size)
+        dist, labels = self._search_labels(as_queries(queries, self.dim, self.normalize), k, batch_size)
         found = labels >= 0
         ids = np.full(labels.shape, "", dtype=self.ids.dtype)
         ids[found] = self.ids[labels[found]]
@@ -198,7 +198,7 @@ class RetrievalIndex:
 # ---------------------------------------------------------------------------------------------------- tuning
 
 
-def _sweep_values(index: faiss.Index, k: int, gpu: bool) -> list[int]:
+def sweep_values(index: faiss.Index, k: int, gpu: bool) -> list[int]:
     """Doubling candidates for the tunable parameter: nprobe up to nlist (2048 on GPUs), efSearch from k to 4096."""
     if _tunable(index) == "nprobe":
         top = faiss.extract_index_ivf(index).nlist
@@ -223,14 +223,14 @@ def _tune(
 
     def lower(value: int) -> float:
         if value not in measured:
-            _set_params(searcher, _params_for(cpu_index, value), gpu)
-            per_query = _recall_per_query(_search(searcher, queries, k)[1], truth, k)
+            set_params(searcher, params_for(cpu_index, value), gpu)
+            per_query = recall_per_query(search_batched(searcher, queries, k)[1], truth, k)
             measured[value] = (float(per_query.mean()), float(per_query.std() / math.sqrt(len(per_query))))
         mean, se = measured[value]
         return mean - 2 * se
 
     low = None
-    for value in _sweep_values(cpu_index, k, gpu):
+    for value in sweep_values(cpu_index, k, gpu):
         if lower(value) >= target:
             high = value
             break
@@ -293,16 +293,16 @@ def build_index(
         seed: sampling seed.
         progress: show a tqdm bar while adding.
     """
-    metric_type = _check_metric(metric)
+    metric_type = check_metric(metric)
     normalize = metric == "ip" if normalize is None else normalize
-    source = _Source(embeddings, normalize)
+    source = VectorSource(embeddings, normalize)
     store = source.store
     if store is not None and ids is not None:
         raise ValueError("ids come from the store's id column; do not pass ids with a store")
     if source.n == 0:
         raise ValueError("cannot index zero vectors")
-    array_ids = _as_ids(ids, source.n) if store is None else None
-    gpu = _resolve_gpu(use_gpu)
+    array_ids = as_ids(ids, source.n) if store is None else None
+    gpu = resolve_gpu(use_gpu)
     if index_key == "auto":
         index_key = choose_index_key(source.n, source.dim, memory_budget, metric, gpu=gpu)
     try:
@@ -319,7 +319,7 @@ def build_index(
     n_tune = min(tune_queries, source.n // 10)
     tune = target_recall is not None and _tunable(cpu_index) is not None and n_tune > 0
     held = np.sort(rng.choice(source.n, size=n_tune, replace=False)) if tune else np.empty(0, dtype=np.int64)
-    searcher = (_to_gpus(cpu_index, gpu_shard) if gpu else None) or cpu_index
+    searcher = (to_gpus(cpu_index, gpu_shard) if gpu else None) or cpu_index
     on_gpu = searcher is not cpu_index
     id_parts = []
     with tqdm(total=source.n, desc=f"index {index_key}", unit="vec", disable=not progress) as bar:
@@ -335,14 +335,14 @@ def build_index(
     tuning, params = {}, {}
     if tune:
         queries = source.take(held)
-        _, truth, _ = _exact(source, queries, k_tune, metric, batch_size, gpu, exclude=held)
+        _, truth, _ = exact_topk(source, queries, k_tune, metric, batch_size, gpu, exclude=held)
         tuning = _tune(cpu_index, searcher, on_gpu, queries, truth, k_tune, target_recall)
-        params = _params_for(cpu_index, tuning["value"])
+        params = params_for(cpu_index, tuning["value"])
         searcher.add_with_ids(queries, held)
     if on_gpu:
         cpu_index = faiss.index_gpu_to_cpu(searcher)
     return RetrievalIndex(
-        cpu_index, _as_ids(np.concatenate(id_parts), source.n) if store is not None else array_ids, metric,
+        cpu_index, as_ids(np.concatenate(id_parts), source.n) if store is not None else array_ids, metric,
         index_key, normalize, params, tuning, store=store,
         store_fingerprint=store.fingerprint() if store is not None else None,
         store_path=str(store.root.resolve()) if store is not None else None, gpu_index=searcher if on_gpu else None)
@@ -351,7 +351,7 @@ def build_index(
 def _hnsw_parts(index: faiss.Index) -> list[Any]:
     """The HNSW graphs inside an index: its own, or its IVF coarse quantizer's."""
     ivf = faiss.try_extract_index_ivf(index)
-    part = _inner(index) if ivf is None else faiss.downcast_index(ivf.quantizer)
+    part = inner_index(index) if ivf is None else faiss.downcast_index(ivf.quantizer)
     return [part.hnsw] if isinstance(part, faiss.IndexHNSW) else []
 
 
@@ -363,7 +363,7 @@ def _takes_ids(index: faiss.Index) -> bool:
     return isinstance(index, faiss.IndexIVF)
 
 
-def _train(index: faiss.Index, source: _Source, train_sample: int | None, rng: np.random.Generator,
+def _train(index: faiss.Index, source: VectorSource, train_sample: int | None, rng: np.random.Generator,
            gpu: bool) -> None:
     """Train on a random sample; IVF k-means runs on GPUs when available (the costly part of training)."""
     ivf = faiss.try_extract_index_ivf(index)
@@ -443,7 +443,7 @@ def load_index(
     result = RetrievalIndex(
         index, ids, params["metric"], params["index_key"], params["normalize"], params["search_params"],
         params.get("tuning"), store_fingerprint=params.get("store_fingerprint"),
-        store_path=params.get("store_path"), gpu_index=_to_gpus(index, gpu_shard) if _resolve_gpu(use_gpu) else None)
+        store_path=params.get("store_path"), gpu_index=to_gpus(index, gpu_shard) if resolve_gpu(use_gpu) else None)
     if store is None and result.store_path is not None:
         if Path(result.store_path).is_dir():
             store = result.store_path
