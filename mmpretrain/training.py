@@ -1,4 +1,5 @@
-"""Pieces every method here trains with: lr scaling and schedule, AdamW groups and kernel, gathering across ranks.
+"""Pieces every method here trains with: lr scaling and schedule, AdamW groups and kernel, gathering across ranks,
+and the construction checks that name the config key of a bad setting.
 
 MoBY (:mod:`mmpretrain.ssl`) and the video modules (:mod:`mmpretrain.video`) both build their optimizers from these,
 so a schedule or decay rule is written once. Schedules are pure functions of the global step, so a resumed run
@@ -8,7 +9,7 @@ continues them exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +20,8 @@ from torch.optim.lr_scheduler import LambdaLR
 __all__ = [
     "NO_DECAY_KEYWORDS",
     "adamw_kernel",
+    "check_choice",
+    "check_range",
     "gather_unique",
     "global_batch",
     "param_groups_weight_decay",
@@ -135,3 +138,34 @@ def gather_unique(module: pl.LightningModule, index: torch.Tensor, *tensors: tor
     keep = torch.ones_like(index, dtype=torch.bool)
     keep[1:] = index[1:] != index[:-1]
     return tuple(t[order][keep] for t in tensors)
+
+
+def check_choice(value: Any, choices: Collection[Any], key: str) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError naming the config ``key`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {tuple(choices)}")
+    return value
+
+
+def check_range(
+    values: Mapping[str, float | int | None],
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Refuse, at construction, a setting outside ``[low, high]`` (``(`` / ``)`` with the ``*_open`` flags).
+
+    ``values`` maps each config key (``model.mvm_ratio``) to its value; ``None`` values are skipped. The error names
+    the key and the interval, so a bad ratio fails when the run starts, not at its first step with a bare message.
+    """
+    for key, value in values.items():
+        if value is None:
+            continue
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:  # value != value: NaN
+            interval = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+                        f"{'inf' if high is None else high}{')' if high_open else ']'}")
+            raise ValueError(f"{key}={value} must be in {interval}")
+

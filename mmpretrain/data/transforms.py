@@ -11,6 +11,8 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# torchvision interpolation names a checkpoint's preprocessing may ask for
+INTERPOLATIONS: tuple[str, ...] = tuple(mode.value for mode in T.InterpolationMode)
 
 
 class FrameNormalize(nn.Module):

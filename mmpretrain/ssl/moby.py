@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
@@ -18,6 +18,8 @@ from mmpretrain.ssl.momentum import cosine_momentum, update_momentum
 from mmpretrain.ssl.queue import KeyQueue
 from mmpretrain.training import (
     adamw_kernel,
+    check_choice,
+    check_range,
     gather_unique,
     global_batch,
     param_groups_weight_decay,
@@ -76,6 +78,17 @@ class MoBY(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_range({"model.drop_path_rate": drop_path_rate, "model.target_drop_path_rate": target_drop_path_rate},
+                    0.0, 1.0, high_open=True)  # fmt: skip
+        check_range({"model.momentum_start": momentum_start, "model.momentum_end": momentum_end}, 0.0, 1.0)
+        check_range({f"model.{k}": v for k, v in {"proj_hidden_dim": proj_hidden_dim, "proj_dim": proj_dim,
+                                                   "queue_len": queue_len, "lr_ref_batch": lr_ref_batch,
+                                                   "knn_k": knn_k, "image_size": image_size}.items()}, 1)
+        check_range({"model.temperature": temperature, "model.knn_temperature": knn_temperature,
+                     "model.base_lr": base_lr}, 0.0, low_open=True)  # fmt: skip
+        check_range({"model.warmup_start_lr": warmup_start_lr, "model.min_lr": min_lr,
+                     "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay}, 0.0)  # fmt: skip
+        check_choice(interpolation, INTERPOLATIONS, "model.interpolation")
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone, drop_path_rate, **backbone_kwargs)
         self.target_backbone = create_backbone(backbone, target_drop_path_rate, **backbone_kwargs)

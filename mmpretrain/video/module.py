@@ -23,6 +23,8 @@ from mmpretrain.models import (
 )
 from mmpretrain.training import (
     adamw_kernel,
+    check_choice,
+    check_range,
     gather_unique,
     global_batch,
     param_groups_weight_decay,
@@ -44,6 +46,8 @@ from mmpretrain.video.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, 
 LOSSES = ("vtc", "vtm", "mtm", "mvm")
 MVM_TARGETS = ("teacher", "pixels")
 MASKINGS = ("blockwise", "random")
+VTM_NEGATIVES = ("hard", "random")
+EMBEDDINGS = ("vtc", "fused")
 
 
 def load_frame_init(encoder: nn.Module, source: str, name: str) -> None:
@@ -134,12 +138,24 @@ class VideoFusionPretrain(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if mvm_target not in MVM_TARGETS:
-            raise ValueError(f"model.mvm_target={mvm_target!r} is not one of {MVM_TARGETS}")
-        if mvm_masking not in MASKINGS:
-            raise ValueError(f"model.mvm_masking={mvm_masking!r} is not one of {MASKINGS}")
-        if embedding not in ("vtc", "fused"):
-            raise ValueError(f"model.embedding={embedding!r} is not 'vtc' or 'fused'")
+        check_choice(mvm_target, MVM_TARGETS, "model.mvm_target")
+        check_choice(mvm_masking, MASKINGS, "model.mvm_masking")
+        check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
+        check_choice(embedding, EMBEDDINGS, "model.embedding")
+        check_range({"model.mvm_ratio": mvm_ratio, "model.dropout": dropout, "model.frame_drop_path": frame_drop_path},
+                    0.0, 1.0, high_open=True)  # fmt: skip
+        check_range({"model.mtm_prob": mtm_prob, **{f"model.modality_dropout.{k}": v
+                                                   for k, v in dict(modality_dropout or {}).items()}}, 0.0, 1.0)
+        check_range({f"model.{k}": v for k, v in {"num_frames": num_frames, "image_size": image_size,
+                                                   "visual_grid": visual_grid, "width": width, "depth": depth,
+                                                   "num_heads": num_heads, "proj_dim": proj_dim,
+                                                   "max_text_len": max_text_len}.items()}, 1)  # fmt: skip
+        check_range({"model.lr": lr, "model.mlp_ratio": mlp_ratio, "model.temperature": temperature}, 0.0,
+                    low_open=True)
+        check_range({"model.min_lr": min_lr, "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay,
+                     **{f"model.loss_weights.{k}": v for k, v in dict(loss_weights or {}).items()}}, 0.0)
+        if width % num_heads:
+            raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}")
         self.loss_weights = {k: 1.0 for k in LOSSES} | dict(loss_weights or {})
         unknown = sorted(set(self.loss_weights) - set(LOSSES))
         if unknown:
@@ -156,8 +172,9 @@ class VideoFusionPretrain(pl.LightningModule):
             raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={grid} (MVM pixels)")
         mvm_dim = frames.num_features if mvm_target == "teacher" else 3 * (image_size // grid) ** 2
         self.model = VideoTextFusion(
-            frames, text, len(self.tokenizer), num_frames, visual_grid, width, depth, num_heads, mlp_ratio,
-            dropout, proj_dim, temperature, mvm_dim,
+            frame_encoder=frames, text_encoder=text, vocab_size=len(self.tokenizer), num_frames=num_frames,
+            visual_grid=visual_grid, width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            dropout=dropout, proj_dim=proj_dim, temperature=temperature, mvm_dim=mvm_dim,
         )  # fmt: skip
         self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
         self.grid = grid
