@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -56,3 +58,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a small text file through `atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_saved_folder(directory: Path, files: Iterable[str], config: str, what: str) -> dict[str, Any]:
+    """The JSON object ``config`` of a saved folder (an index, a projection) after checking all ``files`` exist.
+
+    Raises:
+        FileNotFoundError: a missing file, naming the folder as ``what``. ValueError: ``config`` is not valid JSON.
+    """
+    for name in files:
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{what} {directory} is missing {name}")
+    try:
+        return json.loads((directory / config).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"cannot parse {directory / config}: {exc}") from exc
+

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mmpretrain._io import atomic_path
+from mmpretrain._io import atomic_path, read_saved_folder
 
 NPZ_FILE, JSON_FILE = "projection.npz", "projection.json"
 FORMAT_NAME, FORMAT_VERSION = "mmpretrain.projection", 1
@@ -119,13 +119,7 @@ def load_projection(path: str | os.PathLike) -> Projection:
     """Read a saved projection (its directory or either file), refusing a JSON that does not match the arrays."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
-    for name in (NPZ_FILE, JSON_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"projection {directory} is missing {name}")
-    try:
-        meta = json.loads((directory / JSON_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"cannot parse {directory / JSON_FILE}: {exc}") from exc
+    meta = read_saved_folder(directory, (NPZ_FILE, JSON_FILE), JSON_FILE, "projection")
     if meta.get("format") != FORMAT_NAME or meta.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{directory / JSON_FILE} is not a projection this version reads: {meta.get('format')!r} "
                          f"version {meta.get('version')!r}")

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from mmpretrain._io import read_saved_folder
 from mmpretrain.embeddings import EmbeddingStore, StoreError, open_store
 from mmpretrain.retrieval.choice import choose_index_key
 from mmpretrain.retrieval.core import (
@@ -422,13 +423,7 @@ def load_index(
         StoreError: for a store whose fingerprint differs from the one recorded at build time (both named).
     """
     path = Path(path)
-    for name in (INDEX_FILE, IDS_FILE, PARAMS_FILE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"index directory {path} is missing {name}")
-    try:
-        params = json.loads((path / PARAMS_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"cannot parse {path / PARAMS_FILE}: {exc}") from exc
+    params = read_saved_folder(path, (INDEX_FILE, IDS_FILE, PARAMS_FILE), PARAMS_FILE, "index directory")
     if params.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
                          f"reader ({FORMAT_VERSION}); upgrade mmpretrain")

@@ -224,6 +224,12 @@ def mean_average_precision(scores: Any, targets: Any) -> float:
     return float(np.nanmean(aps)) if not np.isnan(aps).all() else float("nan")
 
 
+def _ranking_inputs(scores: Any, targets: Any, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked ``(N, T)`` scores and 0/1 targets, and ``k`` capped at T (k beyond T counts as T)."""
+    scores = _scores(scores, "scores", 2)
+    return scores, _binary(targets, "targets", scores.shape), min(_positive_int(k, "k"), scores.shape[1])
+
+
 def gap_at_k(scores: Any, targets: Any, k: int = 20) -> float:
     """YouTube-8M Global Average Precision at k (``calculate_gap`` in the starter code's ``eval_util.py``).
 
@@ -242,9 +248,7 @@ def gap_at_k(scores: Any, targets: Any, k: int = 20) -> float:
         targets: (N, T) 0/1 labels.
         k: predictions kept per video.
     """
-    scores = _scores(scores, "scores", 2)
-    targets = _binary(targets, "targets", scores.shape)
-    k = min(_positive_int(k, "k"), scores.shape[1])
+    scores, targets, k = _ranking_inputs(scores, targets, k)
     n_positives = int(targets.sum())
     if not n_positives:
         return 0.0
@@ -266,9 +270,7 @@ def precision_recall_at_k(scores: Any, targets: Any, k: int) -> tuple[float, flo
         targets: (N, T) 0/1 labels.
         k: predictions kept per video.
     """
-    scores = _scores(scores, "scores", 2)
-    targets = _binary(targets, "targets", scores.shape)
-    k = min(_positive_int(k, "k"), scores.shape[1])
+    scores, targets, k = _ranking_inputs(scores, targets, k)
     positives = targets.sum(1)
     labelled = positives > 0
     if not labelled.any():
