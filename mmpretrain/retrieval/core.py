@@ -115,7 +115,7 @@ def _hnsw_quantizer(index: faiss.Index) -> bool:
     return ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
 
-def _tunable(index: faiss.Index) -> str | None:
+def tunable_param(index: faiss.Index) -> str | None:
     """The search parameter that trades speed for recall: ``"nprobe"``, ``"efSearch"`` or None (exact)."""
     if faiss.try_extract_index_ivf(index) is not None:
         return "nprobe"
@@ -124,7 +124,7 @@ def _tunable(index: faiss.Index) -> str | None:
 
 def params_for(index: faiss.Index, value: int) -> dict[str, int]:
     """Full parameter set for one value of the tunable parameter (an HNSW coarse quantizer follows nprobe)."""
-    name = _tunable(index)
+    name = tunable_param(index)
     if name == "nprobe" and _hnsw_quantizer(index):
         return {"nprobe": value, "quantizer_efSearch": max(2 * value, 16)}
     return {name: value} if name else {}

@@ -25,7 +25,6 @@ from mmpretrain.retrieval.core import (
     GpuChoice,
     Metric,
     VectorSource,
-    _tunable,
     as_ids,
     check_metric,
     inner_index,
@@ -34,6 +33,7 @@ from mmpretrain.retrieval.core import (
     search_batched,
     set_params,
     to_gpus,
+    tunable_param,
 )
 from mmpretrain.retrieval.exact import as_queries, exact_topk, recall_per_query
 
@@ -98,7 +98,7 @@ class RetrievalIndex:
 
     def tunable(self) -> str | None:
         """The search parameter that trades speed for recall: ``"nprobe"``, ``"efSearch"`` or None (exact)."""
-        return _tunable(self.index)
+        return tunable_param(self.index)
 
     def set_search_params(self, **params: int) -> None:
         """Apply faiss search parameters (``nprobe=16``, ``efSearch=64``...) on the CPU index and its GPU clone."""
@@ -201,7 +201,7 @@ class RetrievalIndex:
 
 def sweep_values(index: faiss.Index, k: int, gpu: bool) -> list[int]:
     """Doubling candidates for the tunable parameter: nprobe up to nlist (2048 on GPUs), efSearch from k to 4096."""
-    if _tunable(index) == "nprobe":
+    if tunable_param(index) == "nprobe":
         top = faiss.extract_index_ivf(index).nlist
         top = min(top, GPU_MAX_K) if gpu else top
         values = [2**i for i in range(int(math.log2(top)) + 1)]
@@ -219,7 +219,7 @@ def _tune(
     after bisection, so on fresh queries it would fall short about half the time. ``searcher`` is the index
     being built (``cpu_index`` or its GPU clone), holding every row but the queries'.
     """
-    name = _tunable(cpu_index)
+    name = tunable_param(cpu_index)
     measured: dict[int, tuple[float, float]] = {}
 
     def lower(value: int) -> float:
@@ -318,7 +318,7 @@ def build_index(
     if not cpu_index.is_trained:
         _train(cpu_index, source, train_sample, rng, gpu)
     n_tune = min(tune_queries, source.n // 10)
-    tune = target_recall is not None and _tunable(cpu_index) is not None and n_tune > 0
+    tune = target_recall is not None and tunable_param(cpu_index) is not None and n_tune > 0
     held = np.sort(rng.choice(source.n, size=n_tune, replace=False)) if tune else np.empty(0, dtype=np.int64)
     searcher = (to_gpus(cpu_index, gpu_shard) if gpu else None) or cpu_index
     on_gpu = searcher is not cpu_index
