@@ -73,7 +73,8 @@ def test_demo_is_deterministic_and_mixes_containers(tmp_path):
     assert any(r.title is None for r in everything) or any(not r.ocr for r in everything)
     for r in everything[:4]:
         twin = tmp_path / "b" / Path(r.video).relative_to(tmp_path / "a")
-        first, second = decode_clip(r.video, np.arange)[0], decode_clip(twin, np.arange)[0]
+        every = lambda t: np.arange(len(t))  # noqa: E731
+        first, second = decode_clip(r.video, every)[0], decode_clip(twin, every)[0]
         assert np.abs(first.astype(float) - second).mean() < 1.0  # same content; the bytes may differ
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import wave
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -53,11 +54,34 @@ def frame_numbers(frames: np.ndarray) -> list[int]:
     return numbers
 
 
-def write_test_video(path: Path, codec: str, n: int = 24, fps: int = 8, gop: int | None = None, fmt=None, **opts):
+def wide_pattern(i: int) -> np.ndarray:
+    """A 64x96 frame: `pattern(i)` beside a diagonal ramp, so any turn or flip of it is visible."""
+    ramp = (np.add.outer(np.arange(SIZE), np.arange(32)) * 2).astype(np.uint8)
+    return np.concatenate([pattern(i), np.stack([ramp, 255 - ramp, ramp // 2], -1)], axis=1)
+
+
+def write_test_video(
+    path: Path,
+    codec: str,
+    n: int = 24,
+    fps: int = 8,
+    gop: int | None = None,
+    fmt=None,
+    rotation: int = 0,
+    pts_ms: list[int] | None = None,
+    draw=pattern,
+    **opts,
+):
+    """`rotation`: a display matrix turning the picture that many degrees counter-clockwise; `pts_ms`: each
+    frame's presentation time in milliseconds (variable frame rate)."""
     with av.open(str(path), "w", format=fmt, options=opts) as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width = stream.height = SIZE
+        stream.height, stream.width = draw(0).shape[:2]
         stream.pix_fmt = "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
             params = f"keyint={gop}:min-keyint={gop}:scenecut=0" if gop else "scenecut=0"
             stream.codec_context.options = {"crf": "12", "preset": "veryfast", "x264-params": params}
@@ -66,7 +90,10 @@ def write_test_video(path: Path, codec: str, n: int = 24, fps: int = 8, gop: int
             if gop:
                 stream.codec_context.gop_size = gop
         for i in range(n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pattern(i), format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(draw(i), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -95,23 +122,41 @@ def has_encoder(name: str) -> bool:
 # ---------------------------------------------------------------- sampling
 
 
-def test_segment_eval_is_the_middle_of_each_segment():
-    # segments [0,3) [3,6) [6,10): middles (start + stop) // 2
-    assert segment_indices(10, 3, train=False).tolist() == [1, 4, 8]
+def test_segment_eval_is_the_frame_shown_at_each_segment_centre():
+    # a count stands for frames one second apart; 10 frames last 10 s: centres 1.67, 5, 8.33 s
+    assert segment_indices(10, 3, train=False).tolist() == [1, 5, 8]
     assert segment_indices(16, 4, train=False).tolist() == [2, 6, 10, 14]
     assert segment_indices(8, 8, train=False).tolist() == list(range(8))
     # shorter than the clip: floor((k + 0.5) * 3 / 8), frames repeated evenly and in order
     assert segment_indices(3, 8, train=False).tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    # times in seconds give the same answer whatever their unit or start
+    assert segment_indices(2.0 + np.arange(16) / 25, 4, train=False).tolist() == [2, 6, 10, 14]
+
+
+def test_segment_sampling_follows_time_on_variable_frame_rate():
+    """60 frames in the first second, then 4 frames over 8 s: by index 7 of 8 picks would land in second one."""
+    times = np.concatenate([np.arange(60) / 60, 1.0 + 2.0 * np.arange(4)])  # last frame at 7 s, shown until 9 s
+    idx = segment_indices(times, 8, train=False)
+    centres = (np.arange(8) + 0.5) * 9.0 / 8
+    assert np.all(times[idx] <= centres) and np.all(np.concatenate([times, [9.0]])[idx + 1] > centres)
+    assert (times[idx] < 1.0).sum() == 1  # one segment of eight lies in the first second
+    for seed in range(50):
+        drawn = times[segment_indices(times, 8, train=True, rng=np.random.default_rng(seed))]
+        assert (drawn < 1.0).sum() <= 2 and drawn.max() >= 5.0
+    with pytest.raises(ValueError, match="sorted"):
+        segment_indices(np.array([0.0, 2.0, 1.0]), 2, train=False)
+    with pytest.raises(ValueError, match="0 frames"):
+        segment_indices(np.array([]), 2, train=False)
 
 
 def test_segment_train_is_random_within_segments_and_seeded():
     n, s = 100, 8
-    edges = np.floor(np.linspace(0, n, s + 1)).astype(int)
+    lo, hi = np.floor(np.arange(s) * n / s), np.floor(np.arange(1, s + 1) * n / s)
     seen = set()
     for seed in range(200):
         idx = segment_indices(n, s, train=True, rng=np.random.default_rng(seed))
-        assert np.all((idx >= edges[:-1]) & (idx < edges[1:]))
-        assert np.all(np.diff(idx) > 0)
+        assert np.all((idx >= lo) & (idx <= hi))
+        assert np.all(np.diff(idx) >= 0)
         seen.update(idx.tolist())
     assert max(seen) >= 96 and min(seen) <= 2  # reaches both ends: no ALPRO-style bunching at the start
     a = segment_indices(n, s, train=True, rng=np.random.default_rng(7))
@@ -156,7 +201,7 @@ def test_decord_and_pyav_return_the_same_frames(videos, kind, size, caplog):
         caplog.clear()
         with caplog.at_level("DEBUG", logger="mmpretrain.video.decoding"):
             frames, indices = decode_clip(
-                videos[kind], lambda n: np.array(wanted), size=size, backend=backend, pyav_mode=mode
+                videos[kind], lambda t: np.array(wanted), size=size, backend=backend, pyav_mode=mode
             )
         assert "using PyAV" not in caplog.text  # decord really decoded its share
         h, w = size or (SIZE, SIZE)
@@ -171,17 +216,59 @@ def test_decord_and_pyav_return_the_same_frames(videos, kind, size, caplog):
         assert np.abs(reference - np.stack([pattern(i) for i in wanted])).mean() < 6.0
 
 
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_rotated_video_decodes_upright_and_the_same_on_every_backend(tmp_path, rotation):
+    """A display matrix (as phones write it): decord turns the picture upright, and PyAV must turn it the same."""
+    path = tmp_path / f"rot{rotation}.mp4"
+    write_test_video(path, "libx264", n=12, gop=4, rotation=rotation, draw=wide_pattern)
+    turns = rotation // 90 % 4
+    wanted = [1, 6, 10]
+    upright = np.stack([np.rot90(wide_pattern(i), turns) for i in wanted]).astype(np.float32)
+    for size in (None, (40, 72)):
+        got = {}
+        for backend, mode in DECODERS:
+            if backend == "decord" and decoding.decord is None:
+                continue
+            frames, _ = decode_clip(path, lambda t: np.array(wanted), size=size, backend=backend, pyav_mode=mode)
+            assert frames.shape == (3, *(size or upright.shape[1:3]), 3), (backend, mode)
+            got[(backend, mode)] = frames.astype(np.float32)
+        reference = got[("pyav", "full")]
+        if size is None:
+            assert np.abs(reference - upright).mean() < 6.0
+        for key, frames in got.items():
+            assert np.abs(frames - reference).mean() < (0.01 if size is None else 1.5), key
+
+
+def test_variable_frame_rate_is_sampled_by_time_on_every_backend(tmp_path):
+    """40 frames in the first 0.65 s, then 8 frames a second apart: segment frames must spread over the 9.65 s."""
+    pts_ms = [round(i * 1000 / 60) for i in range(40)] + [1650 + 1000 * k for k in range(8)]
+    path = write_test_video(tmp_path / "vfr.mp4", "libx264", n=len(pts_ms), gop=8, pts_ms=pts_ms)
+    index = decoding._index_stream(str(path))
+    assert np.allclose(index.times, np.array(pts_ms) / 1000, atol=1e-3)
+    results = {}
+    for backend, mode in DECODERS:
+        if backend == "decord" and decoding.decord is None:
+            continue
+        frames, indices = decode_clip(path, make_sampler(8, train=False, rng=None), backend=backend, pyav_mode=mode)
+        assert frame_numbers(frames) == indices.tolist(), (backend, mode)
+        results[(backend, mode)] = indices.tolist()
+    assert len({tuple(v) for v in results.values()}) == 1, results
+    times = index.times[results[("pyav", "full")]]
+    assert (times < 1.0).sum() <= 1 and times.max() > 8.0  # by frame number, 6 of 8 would fall before 0.65 s
+    assert np.all(np.diff(times) > 0.5)
+
+
 def test_repeated_and_backward_indices(videos):
     wanted = [20, 2, 2, 13, 0]  # out of order and repeated: seek mode must go back
     for backend, mode in DECODERS:
-        frames, indices = decode_clip(videos["mp4"], lambda n: np.array(wanted), backend=backend, pyav_mode=mode)
+        frames, indices = decode_clip(videos["mp4"], lambda t: np.array(wanted), backend=backend, pyav_mode=mode)
         assert indices.tolist() == wanted and frame_numbers(frames) == wanted, (backend, mode)
 
 
 def test_decord_output_widths_it_cannot_make_fall_back(videos, caplog):
     """decord 0.6 fails with an array size mismatch for some small output widths (16, 24, 48, 72 px here)."""
     with caplog.at_level("INFO", logger="mmpretrain.video.decoding"):
-        frames, _ = decode_clip(videos["avi"], lambda n: np.array([4, 9]), size=(32, 48), backend="decord")
+        frames, _ = decode_clip(videos["avi"], lambda t: np.array([4, 9]), size=(32, 48), backend="decord")
     assert frames.shape == (2, 32, 48, 3) and frame_numbers(frames) == [4, 9]
     if decoding.decord is not None:
         assert "using PyAV" in caplog.text
@@ -211,7 +298,7 @@ def test_av1_falls_back_to_pyav(tmp_path, monkeypatch, caplog):
         path = write_test_video(tmp_path / name, "libsvtav1", fmt=fmt)
         caplog.clear()
         with caplog.at_level("DEBUG", logger="mmpretrain.video.decoding"):
-            frames, _ = decode_clip(path, lambda n: np.array([1, 10, n - 1]), backend="decord")
+            frames, _ = decode_clip(path, lambda t: np.array([1, 10, len(t) - 1]), backend="decord")
         assert frame_numbers(frames) == [1, 10, 23]
         if decoding.decord is not None:  # decord 0.6 cannot open AV1 (decord #319)
             assert "using PyAV" in caplog.text
@@ -267,7 +354,7 @@ BAD = {
 def test_bad_files_raise_with_reason(videos, tmp_path, kind, backend):
     path = bad_file(kind, videos, tmp_path)
     with pytest.raises(VideoDecodeError) as info:
-        decode_clip(path, lambda n: np.arange(min(n, 24)), backend=backend, pyav_mode="full")
+        decode_clip(path, lambda t: np.arange(min(len(t), 24)), backend=backend, pyav_mode="full")
     assert info.value.reason == BAD[kind]
     assert info.value.path == str(path) and str(path) in str(info.value)
 
@@ -275,7 +362,7 @@ def test_bad_files_raise_with_reason(videos, tmp_path, kind, backend):
 def test_stray_bytes_after_a_complete_mp4_are_not_truncation(videos, tmp_path):
     padded = tmp_path / "padded.mp4"
     padded.write_bytes(videos["mp4"].read_bytes() + b"\0\0\n")
-    frames, _ = decode_clip(padded, lambda n: np.array([3, 7]), backend="pyav")
+    frames, _ = decode_clip(padded, lambda t: np.array([3, 7]), backend="pyav")
     assert frame_numbers(frames) == [3, 7]
 
 
@@ -306,13 +393,14 @@ def test_over_reported_frame_counts_never_hang(videos, tmp_path):
         out = {{}}
         for backend in ("decord", "pyav"):
             asked = []
-            def sample(n):
+            def sample(times):
+                n = len(times)
                 asked.append(n)
                 return np.array([0, n // 2, n - 1])
             frames, idx = decode_clip({str(lie)!r}, sample, backend=backend)
             out[backend] = [asked, idx.tolist()]
         try:
-            decode_clip({str(lie)!r}, lambda n: np.array([0, 47]), backend="decord")
+            decode_clip({str(lie)!r}, lambda t: np.array([0, 47]), backend="decord")
         except ValueError as err:
             out["beyond"] = str(err)
         print(json.dumps(out))
@@ -334,14 +422,15 @@ def test_pyav_samples_again_when_fewer_frames_decode_than_counted(videos, monkey
         index = real(path)
         step = index.pts[1] - index.pts[0]
         pts = np.concatenate([index.pts, index.pts[-1] + step * np.arange(1, 7)])
-        return decoding._StreamIndex(pts, index.keyframes, len(pts), index.fps, index.width, index.height)
+        times = np.arange(len(pts)) / index.fps
+        return decoding._StreamIndex(pts, times, index.keyframes, len(pts), index.fps, index.width, index.height)
 
     monkeypatch.setattr(decoding, "_index_stream", over_counted)
     asked = []
 
-    def sample(n):
-        asked.append(n)
-        return np.array([1, n - 1])
+    def sample(times):
+        asked.append(len(times))
+        return np.array([1, len(times) - 1])
 
     frames, indices = decode_clip(videos["mp4"], sample, backend="decord", pyav_mode=mode)
     assert asked == [30, 24]  # decord's count (24) disagreed with 30, so PyAV decoded, recounted and re-sampled
@@ -350,11 +439,11 @@ def test_pyav_samples_again_when_fewer_frames_decode_than_counted(videos, monkey
 
 def test_bad_arguments(videos):
     with pytest.raises(ValueError, match="video backend"):
-        decode_clip(videos["mp4"], lambda n: np.arange(2), backend="opencv")
+        decode_clip(videos["mp4"], lambda t: np.arange(2), backend="opencv")
     with pytest.raises(ValueError, match="pyav_mode"):
-        decode_clip(videos["mp4"], lambda n: np.arange(2), pyav_mode="fast")
+        decode_clip(videos["mp4"], lambda t: np.arange(2), pyav_mode="fast")
     with pytest.raises(ValueError, match="non-empty 1-D integer"):
-        decode_clip(videos["mp4"], lambda n: np.array([]))
+        decode_clip(videos["mp4"], lambda t: np.array([]))
 
 
 # ---------------------------------------------------------------- manifests

@@ -3,16 +3,21 @@
 Frame counts. A container header can claim more frames than the file holds (an interrupted copy, a buggy muxer),
 and decord's `get_batch` spins forever waiting for a frame that never arrives (decord #373). So every read first
 demuxes the video stream with PyAV without decoding it (about 4 ms for a 10-s 720p H.264 file) and counts the
-non-empty packets; that count, never the header's, is what the sampler sees. decord then decodes only when its
-own frame count equals the packet count; any disagreement, and any decord error (AV1, some AVI/WebM), sends the
-file to PyAV. PyAV matches decoded frames to wanted ones by presentation timestamp (exact for any frame rate).
-If the stream ends before a wanted frame comes out of the decoder (packets that decode to nothing), PyAV counts
-the frames that do decode, asks the sampler again with that count and decodes once more. A file that still
-comes up short raises `VideoDecodeError`: a clip is never padded with repeated or zero frames.
+non-empty packets; that count, never the header's, is what the sampler sees, as one presentation time per frame
+(seconds from the first, from the packets' timestamps), so segments are cut by time on variable-frame-rate files.
+decord then decodes only when its own frame count equals the packet count; any disagreement, and any decord error
+(AV1, some AVI/WebM), sends the file to PyAV. PyAV matches decoded frames to wanted ones by presentation timestamp
+(exact for any frame rate). If the stream ends before a wanted frame comes out of the decoder (packets that decode
+to nothing), PyAV counts the frames that do decode, asks the sampler again with that count and decodes once more. A
+file that still comes up short raises `VideoDecodeError`: a clip is never padded with repeated or zero frames.
 
 Truncation. Before decoding, the container's own sizes are checked (MP4 boxes, the RIFF size of AVI, the
 Matroska segment size): a file shorter than its container says was cut off, and its frames no longer match its
 title, so it is refused as "truncated" rather than decoded in part.
+
+Rotation. Phones store portrait video as landscape pictures plus a display matrix; decord turns the pictures
+upright, so PyAV does too (the same quarter turns, done on the decoded picture before it is scaled, as decord's
+filter graph does), and a file looks the same whichever library decodes it.
 
 Threads. Each decoder uses one thread: DataLoader workers are the parallelism, and more threads per worker only
 oversubscribe the cores.
@@ -82,9 +87,11 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class _StreamIndex:
-    """The video stream as demuxing sees it: `pts[i]` is frame i's timestamp (None when missing or repeated)."""
+    """The video stream as demuxing sees it: `pts[i]` is frame i's timestamp (None when missing or repeated),
+    `times[i]` its presentation time in seconds from the first frame (frame i / fps when there are no timestamps)."""
 
     pts: np.ndarray | None
+    times: np.ndarray
     keyframes: np.ndarray
     num_frames: int
     fps: float
@@ -230,18 +237,26 @@ def _index_stream(path: str) -> _StreamIndex:
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = float(stream.time_base) if stream.time_base else 0.0
     if not stamps:
         raise VideoDecodeError(path, "decode_error", "the video stream has no packets")
     is_key = np.asarray(keys, dtype=bool)
-    if any(s is None for s in stamps) or len(set(stamps)) != len(stamps):
+    if any(s is None for s in stamps) or len(set(stamps)) != len(stamps) or not time_base:
         pts, keyframes = None, np.flatnonzero(is_key)
+        times = _even_times(len(stamps), fps)
     else:
         raw = np.asarray(stamps, dtype=np.int64)
         order = np.argsort(raw, kind="stable")
         rank = np.empty(len(raw), dtype=np.int64)
         rank[order] = np.arange(len(raw))
         pts, keyframes = raw[order], np.sort(rank[is_key])
-    return _StreamIndex(pts, keyframes, len(stamps), fps, width, height)
+        times = (pts - pts[0]) * time_base
+    return _StreamIndex(pts, times, keyframes, len(stamps), fps, width, height)
+
+
+def _even_times(count: int, fps: float) -> np.ndarray:
+    """Frame times of a stream without usable timestamps: evenly spaced at its nominal rate."""
+    return np.arange(count, dtype=np.float64) / (fps if fps > 0 else 1.0)
 
 
 def _checked_indices(indices: np.ndarray, num_frames: int, path: str) -> np.ndarray:
@@ -271,9 +286,38 @@ def _decode_decord(path: str, indices: np.ndarray, size: tuple[int, int] | None,
     return frames
 
 
+# filters that turn a picture upright, by counter-clockwise quarter turns of its display matrix
+_UPRIGHT: dict[int, tuple[tuple[str, str | None], ...]] = {
+    1: (("transpose", "cclock"),),
+    2: (("hflip", None), ("vflip", None)),
+    3: (("transpose", "clock"),),
+}
+
+
+def _upright(frame: av.VideoFrame) -> av.VideoFrame:
+    """The picture as its display matrix says to show it, turned before any scaling and in the decoder's pixel
+    format, as decord does (identical at the stored size; within 1/255 after bilinear scaling)."""
+    turns = round(frame.rotation / 90) % 4
+    if not turns:
+        return frame
+    graph = av.filter.Graph()
+    last = graph.add_buffer(
+        width=frame.width, height=frame.height, format=frame.format.name, time_base=frame.time_base
+    )
+    for name, args in _UPRIGHT[turns]:
+        node = graph.add(name, args)
+        last.link_to(node)
+        last = node
+    last.link_to(graph.add("buffersink"))
+    graph.configure()
+    graph.push(frame)
+    return graph.pull()
+
+
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    """RGB at `size`, bilinear like decord's scale filter (mean difference under 1/255 on 720p -> 224; bicubic
-    differs by about 3), so a file that falls back to PyAV looks the same to the model."""
+    """Upright RGB at `size`, bilinear like decord's scale filter (mean difference under 1/255 on 720p -> 224;
+    bicubic differs by about 3), so a file that falls back to PyAV looks the same to the model."""
+    frame = _upright(frame)
     if size is None:
         return frame.to_ndarray(format="rgb24")
     return frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="BILINEAR")
@@ -348,16 +392,20 @@ def _choose_mode(indices: np.ndarray, keyframes: np.ndarray) -> str:
     return "seek" if seek < full else "full"
 
 
-def _count_decodable(path: str) -> int:
+def _decodable_times(path: str, fps: float) -> np.ndarray:
+    """Presentation times (seconds from the first) of the frames that really decode, in output order."""
     with _open(path) as (container, stream):
-        return sum(1 for _ in container.decode(stream))
+        stamps = [frame.time for frame in container.decode(stream)]
+    if not stamps or any(t is None for t in stamps) or np.any(np.diff(stamps) <= 0):
+        return _even_times(len(stamps), fps)
+    return np.asarray(stamps, dtype=np.float64) - stamps[0]
 
 
 def _decode_pyav(
     path: str,
     index: _StreamIndex,
     indices: np.ndarray,
-    sample: Callable[[int], np.ndarray],
+    sample: Callable[[np.ndarray], np.ndarray],
     size: tuple[int, int] | None,
     mode: str,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -370,11 +418,12 @@ def _decode_pyav(
         frames = _full_decode(path, indices, index.pts, size)
     if frames is not None:
         return frames, indices
-    decodable = _count_decodable(path)
+    times = _decodable_times(path, index.fps)
+    decodable = len(times)
     log.debug("%s: %d packets but %d frames decode; sampling again", path, index.num_frames, decodable)
     if decodable == 0:
         raise VideoDecodeError(path, "decode_error", f"none of {index.num_frames} packets decodes to a frame")
-    indices = _checked_indices(sample(decodable), decodable, path)
+    indices = _checked_indices(sample(times), decodable, path)
     frames = _full_decode(path, indices, None, size)
     if frames is None:
         raise VideoDecodeError(path, "decode_error", f"frames {indices.tolist()} did not decode")
@@ -383,17 +432,18 @@ def _decode_pyav(
 
 def decode_clip(
     path: str | os.PathLike,
-    sample: Callable[[int], np.ndarray],
+    sample: Callable[[np.ndarray], np.ndarray],
     size: tuple[int, int] | None = None,
     backend: str = "decord",
     pyav_mode: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Count a video's frames, ask `sample` which to take, and decode exactly those.
+    """Read a video's frame times, ask `sample` which frames to take, and decode exactly those, upright.
 
     Args:
         path: the video file.
-        sample: frame count -> frame indices (see `mmpretrain.video.sampling.make_sampler`).
-        size: (height, width) to resize to while decoding; None keeps the stored size.
+        sample: presentation time of every frame (float64 seconds from the first, sorted; its length is the frame
+            count) -> frame indices (see `mmpretrain.video.sampling.make_sampler`).
+        size: (height, width) of the upright output to resize to while decoding; None keeps the stored size.
         backend: "decord" or "auto" (decord, PyAV for the files decord cannot read or count) or "pyav".
         pyav_mode: "seek" (to the keyframe before each wanted frame; best with short GOPs), "full" (decode in
             order, convert only wanted frames; best with long GOPs) or "auto" (whichever decodes fewer frames).
@@ -411,7 +461,7 @@ def decode_clip(
     path = os.fspath(path)
     _check_file(path)
     index = _index_stream(path)
-    indices = _checked_indices(sample(index.num_frames), index.num_frames, path)
+    indices = _checked_indices(sample(index.times), index.num_frames, path)
     if backend != "pyav" and decord is not None:
         try:
             return _decode_decord(path, indices, size, index.num_frames), indices

@@ -55,9 +55,9 @@ def _extract(job: tuple[str, str, int, tuple[int, int], str]) -> dict[str, Any]:
     sampler = make_sampler(num_frames, mode="segment", train=False, rng=None)
     seen: list[int] = []
 
-    def sample(total: int) -> np.ndarray:
-        seen.append(total)
-        return sampler(total)
+    def sample(times: np.ndarray) -> np.ndarray:
+        seen.append(len(times))
+        return sampler(times)
 
     try:
         frames, indices = decode_clip(video, sample, size=size, backend=backend)
