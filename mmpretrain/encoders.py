@@ -387,7 +387,8 @@ class VideoEncoder:
         batch_size: int = 256,
         ocr: Sequence[str | Sequence[str] | None] | None = None,
     ) -> np.ndarray:
-        """Text embeddings in the VTC space of ``encode_videos`` (the text encoder's CLS, projected).
+        """Text embeddings in the VTC space of ``encode_videos`` (the text encoder's states pooled as in training,
+        projected).
 
         ``texts`` are titles or free queries; ``ocr`` optionally pairs each with OCR text, as in training.
         """
@@ -404,8 +405,8 @@ class VideoEncoder:
                 pairs = self.processor(batch, ocr[start:start + len(batch)])
                 text = {k: v.to(device) for k, v in pairs.items()}
                 states = self.model.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
-                emb = self.model.vtc_text(states[:, 0]).float()
-                out[start:start + len(batch)] = (F.normalize(emb, dim=-1) if normalize else emb).cpu().numpy()
+                emb = self.model.text_embedding(states, text["attention_mask"], normalize=normalize).float()
+                out[start:start + len(batch)] = emb.cpu().numpy()
         return out
 
     def match_scores(self, clips: torch.Tensor, texts: Sequence[str], ocr: Sequence[Any] | None = None) -> np.ndarray:

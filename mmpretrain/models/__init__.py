@@ -3,10 +3,13 @@ video–title–OCR fusion transformer built from them. Pure torch: no file or n
 
 from mmpretrain.models.backbones import backbone_has_batchnorm, create_backbone
 from mmpretrain.models.fusion import (
+    FrameTeacher,
     VideoTextFusion,
     build_video_model,
     encode_frame_grid,
     frame_token_grid,
+    match_grid,
+    pool_text,
     video_model_config,
 )
 from mmpretrain.models.heads import MLPHead
@@ -18,9 +21,11 @@ from mmpretrain.models.text import (
     text_encoder_to_dict,
     tokenizer_from_json,
     tokenizer_to_json,
+    trained_pooling,
 )
 
 __all__ = [
+    "FrameTeacher",
     "MLPHead",
     "VideoTextFusion",
     "backbone_has_batchnorm",
@@ -30,10 +35,13 @@ __all__ = [
     "create_tokenizer",
     "encode_frame_grid",
     "frame_token_grid",
+    "match_grid",
+    "pool_text",
     "resolve_text_model",
     "text_encoder_from_dict",
     "text_encoder_to_dict",
     "tokenizer_from_json",
     "tokenizer_to_json",
+    "trained_pooling",
     "video_model_config",
 ]

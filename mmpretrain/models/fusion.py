@@ -21,6 +21,18 @@ from mmpretrain.models.backbones import create_backbone
 from mmpretrain.models.text import text_encoder_from_dict, text_encoder_to_dict
 
 TYPE_CLS, TYPE_VIDEO, TYPE_TITLE, TYPE_OCR = range(4)
+TEXT_POOLINGS = ("mean", "cls")
+
+
+def pool_text(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per text from ``(B, L, H)`` token states: the CLS state, or the mean over the tokens the
+    attention mask keeps (padding excluded), as sentence-transformers pools the models it trains."""
+    if pooling == "cls":
+        return states[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"text pooling {pooling!r} is not one of {TEXT_POOLINGS}")
+    keep = attention_mask.to(states.dtype).unsqueeze(-1)
+    return (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
 def frame_token_grid(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -50,6 +62,61 @@ def pool_grid(tokens: torch.Tensor, grid: int | None) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1)
 
 
+def match_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """A ``(N, h, w, C)`` token grid brought to ``grid × grid``: average pooling when it is at least that fine in both
+    directions, bilinear interpolation (half-pixel centres) otherwise, so any teacher's features line up with the
+    student's tokens."""
+    if tokens.shape[1:3] == (grid, grid):
+        return tokens
+    x = tokens.permute(0, 3, 1, 2)
+    if min(tokens.shape[1:3]) >= grid:
+        x = F.adaptive_avg_pool2d(x, grid)
+    else:
+        x = F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1)
+
+
+class FrameTeacher(nn.Module):
+    """A frozen image encoder whose frame features are the MVM regression target (VIOLETv2), always in eval mode.
+
+    Frames arrive normalized with the student's mean/std; they are brought to the teacher's own preprocessing
+    (mean/std, image size) first, and its token grid is matched to the student's (:func:`match_grid`).
+
+    Args:
+        backbone: a headless timm model (its ``forward_features`` gives a token grid).
+        image_size / mean / std: the teacher's preprocessing. student_mean / student_std: the frames'.
+        grid: the student's tokens per frame side.
+    """
+
+    def __init__(self, backbone: nn.Module, image_size: int, mean, std, student_mean, student_std, grid: int) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.image_size, self.grid = int(image_size), int(grid)
+        own_mean, own_std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        scale = torch.tensor(student_std, dtype=torch.float32) / own_std
+        shift = (torch.tensor(student_mean, dtype=torch.float32) - own_mean) / own_std
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    @property
+    def num_features(self) -> int:
+        return int(self.backbone.num_features)
+
+    def train(self, mode: bool = True) -> FrameTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` student-normalized frames -> ``(B, T·g², C)`` float32 targets."""
+        b, t = frames.shape[:2]
+        x = frames.flatten(0, 1).float() * self.scale + self.shift
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        tokens = match_grid(frame_token_grid(self.backbone, self.backbone.forward_features(x)), self.grid)
+        return tokens.reshape(b, t * self.grid * self.grid, tokens.shape[-1]).float()
+
+
 def encode_frame_grid(encoder: nn.Module, frames: torch.Tensor, grid: int | None) -> torch.Tensor:
     """``(B, T, 3, H, W)`` normalized frames -> ``(B, T, g, g, C)`` frame tokens, frames encoded independently."""
     b, t = frames.shape[:2]
@@ -70,6 +137,8 @@ class VideoTextFusion(nn.Module):
         proj_dim: the shared VTC space (256 in ALBEF/ALPRO).
         temperature: VTC temperature at init (0.07), learned, clamped to [0.001, 0.5] by the training module.
         mvm_dim: the MVM target width (teacher feature width, or 3·patch² for pixels).
+        text_pooling: how the VTC text vector is read from the text encoder (see :func:`pool_text`); ``cls`` for
+            checkpoints written before the choice existed.
     """
 
     def __init__(
@@ -87,8 +156,12 @@ class VideoTextFusion(nn.Module):
         proj_dim: int = 256,
         temperature: float = 0.07,
         mvm_dim: int | None = None,
+        text_pooling: str = "cls",
     ) -> None:
         super().__init__()
+        if text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"model.text_pooling={text_pooling!r} is not one of {TEXT_POOLINGS}")
+        self.text_pooling = text_pooling
         self.frame_encoder = frame_encoder
         self.text_encoder = text_encoder
         self.num_frames = num_frames
@@ -186,9 +259,11 @@ class VideoTextFusion(nn.Module):
         """The standalone video embedding: CLS of the video-only fusion, projected to the VTC space, L2-normalized."""
         return F.normalize(self.vtc_video(self.fuse(video)[:, 0]), dim=-1)
 
-    def text_embedding(self, text: torch.Tensor) -> torch.Tensor:
-        """The text embedding in the same space: the text encoder's CLS, projected, L2-normalized."""
-        return F.normalize(self.vtc_text(text[:, 0]), dim=-1)
+    def text_embedding(self, text: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The text embedding in the same space: the text encoder's states pooled (``text_pooling``), projected,
+        L2-normalized unless ``normalize`` is False."""
+        out = self.vtc_text(pool_text(text, attention_mask, self.text_pooling))
+        return F.normalize(out, dim=-1) if normalize else out
 
     def match_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """VTM logits ``(B, 2)`` (no match, match) from the fused CLS."""
@@ -214,6 +289,7 @@ def video_model_config(
             "dropout": float(layer.dropout.p),
             "proj_dim": int(model.vtc_video.out_features),
             "mvm_dim": int(model.mvm_head[-1].out_features),
+            "text_pooling": model.text_pooling,
         },
     }
 

@@ -61,6 +61,19 @@ def _load_error(name: str, key: str, err: Exception) -> OSError:
     )
 
 
+def trained_pooling(name: str) -> str:
+    """How a text model was trained to be pooled: ``mean`` or ``cls`` from a sentence-transformers folder's
+    ``1_Pooling/config.json`` (MiniLM and most sentence encoders: mean), ``mean`` for a
+    ``sentence-transformers/`` hub name, else ``cls`` (BERT-style models, whose CLS was trained by NSP)."""
+    import json
+
+    config = Path(resolve_text_model(name)) / "1_Pooling" / "config.json"
+    if config.is_file():
+        modes = json.loads(config.read_text())
+        return "cls" if modes.get("pooling_mode_cls_token") else "mean"
+    return "mean" if name.startswith("sentence-transformers/") else "cls"
+
+
 def create_tokenizer(name: str, key: str = "model.text_encoder") -> Any:
     """A fast transformers tokenizer by hub name, path or ``pkg://`` name; errors name the config key."""
     from transformers import AutoTokenizer

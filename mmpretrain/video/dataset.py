@@ -178,6 +178,8 @@ class VideoTextDataset(Dataset):
             "frames": clip,
             "title": record.title or "",
             "ocr": " ".join(record.ocr),
+            "label_name": record.label or "",  # what the clip shows, so VTM never uses a paraphrase as a negative
+            "tag_set": list(record.tags),
             "id": record.id,
             "index": candidate,
             "failed": len(reasons),

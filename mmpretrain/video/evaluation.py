@@ -18,7 +18,7 @@ import torch
 from mmpretrain.retrieval import build_index
 from mmpretrain.video.manifest import VideoRecord
 from mmpretrain.video.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks
-from mmpretrain.video.text import join_ocr
+from mmpretrain.video.text import join_ocr, same_content
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import VideoEncoder
@@ -33,10 +33,15 @@ def _shortlist(gallery: np.ndarray, queries: np.ndarray, k: int, index_key: str)
     return ids.astype(np.int64), scores
 
 
-def _negative_texts(sim: np.ndarray, texts: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """For each video, the most similar text that is not its own (nor an identical copy), and a random such text."""
+def _negative_texts(
+    sim: np.ndarray, texts: Sequence[str], same_thing: np.ndarray | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each video, the most similar text that is not its own, nor an identical copy, nor one flagged in
+    ``same_thing`` (a paraphrase: same label, tags or normalized title), and a random such text."""
     codes = np.unique(np.array(list(texts)), return_inverse=True)[1]
     same = codes[:, None] == codes[None, :]
+    if same_thing is not None:
+        same = same | same_thing
     hardest = np.where(same, -np.inf, sim).argmax(axis=1)
     rng = np.random.default_rng(seed)
     random = np.array([rng.choice(np.flatnonzero(~row)) if (~row).any() else i for i, row in enumerate(same)])
@@ -66,7 +71,8 @@ def video_text_retrieval(
     Returns:
         ``{"t2v": {...}, "v2t": {...}, "t2v_rerank": {...}, "vtm_accuracy": float, "vtm_accuracy_hard": float,
         "queries": n, "videos": n}``. VTM accuracy is balanced over each video's own text and one other text (a
-        random one, seeded; ``_hard``: the most VTC-similar one), a match when the VTM probability exceeds 0.5.
+        random one, seeded; ``_hard``: the most VTC-similar one), a match when the VTM probability exceeds 0.5; the
+        other text never shows the same thing (same label, tag set or normalized title, as in training).
     """
     texts = [r.title or "" for r in records]
     ocr = [join_ocr(list(r.ocr)) for r in records]
@@ -91,7 +97,9 @@ def video_text_retrieval(
     }
     clips = _ClipCache(encoder, records)
     sim = videos[rows] @ text_emb.T
-    hardest, random = _negative_texts(sim, [f"{texts[i]}\n{ocr[i]}" for i in rows])
+    same_thing = same_content([texts[i] for i in rows], [records[i].label for i in rows],
+                              [records[i].tags for i in rows]).numpy()  # fmt: skip
+    hardest, random = _negative_texts(sim, [f"{texts[i]}\n{ocr[i]}" for i in rows], same_thing)
     pos = _vtm(encoder, clips, rows, [texts[i] for i in rows], [ocr[i] for i in rows])
     for key, negatives in (("vtm_accuracy", random), ("vtm_accuracy_hard", hardest)):
         neg = _vtm(encoder, clips, rows, [texts[rows[j]] for j in negatives], [ocr[rows[j]] for j in negatives])

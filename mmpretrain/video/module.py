@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,12 +13,13 @@ from torch import nn
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
 from mmpretrain.models import (
+    FrameTeacher,
     VideoTextFusion,
     create_backbone,
     create_text_encoder,
     create_tokenizer,
-    encode_frame_grid,
     tokenizer_to_json,
+    trained_pooling,
     video_model_config,
 )
 from mmpretrain.training import (
@@ -27,7 +28,6 @@ from mmpretrain.training import (
     check_range,
     gather_unique,
     global_batch,
-    param_groups_weight_decay,
     scaled_lr,
     warmup_cosine_schedule,
 )
@@ -42,6 +42,10 @@ from mmpretrain.video.losses import (
     vtm_loss,
 )
 from mmpretrain.video.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, random_mask
+from mmpretrain.video.param_groups import video_param_groups
+from mmpretrain.video.text import CONTENT_KEYS, same_content
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("vtc", "vtm", "mtm", "mvm")
 MVM_TARGETS = ("teacher", "pixels")
@@ -50,8 +54,14 @@ VTM_NEGATIVES = ("hard", "random")
 EMBEDDINGS = ("vtc", "fused")
 
 
-def load_frame_init(encoder: nn.Module, source: str, name: str) -> None:
+def load_frame_init(encoder: nn.Module | None, source: str, name: str | None) -> tuple[nn.Module, str, dict]:
     """Initialize the frame encoder from a checkpoint of this project (MoBY ``.ckpt``, published folder, registry).
+
+    With ``encoder`` None the architecture comes from the checkpoint too (``model.frame_encoder=null``), so a
+    recipe can start from whatever backbone the MoBY run trained.
+
+    Returns:
+        (the frame encoder, its timm name, its kwargs).
 
     Raises:
         ValueError: the checkpoint's architecture is not ``name``, naming ``model.frame_init``.
@@ -59,10 +69,32 @@ def load_frame_init(encoder: nn.Module, source: str, name: str) -> None:
     from mmpretrain.hub import build_backbone, load_checkpoint
 
     loaded = load_checkpoint(source, architecture=None)
-    arch = loaded.config.get("architecture", {}).get("name")
-    if arch != name:
-        raise ValueError(f"model.frame_init={source!r} holds a {arch!r} backbone but model.frame_encoder={name!r}")
-    encoder.load_state_dict(build_backbone(loaded).state_dict(), strict=True)
+    arch = loaded.config.get("architecture", {})
+    if name is not None and arch.get("name") != name:
+        raise ValueError(f"model.frame_init={source!r} holds a {arch.get('name')!r} backbone but "
+                         f"model.frame_encoder={name!r}")  # fmt: skip
+    backbone = build_backbone(loaded)
+    if encoder is None:
+        return backbone, arch["name"], dict(arch.get("kwargs") or {})
+    encoder.load_state_dict(backbone.state_dict(), strict=True)
+    return encoder, str(name), {}
+
+
+def load_teacher(source: str, student_mean, student_std, grid: int) -> FrameTeacher:
+    """The frozen MVM teacher from any image source :func:`mmpretrain.load_encoder` reads (a MoBY checkpoint of
+    this project, a published folder, a registry name, an official MoBY or timm file).
+
+    Raises:
+        ValueError: the source holds a video model, naming ``model.mvm_teacher``.
+    """
+    from mmpretrain.hub import build_backbone, load_checkpoint
+
+    loaded = load_checkpoint(source, architecture=None)
+    if loaded.config.get("kind") == "video":
+        raise ValueError(f"model.mvm_teacher={source!r} is a video model; the teacher must be an image encoder")
+    pre = loaded.config["preprocessing"]
+    return FrameTeacher(build_backbone(loaded), pre["image_size"], pre["mean"], pre["std"], student_mean,
+                        student_std, grid)  # fmt: skip
 
 
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -75,22 +107,32 @@ class VideoFusionPretrain(pl.LightningModule):
     """Pretrain :class:`VideoTextFusion` with masked visual / text modeling, video–text matching and contrast.
 
     The recipe follows VIOLET (fusion over frame and text tokens, MVM + MTM + VTM, AdamW betas (0.9, 0.98), wd
-    1e-3), VIOLETv2 (MVM regresses features of a frozen copy of the initial frame encoder with L1), and
-    ALBEF/ALPRO (a 256-d contrastive head with a learnable temperature from 0.07, negatives gathered across ranks,
-    one hard VTM negative per video and per text drawn from the contrastive similarity, never the positive).
+    1e-3), VIOLETv2 (MVM regresses with L1 the features of a strong frozen image model: ``mvm_teacher``, by default
+    the ``frame_init`` checkpoint; never a random network: with neither, per-patch normalized pixels), VideoMAE
+    (tube masking), and ALBEF/ALPRO (a 256-d contrastive head with a learnable temperature from 0.07, negatives
+    gathered across ranks, one hard VTM negative per video and per text drawn from the contrastive similarity,
+    never the positive nor a sample showing the same thing).
     Modality dropout hides all text or all frames of some samples in the masked pass, so a video without text
     still embeds well.
 
     Args:
-        frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames.
+        frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames; ``None`` takes the
+            architecture (and weights) from ``frame_init``.
         frame_init: a MoBY checkpoint of this project (path, published folder, registry name) for the frame encoder.
         text_encoder / text_pretrained / text_overrides: transformers model (hub name, path, ``pkg://``), whether to
             load its weights, config overrides (e.g. ``num_hidden_layers``).
         num_frames / image_size / visual_grid: clip length, frame side, fusion tokens per frame side.
         width / depth / num_heads / mlp_ratio / dropout / proj_dim / temperature: see :class:`VideoTextFusion`.
-        mvm_target: ``teacher`` (frozen initial frame encoder features, L1) or ``pixels`` (per-patch normalized
-            pixels, MSE); mvm_ratio / mvm_masking / mvm_tube: the visual mask.
+        text_pooling: ``mean`` or ``cls`` for the VTC text vector; ``None`` follows how the text encoder was
+            trained (:func:`mmpretrain.models.trained_pooling`: mean for sentence-transformers models).
+        mvm_target: ``teacher`` (frozen image-model features, L1) or ``pixels`` (per-patch normalized pixels, MSE).
+        mvm_teacher: the teacher's source (anything ``load_encoder`` reads); ``None`` uses ``frame_init``; with
+            neither, ``teacher`` falls back to ``pixels`` and logs it. mvm_ratio / mvm_masking / mvm_tube: the
+            visual mask (tube: the same cells in every frame, so a masked cell cannot be copied from a neighbour).
         mtm_prob: BERT masking probability (0.15). vtm_negatives: ``hard`` or ``random`` (in-batch).
+        vtm_exclude: what makes two samples the same for VTM negatives: ``label``, ``tags`` (the same tag set),
+            ``title`` (the same normalized title); identical token sequences are always excluded.
+        lr_mult: ``{"text", "frames", "fusion"}`` multipliers of ``lr`` (default 1 each).
         loss_weights: weight per objective; 0 switches one off. modality_dropout: ``{"text": p, "video": p}``.
         lr / lr_ref_batch / min_lr / warmup_epochs / weight_decay / betas: AdamW with warmup + cosine per step,
             lr quoted per ``lr_ref_batch`` clips.
@@ -100,7 +142,7 @@ class VideoFusionPretrain(pl.LightningModule):
 
     def __init__(
         self,
-        frame_encoder: str = "vit_small_patch16_224",
+        frame_encoder: str | None = "vit_small_patch16_224",
         frame_encoder_kwargs: dict[str, Any] | None = None,
         frame_init: str | None = None,
         frame_drop_path: float = 0.1,
@@ -117,15 +159,19 @@ class VideoFusionPretrain(pl.LightningModule):
         dropout: float = 0.1,
         proj_dim: int = 256,
         temperature: float = 0.07,
+        text_pooling: str | None = None,
         mvm_target: str = "teacher",
+        mvm_teacher: str | None = None,
         mvm_ratio: float = 0.3,
         mvm_masking: str = "blockwise",
-        mvm_tube: bool = False,
+        mvm_tube: bool = True,
         mtm_prob: float = 0.15,
         vtm_negatives: str = "hard",
+        vtm_exclude: Sequence[str] = CONTENT_KEYS,
         loss_weights: Mapping[str, float] | None = None,
         modality_dropout: Mapping[str, float] | None = None,
         lr: float = 1e-4,
+        lr_mult: Mapping[str, float] | None = None,
         lr_ref_batch: int = 256,
         min_lr: float = 1e-6,
         warmup_epochs: float = 1,
@@ -161,24 +207,38 @@ class VideoFusionPretrain(pl.LightningModule):
         if unknown:
             raise ValueError(f"model.loss_weights has unknown objectives {unknown}; known: {LOSSES}")
         self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
+        same_content([], keys=vtm_exclude)  # validates the keys now, not at the first step
+        self.vtm_exclude = tuple(vtm_exclude)
         kwargs = dict(frame_encoder_kwargs or {})
-        frames = create_backbone(frame_encoder, frame_drop_path, **kwargs)
+        if frame_encoder is None and not frame_init:
+            raise ValueError("model.frame_encoder=null takes the architecture from model.frame_init, which is unset")
+        frames = None if frame_encoder is None else create_backbone(frame_encoder, frame_drop_path, **kwargs)
         if frame_init:
-            load_frame_init(frames, frame_init, frame_encoder)
+            frames, name, init_kwargs = load_frame_init(frames, frame_init, frame_encoder)
+            kwargs = kwargs if frame_encoder is not None else init_kwargs
+            frame_encoder = name
+        self.frame_arch = (frame_encoder, kwargs)
         self.tokenizer = create_tokenizer(text_encoder)
         text = create_text_encoder(text_encoder, text_pretrained, text_overrides)
         grid = visual_grid or int(frames.patch_embed.grid_size[0])
-        if mvm_target == "pixels" and image_size % grid:
+        self.grid = grid
+        self.teacher = None
+        teacher_source = mvm_teacher or frame_init
+        if mvm_target == "teacher" and teacher_source:
+            self.teacher = load_teacher(teacher_source, mean, std, grid)
+        elif mvm_target == "teacher":
+            log.info("model.mvm_teacher and model.frame_init are unset: MVM regresses per-patch normalized pixels "
+                     "(a random network's features would teach nothing)")  # fmt: skip
+        if self.teacher is None and image_size % grid:
             raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={grid} (MVM pixels)")
-        mvm_dim = frames.num_features if mvm_target == "teacher" else 3 * (image_size // grid) ** 2
+        mvm_dim = self.teacher.num_features if self.teacher is not None else 3 * (image_size // grid) ** 2
+        pooling = text_pooling or trained_pooling(text_encoder)
         self.model = VideoTextFusion(
             frame_encoder=frames, text_encoder=text, vocab_size=len(self.tokenizer), num_frames=num_frames,
             visual_grid=visual_grid, width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            dropout=dropout, proj_dim=proj_dim, temperature=temperature, mvm_dim=mvm_dim,
+            dropout=dropout, proj_dim=proj_dim, temperature=temperature, mvm_dim=mvm_dim, text_pooling=pooling,
         )  # fmt: skip
         self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
-        self.grid = grid
-        self.teacher = copy.deepcopy(frames).eval().requires_grad_(False) if mvm_target == "teacher" else None
         self.normalize = FrameNormalize(mean, std)
         self._val: list[tuple[torch.Tensor, ...]] = []
 
@@ -196,7 +256,7 @@ class VideoFusionPretrain(pl.LightningModule):
         hp = self.hparams
         return {
             "kind": "video",
-            "architecture": video_model_config(self.model, hp.frame_encoder, hp.frame_encoder_kwargs),
+            "architecture": video_model_config(self.model, *self.frame_arch),
             "preprocessing": {
                 "num_frames": int(hp.num_frames),
                 "image_size": int(hp.image_size),
@@ -226,8 +286,7 @@ class VideoFusionPretrain(pl.LightningModule):
     def _mvm_target(self, frames: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
             return patchify_pixels(frames, (self.grid, self.grid))
-        with torch.no_grad():
-            return encode_frame_grid(self.teacher, frames, self.grid).flatten(1, 3).float()
+        return self.teacher(frames)
 
     def _gather(self, *tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
         """Every rank's rows (gradients flow back to their owner) and this rank's offset among them."""
@@ -250,18 +309,22 @@ class VideoFusionPretrain(pl.LightningModule):
 
         video = m.video_tokens(m.frame_grid(frames))
         states = m.text_states(ids, attn, types)
-        v_emb, t_emb = m.video_embedding(video), m.text_embedding(states)
+        v_emb, t_emb = m.video_embedding(video), m.text_embedding(states, attn)
         with torch.no_grad():
             m.temperature.clamp_(0.001, 0.5)
         (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, has_text)
         out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
                               valid=has_text, all_valid=all_valid)  # fmt: skip
 
-        out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator)
+        same = self._same(batch)
+        out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator, same)
 
         mask = self._frame_mask(b, t, generator).to(frames.device)
-        masked_ids, labels = mask_tokens(ids, text["special_tokens_mask"], mask_token_id=self.tokenizer.mask_token_id,
-                                         vocab_size=len(self.tokenizer), prob=hp.mtm_prob, generator=None)
+        # with a (CPU) generator, as in validation, the draw runs on the CPU so it is the same on any device
+        where = "cpu" if generator is not None else ids.device
+        masked_ids, labels = (x.to(ids.device) for x in mask_tokens(
+            ids.to(where), text["special_tokens_mask"].to(where), mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer), prob=hp.mtm_prob, generator=generator))  # fmt: skip
         text_keep, video_keep = has_text.clone(), torch.ones_like(has_text)
         if dropout:
             draw = torch.rand(b, 2, generator=generator).to(frames.device)
@@ -283,6 +346,12 @@ class VideoFusionPretrain(pl.LightningModule):
         out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), has_text
         return out
 
+    def _same(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """Which samples show the same thing (``vtm_exclude``), from the batch's titles, labels and tag sets."""
+        if "title" not in batch:
+            return None
+        return same_content(batch["title"], batch.get("label_name"), batch.get("tag_set"), self.vtm_exclude)
+
     def _matching(
         self,
         video: torch.Tensor,
@@ -291,10 +360,12 @@ class VideoFusionPretrain(pl.LightningModule):
         v_emb: torch.Tensor,
         t_emb: torch.Tensor,
         generator: torch.Generator | None,
+        same_thing: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """VTM over positives, one negative text per video and one negative video per text (hard by default).
 
-        Negatives come from the local batch's VTC similarity (ALBEF); samples with identical text are never each
+        Negatives come from the local batch's VTC similarity (ALBEF); samples with identical text, or flagged in
+        ``same_thing`` (same label, tags or normalized title: a paraphrase is not a negative), are never each
         other's negative, and videos without text take part only as negatives for other texts. The draw runs on the
         CPU (a B×B matrix), so a seeded CPU ``generator`` works whatever device the model is on.
         """
@@ -303,6 +374,8 @@ class VideoFusionPretrain(pl.LightningModule):
         with torch.no_grad():
             sim = ((v_emb @ t_emb.T).float() / self.model.temperature).cpu()
             same, valid = same_text(ids, attn).cpu(), has_text.cpu()
+            if same_thing is not None:
+                same |= same_thing
             mode = self.hparams.vtm_negatives
             neg_text = sample_hard_negatives(sim, valid=valid, same=same, mode=mode, generator=generator)
             neg_video = sample_hard_negatives(sim.T.contiguous(), same=same, mode=mode, generator=generator)
@@ -338,6 +411,9 @@ class VideoFusionPretrain(pl.LightningModule):
             if torch.isfinite(out[key]):
                 self.log(f"train/{key}", out[key], on_step=True, on_epoch=True, batch_size=size)
         self.log("train/temperature", self.model.temperature, on_step=True, on_epoch=False, batch_size=size)
+        if self._trainer is not None:
+            for group in self.optimizers().optimizer.param_groups:
+                self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False, batch_size=size)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -368,7 +444,6 @@ class VideoFusionPretrain(pl.LightningModule):
         hp = self.hparams
         batch = global_batch(self)
         lr, min_lr = scaled_lr(hp.lr, batch, hp.lr_ref_batch), scaled_lr(hp.min_lr, batch, hp.lr_ref_batch)
-        no_decay = ("temporal_pos", "spatial_pos", "temperature")
-        groups = param_groups_weight_decay([self.model], hp.weight_decay, no_decay)
+        groups = video_param_groups(self.model, lr, hp.weight_decay, hp.lr_mult)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
         return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs)

@@ -6,10 +6,15 @@ sequence is too long, because titles are short and written for the video while O
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+CONTENT_KEYS = ("label", "tags", "title")
+_NOT_WORD = re.compile(r"[\W_]+")
 
 
 def join_ocr(ocr: str | Sequence[str] | None) -> str:
@@ -19,6 +24,48 @@ def join_ocr(ocr: str | Sequence[str] | None) -> str:
     if isinstance(ocr, str):
         return ocr.strip()
     return " ".join(str(part).strip() for part in ocr if str(part).strip())
+
+
+def normalize_title(title: str | None) -> str:
+    """A title with case, accents' width forms, spaces and punctuation folded: "A red circle!" == "a  red, circle"."""
+    folded = unicodedata.normalize("NFKC", title or "").casefold()
+    return " ".join(_NOT_WORD.sub(" ", folded).split())
+
+
+def same_content(
+    titles: Sequence[str | None],
+    labels: Sequence[str | None] | None = None,
+    tag_sets: Sequence[Sequence[str] | None] | None = None,
+    keys: Sequence[str] = CONTENT_KEYS,
+) -> torch.Tensor:
+    """``(B, B)`` True where two samples show the same thing, so neither may be the other's VTM negative: the
+    same non-empty ``label``, the same non-empty tag set, or the same non-empty normalized title (``keys`` picks
+    which of these count). The diagonal is True.
+
+    Raises:
+        ValueError: an unknown key, or labels/tags of another length than titles.
+    """
+    unknown = sorted(set(keys) - set(CONTENT_KEYS))
+    if unknown:
+        raise ValueError(f"model.vtm_exclude has unknown keys {unknown}; known: {CONTENT_KEYS}")
+    n = len(titles)
+    columns: dict[str, list[str]] = {"title": [normalize_title(t) for t in titles]}
+    if labels is not None:
+        columns["label"] = [str(x) if x not in (None, "") else "" for x in labels]
+    if tag_sets is not None:
+        columns["tags"] = ["\x1f".join(sorted(set(tags or ()))) for tags in tag_sets]
+    same = torch.eye(n, dtype=torch.bool)
+    for key in keys:
+        values = columns.get(key)
+        if values is None:
+            continue
+        if len(values) != n:
+            raise ValueError(f"{len(titles)} titles but {len(values)} {key} values")
+        codes = {v: i for i, v in enumerate(dict.fromkeys(values))}
+        code = torch.tensor([codes[v] for v in values], dtype=torch.long)
+        present = torch.tensor([bool(v) for v in values], dtype=torch.bool)
+        same |= (code[:, None] == code[None, :]) & present[:, None] & present[None, :]
+    return same
 
 
 class TextProcessor:
