@@ -243,7 +243,7 @@ def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None) -> None:
     table = ["| recipe | t2v R@1 | t2v R@5 | v2t R@1 | VTM vs hardest other text | train s |",
              "|---|---|---|---|---|---|"]
     for i, (name, change) in enumerate(ABLATION):
-        overrides += [c.format(moby=moby) for c in change]
+        overrides += [c.replace("{moby}", str(moby)) for c in change]
         folder = runs / f"video_ablation/{i}"
         shutil.rmtree(folder, ignore_errors=True)
         started = time.time()
