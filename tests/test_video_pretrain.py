@@ -208,8 +208,7 @@ def test_demo_experiment_fast_dev_run(video_demo: dict[str, Path], tmp_path: Pat
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "debug=fdr"], tmp_path)
     metrics, objects = train(cfg)
     assert objects["trainer"].fast_dev_run
-    for key in ("train/vtc", "train/vtm", "train/mtm", "train/mvm", "val/loss", "val/t2v_r1", "lr/text",
-                "lr/frames/no_decay", "lr/fusion"):
+    for key in ("train/vtc", "train/vtm", "train/mtm", "train/mvm", "val/loss", "val/t2v_r1"):
         assert key in metrics and np.isfinite(float(metrics[key])), key
     assert 0 <= float(metrics["val/t2v_r1"]) <= 100
 

@@ -273,6 +273,9 @@ def test_seeded_validation_logs_identical_metrics(video_demo: dict[str, Path], t
         runs.append({k: float(v) for k, v in metrics.items() if k.startswith("val/")})
     assert {"val/mtm", "val/mvm", "val/vtm", "val/vtc", "val/t2v_r1"} <= set(runs[0])
     assert runs[0] == runs[1]
+    lrs = {k: float(v) for k, v in metrics.items() if k.startswith("lr-AdamW/")}  # one learning rate per group
+    assert set(lrs) == {f"lr-AdamW/{p}{s}" for p in ("text", "frames", "fusion") for s in ("", "/no_decay")}
+    assert lrs["lr-AdamW/text"] == pytest.approx(0.1 * lrs["lr-AdamW/fusion"])  # the demo's text lr_mult
     trainer, module, data = objects["trainer"], objects["model"], objects["datamodule"]
     again = []
     for seed in (11, 12):

@@ -411,9 +411,6 @@ class VideoFusionPretrain(pl.LightningModule):
             if torch.isfinite(out[key]):
                 self.log(f"train/{key}", out[key], on_step=True, on_epoch=True, batch_size=size)
         self.log("train/temperature", self.model.temperature, on_step=True, on_epoch=False, batch_size=size)
-        if self._trainer is not None:
-            for group in self.optimizers().optimizer.param_groups:
-                self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False, batch_size=size)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
