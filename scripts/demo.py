@@ -249,7 +249,8 @@ def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None) -> None:
         started = time.time()
         _run([str(BIN / "mmpretrain-train"), "experiment=video_fusion_demo", f"paths.data_dir={root}/data",
               f"hydra.run.dir={folder}/train", "trainer.enable_progress_bar=false", *overrides,
-              *([f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1"] if epochs else []),
+              *([f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1",
+                 "callbacks.last_checkpoint.every_n_epochs=1"] if epochs else []),
               *QUIET], root)  # fmt: skip
         seconds = time.time() - started
         rows = [(name, "false")] + ([("random init", "true")] if i == len(ABLATION) - 1 else [])
