@@ -303,7 +303,7 @@ def shard_loader(
 # ----------------------------------------------------------------------------------------------- images
 
 
-def _label(raw: dict[str, Any]) -> Any:
+def sample_label(raw: dict[str, Any]) -> Any:
     """The label of a sample: ``.cls`` (an integer as text) or the ``label`` of its ``.json``; None when absent."""
     if "cls" in raw:
         text = raw["cls"].decode("utf-8").strip()
@@ -357,7 +357,7 @@ class ImageShardDecoder:
         out = self.transform(image)
         sample: dict[str, Any] = {"views": list(out)} if isinstance(out, tuple | list) else {"image": out}
         if self.labels is not None:
-            label = _label(raw)
+            label = sample_label(raw)
             if label is None:
                 raise SampleError("missing_label", f"{raw['__key__']} has no .cls nor a 'label' in its .json")
             if not isinstance(label, int):
@@ -389,3 +389,24 @@ def write_shards(
     previous = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
     write_text_atomic(index, json.dumps({**previous, **counts}, indent=1, sort_keys=True) + "\n")
     return [out / name for name in sorted(counts)]
+
+
+def image_samples(paths: Sequence[str], root: str | os.PathLike, labels: Sequence[str] | None = None,
+                  ) -> Iterator[dict[str, Any]]:
+    """Image files as shard samples: the key is the path relative to ``root`` without its extension (dots and
+    slashes replaced: WebDataset splits a member name at its first dot), the bytes are stored as they are (no
+    re-encoding), and ``.json`` keeps the relative path and the label (the class name) when known."""
+    base = Path(root)
+    for i, path in enumerate(paths):
+        file = Path(path)
+        try:
+            rel = file.relative_to(base).as_posix()
+        except ValueError:
+            rel = file.name
+        ext = file.suffix.lstrip(".").lower()
+        ext = "jpg" if ext == "jpeg" else ext
+        meta: dict[str, Any] = {"path": rel}
+        if labels is not None:
+            meta["label"] = labels[i]
+        stem = rel[: -len(file.suffix)] if file.suffix else rel
+        yield {"__key__": stem.replace(".", "_").replace("/", "__"), ext: file.read_bytes(), "json": json.dumps(meta)}
