@@ -407,3 +407,18 @@ def test_extract_from_shards_on_two_processes_matches_one(
     one, two = open_store(tmp_path / "one"), open_store(tmp_path / "two")
     np.testing.assert_array_equal(one.ids(), two.ids())
     np.testing.assert_allclose(one.embeddings(), two.embeddings(), atol=1e-5)
+
+
+def test_extract_video_shards_matches_the_manifest(video_pretrained: Path, video_shards: dict[str, str],
+                                                   video_demo, tmp_path: Path) -> None:
+    """Video bytes from shards embed like the files of the manifest they were made from (same ids, same rows)."""
+    from mmpretrain.cli.extract import extract
+    from mmpretrain.embeddings import open_store
+
+    for name, source in (("shards", video_shards["val"]), ("manifest", str(video_demo["val"]))):
+        extract(compose_cfg("extract.yaml", [*_extract_overrides(video_pretrained, source, tmp_path / name),
+                                             "embedding=fused"], tmp_path))  # fmt: skip
+    shards, manifest = open_store(tmp_path / "shards"), open_store(tmp_path / "manifest")
+    np.testing.assert_array_equal(shards.ids(), manifest.ids())
+    assert shards.metadata().to_pydict()["title"] == manifest.metadata().to_pydict()["title"]
+    np.testing.assert_allclose(shards.embeddings(), manifest.embeddings(), atol=1e-5)

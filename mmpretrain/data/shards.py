@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mmpretrain._io import write_text_atomic
+from mmpretrain.data.dataset import load_rgb, transform_file
 
 log = logging.getLogger(__name__)
 
@@ -328,16 +329,19 @@ def sample_json(raw: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def sample_image(raw: dict[str, Any]) -> Image.Image:
-    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none or it does not decode."""
+def _image_member(raw: dict[str, Any]) -> str:
     ext = next((e for e in IMAGE_KEYS if e in raw), None)
     if ext is None:
         members = sorted(k for k in raw if not k.startswith("__"))
         raise SampleError("missing_image", f"{raw['__key__']} has no {'/'.join(IMAGE_KEYS)} member ({members})")
+    return ext
+
+
+def sample_image(raw: dict[str, Any]) -> Image.Image:
+    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none or it does not decode."""
+    ext = _image_member(raw)
     try:
-        with Image.open(io.BytesIO(raw[ext])) as img:
-            img.load()
-            return img.convert("RGB")
+        return load_rgb(io.BytesIO(raw[ext]))
     except Exception as err:  # PIL raises many exception types for bad bytes
         raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
 
@@ -353,8 +357,11 @@ class ImageShardDecoder:
         self.labels = labels
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        image = sample_image(raw)
-        out = self.transform(image)
+        ext = _image_member(raw)
+        try:
+            out = transform_file(io.BytesIO(raw[ext]), self.transform)
+        except Exception as err:  # PIL raises many exception types for bad bytes
+            raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
         sample: dict[str, Any] = {"views": list(out)} if isinstance(out, tuple | list) else {"image": out}
         if self.labels is not None:
             label = sample_label(raw)
