@@ -7,7 +7,9 @@ rounds. The official pipeline is Transformer-SSL's data/build.py (BYOL type): to
 (bilinear RandomResizedCrop, flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, PIL Gaussian blur with
 sigma ~ U(0.1, 2) p 1.0 / 0.1, PIL solarize p 0 / 0.2), the image decoded once for both views. Targets:
 shards_vs_folder >= 1.0, project_vs_official >= 1.5. ``project_no_draft`` runs the project's pipeline with JPEG
-draft decoding off, to show what the reduced-size decoding contributes.
+draft decoding off, to show what the reduced-size decoding contributes, and ``recipe_compose`` the same two
+``T.Compose`` views run by torchvision step by step (torchvision's tensor Gaussian blur), the project's pipeline
+before this benchmark existed.
 
 Videos: H.264 MP4 clips (--video-size, --video-frames at 30 fps) read as training clips (8 frames, 224 px, crop
 0.6-1) by `VideoTextDataset` from a manifest and by the shard reader from shards of the same files.
@@ -147,6 +149,10 @@ def main() -> None:
         no_draft.draft = False
         official_1, official_2 = official_views(args.image_size)
 
+        def compose(image: Image.Image) -> tuple:
+            """The recipe's two T.Compose views run by torchvision step by step (the pipeline before)."""
+            return ours.view_1(image), ours.view_2(image)
+
         def official() -> int:
             n = 0
             for path in paths:
@@ -164,6 +170,7 @@ def main() -> None:
             "shards": shards(ours),
             "official": official,
             "project_no_draft": lambda: drain_map(ImageDataset(paths, no_draft)),
+            "recipe_compose": lambda: drain_map(ImageDataset(paths, compose)),
         }, args.repeats)
 
         from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset

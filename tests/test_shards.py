@@ -115,11 +115,14 @@ def test_bytes_decode_like_the_file(video_demo: dict[str, Path]) -> None:
 # ---------------------------------------------------------------- epochs, ranks, workers
 
 
-def test_deal_shards_reshuffles_per_epoch_and_keeps_order_for_evaluation() -> None:
-    a0, a0_again, a1 = deal_shards(8, 4, 7, 0, True), deal_shards(8, 4, 7, 0, True), deal_shards(8, 4, 7, 1, True)
+def test_deal_shards_reshuffles_per_epoch_balances_and_keeps_order_for_evaluation() -> None:
+    counts = [10] * 7 + [3]
+    a0, a0_again, a1 = (deal_shards(counts, 4, 7, e, True) for e in (0, 0, 1))
     assert a0 == a0_again and a0 != a1
     assert sorted(i for slot in a0 for i in slot) == list(range(8))
-    assert deal_shards(8, 4, 7, 3, False) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    loads = [sorted(sum(counts[i] for i in slot) for slot in a) for a in (a0, a1)]
+    assert loads[0] == loads[1] == [13, 20, 20, 20]  # the same epoch length every epoch
+    assert deal_shards(counts, 4, 7, 3, False) == [[0, 4], [1, 5], [2, 6], [3, 7]]
 
 
 def _epoch_keys(dataset: ShardDataset, num_workers: int) -> list[tuple[int, bool]]:
@@ -136,7 +139,8 @@ def test_uneven_shards_are_padded_so_every_slot_has_the_same_length(tmp_path: Pa
     urls = expand_shards(pattern)
     ds = ShardDataset(urls, shard_counts(urls), _keys, batch_size=2, num_workers=2, seed=0, shuffle_buffer=4)
     seen = _epoch_keys(ds, 2)
-    longest = max(sum([5, 3, 4, 2][i] for i in slot) for slot in deal_shards(4, 2, 0, 0, True))
+    longest = max(sum([5, 3, 4, 2][i] for i in slot) for slot in deal_shards([5, 3, 4, 2], 2, 0, 0, True))
+    assert longest == 7
     assert len(seen) == len(ds) == 2 * (-(-longest // 2) * 2)
     real = [v for v, padded in seen if not padded]
     assert sorted(real) == list(range(14))  # every sample once; only the padding repeats

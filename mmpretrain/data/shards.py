@@ -5,13 +5,14 @@ named by a brace pattern or a list of URLs (local paths, ``https://``, ``pipe:aw
 with the ``webdataset`` package, which opens the streams and groups the members.
 
 What "one epoch" means with N ranks, W dataloader workers and uneven shards (an exact split with padding):
-each epoch the shard list is permuted with a generator seeded by (run seed, epoch) and dealt round-robin to the
-N x W (rank, worker) slots. A slot reads its shards in that order through a seeded shuffle buffer. Every slot
-yields the same number of samples, ``L`` = the largest slot's sample count rounded up to a multiple of the batch
-size: a slot that runs out re-reads its own shards from the start, and those repeats are marked ``padded``. So
-every sample is seen once per epoch, each rank takes the same number of steps (DDP never waits on a rank that ran
-dry), and only the padding repeats; when the shards split evenly (equal counts, a multiple of N x W shards, counts a
-multiple of the batch) nothing repeats at all. The sample counts come from ``shards.json`` next to the shards
+each epoch the shard list is permuted with a generator seeded by (run seed, epoch) and dealt to the N x W
+(rank, worker) slots, largest shards first to the least-loaded slot (`deal_shards`). A slot reads its shards in
+permutation order through a seeded shuffle buffer. Every slot yields the same number of samples, ``L`` = the
+largest slot's sample count rounded up to a multiple of the batch size (the same every epoch): a slot that runs
+out re-reads its own shards from the start, and those repeats are marked ``padded``. So every sample is seen once
+per epoch, each rank takes the same number of steps (DDP never waits on a rank that ran dry), and only the padding
+repeats; when the shards split evenly (equal slot loads that are a multiple of the batch) nothing repeats at all.
+The sample counts come from ``shards.json`` next to the shards
 (``scripts/make_shards.py`` writes it) or, failing that, from one read-through at start-up.
 
 A resumed run restarts at the start of its epoch: Lightning calls ``set_epoch`` with the restored epoch, and the
@@ -146,11 +147,24 @@ def shard_counts(urls: Sequence[str]) -> list[int]:
     return counts
 
 
-def deal_shards(num_shards: int, slots: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
-    """Shard indices of each slot: a (seed, epoch)-seeded permutation dealt round-robin (identity when not
-    shuffling, so evaluation reads in shard order)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_shards) if shuffle else np.arange(num_shards)
-    return [order[s::slots].tolist() for s in range(slots)]
+def deal_shards(counts: Sequence[int], slots: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+    """Shard indices of each slot.
+
+    Training: a (seed, epoch)-seeded permutation, then the largest shards first to the least-loaded slot (ties by
+    the permutation, then the lowest slot), each slot reading its shards in permutation order. The slot loads depend
+    only on the counts, so every epoch has the same length, padding is small, and shards of equal size (all but the
+    last, usually) change slots every epoch. Evaluation: round-robin in shard order.
+    """
+    if not shuffle:
+        return [list(range(s, len(counts), slots)) for s in range(slots)]
+    order = np.random.default_rng([seed, epoch]).permutation(len(counts)).tolist()
+    rank = {shard: position for position, shard in enumerate(order)}
+    loads, dealt = [0] * slots, [[] for _ in range(slots)]
+    for shard in sorted(order, key=lambda i: -counts[i]):
+        slot = loads.index(min(loads))
+        dealt[slot].append(shard)
+        loads[slot] += counts[shard]
+    return [sorted(shards, key=rank.__getitem__) for shards in dealt]
 
 
 def _shuffled(samples: Iterator[dict[str, Any]], buffer: int, rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -224,7 +238,7 @@ class ShardDataset(IterableDataset):
             self.decode.set_epoch(epoch)
 
     def _slots(self) -> list[list[int]]:
-        return deal_shards(len(self.urls), self.world * self.workers, self.seed, self.epoch, self.train)
+        return deal_shards(self.counts, self.world * self.workers, self.seed, self.epoch, self.train)
 
     def _slot_length(self) -> int:
         longest = max(sum(self.counts[i] for i in shards) for shards in self._slots())
