@@ -2,14 +2,14 @@
 official Transformer-SSL pipeline, and video clips per second from a folder vs shards; prints one JSON line.
 
 The same JPEG images (ImageNet-like 500x375, smooth content plus noise, quality 90) are written once; each
-pipeline reads all of them in one process with one torch thread (per core), in interleaved rounds, median of the
-rounds. The official pipeline is Transformer-SSL's data/build.py (BYOL type): torchvision transforms on a PIL image
-(bilinear RandomResizedCrop, flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, PIL Gaussian blur with
-sigma ~ U(0.1, 2) p 1.0 / 0.1, PIL solarize p 0 / 0.2), the image decoded once for both views. Targets:
-shards_vs_folder >= 1.0, project_vs_official >= 1.5. ``project_no_draft`` runs the project's pipeline with JPEG
-draft decoding off, to show what the reduced-size decoding contributes, and ``recipe_compose`` the same two
-``T.Compose`` views run by torchvision step by step (torchvision's tensor Gaussian blur), the project's pipeline
-before this benchmark existed.
+pipeline reads them in one process with one torch thread (per core), in interleaved chunks of a few items, median
+of the per-chunk rates (load changes on a shared machine then hit every pipeline alike). The official pipeline is
+Transformer-SSL's data/build.py (BYOL type): torchvision transforms on a PIL image (bilinear RandomResizedCrop,
+flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, PIL Gaussian blur with sigma ~ U(0.1, 2) p 1.0 /
+0.1, PIL solarize p 0 / 0.2), the image decoded once for both views. Targets: shards_vs_folder >= 1.0,
+project_vs_official >= 1.5. ``project_no_draft`` runs the project's pipeline with JPEG draft decoding off, to
+show what the reduced-size decoding contributes, and ``recipe_compose`` the same two ``T.Compose`` views run by
+torchvision step by step (torchvision's tensor Gaussian blur), the project's pipeline before this benchmark.
 
 Videos: H.264 MP4 clips (--video-size, --video-frames at 30 fps) read as training clips (8 frames, 224 px, crop
 0.6-1) by `VideoTextDataset` from a manifest and by the shard reader from shards of the same files.
@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -98,26 +98,33 @@ def make_videos(folder: Path, count: int, size: tuple[int, int], frames: int) ->
     return manifest
 
 
-def drain(items: Iterable) -> int:
-    """Read an iterable dataset to the end."""
-    return sum(1 for _ in items)
+def by_index(dataset) -> Iterator:
+    """A map-style dataset read index by index."""
+    return (dataset[i] for i in range(len(dataset)))
 
 
-def drain_map(dataset) -> int:
-    """Read a map-style dataset index by index."""
-    return sum(1 for i in range(len(dataset)) if dataset[i] is not None)
+def interleaved(pipelines: dict[str, Callable[[], Iterable]], chunk: int, chunks: int) -> dict[str, float]:
+    """Items per second of each pipeline: ``chunk`` items of each in turn, ``chunks`` turns after a warm-up,
+    median of the per-chunk rates, so load changes on a shared machine hit every pipeline alike."""
+    iterators = {name: iter(make()) for name, make in pipelines.items()}
 
+    def pull(name: str) -> None:
+        done = 0
+        while done < chunk:
+            try:
+                next(iterators[name])
+                done += 1
+            except StopIteration:
+                iterators[name] = iter(pipelines[name]())
 
-def rounds(pipelines: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
-    """Items per second of each pipeline: interleaved rounds after one warm-up, median."""
-    for run in pipelines.values():
-        run()
+    for name in pipelines:
+        pull(name)
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(repeats):
-        for name, run in pipelines.items():
+    for _ in range(chunks):
+        for name in pipelines:
             start = time.perf_counter()
-            n = run()
-            rates[name].append(n / (time.perf_counter() - start))
+            pull(name)
+            rates[name].append(chunk / (time.perf_counter() - start))
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
@@ -129,11 +136,12 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--video-size", type=int, nargs=2, default=(360, 640), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--video-frames", type=int, default=90)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="64 images, 8 videos, 2 rounds")
+    parser.add_argument("--chunk", type=int, default=8, help="images per timed chunk (videos: a quarter)")
+    parser.add_argument("--chunks", type=int, default=24, help="timed chunks per pipeline")
+    parser.add_argument("--quick", action="store_true", help="64 images, 8 videos, 8 chunks")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.videos, args.repeats = 64, 8, 2
+        args.images, args.videos, args.chunks = 64, 8, 8
     torch.set_num_threads(1)
     torch.manual_seed(0)
     random.seed(0)
@@ -153,25 +161,19 @@ def main() -> None:
             """The recipe's two T.Compose views run by torchvision step by step (the pipeline before)."""
             return ours.view_1(image), ours.view_2(image)
 
-        def official() -> int:
-            n = 0
+        def official() -> Iterator:
             for path in paths:
                 with open(path, "rb") as f:
                     image = Image.open(f).convert("RGB")  # torchvision's pil_loader, as ImageFolder reads
-                official_1(image), official_2(image)
-                n += 1
-            return n
+                yield official_1(image), official_2(image)
 
-        def shards(transform) -> Callable[[], int]:
-            return lambda: drain(ShardDataset(urls, counts, ImageShardDecoder(transform), batch_size=1, pad=False))
-
-        images = rounds({
-            "folder": lambda: drain_map(ImageDataset(paths, ours)),
-            "shards": shards(ours),
+        images = interleaved({
+            "folder": lambda: by_index(ImageDataset(paths, ours)),
+            "shards": lambda: ShardDataset(urls, counts, ImageShardDecoder(ours), batch_size=1, pad=False),
             "official": official,
-            "project_no_draft": lambda: drain_map(ImageDataset(paths, no_draft)),
-            "recipe_compose": lambda: drain_map(ImageDataset(paths, compose)),
-        }, args.repeats)
+            "project_no_draft": lambda: by_index(ImageDataset(paths, no_draft)),
+            "recipe_compose": lambda: by_index(ImageDataset(paths, compose)),
+        }, args.chunk, args.chunks)
 
         from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset
         from mmpretrain.video.manifest import read_video_manifest
@@ -183,11 +185,11 @@ def main() -> None:
         vurls = expand_shards(" ".join(sorted(str(p) for p in (root / "video_shards").glob("*.tar"))))
         vcounts = shard_counts(vurls)
         reader = ClipReader(8, (224, 224), train=True, crop_scale=(0.6, 1.0))
-        videos = rounds({
-            "folder": lambda: drain_map(VideoTextDataset(records, 8, (224, 224), crop_scale=(0.6, 1.0))),
-            "shards": lambda: drain(ShardDataset(vurls, vcounts, VideoShardDecoder(reader, SampleVocab()),
-                                                 batch_size=1, pad=False)),
-        }, args.repeats)
+        videos = interleaved({
+            "folder": lambda: by_index(VideoTextDataset(records, 8, (224, 224), crop_scale=(0.6, 1.0))),
+            "shards": lambda: ShardDataset(vurls, vcounts, VideoShardDecoder(reader, SampleVocab()), batch_size=1,
+                                           pad=False),
+        }, max(1, args.chunk // 4), args.chunks)
     print(json.dumps({
         "two_views_per_s_per_core": {k: round(v, 2) for k, v in images.items()},
         "shards_vs_folder": round(images["shards"] / images["folder"], 3),
@@ -197,7 +199,7 @@ def main() -> None:
         "video_shards_vs_folder": round(videos["shards"] / videos["folder"], 3),
         "images": args.images, "jpeg_size": list(args.jpeg_size), "image_size": args.image_size,
         "videos": args.videos, "video_size": list(args.video_size), "video_frames": args.video_frames,
-        "repeats": args.repeats, "python": sys.version.split()[0],
+        "chunk": args.chunk, "chunks": args.chunks, "python": sys.version.split()[0],
     }))
 
 
