@@ -426,3 +426,14 @@ def test_extract_video_shards_matches_the_manifest(video_pretrained: Path, video
     np.testing.assert_array_equal(shards.ids(), manifest.ids())
     assert shards.metadata().to_pydict()["title"] == manifest.metadata().to_pydict()["title"]
     np.testing.assert_allclose(shards.embeddings(), manifest.embeddings(), atol=1e-5)
+
+
+def test_evaluation_reads_every_sample_once_across_workers(tmp_path: Path) -> None:
+    """Unpadded (validation) loaders have no length, so Lightning reads them to the end: no partial batch is cut."""
+    urls = expand_shards(_numbered_shards(tmp_path, [5, 3, 4]))
+    ds = ShardDataset(urls, [5, 3, 4], _keys, batch_size=2, num_workers=2, train=False, pad=False)
+    with pytest.raises(TypeError):
+        len(ds)
+    loader = shard_loader(ds, 2, pin_memory=False)
+    values = [v for batch in loader for v in batch["value"].tolist()]
+    assert sorted(values) == list(range(12))

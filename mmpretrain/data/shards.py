@@ -245,11 +245,14 @@ class ShardDataset(IterableDataset):
         return math.ceil(longest / self.batch_size) * self.batch_size
 
     def __len__(self) -> int:
-        """Samples this rank yields in an epoch (the DataLoader divides by the batch size)."""
-        if self.pad:
-            return self.workers * self._slot_length()
-        slots = self._slots()[self.rank * self.workers : (self.rank + 1) * self.workers]
-        return sum(self.counts[i] for shards in slots for i in shards)
+        """Samples this rank yields in an epoch (the DataLoader divides by the batch size).
+
+        Without padding (evaluation) the number of batches depends on how the workers' partial batches fall and on
+        skipped samples, so there is no length: Lightning then reads the loader to its end instead of cutting it.
+        """
+        if not self.pad:
+            raise TypeError("an unpadded ShardDataset has no fixed length")
+        return self.workers * self._slot_length()
 
     def _raw(self, shards: list[int], rng: random.Random) -> Iterator[dict[str, Any]]:
         for i in shards:
