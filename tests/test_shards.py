@@ -437,3 +437,16 @@ def test_evaluation_reads_every_sample_once_across_workers(tmp_path: Path) -> No
     loader = shard_loader(ds, 2, pin_memory=False)
     values = [v for batch in loader for v in batch["value"].tolist()]
     assert sorted(values) == list(range(12))
+
+
+@pytest.mark.slow
+def test_moby_trains_from_shards_on_two_processes(image_shards: str, demo_root: Path, tmp_path: Path) -> None:
+    """ddp_spawn with 2 CPU processes: each rank gets its own shards, the epoch reaches the workers, steps agree."""
+    from mmpretrain.cli.train import train
+
+    cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root, batch_size=4), f"data.shards='{image_shards}'",
+                                     "trainer=ddp_sim", "trainer.max_epochs=2", "data.knn_train_root=null",
+                                     "data.knn_val_root=null"], tmp_path)  # fmt: skip
+    metrics, _ = train(cfg)
+    assert torch.isfinite(metrics["train/loss"])
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
