@@ -450,3 +450,13 @@ def test_moby_trains_from_shards_on_two_processes(image_shards: str, demo_root: 
     metrics, _ = train(cfg)
     assert torch.isfinite(metrics["train/loss"])
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+
+
+def test_pipe_urls_are_read_through_webdataset(tmp_path: Path) -> None:
+    """`pipe:` commands (how S3 shards are read: `pipe:aws s3 cp s3://... -`) stream through webdataset's gopen."""
+    _numbered_shards(tmp_path, [3, 2])
+    urls = expand_shards([f"pipe:cat {tmp_path}/part00-000000.tar", f"pipe:cat {tmp_path}/part01-000000.tar"])
+    assert shard_counts(urls) == [3, 2]  # no shards.json for a command: counted by reading
+    ds = ShardDataset(urls, [3, 2], _keys, batch_size=1, train=False, pad=False)
+    assert [s["value"] for s in ds] == [0, 1, 2, 3, 4]
+    assert [s["__key__"] for s in read_shard(urls[1])] == ["s0003", "s0004"]
