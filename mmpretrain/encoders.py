@@ -235,12 +235,14 @@ class VideoClipLoader:
         self.num_frames, self.image_size, self.backend = int(num_frames), int(image_size), backend
         self.shape = (self.num_frames, 3, self.image_size, self.image_size)
 
-    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+    def __call__(self, path: str | os.PathLike | bytes, name: str | None = None) -> torch.Tensor:
+        """A file, or a video's bytes (a shard sample, called ``name`` in errors)."""
         from mmpretrain.video.decoding import decode_clip
         from mmpretrain.video.sampling import make_sampler
 
         sampler = make_sampler(self.num_frames, mode="segment", train=False, rng=None)
-        frames, _ = decode_clip(os.fspath(path), sampler, (self.image_size, self.image_size), self.backend)
+        video = path if isinstance(path, bytes) else os.fspath(path)
+        frames, _ = decode_clip(video, sampler, (self.image_size, self.image_size), self.backend, name=name)
         return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 

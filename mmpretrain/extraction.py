@@ -46,6 +46,7 @@ __all__ = [
     "ExtractionDataModule",
     "ExtractionDataset",
     "ShardWriter",
+    "check_run",
     "read_input",
     "run_extraction",
 ]
@@ -281,9 +282,11 @@ def _clear_output(output: Path) -> None:
     shutil.rmtree(_run_dir(output), ignore_errors=True)
 
 
-def _prepare_output(plan: _Plan, signature: dict[str, Any], overwrite: bool) -> None:
-    """Check the output against this run's settings, record them, and tidy what a previous run left behind."""
-    output = plan.output
+def check_run(output: Path, signature: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an output holding an extraction with other settings (unless ``overwrite``), then record these.
+
+    Shared by folder/manifest extraction and shard extraction (`mmpretrain.shard_extraction`).
+    """
     output.mkdir(parents=True, exist_ok=True)
     run_file = _run_dir(output) / _RUN_FILE
     if overwrite:
@@ -302,6 +305,12 @@ def _prepare_output(plan: _Plan, signature: dict[str, Any], overwrite: bool) -> 
     write_text_atomic(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
     (output / MANIFEST).unlink(missing_ok=True)
     (output / FAILED_FILE).unlink(missing_ok=True)
+
+
+def _prepare_output(plan: _Plan, signature: dict[str, Any], overwrite: bool) -> None:
+    """Check the output against this run's settings, record them, and tidy what a previous run left behind."""
+    output = plan.output
+    check_run(output, signature, overwrite)
     for chunk in range(plan.num_chunks):
         if shard_done(output, chunk):
             shutil.rmtree(_parts_dir(output, chunk), ignore_errors=True)

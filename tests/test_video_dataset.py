@@ -107,7 +107,7 @@ def test_training_draws_depend_on_seed_index_and_epoch(records):
     ds.set_epoch(0)
     assert torch.equal(ds[2]["frames"], a)
     plain = VideoTextDataset(records, num_frames=4, size=(SIZE, SIZE), train=True, seed=1)
-    assert plain.decode_size == (SIZE, SIZE) and ds.decode_size == (37, 37)
+    assert plain.reader.decode_size == (SIZE, SIZE) and ds.reader.decode_size == (37, 37)
 
 
 def test_bad_videos_are_counted_and_redrawn(records, tmp_path, caplog):

@@ -1,4 +1,5 @@
-"""`mmpretrain-extract encoder=<name|path|url> input=<folder|file list|manifest> output=<dir>`: an embedding store."""
+"""`mmpretrain-extract encoder=<name|path|url> input=<folder|file list|manifest|shards> output=<dir>`: an embedding
+store. WebDataset shards (``input=/data/{000000..000099}.tar``) go through `mmpretrain.shard_extraction`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import read_input, run_extraction
+from mmpretrain.shard_extraction import is_shard_input, run_shard_extraction
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +28,27 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     apply_extras(cfg)
     video = {"embedding": cfg.get("embedding"), "backend": cfg.get("backend", "decord")}
     encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last, **video)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    options = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "dtype": cfg.dtype,
+               "normalize": cfg.normalize, "max_failure_rate": cfg.max_failure_rate, "overwrite": cfg.overwrite,
+               "encoder_source": str(cfg.encoder)}
+    if is_shard_input(cfg.input):
+        log.info("extracting WebDataset shards %s with %s (dim %d) into %s", cfg.input, encoder.name,
+                 encoder.embed_dim, cfg.output)
+        summary = run_shard_extraction(encoder, cfg.input, cfg.output, trainer, **options)
+        if summary is not None:
+            log.info("wrote %s", summary)
+        return summary
     source = read_input(cfg.input, labels=cfg.labels)
     log.info("extracting %d inputs (%s %s) with %s (dim %d) into %s",
              len(source), source.kind, cfg.input, encoder.name, encoder.embed_dim, cfg.output)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     summary = run_extraction(
         encoder,
         source,
         cfg.output,
         trainer,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
         shard_size=cfg.shard_size,
-        dtype=cfg.dtype,
-        normalize=cfg.normalize,
-        max_failure_rate=cfg.max_failure_rate,
-        overwrite=cfg.overwrite,
-        encoder_source=str(cfg.encoder),
+        **options,
     )
     if summary is not None:
         log.info("wrote %s", summary)

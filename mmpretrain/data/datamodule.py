@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmpretrain.data.dataset import ImageDataset
+from mmpretrain.data.shards import ImageShardDecoder, ShardDataset, expand_shards, shard_counts, shard_loader
 from mmpretrain.data.sources import ImageSource, image_source, labeled_folder
 from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
@@ -73,7 +74,11 @@ class SampledLoaders(pl.LightningDataModule):
 
 
 class SSLImageDataModule(SampledLoaders):
-    """Unlabeled images (folder, recursive, or file list) in MoBY's two views; optional kNN monitor folders.
+    """Unlabeled images (folder, recursive, file list, or WebDataset shards) in MoBY's two views; optional kNN
+    monitor folders.
+
+    ``shards`` (a brace pattern or list of URLs, see `mmpretrain.data.shards`) replaces ``root``/``file_list``;
+    its epochs are an exact split with padding over ranks and workers, reshuffled per (seed, epoch).
 
     `max_failure_rate` and `min_attempts` configure the `DataHealthMonitor` callback that enforces them.
     The kNN monitor needs two labeled folders (one subfolder per class): `knn_train_root` is the feature bank
@@ -84,6 +89,8 @@ class SSLImageDataModule(SampledLoaders):
         self,
         root: str | None = None,
         file_list: str | None = None,
+        shards: str | Sequence[str] | None = None,
+        shuffle_buffer: int = 256,
         knn_train_root: str | None = None,
         knn_val_root: str | None = None,
         image_size: int = 224,
@@ -112,11 +119,16 @@ class SSLImageDataModule(SampledLoaders):
         )
         self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.shards = shards
         self.source: ImageSource | None = None
+        self.shard_list: tuple[list[str], list[int]] | None = None
         self.knn_sources: tuple[ImageSource, ImageSource] | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.source is None:
+        if self.shards and self.shard_list is None:
+            urls = expand_shards(self.shards)
+            self.shard_list = (urls, shard_counts(urls))
+        elif not self.shards and self.source is None:
             self.source = image_source(self.root, self.file_list)
         if self.knn_roots[0] and self.knn_sources is None:
             self.knn_sources = (
@@ -130,6 +142,11 @@ class SSLImageDataModule(SampledLoaders):
                 )
 
     def train_dataloader(self) -> DataLoader:
+        if self.shard_list is not None:
+            world, rank = self._world()
+            dataset = ShardDataset(*self.shard_list, ImageShardDecoder(self.train_transform), self.batch_size, world,
+                                   rank, self.num_workers, self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
+            return shard_loader(dataset, self.batch_size, self.pin_memory)
         dataset = ImageDataset(self.source.paths, self.train_transform, max_redraws=self.hparams.max_redraws)
         return self._train_loader(dataset, f"data.root={self.root or self.file_list}")
 

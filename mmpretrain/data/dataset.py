@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -13,11 +14,20 @@ from torch.utils.data import Dataset
 log = logging.getLogger(__name__)
 
 
-def load_rgb(path: str) -> Image.Image:
+def load_rgb(path: str | io.BytesIO) -> Image.Image:
     """Open and fully decode an image as RGB; truncated files raise here rather than later in a transform."""
     with Image.open(path) as img:
         img.load()
         return img.convert("RGB")
+
+
+def transform_file(source: str | io.BytesIO, transform: Callable[[Image.Image], Any]) -> Any:
+    """Decode and transform one image. A transform marked ``lazy`` (MoBY's two views) gets the image opened but not
+    loaded, so it can decode a JPEG at reduced size; decoding errors surface from either path."""
+    if getattr(transform, "lazy", False):
+        with Image.open(source) as img:
+            return transform(img)
+    return transform(load_rgb(source))
 
 
 class ImageDataset(Dataset):
@@ -57,7 +67,7 @@ class ImageDataset(Dataset):
         while True:
             path = self.paths[candidate]
             try:
-                image = load_rgb(path)
+                out = transform_file(path, self.transform)
             except Exception as err:  # PIL raises many exception types for bad files
                 failed += 1
                 log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)
@@ -69,7 +79,6 @@ class ImageDataset(Dataset):
                 candidate = rng.randrange(len(self.paths))
                 continue
             sample: dict[str, Any] = {"index": candidate, "failed": failed}
-            out = self.transform(image)
             if isinstance(out, tuple | list):
                 sample["views"] = list(out)
             else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms as T
 
@@ -60,14 +62,98 @@ def byol_view_transform(
     return T.Compose(ops)
 
 
-class TwoViewTransform:
-    """Apply two different pipelines to one image: MoBY's view 1 (blur 1.0, no solarize) and view 2."""
+# JPEG draft decoding reduces by these factors (libjpeg's DCT scaling)
+_DRAFT_FACTORS = (8, 4, 2)
 
-    def __init__(self, view_1: T.Compose, view_2: T.Compose) -> None:
+
+class TwoViewTransform:
+    """Apply two BYOL view pipelines to one image: MoBY's view 1 (blur 1.0, no solarize) and view 2.
+
+    The two ``T.Compose`` views are the recipe; this class runs them faster without changing a single random
+    draw's distribution:
+
+    - Both crop boxes are drawn first (``RandomResizedCrop.get_params`` on the stored size, as the crop op would).
+      When every box, decoded at 1/2, 1/4 or 1/8 of the stored size (libjpeg's draft mode), still has at least the
+      output's pixels, the JPEG is decoded at that reduced size and the boxes are scaled: the crop then comes from
+      the same region with the same output resolution, only the full-size decode is skipped. Other formats, and
+      crops that need full resolution, decode as usual. Pass an image opened but not yet loaded (``lazy``).
+    - Crop and resize are one ``Image.resize(box=...)`` call; flip, colour jitter, grayscale and solarize are the
+      views' own ops.
+    - Gaussian blur uses PIL's filter (σ drawn as ``T.GaussianBlur`` draws it) when the view's kernel spans ±3σ
+      for the largest σ, so truncation is negligible (23 px at 224 for σ ≤ 2); it is the official MoBY's blur.
+      Smaller kernels (small images) keep torchvision's truncated kernel.
+    - ToTensor and Normalize are one fused step.
+    """
+
+    lazy = True
+
+    def __init__(self, view_1: T.Compose, view_2: T.Compose, draft: bool = True) -> None:
         self.view_1, self.view_2 = view_1, view_2
+        self.draft = draft
+        self._plans = [self._plan(view_1), self._plan(view_2)]
+
+    @staticmethod
+    def _plan(view: T.Compose) -> dict:
+        ops = list(view.transforms)
+        crop, norm = ops[0], ops[-1]
+        if not isinstance(crop, T.RandomResizedCrop) or not isinstance(ops[-2], T.ToTensor):
+            raise ValueError("a BYOL view starts with RandomResizedCrop and ends with ToTensor, Normalize")
+        middle = []
+        for op in ops[1:-2]:
+            inner = op.transforms[0] if isinstance(op, T.RandomApply) and len(op.transforms) == 1 else None
+            if isinstance(inner, T.GaussianBlur) and inner.kernel_size[0] >= 6 * inner.sigma[1] + 1:
+                middle.append(("pil_blur", op.p, inner.sigma))
+            else:
+                middle.append(("op", op))
+        mean = torch.tensor(norm.mean, dtype=torch.float32).view(3, 1, 1) * 255
+        std = torch.tensor(norm.std, dtype=torch.float32).view(3, 1, 1) * 255
+        return {"crop": crop, "middle": middle, "mean": mean, "std": std}
+
+    @staticmethod
+    def _box(plan: dict, image: Image.Image) -> tuple[int, int, int, int]:
+        """(top, left, height, width) on the stored size; an opened, unloaded image knows its size."""
+        crop = plan["crop"]
+        return T.RandomResizedCrop.get_params(image, list(crop.scale), list(crop.ratio))
+
+    def _reduction(self, boxes: list[tuple[int, int, int, int]]) -> int:
+        for factor in _DRAFT_FACTORS:
+            if all(h >= factor * plan["crop"].size[0] and w >= factor * plan["crop"].size[1]
+                   for (_, _, h, w), plan in zip(boxes, self._plans)):
+                return factor
+        return 1
+
+    def _finish(self, plan: dict, image: Image.Image, box: tuple[float, ...]) -> torch.Tensor:
+        crop = plan["crop"]
+        out = image.resize((crop.size[1], crop.size[0]), _PIL_RESAMPLE[crop.interpolation], box=box)
+        for step in plan["middle"]:
+            if step[0] == "op":
+                out = step[1](out)
+            elif step[1] >= 1.0 or torch.rand(1).item() < step[1]:
+                sigma = torch.empty(1).uniform_(*step[2]).item()
+                out = out.filter(ImageFilter.GaussianBlur(radius=sigma))
+        pixels = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+        return pixels.sub_(plan["mean"]).div_(plan["std"])
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.view_1(image), self.view_2(image)
+        size = image.size
+        boxes = [self._box(plan, image) for plan in self._plans]
+        factor = self._reduction(boxes) if self.draft and image.format == "JPEG" else 1
+        if factor > 1:
+            image.draft("RGB", (math.ceil(size[0] / factor), math.ceil(size[1] / factor)))
+        image.load()
+        rgb = image.convert("RGB")
+        sx, sy = rgb.width / size[0], rgb.height / size[1]
+        views = [self._finish(plan, rgb, (left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+                 for plan, (top, left, h, w) in zip(self._plans, boxes)]
+        return views[0], views[1]
+
+
+_PIL_RESAMPLE = {
+    T.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
+    T.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+    T.InterpolationMode.NEAREST: Image.Resampling.NEAREST,
+    T.InterpolationMode.LANCZOS: Image.Resampling.LANCZOS,
+}
 
 
 def moby_transform(

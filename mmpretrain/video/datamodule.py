@@ -11,9 +11,11 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
+from mmpretrain.data.shards import ShardDataset, expand_shards, shard_counts, shard_loader
 from mmpretrain.models import create_tokenizer, tokenizer_from_json
-from mmpretrain.video.dataset import VideoTextDataset, collate_videos
+from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset, collate_videos
 from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
+from mmpretrain.video.shards import VideoShardDecoder
 from mmpretrain.video.text import TextProcessor
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class VideoDataModule(SampledLoaders):
         frames_dir / val_frames_dir: pre-extracted frame shards (``scripts/prepare_frames.py``) instead of decoding.
         crop_scale: random resized crop area range for training clips (same crop for every frame).
         with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning).
+        shards / val_shards: WebDataset shards in video2dataset's layout instead of the manifests (see
+            `mmpretrain.video.shards`; epochs as in `mmpretrain.data.shards`); no validation without ``val_shards``.
+            ``require_caption``: a sample without a caption (``.txt`` or the json's ``caption``) is skipped and counted
+            as ``missing_caption``; false keeps it (frames only, as modality dropout trains for).
+            shuffle_buffer: samples per shuffle buffer.
         max_redraws / max_failure_rate / min_attempts: unreadable videos are re-drawn, counted, and abort the run
             past the failure rate (read by the ``data_health`` callback).
     """
@@ -80,7 +87,7 @@ class VideoDataModule(SampledLoaders):
 
     def __init__(
         self,
-        train_manifest: str,
+        train_manifest: str | None = None,
         val_manifest: str | None = None,
         val_fraction: float = 0.1,
         tokenizer: str = "bert-base-uncased",
@@ -104,9 +111,14 @@ class VideoDataModule(SampledLoaders):
         seed: int = 0,
         max_failure_rate: float = 0.01,
         min_attempts: int = 100,
+        shards: str | Sequence[str] | None = None,
+        val_shards: str | Sequence[str] | None = None,
+        shuffle_buffer: int = 64,
+        require_caption: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory)
         self.save_hyperparameters(logger=False)
+        self.shard_lists: dict[str, tuple[list[str], list[int]]] = {}
         self.train_records: list[VideoRecord] = []
         self.val_records: list[VideoRecord] = []
         self.labels: list[str] | None = None
@@ -121,9 +133,20 @@ class VideoDataModule(SampledLoaders):
         return self._processor
 
     def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if hp.shards:
+            if hp.with_labels or hp.with_tags:
+                raise ValueError("data.with_labels / data.with_tags need a manifest: class and tag vocabularies are "
+                                 "not read from data.shards")
+            for key in ("shards", "val_shards"):
+                if hp[key] and key not in self.shard_lists:
+                    urls = expand_shards(hp[key], key=f"data.{key}")
+                    self.shard_lists[key] = (urls, shard_counts(urls))
+            return
         if self.train_records:
             return
-        hp = self.hparams
+        if not hp.train_manifest:
+            raise ValueError("set data.train_manifest (a video manifest) or data.shards (WebDataset shards)")
         for key in ("train_manifest", "val_manifest"):
             value = hp[key]
             if value is not None and not Path(value).is_file():
@@ -162,10 +185,28 @@ class VideoDataModule(SampledLoaders):
             seed=hp.seed,
         )
 
+    def shard_dataset(self, key: str, train: bool) -> ShardDataset:
+        """The shards under ``data.<key>`` as clips: training crops and pads, evaluation reads each sample once."""
+        hp = self.hparams
+        reader = ClipReader(hp.num_frames, (hp.image_size, hp.image_size), train, hp.sampling, hp.stride, hp.backend,
+                            hp.pyav_mode, tuple(hp.crop_scale) if train else (1.0, 1.0))
+        world, rank = self._world()
+        decoder = VideoShardDecoder(reader, SampleVocab(), hp.seed, hp.require_caption)
+        return ShardDataset(*self.shard_lists[key], decoder, self.batch_size, world, rank, self.num_workers, hp.seed,
+                            train=train, pad=train, shuffle_buffer=hp.shuffle_buffer, key=f"data.{key}")
+
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.shards:
+            return shard_loader(self.shard_dataset("shards", True), self.batch_size, self.pin_memory,
+                                VideoCollator(self.processor))
         dataset = self.dataset(self.train_records, True, self.hparams.frames_dir)
         return self._train_loader(dataset, "data.train_manifest", VideoCollator(self.processor))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.hparams.shards:
+            if "val_shards" not in self.shard_lists:
+                return []
+            return shard_loader(self.shard_dataset("val_shards", False), self.batch_size, self.pin_memory,
+                                VideoCollator(self.processor))
         dataset = self.dataset(self.val_records, False, self.hparams.val_frames_dir)
         return self._eval_loader(dataset, VideoCollator(self.processor))

@@ -93,38 +93,15 @@ class VideoTextDataset(Dataset):
     ) -> None:
         if not records:
             raise ValueError("VideoTextDataset needs at least one record")
-        make_sampler(num_frames, mode=sampling, stride=stride, train=train, rng=None)  # validates mode and counts
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown data.backend '{backend}'; choose from {', '.join(BACKENDS)}")
-        if pyav_mode not in PYAV_MODES:
-            raise ValueError(f"unknown data.pyav_mode '{pyav_mode}'; choose from {', '.join(PYAV_MODES)}")
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"size must be (height, width) with positive entries, got {size}")
-        low, high = crop_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        self.reader = ClipReader(num_frames, size, train, sampling, stride, backend, pyav_mode, crop_scale)
         self.records = list(records)
-        self.num_frames = num_frames
-        self.size = (int(size[0]), int(size[1]))
         self.train = train
-        self.sampling = sampling
-        self.stride = stride
-        self.backend = backend
-        self.pyav_mode = pyav_mode
-        self.crop_scale = (float(low), float(high))
-        self.crop = train and self.crop_scale != (1.0, 1.0)
-        self.decode_size = (
-            (round(self.size[0] / CROP_PADDING), round(self.size[1] / CROP_PADDING)) if self.crop else self.size
-        )
         self.max_redraws = max_redraws
         self.seed = seed
         self.epoch = 0
-        self.labels = None if labels is None else {name: i for i, name in enumerate(labels)}
-        self.tags = None if tags is None else {name: i for i, name in enumerate(tags)}
-        if self.labels is not None:
-            for r in self.records:
-                if r.label is not None and r.label not in self.labels:
-                    raise ValueError(f"video '{r.id}' (manifest line {r.line}) has label '{r.label}', not in labels")
+        self.vocab = SampleVocab(labels, tags)
+        for r in self.records:
+            self.vocab.check(r)
         self.frames = None if frames_dir is None else FrameShards(frames_dir)
         if self.frames is not None:
             absent = [r.id for r in self.records if not self.frames.knows(r.id)]
@@ -142,20 +119,8 @@ class VideoTextDataset(Dataset):
         self.epoch = int(epoch)
 
     def _clip(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor:
-        sample = make_sampler(self.num_frames, mode=self.sampling, stride=self.stride, train=self.train, rng=rng)
-        if self.frames is not None:
-            stored = self.frames.get(record.id)
-            frames = np.ascontiguousarray(stored[sample(len(stored))])
-        else:
-            frames, _ = decode_clip(
-                record.video, sample, size=self.decode_size, backend=self.backend, pyav_mode=self.pyav_mode
-            )
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        if self.crop:
-            clip = _resize(clip, self.decode_size)
-            top, left, h, w = _crop_box(*self.decode_size, self.crop_scale, self.size[1] / self.size[0], rng)
-            clip = clip[:, :, top : top + h, left : left + w]
-        return _resize(clip, self.size).contiguous()
+        stored = None if self.frames is None else self.frames.get(record.id)
+        return self.reader(record.video, rng, stored=stored)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -174,6 +139,86 @@ class VideoTextDataset(Dataset):
                         f" {err.reason}); is the video folder mostly corrupt? (data.max_redraws={self.max_redraws})"
                     ) from err
                 candidate = int(rng.integers(len(self.records)))
+        sample = self.vocab.sample(record, clip)
+        sample.update(index=candidate, failed=len(reasons), failed_reasons=",".join(reasons))
+        return sample
+
+
+class ClipReader:
+    """Frames of one video -> a uint8 (T, 3, H, W) clip: sampling, decoding (file or bytes), crop, resize.
+
+    Training samples frames at random and takes one random resized crop for the whole clip; evaluation takes the
+    middle frame of each segment and resizes. The same reader serves manifests, frame shards and WebDataset shards.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 8,
+        size: tuple[int, int] = (224, 224),
+        train: bool = True,
+        sampling: str = "segment",
+        stride: int = 4,
+        backend: str = "decord",
+        pyav_mode: str = "auto",
+        crop_scale: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
+        make_sampler(num_frames, mode=sampling, stride=stride, train=train, rng=None)  # validates mode and counts
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown data.backend '{backend}'; choose from {', '.join(BACKENDS)}")
+        if pyav_mode not in PYAV_MODES:
+            raise ValueError(f"unknown data.pyav_mode '{pyav_mode}'; choose from {', '.join(PYAV_MODES)}")
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be (height, width) with positive entries, got {size}")
+        low, high = crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        self.num_frames = num_frames
+        self.size = (int(size[0]), int(size[1]))
+        self.train = train
+        self.sampling = sampling
+        self.stride = stride
+        self.backend = backend
+        self.pyav_mode = pyav_mode
+        self.crop_scale = (float(low), float(high))
+        self.crop = train and self.crop_scale != (1.0, 1.0)
+        self.decode_size = (
+            (round(self.size[0] / CROP_PADDING), round(self.size[1] / CROP_PADDING)) if self.crop else self.size
+        )
+
+    def __call__(
+        self, video: str | bytes, rng: np.random.Generator, name: str | None = None, stored: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """`video` is a path or the bytes of a video (named `name` in errors); `stored` pre-extracted frames."""
+        sample = make_sampler(self.num_frames, mode=self.sampling, stride=self.stride, train=self.train, rng=rng)
+        if stored is not None:
+            frames = np.ascontiguousarray(stored[sample(len(stored))])
+        else:
+            frames, _ = decode_clip(
+                video, sample, size=self.decode_size, backend=self.backend, pyav_mode=self.pyav_mode, name=name
+            )
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        if self.crop:
+            clip = _resize(clip, self.decode_size)
+            top, left, h, w = _crop_box(*self.decode_size, self.crop_scale, self.size[1] / self.size[0], rng)
+            clip = clip[:, :, top : top + h, left : left + w]
+        return _resize(clip, self.size).contiguous()
+
+
+class SampleVocab:
+    """Class and tag vocabularies, and the text/label/tag fields of a sample built from a record."""
+
+    def __init__(self, labels: Sequence[str] | None = None, tags: Sequence[str] | None = None) -> None:
+        self.labels = None if labels is None else {name: i for i, name in enumerate(labels)}
+        self.tags = None if tags is None else {name: i for i, name in enumerate(tags)}
+
+    def check(self, record: VideoRecord) -> None:
+        """Refuse a record whose label is outside the class list (a typo would silently become class -1)."""
+        if self.labels is not None and record.label is not None and record.label not in self.labels:
+            raise ValueError(
+                f"video '{record.id}' (manifest line {record.line}) has label '{record.label}', not in labels"
+            )
+
+    def sample(self, record: VideoRecord, clip: torch.Tensor) -> dict[str, Any]:
         sample: dict[str, Any] = {
             "frames": clip,
             "title": record.title or "",
@@ -181,9 +226,6 @@ class VideoTextDataset(Dataset):
             "label_name": record.label or "",  # what the clip shows, so VTM never uses a paraphrase as a negative
             "tag_set": list(record.tags),
             "id": record.id,
-            "index": candidate,
-            "failed": len(reasons),
-            "failed_reasons": ",".join(reasons),
         }
         if self.labels is not None:
             sample["label"] = self.labels[record.label] if record.label is not None else -1

@@ -25,6 +25,7 @@ oversubscribe the cores.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -72,6 +73,30 @@ class VideoDecodeError(RuntimeError):
     def __reduce__(self) -> tuple:
         # the default pickling passes only the message back to __init__; worker processes need all three fields
         return type(self), (self.path, self.reason, self.detail)
+
+
+@dataclass(frozen=True)
+class _Media:
+    """A video to read: a file, or the bytes of a WebDataset sample held in memory under a display name.
+
+    Both PyAV and decord read a file-like object, so bytes are decoded without a temporary file.
+    """
+
+    name: str
+    data: bytes | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def input(self) -> str | io.BytesIO:
+        """What `av.open` and `decord.VideoReader` take: the path, or a fresh stream over the bytes."""
+        return self.name if self.data is None else io.BytesIO(self.data)
+
+
+def _media(video: str | os.PathLike | bytes, name: str | None) -> _Media:
+    if isinstance(video, bytes | bytearray | memoryview):
+        return _Media(name or "<bytes>", bytes(video))
+    return _Media(os.fspath(video))
 
 
 @dataclass(frozen=True)
@@ -170,9 +195,9 @@ def _mp4_cut_off(f: BinaryIO, size: int) -> str:
     return "" if has_index else "MP4 has no 'moov' box (it is written last, so the file was cut before it)"
 
 
-def _cut_off(path: str, size: int) -> str:
+def _cut_off(path: _Media, size: int) -> str:
     """Why the container's own sizes say the file was cut short; '' when they do not or the format is unknown."""
-    with open(path, "rb") as f:
+    with open(path.name, "rb") if path.data is None else io.BytesIO(path.data) as f:
         head = f.read(12)
         if head[:4] == b"RIFF":
             declared = struct.unpack("<I", head[4:8])[0] + 8
@@ -184,14 +209,22 @@ def _cut_off(path: str, size: int) -> str:
     return ""
 
 
-def _check_file(path: str) -> None:
+def _check_file(path: _Media) -> None:
+    if path.data is not None:
+        size = len(path.data)
+        if size == 0:
+            raise VideoDecodeError(path, "empty", "zero bytes")
+        cut = _cut_off(path, size)
+        if cut:
+            raise VideoDecodeError(path, "truncated", cut)
+        return
     try:
-        size = os.path.getsize(path)
+        size = os.path.getsize(path.name)
     except FileNotFoundError:
         raise VideoDecodeError(path, "missing", "no such file") from None
     except OSError as err:
         raise VideoDecodeError(path, "unreadable", str(err)) from err
-    if os.path.isdir(path):
+    if os.path.isdir(path.name):
         raise VideoDecodeError(path, "unreadable", "is a directory")
     if size == 0:
         raise VideoDecodeError(path, "empty", "zero bytes")
@@ -204,10 +237,11 @@ def _check_file(path: str) -> None:
 
 
 @contextmanager
-def _open(path: str) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+def _open(path: _Media | str) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """The file's first video stream, set to decode on one thread; errors become `VideoDecodeError`."""
+    path = path if isinstance(path, _Media) else _Media(path)
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(path.input(), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise VideoDecodeError(path, "unreadable", str(err)) from err
     try:
@@ -221,7 +255,7 @@ def _open(path: str) -> Iterator[tuple[av.container.InputContainer, av.video.str
         container.close()
 
 
-def _index_stream(path: str) -> _StreamIndex:
+def _index_stream(path: _Media | str) -> _StreamIndex:
     """Demux the video stream without decoding: frame count, presentation timestamps and keyframes."""
     stamps: list[int | None] = []
     keys: list[bool] = []
@@ -259,7 +293,7 @@ def _even_times(count: int, fps: float) -> np.ndarray:
     return np.arange(count, dtype=np.float64) / (fps if fps > 0 else 1.0)
 
 
-def _checked_indices(indices: np.ndarray, num_frames: int, path: str) -> np.ndarray:
+def _checked_indices(indices: np.ndarray, num_frames: int, path: _Media) -> np.ndarray:
     indices = np.asarray(indices)
     if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
         raise ValueError(f"{path}: the sampler must return a non-empty 1-D integer array, got {indices!r}")
@@ -269,15 +303,15 @@ def _checked_indices(indices: np.ndarray, num_frames: int, path: str) -> np.ndar
     return indices.astype(np.int64)
 
 
-def _log_fallback(path: str, err: Exception) -> None:
-    level = logging.DEBUG if path in _fallback_logged else logging.INFO
-    _fallback_logged.add(path)
+def _log_fallback(path: _Media, err: Exception) -> None:
+    level = logging.DEBUG if path.name in _fallback_logged else logging.INFO
+    _fallback_logged.add(path.name)
     log.log(level, "decord cannot decode %s (%s); using PyAV", path, str(err).strip().splitlines()[-1][:200])
 
 
-def _decode_decord(path: str, indices: np.ndarray, size: tuple[int, int] | None, num_frames: int) -> np.ndarray:
+def _decode_decord(path: _Media, indices: np.ndarray, size: tuple[int, int] | None, num_frames: int) -> np.ndarray:
     resize = {} if size is None else {"height": size[0], "width": size[1]}
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **resize)
+    reader = decord.VideoReader(path.input(), ctx=decord.cpu(0), num_threads=1, **resize)
     if len(reader) != num_frames:
         raise RuntimeError(f"decord counts {len(reader)} frames, the stream has {num_frames} packets")
     frames = reader.get_batch(indices.tolist()).asnumpy()
@@ -327,7 +361,7 @@ def _assemble(arrays: dict[int, np.ndarray], keys: np.ndarray) -> np.ndarray:
     return np.stack([arrays[int(k)] for k in keys])
 
 
-def _full_decode(path: str, indices: np.ndarray, pts: np.ndarray | None, size: tuple[int, int] | None):
+def _full_decode(path: _Media, indices: np.ndarray, pts: np.ndarray | None, size: tuple[int, int] | None):
     """Decode from the start, converting only wanted frames; frames are matched by pts, or by output order
     when `pts` is None. Returns None when the stream ends before every wanted frame came out."""
     keys = pts[indices] if pts is not None else indices
@@ -348,7 +382,7 @@ def _keyframe_before(keyframes: np.ndarray, target: int) -> int:
     return int(keyframes[at]) if at >= 0 else 0
 
 
-def _seek_decode(path: str, indices: np.ndarray, index: _StreamIndex, size: tuple[int, int] | None):
+def _seek_decode(path: _Media, indices: np.ndarray, index: _StreamIndex, size: tuple[int, int] | None):
     """For each wanted frame, seek to its keyframe unless it is reachable by decoding forward within the
     current group of pictures. Returns None when a seek fails or a wanted frame never comes out of the decoder."""
     pts = index.pts
@@ -392,7 +426,7 @@ def _choose_mode(indices: np.ndarray, keyframes: np.ndarray) -> str:
     return "seek" if seek < full else "full"
 
 
-def _decodable_times(path: str, fps: float) -> np.ndarray:
+def _decodable_times(path: _Media, fps: float) -> np.ndarray:
     """Presentation times (seconds from the first) of the frames that really decode, in output order."""
     with _open(path) as (container, stream):
         stamps = [frame.time for frame in container.decode(stream)]
@@ -402,7 +436,7 @@ def _decodable_times(path: str, fps: float) -> np.ndarray:
 
 
 def _decode_pyav(
-    path: str,
+    path: _Media,
     index: _StreamIndex,
     indices: np.ndarray,
     sample: Callable[[np.ndarray], np.ndarray],
@@ -431,22 +465,24 @@ def _decode_pyav(
 
 
 def decode_clip(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     sample: Callable[[np.ndarray], np.ndarray],
     size: tuple[int, int] | None = None,
     backend: str = "decord",
     pyav_mode: str = "auto",
+    name: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a video's frame times, ask `sample` which frames to take, and decode exactly those, upright.
 
     Args:
-        path: the video file.
+        path: the video file, or its bytes (a WebDataset sample): decoded in memory by the same path.
         sample: presentation time of every frame (float64 seconds from the first, sorted; its length is the frame
             count) -> frame indices (see `mmpretrain.video.sampling.make_sampler`).
         size: (height, width) of the upright output to resize to while decoding; None keeps the stored size.
         backend: "decord" or "auto" (decord, PyAV for the files decord cannot read or count) or "pyav".
         pyav_mode: "seek" (to the keyframe before each wanted frame; best with short GOPs), "full" (decode in
             order, convert only wanted frames; best with long GOPs) or "auto" (whichever decodes fewer frames).
+        name: what errors and logs call a video given as bytes (e.g. ``shard.tar/key.mp4``).
 
     Returns:
         (frames uint8 (T, H, W, 3) RGB, the int64 frame indices decoded).
@@ -458,7 +494,7 @@ def decode_clip(
     _check_choice(backend, BACKENDS, "video backend")
     _check_choice(pyav_mode, PYAV_MODES, "pyav_mode")
     size = _check_size(size)
-    path = os.fspath(path)
+    path = _media(path, name)
     _check_file(path)
     index = _index_stream(path)
     indices = _checked_indices(sample(index.times), index.num_frames, path)
@@ -473,20 +509,20 @@ def decode_clip(
         raise VideoDecodeError(path, "decode_error", str(err)) from err
 
 
-def probe_video(path: str | os.PathLike, backend: str = "decord") -> VideoInfo:
+def probe_video(path: str | os.PathLike | bytes, backend: str = "decord", name: str | None = None) -> VideoInfo:
     """Frame count (packets in the stream), frame rate, size, and which library `decode_clip` would use.
 
     `backend` is "decord" when decord opens the file and counts the same frames, else "pyav"; the count is the
     demuxed packet count, which equals the decodable frames of any well-formed file.
     """
     _check_choice(backend, BACKENDS, "video backend")
-    path = os.fspath(path)
+    path = _media(path, name)
     _check_file(path)
     index = _index_stream(path)
     used = "pyav"
     if backend != "pyav" and decord is not None:
         try:
-            if len(decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)) == index.num_frames:
+            if len(decord.VideoReader(path.input(), ctx=decord.cpu(0), num_threads=1)) == index.num_frames:
                 used = "decord"
         except Exception as err:  # see decode_clip
             _log_fallback(path, err)

@@ -1,0 +1,436 @@
+"""WebDataset tar shards (what img2dataset and video2dataset write) as training and extraction input.
+
+A shard is a tar file whose members are grouped into samples by key: ``{key}.jpg`` + ``{key}.json`` ... Shards are
+named by a brace pattern or a list of URLs (local paths, ``https://``, ``pipe:aws s3 cp s3://b/x.tar -``) and read
+with the ``webdataset`` package, which opens the streams and groups the members.
+
+What "one epoch" means with N ranks, W dataloader workers and uneven shards (an exact split with padding):
+each epoch the shard list is permuted with a generator seeded by (run seed, epoch) and dealt to the N x W
+(rank, worker) slots, largest shards first to the least-loaded slot (`deal_shards`). A slot reads its shards in
+permutation order through a seeded shuffle buffer. Every slot yields the same number of samples, ``L`` = the
+largest slot's sample count rounded up to a multiple of the batch size (the same every epoch): a slot that runs
+out re-reads its own shards from the start, and those repeats are marked ``padded``. So every sample is seen once
+per epoch, each rank takes the same number of steps (DDP never waits on a rank that ran dry), and only the padding
+repeats; when the shards split evenly (equal slot loads that are a multiple of the batch) nothing repeats at all.
+The sample counts come from ``shards.json`` next to the shards
+(``scripts/make_shards.py`` writes it) or, failing that, from one read-through at start-up.
+
+A resumed run restarts at the start of its epoch: Lightning calls ``set_epoch`` with the restored epoch, and the
+permutation and every shuffle depend only on (seed, epoch, slot).
+
+Bad samples never stop a shard: a sample that does not decode, lacks its media or caption, or has a member that
+does not parse is skipped, and the next sample carries ``failed`` and ``failed_reasons`` for `DataHealthMonitor`.
+A shard that ends early (cut off, or a member header that does not parse) is named in a warning and counted as
+``truncated_shard`` or ``corrupt_member``; the samples before the damage are kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from mmpretrain._io import write_text_atomic
+from mmpretrain.data.dataset import load_rgb, transform_file
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "shards.json"
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+SHARD_REASONS = ("truncated_shard", "corrupt_member")
+_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://")
+
+
+class SampleError(Exception):
+    """A shard sample that cannot be used; ``reason`` is short so failures are counted by kind."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.reason, self.detail)
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith(_REMOTE_PREFIXES)
+
+
+def expand_shards(spec: str | Sequence[str], key: str = "data.shards") -> list[str]:
+    """URLs of a brace pattern (``/d/{000000..000099}.tar``), a space-separated string or a list; local shards
+    must exist, so a typo fails at start-up with the missing file rather than as an empty epoch."""
+    if isinstance(spec, str):
+        urls = wds.shardlists.expand_urls(spec) if spec.startswith("pipe:") else [
+            u for part in spec.split() for u in wds.shardlists.expand_urls(part)
+        ]
+    else:
+        urls = [u for part in spec for u in wds.shardlists.expand_urls(str(part))]
+    if not urls:
+        raise ValueError(f"{key}={spec!r}: names no shards")
+    missing = [u for u in urls if _is_local(u) and not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(f"{key}={spec!r}: {len(missing)} of {len(urls)} shards do not exist (first: "
+                                f"{missing[0]})")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"{key}={spec!r}: a shard is named twice")
+    return urls
+
+
+def shard_name(url: str) -> str:
+    """What a shard is called in ``shards.json`` and in sample names: its file name."""
+    return url.rstrip("/").rsplit("/", 1)[-1].split()[-1]
+
+
+def read_shard(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard (``__key__``, ``__url__`` and one entry per member extension), in tar order.
+
+    When the shard ends early a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
+    """
+    stream = wds.gopen(url)
+    count = 0
+    try:
+        try:
+            files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
+            for sample in group_by_keys(files):
+                count += 1
+                yield sample
+        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, err.args[0])
+            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": str(err.args[0])}
+            return
+        rest = stream.read()  # a tar ends in zero blocks: data after the end means a member header did not parse
+        if rest and rest.strip(b"\0"):
+            log.warning("shard %s has a corrupt member header after %d samples; %d bytes after it are lost",
+                        url, count, len(rest))
+            yield {"__error__": "corrupt_member", "__url__": url, "__detail__": f"{len(rest)} bytes unread"}
+    finally:
+        stream.close()
+
+
+def count_samples(url: str) -> int:
+    """Samples in a shard, by reading it through (for shards without a ``shards.json`` entry)."""
+    return sum(1 for s in read_shard(url) if "__error__" not in s)
+
+
+def shard_counts(urls: Sequence[str]) -> list[int]:
+    """Sample count of each shard: from ``shards.json`` beside local shards, else by reading the shard."""
+    indexes: dict[str, dict[str, int]] = {}
+    counts, read = [], 0
+    for url in urls:
+        count = None
+        if _is_local(url):
+            folder = str(Path(url).parent)
+            if folder not in indexes:
+                index = Path(folder) / INDEX_FILE
+                indexes[folder] = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+            count = indexes[folder].get(shard_name(url))
+        if count is None:
+            count, read = count_samples(url), read + 1
+        counts.append(int(count))
+    if read:
+        log.info("counted the samples of %d shards by reading them (write %s with scripts/make_shards.py to skip "
+                 "this)", read, INDEX_FILE)
+    return counts
+
+
+def deal_shards(counts: Sequence[int], slots: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+    """Shard indices of each slot.
+
+    Training: a (seed, epoch)-seeded permutation, then the largest shards first to the least-loaded slot (ties by
+    the permutation, then the lowest slot), each slot reading its shards in permutation order. The slot loads depend
+    only on the counts, so every epoch has the same length, padding is small, and shards of equal size (all but the
+    last, usually) change slots every epoch. Evaluation: round-robin in shard order.
+    """
+    if not shuffle:
+        return [list(range(s, len(counts), slots)) for s in range(slots)]
+    order = np.random.default_rng([seed, epoch]).permutation(len(counts)).tolist()
+    rank = {shard: position for position, shard in enumerate(order)}
+    loads, dealt = [0] * slots, [[] for _ in range(slots)]
+    for shard in sorted(order, key=lambda i: -counts[i]):
+        slot = loads.index(min(loads))
+        dealt[slot].append(shard)
+        loads[slot] += counts[shard]
+    return [sorted(shards, key=rank.__getitem__) for shards in dealt]
+
+
+def _shuffled(samples: Iterator[dict[str, Any]], buffer: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """A shuffle buffer: keeps ``buffer`` samples and yields a random one as each new one arrives."""
+    pool: list[dict[str, Any]] = []
+    for sample in samples:
+        if len(pool) < buffer:
+            pool.append(sample)
+            continue
+        at = rng.randrange(len(pool))
+        pool[at], sample = sample, pool[at]
+        yield sample
+    rng.shuffle(pool)
+    yield from pool
+
+
+class ShardDataset(IterableDataset):
+    """Decoded samples from WebDataset shards, split over ranks and workers as the module doc describes.
+
+    Args:
+        urls: the shards (`expand_shards`); counts: their sample counts (`shard_counts`).
+        decode: raw sample -> output dict; raises `SampleError` for a bad sample.
+        batch_size: each slot yields a multiple of it (with ``pad``).
+        world / rank / num_workers: the slots; ``num_workers`` must be the DataLoader's.
+        seed: base of the shard permutation and the shuffle buffers.
+        train: shuffle (shards per epoch, samples through a buffer); evaluation keeps shard order.
+        pad: fill every slot to the same length (training; evaluation yields each sample exactly once).
+        shuffle_buffer: samples held by the shuffle buffer.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        counts: Sequence[int],
+        decode: Callable[[dict[str, Any]], dict[str, Any]],
+        batch_size: int,
+        world: int = 1,
+        rank: int = 0,
+        num_workers: int = 0,
+        seed: int = 0,
+        train: bool = True,
+        pad: bool = True,
+        shuffle_buffer: int = 256,
+        key: str = "data.shards",
+    ) -> None:
+        if len(urls) != len(counts):
+            raise ValueError(f"{len(urls)} shards but {len(counts)} counts")
+        self.urls, self.counts = list(urls), [int(c) for c in counts]
+        self.decode = decode
+        self.batch_size = batch_size
+        self.world, self.rank = world, rank
+        self.workers = max(1, num_workers)
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train, self.pad = train, pad
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+        slots = world * self.workers
+        if pad and len(self.urls) < slots:
+            raise ValueError(f"{key}: {len(self.urls)} shards for {world} processes x {self.workers} dataloader "
+                             "workers; every worker needs a shard (write smaller shards or use fewer workers)")
+        if pad and sum(self.counts) < batch_size * world:
+            raise ValueError(f"{key}: {sum(self.counts)} samples, fewer than one global batch "
+                             f"(data.batch_size={batch_size} x {world} processes)")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (Lightning calls it through the loader's sampler, see `shard_loader`); a decoder
+        with per-epoch randomness of its own is told too."""
+        self.epoch = int(epoch)
+        if hasattr(self.decode, "set_epoch"):
+            self.decode.set_epoch(epoch)
+
+    def _slots(self) -> list[list[int]]:
+        return deal_shards(self.counts, self.world * self.workers, self.seed, self.epoch, self.train)
+
+    def _slot_length(self) -> int:
+        longest = max(sum(self.counts[i] for i in shards) for shards in self._slots())
+        return math.ceil(longest / self.batch_size) * self.batch_size
+
+    def __len__(self) -> int:
+        """Samples this rank yields in an epoch (the DataLoader divides by the batch size).
+
+        Without padding (evaluation) the number of batches depends on how the workers' partial batches fall and on
+        skipped samples, so there is no length: Lightning then reads the loader to its end instead of cutting it.
+        """
+        if not self.pad:
+            raise TypeError("an unpadded ShardDataset has no fixed length")
+        return self.workers * self._slot_length()
+
+    def _raw(self, shards: list[int], rng: random.Random) -> Iterator[dict[str, Any]]:
+        for i in shards:
+            samples = read_shard(self.urls[i])
+            yield from _shuffled(samples, self.shuffle_buffer, rng) if self.train else samples
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        if workers != self.workers:
+            raise RuntimeError(f"ShardDataset was built for {self.workers} workers but runs in {workers}")
+        slot = self.rank * self.workers + worker
+        shards = self._slots()[slot]
+        target = self._slot_length() if self.pad else None
+        rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
+        produced, passes, failed, reasons = 0, 0, 0, []
+        while target is None or produced < target:
+            good_this_pass = 0
+            for raw in self._raw(shards, rng):
+                if "__error__" in raw:
+                    failed, reasons = failed + 1, [*reasons, raw["__error__"]]
+                    continue
+                try:
+                    out = self.decode(raw)
+                except SampleError as err:
+                    log.warning("skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), err)
+                    failed, reasons = failed + 1, [*reasons, err.reason]
+                    continue
+                out.update(key=raw["__key__"], padded=passes > 0, failed=failed, failed_reasons=",".join(reasons))
+                failed, reasons = 0, []
+                good_this_pass += 1
+                produced += 1
+                yield out
+                if target is not None and produced >= target:
+                    return
+            if target is None:
+                return
+            if good_this_pass == 0:
+                raise RuntimeError(f"no sample of shards {[self.urls[i] for i in shards]} decodes (slot {slot}); "
+                                   "see the warnings above")
+            passes += 1
+
+
+def shard_loader(
+    dataset: ShardDataset, batch_size: int, pin_memory: bool, collate_fn: Callable | None = None
+) -> DataLoader:
+    """A DataLoader over a `ShardDataset` whose epoch Lightning sets.
+
+    Lightning's fit loop calls ``set_epoch(epoch)`` on the loader's sampler every epoch (the restored epoch on
+    resume); an iterable dataset's sampler is a placeholder, so it forwards the call to the dataset. Workers are not
+    persistent, so each epoch's workers copy the dataset with its new epoch.
+    """
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        drop_last=dataset.pad,
+        num_workers=dataset.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        collate_fn=collate_fn,
+    )
+    loader.sampler.set_epoch = dataset.set_epoch
+    return loader
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def sample_label(raw: dict[str, Any]) -> Any:
+    """The label of a sample: ``.cls`` (an integer as text) or the ``label`` of its ``.json``; None when absent."""
+    if "cls" in raw:
+        text = raw["cls"].decode("utf-8").strip()
+        try:
+            return int(text)
+        except ValueError:
+            raise SampleError("corrupt_member", f"{raw['__key__']}.cls is not an integer: {text[:40]!r}") from None
+    meta = sample_json(raw)
+    return meta.get("label")
+
+
+def sample_json(raw: dict[str, Any]) -> dict[str, Any]:
+    """The ``.json`` member as a dict ({} when absent); one that does not parse is a corrupt member."""
+    if "json" not in raw:
+        return {}
+    try:
+        meta = json.loads(raw["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SampleError("corrupt_member", f"{raw['__key__']}.json: {err}") from None
+    if not isinstance(meta, dict):
+        raise SampleError("corrupt_member", f"{raw['__key__']}.json is not an object")
+    return meta
+
+
+def _image_member(raw: dict[str, Any]) -> str:
+    ext = next((e for e in IMAGE_KEYS if e in raw), None)
+    if ext is None:
+        members = sorted(k for k in raw if not k.startswith("__"))
+        raise SampleError("missing_image", f"{raw['__key__']} has no {'/'.join(IMAGE_KEYS)} member ({members})")
+    return ext
+
+
+def sample_image(raw: dict[str, Any]) -> Image.Image:
+    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none or it does not decode."""
+    ext = _image_member(raw)
+    try:
+        return load_rgb(io.BytesIO(raw[ext]))
+    except Exception as err:  # PIL raises many exception types for bad bytes
+        raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+
+
+class ImageShardDecoder:
+    """Raw shard sample -> the dict `ImageDataset` gives (``views`` or ``image``, optional ``label``); picklable.
+
+    ``labels`` maps a class name to its index (a ``.cls`` integer is used as it is).
+    """
+
+    def __init__(self, transform: Callable[[Image.Image], Any], labels: dict[str, int] | None = None) -> None:
+        self.transform = transform
+        self.labels = labels
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        ext = _image_member(raw)
+        try:
+            out = transform_file(io.BytesIO(raw[ext]), self.transform)
+        except Exception as err:  # PIL raises many exception types for bad bytes
+            raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+        sample: dict[str, Any] = {"views": list(out)} if isinstance(out, tuple | list) else {"image": out}
+        if self.labels is not None:
+            label = sample_label(raw)
+            if label is None:
+                raise SampleError("missing_label", f"{raw['__key__']} has no .cls nor a 'label' in its .json")
+            if not isinstance(label, int):
+                if str(label) not in self.labels:
+                    raise SampleError("unknown_label", f"{raw['__key__']}: label {label!r} not in the class list")
+                label = self.labels[str(label)]
+            sample["label"] = label
+        return sample
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_shards(
+    samples: Iterator[dict[str, Any]], output: str | os.PathLike, prefix: str = "shard", maxcount: int = 1000,
+    maxsize: float = 1e9,
+) -> list[Path]:
+    """Write samples (``__key__`` + members as bytes/str) to ``output/{prefix}-NNNNNN.tar`` with
+    ``webdataset.ShardWriter``, and their counts to ``shards.json`` so readers need not count them."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0,
+                         post=None, start_shard=0) as writer:
+        for sample in samples:
+            writer.write(sample)
+            counts[shard_name(writer.fname)] = counts.get(shard_name(writer.fname), 0) + 1
+    index = out / INDEX_FILE
+    previous = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    write_text_atomic(index, json.dumps({**previous, **counts}, indent=1, sort_keys=True) + "\n")
+    return [out / name for name in sorted(counts)]
+
+
+def image_samples(paths: Sequence[str], root: str | os.PathLike, labels: Sequence[str] | None = None,
+                  ) -> Iterator[dict[str, Any]]:
+    """Image files as shard samples: the key is the path relative to ``root`` without its extension (dots and
+    slashes replaced: WebDataset splits a member name at its first dot), the bytes are stored as they are (no
+    re-encoding), and ``.json`` keeps the relative path and the label (the class name) when known."""
+    base = Path(root)
+    for i, path in enumerate(paths):
+        file = Path(path)
+        try:
+            rel = file.relative_to(base).as_posix()
+        except ValueError:
+            rel = file.name
+        ext = file.suffix.lstrip(".").lower()
+        ext = "jpg" if ext == "jpeg" else ext
+        meta: dict[str, Any] = {"path": rel}
+        if labels is not None:
+            meta["label"] = labels[i]
+        stem = rel[: -len(file.suffix)] if file.suffix else rel
+        yield {"__key__": stem.replace(".", "_").replace("/", "__"), ext: file.read_bytes(), "json": json.dumps(meta)}
