@@ -24,6 +24,7 @@ from mmpretrain.cli.utils import (
     task_wrapper,
 )
 from mmpretrain.encoders import ImageEncoder, load_encoder
+from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot import (
     EpisodeResult,
     evaluate_episodes,
@@ -66,7 +67,7 @@ def _as_list(cfg: DictConfig, key: str) -> list[Any]:
     value = cfg[key]
     items = list(value) if isinstance(value, ListConfig) else [value]
     if not items:
-        raise ValueError(f"{key}=[] is empty; give at least one value")
+        raise ConfigError(f"{key}=[] is empty; give at least one value")
     cfg[key] = items
     return items
 
@@ -84,16 +85,16 @@ def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
     encoder, store, root = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root")
     if store:
         if encoder or root:
-            raise ValueError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
+            raise ConfigError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
                              f"(store={store}, encoder={encoder}, data.root={root})")
         if cfg.random_init:
-            raise ValueError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
+            raise ConfigError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
         return StoreInput(store)
     if not encoder:
-        raise ValueError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
+        raise ConfigError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
                          "list or manifest>, or store=<embedding store with a label column>")
     if not root:
-        raise ValueError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
+        raise ConfigError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
                          "class), file list or manifest> holding the images to evaluate on")
     return ImageInput(_fewshot_encoder(cfg, device), root, batch_size=cfg.data.batch_size)
 
@@ -106,11 +107,11 @@ def _novel_rows(cfg: DictConfig, data: LabeledInput, shots: list[int]) -> np.nda
         try:
             novel = split_classes(data.labels, cfg.n_base, seed=cfg.seed)[1]
         except ValueError as err:
-            raise ValueError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
+            raise ConfigError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
     try:  # the largest shot count is the one the labels may fail to supply
         sample_episodes(data.labels[novel], cfg.n_way, max(shots), cfg.n_query, episodes=1, seed=cfg.seed)
     except ValueError as err:
-        raise ValueError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
+        raise ConfigError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
     return novel
 
 
@@ -146,7 +147,7 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         try:
             get_method(method)
         except ValueError as err:
-            raise ValueError(f"methods={methods}: {err}") from err
+            raise ConfigError(f"methods={methods}: {err}") from err
     device = _device(cfg.trainer)
     data = _fewshot_input(cfg, device)
     novel = _novel_rows(cfg, data, shots)
@@ -192,7 +193,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     loaded = load_checkpoint(str(cfg.encoder))
     if not is_video(loaded.config):
-        raise ValueError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
+        raise ConfigError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
     model = build_model(loaded, random_init=bool(cfg.random_init))
     name = loaded.config.get("name") or str(cfg.encoder)
     encoder = VideoEncoder(model, loaded.config, name, device=_device(cfg.trainer), backend=cfg.data.backend)
@@ -247,7 +248,7 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         module = VideoFinetune.load_from_checkpoint(str(cfg.encoder), map_location="cpu")
     except (KeyError, TypeError) as err:
-        raise ValueError(f"task=predict needs a fine-tuning checkpoint (experiment=video_classify or "
+        raise ConfigError(f"task=predict needs a fine-tuning checkpoint (experiment=video_classify or "
                          f"video_tagging); encoder={cfg.encoder} is not one: {err}") from err
     config = module.video_config
     pre = config["preprocessing"]
@@ -273,7 +274,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     apply_extras(cfg)
     name = cfg.task.name
     if name not in TASKS:
-        raise ValueError(f"task={name} is not available here; choose one of {TASKS}")
+        raise ConfigError(f"task={name} is not available here; choose one of {TASKS}")
     pl.seed_everything(cfg.seed, workers=True)
     if name == "fewshot":
         return _fewshot(cfg)

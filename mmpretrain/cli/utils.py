@@ -18,6 +18,8 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
+from mmpretrain.errors import MissingPathError
+
 log = logging.getLogger(__name__)
 
 
@@ -111,11 +113,11 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str | Path, task_name: str
         runs = Path(log_dir) / task_name
         found = sorted(runs.glob("*runs/**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
+            raise MissingPathError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
         log.info("resuming from %s", found[-1])
         return str(found[-1])
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: file does not exist")
+        raise MissingPathError(f"ckpt_path={ckpt_path}: file does not exist")
     return ckpt_path
 
 

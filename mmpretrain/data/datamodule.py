@@ -17,6 +17,7 @@ from mmpretrain.data.transforms import (
     linear_train_transform,
     moby_transform,
 )
+from mmpretrain.errors import ConfigError
 
 
 class SampledLoaders(pl.LightningDataModule):
@@ -43,7 +44,7 @@ class SampledLoaders(pl.LightningDataModule):
     def _train_loader(self, dataset: Dataset, key: str, collate_fn: Callable | None = None) -> DataLoader:
         world, rank = self._world()
         if len(dataset) < self.batch_size * world:
-            raise ValueError(
+            raise ConfigError(
                 f"{key}: {len(dataset)} {self.item_name}, fewer than one global batch "
                 f"(data.batch_size={self.batch_size} x {world} processes)"
             )
@@ -106,7 +107,7 @@ class SSLImageDataModule(SampledLoaders):
         self.root, self.file_list = root, file_list
         self.knn_roots = (knn_train_root, knn_val_root)
         if bool(knn_train_root) != bool(knn_val_root):
-            raise ValueError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
+            raise ConfigError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
         self.train_transform = moby_transform(
             image_size, tuple(crop_scale), tuple(blur_p), tuple(solarize_p), mean, std
         )
@@ -124,7 +125,7 @@ class SSLImageDataModule(SampledLoaders):
                 labeled_folder(self.knn_roots[1], key="data.knn_val_root"),
             )
             if self.knn_sources[0].classes != self.knn_sources[1].classes:
-                raise ValueError(
+                raise ConfigError(
                     f"data.knn_train_root and data.knn_val_root have different classes: "
                     f"{self.knn_sources[0].classes} vs {self.knn_sources[1].classes}"
                 )
@@ -172,7 +173,7 @@ class LabeledImageDataModule(SampledLoaders):
             self.train_source = labeled_folder(self.hparams.train_root, key="data.train_root")
             self.val_source = labeled_folder(self.hparams.val_root, key="data.val_root")
             if self.train_source.classes != self.val_source.classes:
-                raise ValueError(
+                raise ConfigError(
                     f"data.train_root and data.val_root have different classes: "
                     f"{self.train_source.classes} vs {self.val_source.classes}"
                 )

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmpretrain._io import sha256_file, write_text_atomic
+from mmpretrain.errors import MissingPathError
 from mmpretrain.hub.download import download, is_url, sidecar_path
 from mmpretrain.hub.errors import HubError
 from mmpretrain.hub.registry import (
@@ -284,12 +285,12 @@ def load_checkpoint(
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{source!r} is not a registered checkpoint ({', '.join(sorted(entries))}), a URL, or an existing path"
             )
     if path.is_dir():
         if not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_FILE}; not a published checkpoint")
+            raise MissingPathError(f"{path} is a folder without {WEIGHTS_FILE}; not a published checkpoint")
         path = path / WEIGHTS_FILE
     if path.suffix == ".safetensors":
         embedded, state = _read_safetensors(path)

@@ -11,6 +11,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
+from mmpretrain.errors import ConfigError, MissingPathError
 from mmpretrain.models import create_tokenizer, tokenizer_from_json
 from mmpretrain.video.dataset import VideoTextDataset, collate_videos
 from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
@@ -31,7 +32,7 @@ def load_tokenizer(name: str, key: str = "data.tokenizer") -> Any:
 
         config = load_checkpoint(path).config
         if "tokenizer" not in config:
-            raise ValueError(f"{key}={name}: this checkpoint carries no tokenizer (not a video model)")
+            raise ConfigError(f"{key}={name}: this checkpoint carries no tokenizer (not a video model)")
         return tokenizer_from_json(config["tokenizer"])
     return create_tokenizer(name, key)
 
@@ -51,7 +52,7 @@ class VideoCollator:
 def split_records(records: Sequence[VideoRecord], fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random hold-out of ``fraction`` of the records (at least one), for a manifest without a val split."""
     if not 0 < fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction} must be in (0, 1) when data.val_manifest is not set")
+        raise ConfigError(f"data.val_fraction={fraction} must be in (0, 1) when data.val_manifest is not set")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(records) * fraction))
@@ -127,7 +128,7 @@ class VideoDataModule(SampledLoaders):
         for key in ("train_manifest", "val_manifest"):
             value = hp[key]
             if value is not None and not Path(value).is_file():
-                raise FileNotFoundError(f"data.{key}={value!r} does not exist")
+                raise MissingPathError(f"data.{key}={value!r} does not exist")
         records = read_video_manifest(hp.train_manifest)
         if hp.val_manifest:
             self.train_records, self.val_records = records, read_video_manifest(hp.val_manifest)
@@ -137,11 +138,11 @@ class VideoDataModule(SampledLoaders):
         if hp.with_labels:
             self.labels = label_vocab(everything)
             if not self.labels:
-                raise ValueError(f"data.with_labels=true but no record of {hp.train_manifest} has a 'label'")
+                raise ConfigError(f"data.with_labels=true but no record of {hp.train_manifest} has a 'label'")
         if hp.with_tags:
             self.tags = tag_vocab(everything)
             if not self.tags:
-                raise ValueError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
+                raise ConfigError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
 
     def dataset(self, records: Sequence[VideoRecord], train: bool, frames_dir: str | None) -> VideoTextDataset:
         hp = self.hparams
