@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mmpretrain.cli import utils
+from mmpretrain.errors import MMPretrainError
 
 
 def test_checkpoint_write_failure_keeps_previous_file(tmp_path: Path, monkeypatch) -> None:
@@ -73,8 +75,14 @@ def test_wandb_offline_without_login(tmp_path: Path, monkeypatch, caplog) -> Non
 
 def test_metric_value_error_names_the_metric() -> None:
     assert utils.get_metric_value({"val/knn_top1": torch.tensor(42.5)}, "val/knn_top1") == 42.5
-    with pytest.raises(KeyError, match=r"optimized_metric=val/knn_top1 was not logged"):
+    with pytest.raises(MMPretrainError, match=r"optimized_metric=val/knn_top1 was not logged"):
         utils.get_metric_value({"train/loss": 1.0}, "val/knn_top1")
+
+
+def test_missing_metric_outside_a_sweep_is_a_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert utils.get_metric_value({"train/loss": 1.0}, "val/knn_top1", required=False) is None
+    assert "optimized_metric=val/knn_top1 was not logged" in caplog.text
 
 
 class _Return:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.loggers import WandbLogger
 
+from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import (
     apply_extras,
     get_metric_value,
@@ -327,10 +328,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="eval.yaml")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
+@short_errors("mmpretrain-eval")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra's entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
     metrics, _ = evaluate(cfg)
-    return get_metric_value(metrics, cfg.get("optimized_metric"))
+    print_outputs("mmpretrain-eval", run_outputs(cfg.paths.output_dir))
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, `--help`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-eval", "eval.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

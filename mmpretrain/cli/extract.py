@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import read_input, run_extraction
@@ -50,9 +51,17 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="extract.yaml")
-def main(cfg: DictConfig) -> None:
-    """Console entry."""
-    extract(cfg)
+@short_errors("mmpretrain-extract")
+def _hydra_main(cfg: DictConfig) -> None:
+    """Hydra's entry: extract, then name the store."""
+    summary = extract(cfg)
+    if summary is not None:
+        print_outputs("mmpretrain-extract", [summary["output"]])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, `--help`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-extract", "extract.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from mmpretrain import hub
+from mmpretrain.cli.entry import version_line
+from mmpretrain.errors import MMPretrainError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpretrain-hub", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("mmpretrain-hub"))
     parser.add_argument("--registry", help="extra registry file (JSON/YAML); MMPRETRAIN_REGISTRY also works")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (hub.HubError, OSError, KeyError, ValueError) as e:
+    except (MMPretrainError, OSError, KeyError, ValueError) as e:
         print(f"mmpretrain-hub {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -21,6 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
+from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
 from mmpretrain.encoders import ImageEncoder, VideoEncoder, load_encoder
@@ -328,23 +329,24 @@ def index_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="index.yaml")
+@short_errors("mmpretrain-index")
 def _hydra_main(cfg: DictConfig) -> None:
     """Hydra's entry: run dir, logging and overrides; the subcommand arrives as `command=`."""
-    index_command(cfg)
+    result = index_command(cfg)
+    outputs = [result["output"]] if cfg.command == "build" else run_outputs(cfg.paths.output_dir)
+    print_outputs("mmpretrain-index", outputs)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: the subcommand first, then Hydra overrides (and Hydra's flags, such as `--cfg job`)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    if not args or args[0] not in COMMANDS:
+    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version", "-V")):
         got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
         print(f"mmpretrain-index: {got}; choose build|search|eval\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
-    sys.argv = [sys.argv[0], f"command={args[0]}", *args[1:]]
-    _hydra_main()
+    if args[0] in COMMANDS:
+        args = [f"command={args[0]}", *args[1:]]
+    run_hydra("mmpretrain-index", "index.yaml", _hydra_main, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from mmpretrain.cli.entry import _in_sweep, run_hydra, short_errors
 from mmpretrain.cli.utils import (
     apply_extras,
     get_metric_value,
@@ -48,10 +49,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="train.yaml")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry; returns the optimized metric for Hydra sweepers."""
+@short_errors("mmpretrain-train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra's entry; returns the optimized metric for Hydra sweepers."""
     metrics, _ = train(cfg)
-    return get_metric_value(metrics, cfg.get("optimized_metric"))
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-train", "train.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

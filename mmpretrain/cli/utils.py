@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from mmpretrain.errors import MissingPathError
+from mmpretrain.errors import ConfigError, MissingPathError, MMPretrainError
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,32 @@ def _finish_wandb() -> None:
 
 
 def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Run a task and always close W&B, even on failure, so a sweep's next trial starts a fresh run."""
+    """Run a task and always close W&B, even on failure, so a sweep's next trial starts a fresh run.
+
+    The exception itself is left to the entry point (one line for the project's errors, one traceback for the
+    rest); on success the resolved config is logged unless `extras.print_config` already printed it up front.
+    """
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> Any:
         try:
-            return task(cfg)
-        except Exception:
-            log.exception("task failed; output dir: %s", cfg.get("paths", {}).get("output_dir"))
+            result = task(cfg)
+        except Exception as err:
+            if not isinstance(err, MMPretrainError):
+                log.error("task failed; output dir: %s", cfg.get("paths", {}).get("output_dir"))
             raise
         finally:
             _finish_wandb()
+        if (cfg.get("extras") or {}).get("print_config", False) is None:
+            log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        return result
 
     return wrapped
 
 
 def apply_extras(cfg: DictConfig) -> None:
-    """Optional niceties before a task: silence warnings, print the composed config."""
+    """Optional niceties before a task: silence warnings, print the composed config up front
+    (`extras.print_config=true`; the default, null, prints it when the task succeeded)."""
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
@@ -121,15 +130,19 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str | Path, task_name: str
     return ckpt_path
 
 
-def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value a sweep optimizes; a clear error when the run never logged it."""
+def get_metric_value(metrics: dict[str, Any], name: str | None, required: bool = True) -> float | None:
+    """The value a sweep optimizes. Missing: an error naming it in a sweep (`required`), else a warning and None,
+    since a single run whose validation never ran (fewer epochs than the validation interval) still succeeded."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(
-            f"optimized_metric={name} was not logged; available: {sorted(metrics)} "
-            "(for MoBY's val/knn_top1, set data.knn_train_root and data.knn_val_root)"
-        )
+        message = (f"optimized_metric={name} was not logged; available: {sorted(metrics)} "
+                   "(for MoBY's val/knn_top1, set data.knn_train_root and data.knn_val_root, and run at least "
+                   "trainer.check_val_every_n_epoch epochs)")  # fmt: skip
+        if required:
+            raise ConfigError(message)
+        log.warning(message)
+        return None
     value = metrics[name]
     return float(value.item() if hasattr(value, "item") else value)
 

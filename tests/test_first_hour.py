@@ -1,0 +1,127 @@
+"""A new user's first hour: one-line errors, "did you mean", versions, fast task help, honest defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mmpretrain.cli import entry, utils
+from mmpretrain.errors import ConfigError, MMPretrainError
+
+BIN = Path(sys.executable).parent
+PROGS = ["mmpretrain-train", "mmpretrain-eval", "mmpretrain-extract", "mmpretrain-index", "mmpretrain-export",
+         "mmpretrain-hub"]  # fmt: skip
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "offline", **env}
+    return subprocess.run(args, capture_output=True, text=True, env=full, cwd=cwd, timeout=300)
+
+
+def test_error_types_share_one_base() -> None:
+    from mmpretrain.embeddings import StoreError
+    from mmpretrain.hub import ChecksumError, HubError
+    from mmpretrain.recsys.validation import FeatureError
+    from mmpretrain.video.decoding import VideoDecodeError
+
+    for kind in (StoreError, HubError, ChecksumError, FeatureError, VideoDecodeError, ConfigError):
+        assert issubclass(kind, MMPretrainError)
+    assert issubclass(StoreError, ValueError) and issubclass(HubError, RuntimeError)  # old `except`s still work
+
+
+def test_missing_data_folder_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    missing = tmp_path / "mine"
+    run = _run([str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"data.root={missing}", "logger=csv"], tmp_path)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == f"mmpretrain-train: error: data.root={missing}: folder does not exist"
+    assert "Traceback" not in run.stderr + run.stdout
+    assert "config:" not in run.stdout, "the config is printed only for a run that succeeded"
+
+    full = _run([str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"data.root={missing}", "logger=csv"],
+                tmp_path, HYDRA_FULL_ERROR="1")  # fmt: skip
+    assert full.returncode == 1
+    assert "Traceback" in full.stderr and "MissingPathError" in full.stderr
+
+
+def test_mistyped_key_gets_did_you_mean(tmp_path: Path) -> None:
+    run = _run([str(BIN / "mmpretrain-train"), "data.rot=/data"], tmp_path)
+    assert run.returncode == 1
+    assert "did you mean `data.root`?" in run.stderr
+    assert entry.override_hint("eval.yaml", ["task=fewshot", "n_wya=5"]) == "did you mean `n_way`?"
+    assert entry.override_hint("eval.yaml", ["task=fewshot", "n_way=5"]) is None
+
+
+def test_project_errors_are_short_and_unexpected_ones_keep_their_traceback(capsys, caplog) -> None:
+    def bad_key(cfg):
+        raise ConfigError("n_way=1: need at least 2 classes")
+
+    def bug(cfg):
+        raise ZeroDivisionError("a bug")
+
+    cfg = OmegaConf.create({"paths": {"output_dir": "out"}, "extras": {"print_config": None}})
+    with pytest.raises(SystemExit) as exit_:
+        entry.short_errors("mmpretrain-eval")(utils.task_wrapper(bad_key))(cfg)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "mmpretrain-eval: error: n_way=1: need at least 2 classes\n"
+    with caplog.at_level(logging.INFO), pytest.raises(ZeroDivisionError):
+        entry.short_errors("mmpretrain-eval")(utils.task_wrapper(bug))(cfg)
+    assert all(r.exc_info is None for r in caplog.records), "the traceback is printed once, by Hydra, not logged"
+    assert "config:" not in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert utils.task_wrapper(lambda c: 7)(cfg) == 7
+    assert "config:" in caplog.text and "output_dir: out" in caplog.text, "a run that succeeded shows its config"
+
+
+def test_store_folder_missing_says_so(tmp_path: Path) -> None:
+    from mmpretrain.embeddings import StoreError, open_store
+
+    with pytest.raises(StoreError, match=r"nope: folder does not exist") as err:
+        open_store(tmp_path / "nope")
+    assert "finalize_store" not in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match=r"manifest.json is missing") as err:
+        open_store(tmp_path / "empty")
+    assert "finalize_store" not in str(err.value)
+
+
+@pytest.mark.parametrize("prog", PROGS)
+def test_every_command_prints_the_project_version(prog: str, tmp_path: Path) -> None:
+    import mmpretrain
+
+    run = _run([str(BIN / prog), "--version"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"{prog} {mmpretrain.__version__} (mmpretrain-ssl)"
+
+
+def test_python_m_mmpretrain_lists_the_commands(tmp_path: Path) -> None:
+    run = _run([sys.executable, "-m", "mmpretrain"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    for prog in PROGS:
+        assert prog in run.stdout
+    assert _run([sys.executable, "-m", "mmpretrain", "hub", "--version"], tmp_path).stdout.startswith("mmpretrain-hub")
+
+
+@pytest.mark.parametrize(("prog", "args", "expected"), [
+    ("mmpretrain-eval", ["task=fewshot"], ["usage: mmpretrain-eval", "n_way=5", "n_shot=[1, 5]", "example:"]),
+    ("mmpretrain-eval", [], ["tasks: fewshot, knn, linear", "encoder=???"]),
+    ("mmpretrain-extract", [], ["usage: mmpretrain-extract", "input=???", "shard_size=50000"]),
+    ("mmpretrain-index", [], ["usage: mmpretrain-index {build|search|eval}", "index_key=auto", "k=10"]),
+    ("mmpretrain-export", [], ["usage: mmpretrain-export", "i2i_k=null", "format=null"]),
+])  # fmt: skip
+def test_task_help_shows_its_own_keys_without_loading_torch(prog: str, args: list[str], expected: list[str],
+                                                            tmp_path: Path) -> None:
+    code = (f"import sys; sys.argv = {[prog, *args, '--help']!r}; from mmpretrain.cli import entry; "
+            f"entry.console({prog!r})(); assert 'torch' not in sys.modules, 'help imported torch'")  # fmt: skip
+    run = _run([sys.executable, "-c", code], tmp_path)
+    assert run.returncode == 0, run.stderr
+    for text in expected:
+        assert text in run.stdout
+    assert "trainer.max_epochs" not in run.stdout and "hparams_search" not in run.stdout  # no train-only groups
