@@ -45,6 +45,11 @@ def test_resolve_last_picks_newest_run(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         os.utime(path, (time.time() + i, time.time() + i))
     assert utils.resolve_ckpt_path("last", tmp_path / "logs", "moby") == str(new)
+    trial = tmp_path / "logs/moby/multiruns/2026-01-03/0/checkpoints/last.ckpt"  # a newer sweep trial
+    trial.parent.mkdir(parents=True)
+    trial.write_bytes(b"x")
+    os.utime(trial, (time.time() + 5, time.time() + 5))
+    assert utils.resolve_ckpt_path("last", tmp_path / "logs", "moby") == str(new), "sweep trials are not resumed"
     assert utils.resolve_ckpt_path(None, tmp_path / "logs", "moby") is None
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no checkpoints/last.ckpt under .*other"):
         utils.resolve_ckpt_path("last", tmp_path / "logs", "other")

@@ -125,3 +125,69 @@ def test_task_help_shows_its_own_keys_without_loading_torch(prog: str, args: lis
     for text in expected:
         assert text in run.stdout
     assert "trainer.max_epochs" not in run.stdout and "hparams_search" not in run.stdout  # no train-only groups
+
+
+def test_moby_demo_runs_on_a_users_flat_folder(demo_root: Path, tmp_path: Path) -> None:
+    """`data.root` alone: no kNN folders (monitor off), one epoch of a recipe validating every 20 (no metric: a
+    warning, exit 0), and still a last.ckpt at the end of fit, named with the run folder."""
+    import shutil
+
+    from conftest import tiny_overrides
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for i, image in enumerate(sorted((demo_root / "train").rglob("*.png"))[:24]):
+        shutil.copy(image, mine / f"{i}.png")
+    overrides = [o for o in tiny_overrides(demo_root) if not o.startswith(("data.knn", "data.root", "trainer.check"))]
+    run = _run([str(BIN / "mmpretrain-train"), *overrides, f"data.root={mine}", "trainer.max_epochs=1",
+                "callbacks.last_checkpoint.every_n_epochs=5", "callbacks.view_pairs=null"], tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "kNN monitor off" in log
+    assert "optimized_metric=val/knn_top1 was not logged" in log
+    last = next((tmp_path / "logs/moby_demo/runs").glob("*/checkpoints/last.ckpt"))
+    assert f"  {last}" in run.stderr.split("mmpretrain-train: outputs:")[1]
+    assert "config:" in run.stdout, "a successful run shows its config"
+
+
+def test_moby_demo_knn_folders_follow_data_root(demo_root: Path, tmp_path: Path) -> None:
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["experiment=moby_demo", f"data.root={demo_root}/train"], tmp_path)
+    assert (cfg.data.knn_train_root, cfg.data.knn_val_root) == (f"{demo_root}/train", f"{demo_root}/val")
+    cfg = compose_cfg("train.yaml", ["experiment=moby_demo", f"data.root={tmp_path}"], tmp_path)
+    assert cfg.data.knn_train_root is None and cfg.data.knn_val_root is None
+    given = compose_cfg("train.yaml", ["experiment=moby_demo", f"data.root={tmp_path}",
+                                       f"data.knn_train_root={demo_root}/train"], tmp_path)  # fmt: skip
+    assert given.data.knn_train_root == f"{demo_root}/train"
+
+
+def test_trainer_keys_are_plain_overrides(tmp_path: Path) -> None:
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["trainer.max_steps=7", "trainer.limit_train_batches=3",
+                                     "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=0.5",
+                                     "trainer.strategy=ddp", "trainer.sync_batchnorm=true"], tmp_path)  # fmt: skip
+    assert cfg.trainer.max_steps == 7 and cfg.trainer.limit_train_batches == 3 and cfg.trainer.strategy == "ddp"
+    import hydra
+
+    trainer = hydra.utils.instantiate(compose_cfg("train.yaml", ["trainer.max_steps=7"], tmp_path).trainer,
+                                      logger=False)  # fmt: skip
+    assert trainer.max_steps == 7
+
+
+def test_loader_defaults_fit_the_machine(tmp_path: Path) -> None:
+    import torch
+
+    from mmpretrain.data import available_cpus, loader_pin_memory, loader_workers
+
+    assert loader_workers("auto") == min(8, available_cpus()) and loader_workers(3) == 3
+    assert loader_pin_memory("auto") is torch.cuda.is_available() and loader_pin_memory(True) is True
+    with pytest.raises(ConfigError, match=r"data.num_workers=-1"):
+        loader_workers(-1)
+    from conftest import compose_cfg
+
+    for config, overrides in [("train.yaml", []), ("eval.yaml", []), ("eval.yaml", ["task=retrieval"]),
+                              ("eval.yaml", ["task=predict"]), ("train.yaml", ["experiment=video_fusion_pretrain"])]:
+        cfg = compose_cfg(config, overrides, tmp_path)
+        assert cfg.data.num_workers == "auto" and cfg.data.pin_memory == "auto", (config, overrides)

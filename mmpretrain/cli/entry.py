@@ -54,7 +54,7 @@ def conf_dir() -> Path:
 
 
 _KEY_RE = re.compile(r"^([A-Za-z_]\w*):\s*(.*)$")
-_NOT_SHOWN = ("task_name", "tags")
+_NOT_SHOWN = ("task_name", "tags", "defaults", "hydra", "extras")
 
 
 def documented_keys(path: Path) -> list[tuple[str, str, str]]:
@@ -77,8 +77,10 @@ def documented_keys(path: Path) -> list[tuple[str, str, str]]:
             section = None if default else key
             if default and key not in _NOT_SHOWN:
                 keys.append((key, default, " ".join(comment)))
-        elif match and section == "task" and match.group(1) != "name":
-            keys.append((f"task.{match.group(1)}", match.group(2), " ".join(comment)))
+        elif match and section not in (None, *_NOT_SHOWN) and line == "  " + stripped and match.group(2):
+            key = f"{section}.{match.group(1)}"
+            if key != "task.name":
+                keys.append((key, match.group(2), " ".join(comment)))
         comment = []
     return keys
 

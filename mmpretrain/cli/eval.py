@@ -24,6 +24,7 @@ from mmpretrain.cli.utils import (
     log_hyperparameters,
     task_wrapper,
 )
+from mmpretrain.data import loader_pin_memory, loader_workers
 from mmpretrain.encoders import ImageEncoder, load_encoder
 from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot import (
@@ -257,7 +258,9 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                                size=(pre["image_size"], pre["image_size"]), train=False,
                                backend=cfg.data.backend)  # fmt: skip
     processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor),
+                        num_workers=loader_workers(cfg.data.num_workers),
+                        pin_memory=loader_pin_memory(cfg.data.pin_memory))  # fmt: skip
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_checkpointing=False)
     path = Path(cfg.task.output or Path(cfg.paths.output_dir) / "predictions.jsonl")
     count = write_predictions(trainer, module, loader, path, top_k=cfg.task.top_k)
@@ -313,9 +316,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             weight_decay=cfg.task.weight_decay,
             label_smoothing=cfg.task.label_smoothing,
         )
-        trainer: pl.Trainer = hydra.utils.instantiate(
-            cfg.trainer, max_epochs=cfg.task.epochs, logger=loggers or False, enable_checkpointing=False
-        )
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
         trainer.fit(model, datamodule=datamodule)
         metrics = {f"linear/{k.split('/')[-1]}": float(v) for k, v in trainer.validate(model, datamodule)[0].items()}
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -324,7 +325,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     record = {"task": name, "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init), **metrics}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
-    return metrics, {"backbone": backbone, "datamodule": datamodule}
+    return metrics, {"backbone": backbone, "datamodule": datamodule, "trainer": trainer if name == "linear" else None}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="eval.yaml")

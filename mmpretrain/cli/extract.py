@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
+from mmpretrain.data import loader_workers
 from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import read_input, run_extraction
 
@@ -37,7 +38,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
         cfg.output,
         trainer,
         batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg.num_workers),
         shard_size=cfg.shard_size,
         dtype=cfg.dtype,
         normalize=cfg.normalize,

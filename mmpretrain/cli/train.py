@@ -9,7 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from mmpretrain.cli.entry import _in_sweep, run_hydra, short_errors
+from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import (
     apply_extras,
     get_metric_value,
@@ -17,6 +17,7 @@ from mmpretrain.cli.utils import (
     instantiate_loggers,
     log_hyperparameters,
     resolve_ckpt_path,
+    saved_checkpoints,
     task_wrapper,
 )
 
@@ -42,8 +43,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-        log.info("checkpoints: %s", best or trainer.default_root_dir)
+        objects["checkpoints"] = saved_checkpoints(trainer)
+        log.info("checkpoints: %s", ", ".join(map(str, objects["checkpoints"])) or "none (no checkpoint callback)")
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     return metrics, objects
 
@@ -52,7 +53,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 @short_errors("mmpretrain-train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's entry; returns the optimized metric for Hydra sweepers."""
-    metrics, _ = train(cfg)
+    metrics, objects = train(cfg)
+    print_outputs("mmpretrain-train", [cfg.paths.output_dir, *objects.get("checkpoints", [])])
     return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
 
 
