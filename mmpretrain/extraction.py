@@ -437,7 +437,7 @@ def _finalize(
         output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
         extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
-               "encoder_source": encoder_source or encoder.name,
+               "encoder_source": _loadable(encoder_source or encoder.name),
                **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)
@@ -445,6 +445,13 @@ def _finalize(
              len(manifest["shards"]), failed)
     return {"output": str(output), "count": manifest["count"], "failed": failed, "dim": plan.dim,
             "shards": len(manifest["shards"]), "dtype": plan.dtype}
+
+
+def _loadable(source: str) -> str:
+    """A local encoder path made absolute and resolved, so the store finds its encoder from any folder; registry
+    names and URLs as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if "://" not in source and path.exists() else source
 
 
 def run_extraction(

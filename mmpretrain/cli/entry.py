@@ -243,7 +243,7 @@ hub = console("mmpretrain-hub")
 
 def print_outputs(prog: str, paths: Sequence[str | os.PathLike]) -> None:
     """End a run by naming where its outputs are (on stderr, so stdout stays the results)."""
-    shown = [str(p) for p in paths if Path(p).exists()]
+    shown = [str(Path(p).resolve()) for p in paths if Path(p).exists()]
     if shown:
         print(f"{prog}: outputs:\n" + "\n".join(f"  {p}" for p in shown), file=sys.stderr)
 
