@@ -516,6 +516,22 @@ def test_publish_load_build_roundtrip(server: _Server, tmp_path: Path) -> None:
     assert hub.publish(ckpt, tmp_path / "default_name")["name"] == "epoch_2-step_20"
 
 
+def test_publish_names_the_run_and_writes_files_alike(tmp_path: Path) -> None:
+    run = tmp_path / "logs/moby_demo/runs/2026-12-01_18-50-22/checkpoints"
+    run.mkdir(parents=True)
+    _training_checkpoint(_tiny_swin(seed=1), run / "last.ckpt")
+    old = os.umask(0o022)
+    try:
+        entry = hub.publish(run / "last.ckpt", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert entry["name"] == "moby_demo_2026-12-01_18-50-22"
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "out").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "model.safetensors.sha256": 0o644}
+    trial = tmp_path / "logs/moby_demo/multiruns/2026-12-01_19-00-00/3/checkpoints/epoch_010.ckpt"
+    assert hub.formats.run_name(trial) == "moby_demo_2026-12-01_19-00-00_3_epoch_010"
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 

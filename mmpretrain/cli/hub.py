@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="turn a training checkpoint into safetensors + config.json + sha256")
     p.add_argument("checkpoint", help="Lightning .ckpt written by mmpretrain-train")
     p.add_argument("out_dir")
-    p.add_argument("--name", help="registry name (default: from the checkpoint file name)")
+    p.add_argument("--name", help="registry name (default: <experiment>_<run> from logs/<experiment>/runs/<run>/)")
     p.add_argument("--url", help="where model.safetensors will be hosted (default: its file:// URI)")
     return parser
 

@@ -150,7 +150,32 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
     digest = sha256_file(weights)
     write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_text_atomic(sidecar_path(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    mode = _new_file_mode()
+    for written in (weights, out_dir / CONFIG_FILE, sidecar_path(weights)):
+        written.chmod(mode)  # temporaries may be private (0600); the published files share the umask's mode
     return digest
+
+
+def _new_file_mode() -> int:
+    """The mode a plain `open(..., "w")` gives a new file under this process's umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def run_name(checkpoint: Path) -> str:
+    """A published model's default name: `<experiment>_<run>` for `logs/<experiment>/runs/<run>/checkpoints/last.ckpt`
+    (and `..._<stem>` for other checkpoint files, `<run>_<trial>` for sweep trials), else the file's stem."""
+    parts = checkpoint.resolve().parts
+    if len(parts) < 5 or parts[-2] != "checkpoints":
+        return checkpoint.stem
+    if parts[-5] == "multiruns" and len(parts) >= 6:
+        experiment, run = parts[-6], f"{parts[-4]}_{parts[-3]}"
+    elif parts[-4] == "runs":
+        experiment, run = parts[-5], parts[-3]
+    else:
+        return checkpoint.stem
+    return "_".join([experiment, run] + ([] if checkpoint.stem == "last" else [checkpoint.stem]))
 
 
 def _published_entry(out_dir: Path, name: str, url: str | None, digest: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -183,14 +208,14 @@ def publish(
             ``hyper_parameters`` with ``backbone``, ``backbone_kwargs``, ``image_size``, ``mean``, ``std``,
             ``interpolation``).
         out_dir: folder to write to.
-        name: registry name; defaults to a sanitised file stem.
+        name: registry name; defaults to `<experiment>_<run>` of the run folder (see :func:`run_name`).
         url: where ``model.safetensors`` will be hosted; defaults to its local ``file://`` URI.
     """
     path = Path(training_checkpoint)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
-    name = check_name(name, "name") if name is not None else _default_name(path.stem)
+    name = check_name(name, "name") if name is not None else _default_name(run_name(path))
     read = _video_lightning_config if "video_model" in ckpt else _lightning_config
     config, state = read(ckpt, str(path))
     config["name"] = name
