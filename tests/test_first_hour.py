@@ -191,3 +191,19 @@ def test_loader_defaults_fit_the_machine(tmp_path: Path) -> None:
                               ("eval.yaml", ["task=predict"]), ("train.yaml", ["experiment=video_fusion_pretrain"])]:
         cfg = compose_cfg(config, overrides, tmp_path)
         assert cfg.data.num_workers == "auto" and cfg.data.pin_memory == "auto", (config, overrides)
+
+
+def test_faiss_factory_strings_with_commas_are_taken_as_typed(tmp_path: Path) -> None:
+    from conftest import compose_cfg
+
+    args = entry.quote_factory_strings(["build", "index_key=IVF128,Flat", "i2i_index_key=OPQ8_32,IVF64,PQ8", "k=1,2"])
+    assert args == ["build", "index_key='IVF128,Flat'", "i2i_index_key='OPQ8_32,IVF64,PQ8'", "k=1,2"]
+    assert entry.quote_factory_strings(["-m", "index_key=Flat,HNSW32"]) == ["-m", "index_key=Flat,HNSW32"]
+    cfg = compose_cfg("index.yaml", ["command=build", *entry.quote_factory_strings(["index_key=IVF128,Flat"])],
+                      tmp_path)  # fmt: skip
+    assert cfg.index_key == "IVF128,Flat"
+    run = _run([str(BIN / "mmpretrain-index"), "build", f"store={tmp_path}/nope", f"output={tmp_path}/idx",
+                "index_key=IVF128,Flat"], tmp_path)  # fmt: skip
+    assert run.returncode == 1
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert last_line == f"mmpretrain-index: error: store={tmp_path}/nope: folder does not exist"

@@ -155,6 +155,24 @@ def override_hint(config_name: str, overrides: Sequence[str]) -> str | None:
     return f"`{full_key}` is not a key; {parent or 'the config'} has: {', '.join(sorted(keys))}"
 
 
+#: keys whose values are faiss index_factory strings, which contain commas ("IVF1024,Flat")
+FACTORY_KEYS = ("index_key", "i2i_index_key", "task.index_key")
+
+
+def quote_factory_strings(args: Sequence[str]) -> list[str]:
+    """`index_key=IVF128,Flat` as typed: Hydra reads an unquoted comma as a sweep (or refuses it as ambiguous),
+    so a factory key's value is quoted for it. Under `-m`/`--multirun` commas keep meaning a sweep."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return list(args)
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in FACTORY_KEYS and "," in value and value[:1] not in "'\"[":
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
 
@@ -202,8 +220,9 @@ def run_hydra(prog: str, config_name: str, hydra_main: Callable[[], Any], argv: 
     if prog != "mmpretrain-train" and ("--help" in args or "-h" in args):
         print(task_help(prog, args))
         return None
-    if argv is not None:
-        sys.argv = [sys.argv[0], *args]
+    quoted = quote_factory_strings(args)
+    if argv is not None or quoted != args:
+        sys.argv = [sys.argv[0], *quoted]
     _STATE["started"] = False
     try:
         return hydra_main()
