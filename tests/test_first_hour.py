@@ -207,3 +207,29 @@ def test_faiss_factory_strings_with_commas_are_taken_as_typed(tmp_path: Path) ->
     assert run.returncode == 1
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == f"mmpretrain-index: error: store={tmp_path}/nope: folder does not exist"
+
+
+def test_debug_logging_hides_library_chatter_and_keeps_the_logger(demo_root: Path, tmp_path: Path) -> None:
+    """The composed job logging (root at DEBUG under debug=fdr) applied in a fresh process that imports faiss and
+    reads a PNG: neither faiss's loader INFO lines nor PIL's chunk DEBUG lines come out; the project's DEBUG does."""
+    import json
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="mmpretrain.conf"):
+        cfg = compose("train.yaml", ["debug=fdr", "logger=csv"], return_hydra_config=True)
+    assert "csv" in cfg.logger, "debug=fdr keeps the chosen logger"
+    logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
+    logging_cfg["handlers"] = {"console": logging_cfg["handlers"]["console"]}
+    logging_cfg["root"]["handlers"] = ["console"]
+    assert logging_cfg["root"]["level"] == "DEBUG"
+    image = next((demo_root / "train").rglob("*.png"))
+    code = (f"import logging.config, json; logging.config.dictConfig(json.loads({json.dumps(json.dumps(logging_cfg))}))"
+            f"; import faiss; from PIL import Image; Image.open({str(image)!r}).load()"
+            "; logging.getLogger('mmpretrain.x').debug('project debug line')")  # fmt: skip
+    run = _run([sys.executable, "-c", code], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "project debug line" in run.stdout
+    assert "AVX" not in run.stdout + run.stderr and "STREAM" not in run.stdout + run.stderr
