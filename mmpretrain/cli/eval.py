@@ -157,7 +157,8 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     base_features = None if cfg.n_base is None else features[~novel]
     results = {
         method: evaluate_episodes(features[novel], data.labels[novel], cfg.n_way, shots, cfg.n_query, cfg.episodes,
-                                  method, cfg.seed, base_features=base_features, device=device)
+                                  method, cfg.seed, base_features=base_features, device=device,
+                                  progress=cfg.get("progress", True))
         for method in methods
     }  # fmt: skip
     metrics = {}
