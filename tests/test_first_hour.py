@@ -233,3 +233,31 @@ def test_debug_logging_hides_library_chatter_and_keeps_the_logger(demo_root: Pat
     assert run.returncode == 0, run.stderr
     assert "project debug line" in run.stdout
     assert "AVX" not in run.stdout + run.stderr and "STREAM" not in run.stdout + run.stderr
+
+
+def test_long_work_shows_progress(tmp_path: Path, capsys) -> None:
+    """Few-shot episodes, kNN feature passes, the store linear probe and item-to-item tables draw a bar on stderr
+    when asked (the command lines ask), and stay silent for library calls that do not."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmpretrain.fewshot import evaluate_episodes
+    from mmpretrain.recsys import item_to_item
+    from mmpretrain.ssl import extract_features
+    from mmpretrain.video.store_probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.standard_normal((60, 8)).astype(np.float32), np.repeat(np.arange(6), 10)
+    evaluate_episodes(features, labels, n_way=3, n_shot=1, n_query=3, episodes=20, device="cpu")
+    assert capsys.readouterr().err == ""
+    evaluate_episodes(features, labels, n_way=3, n_shot=1, n_query=3, episodes=20, device="cpu", progress=True)
+    assert "simpleshot 3-way 1-shot" in capsys.readouterr().err
+
+    loader = DataLoader([{"image": torch.randn(8), "label": 0}] * 4, batch_size=2)
+    extract_features(torch.nn.Identity(), loader, progress="kNN bank")
+    assert "kNN bank" in capsys.readouterr().err
+    linear_probe(features[:30], labels[:30], features[30:], labels[30:], epochs=3, device="cpu", progress=True)
+    assert "linear probe (classify)" in capsys.readouterr().err
+    item_to_item(features, tmp_path / "i2i.parquet", ids=[f"i{n}" for n in range(60)], k=2, progress=True)
+    assert "item-to-item" in capsys.readouterr().err

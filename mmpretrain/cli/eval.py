@@ -228,7 +228,7 @@ def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from mmpretrain.video.store_probe import probe_store
 
     result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed)  # fmt: skip
+                         weight_decay=cfg.weight_decay, seed=cfg.seed, progress=True)  # fmt: skip
     scalars = {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     metrics = {f"probe/{k}": v for k, v in scalars.items()}
     metrics["probe/score"] = scalars["top1" if cfg.probe_task == "classify" else "mAP"]
@@ -302,8 +302,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if name == "knn":
         bank_loader, query_loader = datamodule.eval_loaders()
         device = _device(cfg.trainer)
-        bank = extract_features(backbone, bank_loader, device)
-        query = extract_features(backbone, query_loader, device)
+        bank = extract_features(backbone, bank_loader, device, progress="kNN bank (data.train_root)")
+        query = extract_features(backbone, query_loader, device, progress="kNN queries (data.val_root)")
         scores = knn_accuracy(*bank, *query, k=cfg.task.k, temperature=cfg.task.temperature)
         metrics = {"knn/top1": scores["top1"], "knn/top5": scores["top5"]}
         _log_metrics(loggers, metrics)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from mmpretrain.embeddings import open_store
 from mmpretrain.errors import ConfigError
@@ -56,6 +57,7 @@ def linear_probe(
     batch_size: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train a linear layer on standardized frozen features and score the validation split.
 
@@ -69,6 +71,7 @@ def linear_probe(
         num_classes: classes (default: the largest index + 1 over both splits).
         epochs / lr / weight_decay / batch_size / seed: the optimisation; ``seed`` fixes init and order.
         device: where to train; default CUDA when present.
+        progress: a progress bar over the epochs.
 
     Returns:
         ``{"top1", "top5"}`` (percent) or ``{"mAP", "gap20", "p@5", "r@5", "f1_micro", "f1_macro", "thresholds"}``
@@ -101,7 +104,7 @@ def linear_probe(
     optimizer = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = F.cross_entropy if task == "classify" else F.binary_cross_entropy_with_logits
     step = batch_size or len(x_train)
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=f"linear probe ({task})", unit="epoch", disable=not progress, leave=False):
         order = torch.randperm(len(x_train), generator=generator).to(device)
         for start in range(0, len(order), step):
             rows = order[start : start + step]
