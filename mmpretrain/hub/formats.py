@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from mmpretrain._io import sha256_file, write_text_atomic
 from mmpretrain.errors import MissingPathError
 from mmpretrain.hub.download import download, is_url, sidecar_path
 from mmpretrain.hub.errors import HubError
+from mmpretrain.hub.infer import infer_architecture, match_registry
 from mmpretrain.hub.registry import (
     DEFAULT_PREPROCESSING,
     RegistryEntry,
@@ -39,6 +41,8 @@ from mmpretrain.hub.registry import (
     normalize_architecture,
 )
 from mmpretrain.hub.safe_load import safe_torch_load
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -266,13 +270,25 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, torc
     return (json.loads(embedded) if embedded else None), state
 
 
-def _require_config(config: dict[str, Any] | None, source: str, fmt: str) -> dict[str, Any]:
-    if config is None:
-        raise HubError(
-            f"{source}: a {fmt} checkpoint carries no architecture; pass architecture='<timm name>' "
-            "or load it by a registry name"
-        )
-    return config
+def _config_for(
+    config: dict[str, Any] | None,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    source: str,
+    entries: Mapping[str, RegistryEntry],
+    raw: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config given (architecture= or a registry name), else that of a registry entry matching the file by
+    name or sha256, else a Swin / ViT architecture read from the weights' shapes (see :mod:`mmpretrain.hub.infer`)."""
+    if config is not None:
+        return config
+    entry = match_registry(path, entries)
+    if entry is not None:
+        log.info("%s: the registry's %s (matched by file name or sha256)", source, entry.name)
+        return entry.config()
+    arch = infer_architecture(state, source, raw)
+    log.info("%s: carries no config; architecture read from its weights: %s %s", source, arch["name"], arch["kwargs"])
+    return {"architecture": arch, "preprocessing": default_preprocessing(arch, None)}
 
 
 def load_checkpoint(
@@ -287,7 +303,8 @@ def load_checkpoint(
 
     The format is detected from the content: own safetensors (config in metadata or a sibling ``config.json``),
     official MoBY (``{"model": {"encoder.*"}}``), a Lightning training checkpoint of this project, or a plain
-    timm state dict. Files without a config need ``architecture`` or a registry entry.
+    timm state dict. Files without a config take ``architecture``, else the registry entry matching their file name
+    or sha256, else the Swin / ViT architecture their weights' shapes show (checked to fit them exactly).
 
     Args:
         name_or_path_or_url: registry name, ``http(s)://``/``file://`` URL, ``.pth``/``.ckpt``/``.safetensors``
@@ -324,7 +341,7 @@ def load_checkpoint(
             embedded = json.loads(sibling.read_text(encoding="utf-8"))
         if embedded is not None:
             return LoadedCheckpoint(embedded, state, source, "mmpretrain", path)
-        return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+        return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
     obj = safe_torch_load(path)
     if (
         isinstance(obj, Mapping)
@@ -332,7 +349,8 @@ def load_checkpoint(
         and any(k.startswith("encoder.") for k in obj["model"])
     ):
         state = convert_moby_official(obj)
-        return LoadedCheckpoint(_require_config(config, source, "moby-official"), state, source, "moby-official", path)
+        config = _config_for(config, state, path, source, entries, raw=obj["model"])
+        return LoadedCheckpoint(config, state, source, "moby-official", path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "video_model" in obj:
         video_config, state = _video_lightning_config(obj, source)
         return LoadedCheckpoint(video_config, state, source, "lightning", path)
@@ -340,7 +358,7 @@ def load_checkpoint(
         lightning_config, state = _lightning_config(obj, source)
         return LoadedCheckpoint(lightning_config, state, source, "lightning", path)
     state = _plain_state_dict(obj, source)
-    return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+    return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
 
 
 def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
