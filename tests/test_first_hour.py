@@ -261,3 +261,48 @@ def test_long_work_shows_progress(tmp_path: Path, capsys) -> None:
     assert "linear probe (classify)" in capsys.readouterr().err
     item_to_item(features, tmp_path / "i2i.parquet", ids=[f"i{n}" for n in range(60)], k=2, progress=True)
     assert "item-to-item" in capsys.readouterr().err
+
+
+def test_stock_timm_backbone_is_a_baseline_encoder(demo_root: Path, tmp_path: Path) -> None:
+    """`timm:<model>`: seeded random init when timm's weights are not cached, and through the eval CLI."""
+    import torch
+    from conftest import compose_cfg
+
+    import mmpretrain
+    from mmpretrain.cli.eval import evaluate
+
+    first = mmpretrain.load_encoder("timm:test_resnet", device="cpu")
+    again = mmpretrain.load_encoder("timm:test_resnet", device="cpu")
+    assert first.name == "timm:test_resnet (random init)" and first.embed_dim == 96
+    for a, b in zip(first.backbone.state_dict().values(), again.backbone.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert first.preprocessing["image_size"] == 160 and first.preprocessing["mean"] == [0.5, 0.5, 0.5]
+    with pytest.raises(ConfigError, match=r"timm has no model 'test_resnett'; did you mean \['test_resnet'"):
+        mmpretrain.load_encoder("timm:test_resnett")
+
+    cfg = compose_cfg("eval.yaml", ["encoder=timm:test_resnet", f"data.train_root={demo_root}/train",
+                                    f"data.val_root={demo_root}/val", "data.num_workers=0", "trainer=cpu",
+                                    "data.batch_size=16"], tmp_path)  # fmt: skip
+    metrics, _ = evaluate(cfg)
+    assert set(metrics) == {"knn/top1", "knn/top5"} and 0 <= metrics["knn/top1"] <= 100
+
+
+def test_stock_timm_backbone_takes_cached_pretrained_weights_offline(tmp_path: Path) -> None:
+    """timm's weights placed in a Hugging Face cache (as a download would leave them) load with no network."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    reference = timm.create_model("test_resnet")  # with its classifier, as timm's files are
+    snapshot = tmp_path / "hub/models--timm--test_resnet.r160_in1k/snapshots/0123abc"
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
+    (tmp_path / "hub/models--timm--test_resnet.r160_in1k/refs").mkdir()
+    (tmp_path / "hub/models--timm--test_resnet.r160_in1k/refs/main").write_text("0123abc")
+    torch.save(reference.conv1[0].weight, tmp_path / "conv1.pt")
+    code = ("import torch, mmpretrain; e = mmpretrain.load_encoder('timm:test_resnet', device='cpu'); print(e.name); "
+            f"assert torch.equal(e.backbone.conv1[0].weight, torch.load({str(tmp_path / 'conv1.pt')!r}))")  # fmt: skip
+    run = _run([sys.executable, "-c", code], tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "timm:test_resnet (timm pretrained, r160_in1k)"

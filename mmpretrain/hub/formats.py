@@ -41,6 +41,7 @@ from mmpretrain.hub.registry import (
     normalize_architecture,
 )
 from mmpretrain.hub.safe_load import safe_torch_load
+from mmpretrain.hub.stock import is_stock, load_stock
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +309,18 @@ def load_checkpoint(
 
     Args:
         name_or_path_or_url: registry name, ``http(s)://``/``file://`` URL, ``.pth``/``.ckpt``/``.safetensors``
-            file, or a folder written by :func:`publish`.
+            file, a folder written by :func:`publish`, or ``timm:<model>``: a stock timm backbone as a baseline
+            (timm's pretrained weights when they are in the local cache, else a seeded random init; see
+            :mod:`mmpretrain.hub.stock`).
         architecture: timm name or ``{"name", "kwargs"}`` for files that carry no config.
         registry: an extra registry file.
         cache_dir: download cache root.
         progress: show a download progress bar.
     """
     source = str(name_or_path_or_url)
+    if is_stock(source):
+        config, state, weights = load_stock(source)
+        return LoadedCheckpoint(config, state, source, "timm", weights)
     entries = load_registry(registry)
     config: dict[str, Any] | None = None
     if architecture is not None:
