@@ -345,3 +345,33 @@ def test_packaging_names_and_extras() -> None:
     assert md.version("optuna") in pinned.specifier
     assert md.version("hydra-optuna-sweeper") in Requirement(
         next(r for r in project["dependencies"] if r.startswith("hydra-optuna-sweeper"))).specifier
+
+
+def test_eval_index_and_export_end_by_naming_their_outputs(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mmpretrain.embeddings import write_store
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([f"c{i}" for i in range(4)], 10)
+    store = tmp_path / "store"
+    metadata = {"id": [f"r{i}" for i in range(40)], "label": list(labels)}
+    write_store(store, rng.standard_normal((40, 8)).astype(np.float32), metadata, encoder="synthetic", normalized=False)
+    env = {"MMPRETRAIN_ROOT": str(tmp_path)}
+    runs = {
+        "eval": [str(BIN / "mmpretrain-eval"), "task=fewshot", f"store={store}", "n_way=3", "n_shot=[1]",
+                 "n_query=2", "episodes=5", "methods=[protonet]"],
+        "index": [str(BIN / "mmpretrain-index"), "build", f"store={store}", f"output={tmp_path / 'idx'}"],
+        "export": [str(BIN / "mmpretrain-export"), f"store={store}", f"output={tmp_path / 'features'}"],
+    }  # fmt: skip
+    for name, command in runs.items():
+        run = _run(command, tmp_path, **env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        listed = run.stderr.split(f"mmpretrain-{name}: outputs:\n", 1)[1].split()
+        assert listed and all(Path(p).is_absolute() and Path(p).exists() for p in listed), listed
+        if name == "eval":
+            assert {Path(p).name for p in listed} >= {"fewshot.json", "fewshot_table.txt", "fewshot.png"}
+        elif name == "index":
+            assert listed == [str(tmp_path / "idx")]
+        else:
+            assert any(Path(p).name == "export.json" for p in listed)
