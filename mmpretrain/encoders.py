@@ -24,6 +24,7 @@ from torchvision.transforms import functional as TF
 
 from mmpretrain.data.dataset import load_rgb
 from mmpretrain.data.transforms import FrameNormalize
+from mmpretrain.errors import ConfigError
 
 __all__ = ["PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder"]
 
@@ -52,11 +53,11 @@ class ImageTransform:
 
     def __init__(self, image_size: int, crop_pct: float = 0.875, interpolation: str = "bicubic") -> None:
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"preprocessing.interpolation={interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
             )
         if not 0 < crop_pct <= 1:
-            raise ValueError(f"preprocessing.crop_pct={crop_pct} must be in (0, 1]")
+            raise ConfigError(f"preprocessing.crop_pct={crop_pct} must be in (0, 1]")
         self.image_size = int(image_size)
         self.resize_to = round(self.image_size / crop_pct)
         self.interpolation = _INTERPOLATIONS[interpolation]
@@ -77,7 +78,7 @@ def _as_pil(item: Any, index: int) -> Image.Image:
         try:
             return load_rgb(os.fspath(item))
         except Exception as err:  # PIL raises many exception types for bad files
-            raise ValueError(f"images[{index}]: cannot read image {os.fspath(item)!r}: "
+            raise ConfigError(f"images[{index}]: cannot read image {os.fspath(item)!r}: "
                              f"{type(err).__name__}: {err}") from err
     if isinstance(item, Image.Image):
         return item if item.mode == "RGB" else item.convert("RGB")
@@ -91,7 +92,7 @@ def _as_pil(item: Any, index: int) -> Image.Image:
         if item.ndim == 3 and item.shape[2] in (3, 4):
             image = Image.fromarray(np.ascontiguousarray(item), mode="RGB" if item.shape[2] == 3 else "RGBA")
             return image if image.mode == "RGB" else image.convert("RGB")
-        raise ValueError(f"images[{index}]: numpy arrays must be HxWx3 (or HxWx1, HxWx4, HxW) uint8, "
+        raise ConfigError(f"images[{index}]: numpy arrays must be HxWx3 (or HxWx1, HxWx4, HxW) uint8, "
                          f"got shape {item.shape}")
     hint = "; convert tensors with t.permute(1, 2, 0).numpy() as uint8" if isinstance(item, torch.Tensor) else ""
     raise TypeError(f"images[{index}]: expected a path, a PIL image or a uint8 HWC numpy array, "
@@ -125,7 +126,7 @@ class ImageEncoder:
         if missing:
             raise KeyError(f"encoder {name!r}: preprocessing lacks {missing} (got {sorted(preprocessing)})")
         if dtype not in PRECISIONS:
-            raise ValueError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
+            raise ConfigError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
         self.name = name
         self.preprocessing = dict(preprocessing)
         self.transform = ImageTransform(
@@ -136,7 +137,7 @@ class ImageEncoder:
         self.mean = [float(x) for x in preprocessing["mean"]]
         self.std = [float(x) for x in preprocessing["std"]]
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"encoder {name!r}: preprocessing mean and std need 3 values (RGB)")
+            raise ConfigError(f"encoder {name!r}: preprocessing mean and std need 3 values (RGB)")
         self.dtype = dtype
         self.channels_last = channels_last
         self.device = torch.device(device) if device is not None else default_device()
@@ -178,7 +179,7 @@ class ImageEncoder:
         what :func:`torchvision.transforms.ToTensor` and ``Normalize`` compute, at a fraction of the cost.
         """
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"embed expects a (n, 3, H, W) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
+            raise ConfigError(f"embed expects a (n, 3, H, W) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
         mean, std = self._mean_std(pixels.device)
         x = (pixels.float() / 255 - mean) / std
         if self.channels_last:
@@ -208,7 +209,7 @@ class ImageEncoder:
             raise TypeError(f"images must be a sequence of images, got a single {type(images).__name__}; "
                             "wrap it in a list")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         items = list(images)
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         pending: tuple[int, torch.Tensor] | None = None
@@ -277,10 +278,10 @@ class VideoEncoder:
         from mmpretrain.video.text import TextProcessor
 
         if dtype not in PRECISIONS:
-            raise ValueError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
+            raise ConfigError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
         self.embedding = embedding or config.get("embedding", "vtc")
         if self.embedding not in ("vtc", "fused"):
-            raise ValueError(f"encoder {name!r}: embedding={self.embedding!r} is not 'vtc' or 'fused'")
+            raise ConfigError(f"encoder {name!r}: embedding={self.embedding!r} is not 'vtc' or 'fused'")
         pre = config["preprocessing"]
         self.name, self.dtype, self.backend = name, dtype, backend
         self.num_frames, self.image_size = int(pre["num_frames"]), int(pre["image_size"])
@@ -325,7 +326,7 @@ class VideoEncoder:
             try:
                 return self.loader(item)
             except VideoDecodeError as err:
-                raise ValueError(f"videos[{index}]: {err}") from err
+                raise ConfigError(f"videos[{index}]: {err}") from err
         if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 4 and item.shape[-1] == 3:
             clip = torch.from_numpy(np.ascontiguousarray(item)).permute(0, 3, 1, 2)
             if clip.shape[0] > self.num_frames:
@@ -373,7 +374,7 @@ class VideoEncoder:
         titles = [None] * len(items) if titles is None else list(titles)
         ocr = [None] * len(items) if ocr is None else list(ocr)
         if len(titles) != len(items) or len(ocr) != len(items):
-            raise ValueError(f"{len(items)} videos but {len(titles)} titles and {len(ocr)} OCR entries")
+            raise ConfigError(f"{len(items)} videos but {len(titles)} titles and {len(ocr)} OCR entries")
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         with torch.inference_mode():
             for start, batch in _batches(items, batch_size):
@@ -399,7 +400,7 @@ class VideoEncoder:
         items = list(texts)
         ocr = [None] * len(items) if ocr is None else list(ocr)
         if len(ocr) != len(items):
-            raise ValueError(f"{len(items)} texts but {len(ocr)} OCR entries")
+            raise ConfigError(f"{len(items)} texts but {len(ocr)} OCR entries")
         out = np.empty((len(items), int(self.model.vtc_text.out_features)), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast(device):

@@ -38,6 +38,7 @@ from mmpretrain.data.records import RECORD_SUFFIXES
 from mmpretrain.data.sources import InputRows, is_video_manifest, parse_labels, read_image_input
 from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
 from mmpretrain.encoders import ImageEncoder, ImageTransform, VideoEncoder
+from mmpretrain.errors import ConfigError
 
 __all__ = [
     "FAILED_FILE",
@@ -296,10 +297,10 @@ def check_run(output: Path, signature: dict[str, Any], overwrite: bool) -> None:
         changed = {k: (previous.get(k), v) for k, v in signature.items() if previous.get(k) != v}
         if changed:
             shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"output={output} holds an extraction with other settings ({shown}); "
+            raise ConfigError(f"output={output} holds an extraction with other settings ({shown}); "
                              "set overwrite=true to replace it or choose another output folder")
     elif any(_STORE_FILE_RE.match(p.name) for p in output.iterdir()):
-        raise ValueError(f"output={output} holds an embedding store not written by a resumable extraction; "
+        raise ConfigError(f"output={output} holds an embedding store not written by a resumable extraction; "
                          "set overwrite=true to replace it or choose another output folder")
     _run_dir(output).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
@@ -445,7 +446,7 @@ def _finalize(
         output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
         extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
-               "encoder_source": encoder_source or encoder.name,
+               "encoder_source": _loadable(encoder_source or encoder.name),
                **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)
@@ -453,6 +454,13 @@ def _finalize(
              len(manifest["shards"]), failed)
     return {"output": str(output), "count": manifest["count"], "failed": failed, "dim": plan.dim,
             "shards": len(manifest["shards"]), "dtype": plan.dtype}
+
+
+def _loadable(source: str) -> str:
+    """A local encoder path made absolute and resolved, so the store finds its encoder from any folder; registry
+    names and URLs as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if "://" not in source and path.exists() else source
 
 
 def run_extraction(
@@ -494,13 +502,13 @@ def run_extraction(
         ``{"output", "count", "failed", "dim", "shards", "dtype"}`` on global rank 0, ``None`` on other ranks.
     """
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {SUPPORTED_DTYPES} (the store's on-disk dtype)")
+        raise ConfigError(f"dtype={dtype!r} is not one of {SUPPORTED_DTYPES} (the store's on-disk dtype)")
     if not 0 <= max_failure_rate <= 1:
-        raise ValueError(f"max_failure_rate={max_failure_rate} must be within [0, 1]")
+        raise ConfigError(f"max_failure_rate={max_failure_rate} must be within [0, 1]")
     plan = _Plan(Path(output).expanduser(), source, shard_size, dtype, encoder.embed_dim)
     signature = {  # through JSON, so it compares equal to the run.json it is checked against on resume
         "encoder": encoder.name,
@@ -518,7 +526,7 @@ def run_extraction(
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ShardWriter)] + [writer]
     video_encoder = isinstance(encoder, VideoEncoder)
     if source.is_video != video_encoder:
-        raise ValueError(f"{source.root}: a {source.kind} needs {'a video' if source.is_video else 'an image'} "
+        raise ConfigError(f"{source.root}: a {source.kind} needs {'a video' if source.is_video else 'an image'} "
                          f"encoder, but {encoder.name!r} is {'a video' if video_encoder else 'an image'} encoder")
     datamodule = ExtractionDataModule(plan, file_loader(encoder), signature, overwrite, batch_size, num_workers)
     trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)

@@ -112,7 +112,7 @@ class PrototypicalNetworks(nn.Module):
 
 
 def easyfsl_loop(features: np.ndarray, labels: np.ndarray, episodes: int, seed: int) -> float:
-    """easyfsl's ``evaluate`` (with ``use_tqdm=False``), one episode per DataLoader batch; pooled accuracy."""
+    """easyfsl's ``evaluate`` (with ``use_tqdm=False``), one episode per DataLoader batch; pooled accuracy (%)."""
     random.seed(seed)
     dataset = FeaturesDataset(torch.from_numpy(features), labels.tolist())
     sampler = TaskSampler(dataset, n_way=5, n_shot=1, n_query=15, n_tasks=episodes)
@@ -125,7 +125,7 @@ def easyfsl_loop(features: np.ndarray, labels: np.ndarray, episodes: int, seed: 
             predictions = model(query).detach().data
             correct += int((torch.max(predictions, 1)[1] == query_labels).sum().item())
             total += len(query_labels)
-    return correct / total
+    return 100.0 * correct / total
 
 
 def lean_loop(features: np.ndarray, labels: np.ndarray, episodes: int, seed: int) -> float:
@@ -143,7 +143,7 @@ def lean_loop(features: np.ndarray, labels: np.ndarray, episodes: int, seed: int
             query = episode[:, 1:].reshape(-1, features.shape[1])
             predictions = (-torch.cdist(query, prototypes)).argmax(dim=1)
             accuracies.append((predictions == query_labels).float().mean().item())
-    return float(np.mean(accuracies))
+    return 100.0 * float(np.mean(accuracies))
 
 
 def timed(fn: Callable[[], float], repeats: int) -> tuple[float, float]:

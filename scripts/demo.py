@@ -118,7 +118,7 @@ def _images(root: Path, demo: Path, runs: Path, epochs: int | None) -> None:
         cells = []
         for label in ("random init", "MoBY pretrained"):
             r = _find(fewshot[label], method, shots)
-            cells.append(f"{100 * r['mean']:6.1f} ± {100 * r['ci95']:.1f}")
+            cells.append(f"{r['mean']:6.1f} ± {r['ci95']:.1f}")
         print(f"{method:<12}{shots:>6}{cells[0]:>18}{cells[1]:>20}")
 
     _section("embedding store, FAISS index and a query")

@@ -84,11 +84,12 @@ def test_eval_knn_and_linear_on_a_training_checkpoint(demo_root: Path, tmp_path:
     w_trained = next(objects["backbone"].parameters())
     w_random = next(objects_r["backbone"].parameters())
     assert w_trained.shape == w_random.shape and not (w_trained == w_random).all()
-    linear, _ = evaluate(
-        compose_cfg("eval.yaml", [*common, "task=linear", "task.epochs=2", "trainer.enable_progress_bar=false"],
+    linear, objects = evaluate(
+        compose_cfg("eval.yaml", [*common, "task=linear", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"],
                     tmp_path / "lin")
     )  # fmt: skip
     assert set(linear) == {"linear/top1", "linear/top5"} and 0 <= linear["linear/top1"] <= 100
+    assert objects["trainer"].current_epoch == 2, "trainer.max_epochs is the probe's epochs"
 
 
 def test_eval_rejects_unknown_checkpoint(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mmpretrain.cli import utils
+from mmpretrain.errors import MMPretrainError
 
 
 def test_checkpoint_write_failure_keeps_previous_file(tmp_path: Path, monkeypatch) -> None:
@@ -43,6 +45,11 @@ def test_resolve_last_picks_newest_run(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         os.utime(path, (time.time() + i, time.time() + i))
     assert utils.resolve_ckpt_path("last", tmp_path / "logs", "moby") == str(new)
+    trial = tmp_path / "logs/moby/multiruns/2026-01-03/0/checkpoints/last.ckpt"  # a newer sweep trial
+    trial.parent.mkdir(parents=True)
+    trial.write_bytes(b"x")
+    os.utime(trial, (time.time() + 5, time.time() + 5))
+    assert utils.resolve_ckpt_path("last", tmp_path / "logs", "moby") == str(new), "sweep trials are not resumed"
     assert utils.resolve_ckpt_path(None, tmp_path / "logs", "moby") is None
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no checkpoints/last.ckpt under .*other"):
         utils.resolve_ckpt_path("last", tmp_path / "logs", "other")
@@ -73,8 +80,14 @@ def test_wandb_offline_without_login(tmp_path: Path, monkeypatch, caplog) -> Non
 
 def test_metric_value_error_names_the_metric() -> None:
     assert utils.get_metric_value({"val/knn_top1": torch.tensor(42.5)}, "val/knn_top1") == 42.5
-    with pytest.raises(KeyError, match=r"optimized_metric=val/knn_top1 was not logged"):
+    with pytest.raises(MMPretrainError, match=r"optimized_metric=val/knn_top1 was not logged"):
         utils.get_metric_value({"train/loss": 1.0}, "val/knn_top1")
+
+
+def test_missing_metric_outside_a_sweep_is_a_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert utils.get_metric_value({"train/loss": 1.0}, "val/knn_top1", required=False) is None
+    assert "optimized_metric=val/knn_top1 was not logged" in caplog.text
 
 
 class _Return:

@@ -269,3 +269,14 @@ def test_console_script_from_another_directory(published: Path, demo_root: Path,
     store = open_store(tmp_path / "store")
     assert store.count == 16 and "label" not in store.metadata().column_names
     assert list((tmp_path / "logs" / "extract" / "runs").glob("*/extract.log"))
+    assert result.stderr.rstrip().endswith(f"mmpretrain-extract: outputs:\n  {tmp_path / 'store'}")
+
+
+def test_store_records_the_absolute_encoder_path(encoder: ImageEncoder, published: Path, demo_root: Path,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(published.parent)
+    _extract(encoder, demo_root / "val", tmp_path / "store", encoder_source=published.name)
+    source = open_store(tmp_path / "store").manifest["extra"]["encoder_source"]
+    assert source == str(published.resolve()), "a store searched from another folder still finds its encoder"
+    _extract(encoder, demo_root / "val", tmp_path / "named", encoder_source="moby_swin_t_300ep")
+    assert open_store(tmp_path / "named").manifest["extra"]["encoder_source"] == "moby_swin_t_300ep"

@@ -20,13 +20,13 @@ def clustered(classes: int = 12, per_class: int = 25, dim: int = 16, spread: flo
 
 
 def test_confidence_interval_formula():
-    accuracies = np.array([0.2, 0.6, 0.8, 1.0, 0.4])
+    accuracies = np.array([20.0, 60.0, 80.0, 100.0, 40.0])
     expected = 1.96 * np.sqrt(np.mean((accuracies - accuracies.mean()) ** 2)) / np.sqrt(5)   # population σ
     assert confidence_interval(accuracies) == pytest.approx(expected)
     assert confidence_interval(accuracies, z=2.576) == pytest.approx(expected / 1.96 * 2.576)
     result = EpisodeResult("protonet", 5, 1, 15, accuracies)
     assert result.ci95 == pytest.approx(expected)
-    assert result.mean == pytest.approx(0.6) and result.episodes == 5
+    assert result.mean == pytest.approx(60.0) and result.episodes == 5
     assert result.to_dict()["ci95"] == pytest.approx(expected)
     assert "60.00 ± " in str(result)
     with pytest.raises(ValueError, match="at least one episode"):
@@ -45,7 +45,7 @@ def test_matches_a_per_episode_numpy_loop():
         query = features[sampled.query[e].numpy()].astype(np.float64)
         centroids = support.mean(axis=1)
         predicted = [np.argmin([np.sum((q - c) ** 2) for c in centroids]) for q in query]
-        expected.append(np.mean(np.array(predicted) == np.repeat(np.arange(4), 3)))
+        expected.append(100 * np.mean(np.array(predicted) == np.repeat(np.arange(4), 3)))
     np.testing.assert_allclose(result.accuracies, expected)
     again = evaluate_episodes(features, labels, 4, 2, 3, 60, "protonet", seed=3, device="cpu")
     np.testing.assert_array_equal(again.accuracies, result.accuracies)
@@ -57,7 +57,7 @@ def test_separable_data_is_solved(method):
     features, labels = clustered()
     result = evaluate_episodes(features, labels, n_way=5, n_shot=1, n_query=5, episodes=100, method=method,
                                device="cpu")
-    assert result.mean > 0.99
+    assert result.mean > 99
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -66,7 +66,7 @@ def test_shuffled_labels_give_chance(method):
     shuffled = np.random.default_rng(1).permutation(labels)
     result = evaluate_episodes(features, shuffled, n_way=5, n_shot=5, n_query=10, episodes=300, method=method,
                                device="cpu")
-    assert abs(result.mean - 0.2) < 4 * result.ci95 + 0.01, (result.mean, result.ci95)
+    assert abs(result.mean - 20) < 4 * result.ci95 + 1, (result.mean, result.ci95)
 
 
 def test_several_shot_counts_in_one_call():
@@ -100,7 +100,7 @@ def test_custom_callable_method():
 
     result = evaluate_episodes(features, labels, n_way=4, n_query=5, episodes=10, method=always_first)
     assert result.method == "always_first"
-    np.testing.assert_allclose(result.accuracies, 0.25)
+    np.testing.assert_allclose(result.accuracies, 25.0)
 
 
 def test_bad_inputs_are_named():

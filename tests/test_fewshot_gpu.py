@@ -27,9 +27,9 @@ def test_cuda_matches_cpu(method):
     same = np.mean(cpu.accuracies == gpu.accuracies)
     detail = (f"cpu {cpu.mean:.5f} gpu {gpu.mean:.5f} same episodes {same:.3f} "
               f"matmul precision {torch.get_float32_matmul_precision()} tf32 {torch.backends.cuda.matmul.allow_tf32}")
-    assert 0.3 < cpu.mean < 0.999, detail
+    assert 30 < cpu.mean < 99.9, detail
     assert same > 0.97, detail                                                # rounding may flip a rare query
-    assert abs(cpu.mean - gpu.mean) < 1e-3, detail
+    assert abs(cpu.mean - gpu.mean) < 0.1, detail
 
 
 def test_default_device_is_cuda_and_cuda_inputs_work():

@@ -18,8 +18,8 @@ def result(method: str, shots: int, accuracies: list[float]) -> EpisodeResult:
 @pytest.fixture
 def results() -> dict[str, dict[int, EpisodeResult]]:
     return {
-        "simpleshot": {1: result("simpleshot", 1, [0.6, 0.7, 0.65]), 5: result("simpleshot", 5, [0.8, 0.9, 0.85])},
-        "protonet": {1: result("protonet", 1, [0.5, 0.6, 0.55]), 5: result("protonet", 5, [0.7, 0.8, 0.75])},
+        "simpleshot": {1: result("simpleshot", 1, [60, 70, 65]), 5: result("simpleshot", 5, [80, 90, 85])},
+        "protonet": {1: result("protonet", 1, [50, 60, 55]), 5: result("protonet", 5, [70, 80, 75])},
     }
 
 
@@ -29,13 +29,13 @@ def test_table_rows_show_mean_and_ci(results):
     assert lines[0].split("|")[1].strip() == "method" and "accuracy (%)" in lines[0]
     assert len(lines) == 2 + 4
     assert lines[2].split("|")[1].strip() == "protonet"                       # sorted by method, then shots
-    ci = 100 * 1.96 * np.std([0.6, 0.7, 0.65]) / np.sqrt(3)
+    ci = 1.96 * np.std([60, 70, 65]) / np.sqrt(3)
     assert f"65.00 ± {ci:.2f}" in text
     assert len({len(line) for line in lines}) == 1                            # aligned columns
 
 
 def test_flatten_accepts_nesting_and_rejects_junk(results):
-    assert len(flatten_results([results, result("knn", 1, [1.0])])) == 5
+    assert len(flatten_results([results, result("knn", 1, [100.0])])) == 5
     with pytest.raises(TypeError, match="expected EpisodeResult"):
         flatten_results({"a": 3})
 
@@ -74,5 +74,5 @@ def test_wandb_logs_table_plot_and_scalars(results):
     assert isinstance(payload["eval/fewshot/results"], wandb.Table)
     assert len(payload["eval/fewshot/results"].data) == 4
     assert isinstance(payload["eval/fewshot/accuracy_vs_shots"], wandb.Image)
-    assert payload["eval/fewshot/simpleshot/5way_5shot/acc"] == pytest.approx(0.85)
+    assert payload["eval/fewshot/simpleshot/5way_5shot/acc"] == pytest.approx(85.0)
     assert payload["eval/fewshot/protonet/5way_1shot/ci95"] == pytest.approx(results["protonet"][1].ci95)

@@ -188,14 +188,10 @@ def _official_moby_checkpoint(model: torch.nn.Module, path: Path, marker: Path) 
         key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)
         state[f"encoder.{key}"] = value.clone()
         state[f"encoder_k.{key}"] = torch.randn_like(value)
-    for key, value in model.named_buffers():
-        if key.endswith("relative_position_index"):
+    for key, value in model.named_buffers():  # the original code saves both buffers (shifted blocks: attn_mask)
+        if key.endswith(("relative_position_index", "attn_mask")):
             state[f"encoder.{key}"] = value.clone()
             state[f"encoder_k.{key}"] = value.clone()
-    for i, depth in enumerate(TINY["depths"][:3]):
-        for j in range(1, depth, 2):
-            state[f"encoder.layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, 4, 4)
-            state[f"encoder_k.layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, 4, 4)
     state["encoder.head.weight"] = torch.randn(10, model.num_features)
     for branch in ("projector", "projector_k"):
         state[f"{branch}.linear_hidden.1.weight"] = torch.randn(16, model.num_features)
@@ -474,8 +470,69 @@ def test_official_moby_layout_converts_and_loads_strict(tmp_path: Path) -> None:
     del loaded.state_dict["layers.1.downsample.reduction.weight"]
     with pytest.raises(hub.HubError, match=r"missing keys \['layers\.1\.downsample\.reduction\.weight'\]"):
         hub.build_backbone(loaded)
-    with pytest.raises(hub.HubError, match="carries no architecture"):
-        hub.load_checkpoint(path)
+    with pytest.raises(hub.HubError, match=r"neither a Swin nor a ViT; pass architecture="):
+        hub.load_checkpoint(_resnet_file(tmp_path / "resnet.pth"))
+
+
+def _resnet_file(path: Path) -> Path:
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), path)
+    return path
+
+
+SHIFTED = {"img_size": 32, "embed_dim": 24, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4], "window_size": 2,
+           "patch_size": 4, "mlp_ratio": 4.0}  # stages 0-1 shift their windows, so the file holds attn_mask
+
+
+def test_official_moby_swin_architecture_is_read_from_its_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = timm.create_model(SWIN, num_classes=0, **SHIFTED).eval()
+    path = tmp_path / "my_moby_run.pth"
+    _official_moby_checkpoint(source, path, tmp_path / "pwned")
+    loaded = hub.load_checkpoint(path)
+    assert loaded.config["architecture"] == {"name": SWIN, "kwargs": SHIFTED}
+    assert loaded.config["preprocessing"]["image_size"] == 32
+    _same_outputs(hub.build_backbone(loaded), source)
+    timm_layout = tmp_path / "timm_layout.pth"
+    torch.save(source.state_dict(), timm_layout)
+    guessed = hub.load_checkpoint(timm_layout).config["architecture"]["kwargs"]
+    drop = ("img_size",)
+    assert {k: v for k, v in guessed.items() if k not in drop} == {k: v for k, v in SHIFTED.items() if k not in drop}
+
+
+def test_vit_architecture_is_read_from_its_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    kwargs = {"embed_dim": 128, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32, "mlp_ratio": 2.0}
+    source = timm.create_model("vit_small_patch16_224", num_classes=0, **kwargs).eval()
+    path = tmp_path / "moby_deit.pth"
+    torch.save({"model": {f"encoder.{k}": v for k, v in source.state_dict().items()}}, path)
+    loaded = hub.load_checkpoint(path)
+    assert loaded.config["architecture"]["kwargs"] == {**kwargs, "qkv_bias": True, "class_token": True}
+    _same_outputs(hub.build_backbone(loaded), source)
+
+
+def test_inferred_architecture_is_checked_against_the_weights(tmp_path: Path) -> None:
+    from mmpretrain.hub.infer import check_fits
+
+    state = timm.create_model(SWIN, num_classes=0, **SHIFTED).state_dict()
+    with pytest.raises(hub.HubError, match=r"does not fit them: shapes differ for \['layers.0.blocks.0.mlp"):
+        check_fits({"name": SWIN, "kwargs": {**SHIFTED, "mlp_ratio": 2.0}}, state, "x.pth")
+
+
+def test_registry_entry_matched_by_file_name_or_sha256(tmp_path: Path) -> None:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    path = folder / "moby_swin_t_300ep_pretrained.pth"  # the official release's name, as a user downloaded it
+    _official_moby_checkpoint(_tiny_swin(), path, tmp_path / "pwned")
+    loaded = hub.load_checkpoint(path)
+    assert loaded.config["architecture"] == {"name": "swin_tiny_patch4_window7_224", "kwargs": {}}
+    renamed = folder / "renamed.pth"
+    renamed.write_bytes(path.read_bytes())
+    registry = _write_registry(tmp_path / "reg.json", {"mine": {
+        "url": "https://example.invalid/other_name.pth", "format": "moby-official", "architecture": TINY_ARCH,
+        "sha256": sha256_file(renamed)}})  # fmt: skip
+    by_hash = hub.load_checkpoint(renamed, registry=registry)
+    assert by_hash.config["architecture"]["kwargs"] == json.loads(json.dumps(TINY))
+    _same_outputs(hub.build_backbone(by_hash), _tiny_swin())
 
 
 def test_plain_timm_state_dict(tmp_path: Path) -> None:
@@ -516,6 +573,22 @@ def test_publish_load_build_roundtrip(server: _Server, tmp_path: Path) -> None:
     assert hub.publish(ckpt, tmp_path / "default_name")["name"] == "epoch_2-step_20"
 
 
+def test_publish_names_the_run_and_writes_files_alike(tmp_path: Path) -> None:
+    run = tmp_path / "logs/moby_demo/runs/2026-12-01_18-50-22/checkpoints"
+    run.mkdir(parents=True)
+    _training_checkpoint(_tiny_swin(seed=1), run / "last.ckpt")
+    old = os.umask(0o022)
+    try:
+        entry = hub.publish(run / "last.ckpt", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert entry["name"] == "moby_demo_2026-12-01_18-50-22"
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "out").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "model.safetensors.sha256": 0o644}
+    trial = tmp_path / "logs/moby_demo/multiruns/2026-12-01_19-00-00/3/checkpoints/epoch_010.ckpt"
+    assert hub.formats.run_name(trial) == "moby_demo_2026-12-01_19-00-00_3_epoch_010"
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -541,8 +614,8 @@ def test_cli(server: _Server, blob: bytes, tmp_path: Path, capsys: pytest.Captur
     pasted = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert pasted["official"]["format"] == "mmpretrain"
     _same_outputs(hub.build_backbone(hub.load_checkpoint(tmp_path / "conv")), source)
-    assert hub_main(["convert", str(official), str(tmp_path / "conv2")]) == 1
-    assert "carries no architecture" in capsys.readouterr().err
+    assert hub_main(["convert", str(_resnet_file(tmp_path / "resnet.pth")), str(tmp_path / "conv2")]) == 1
+    assert "neither a Swin nor a ViT" in capsys.readouterr().err
 
     ckpt = tmp_path / "train.ckpt"
     _training_checkpoint(source, ckpt)

@@ -12,9 +12,9 @@ from mmpretrain.cli.train import train
 
 
 def test_presets_turn_heads_into_syncbn_only_on_gpus(tmp_path: Path) -> None:
-    for preset, sync in (("gpu", True), ("ddp", True), ("ddp_sim", False), ("cpu", None)):
+    for preset, sync in (("gpu", True), ("ddp", True), ("ddp_sim", False), ("cpu", False)):
         cfg = compose_cfg("train.yaml", [f"trainer={preset}"], tmp_path)
-        assert cfg.trainer.get("sync_batchnorm") == sync, preset
+        assert cfg.trainer.sync_batchnorm is sync, preset
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.loggers import WandbLogger
 
+from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import (
     apply_extras,
     get_metric_value,
@@ -23,7 +24,9 @@ from mmpretrain.cli.utils import (
     log_hyperparameters,
     task_wrapper,
 )
+from mmpretrain.data import loader_pin_memory, loader_workers
 from mmpretrain.encoders import ImageEncoder, load_encoder
+from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot import (
     EpisodeResult,
     evaluate_episodes,
@@ -66,7 +69,7 @@ def _as_list(cfg: DictConfig, key: str) -> list[Any]:
     value = cfg[key]
     items = list(value) if isinstance(value, ListConfig) else [value]
     if not items:
-        raise ValueError(f"{key}=[] is empty; give at least one value")
+        raise ConfigError(f"{key}=[] is empty; give at least one value")
     cfg[key] = items
     return items
 
@@ -84,16 +87,16 @@ def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
     encoder, store, root = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root")
     if store:
         if encoder or root:
-            raise ValueError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
+            raise ConfigError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
                              f"(store={store}, encoder={encoder}, data.root={root})")
         if cfg.random_init:
-            raise ValueError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
+            raise ConfigError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
         return StoreInput(store)
     if not encoder:
-        raise ValueError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
+        raise ConfigError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
                          "list or manifest>, or store=<embedding store with a label column>")
     if not root:
-        raise ValueError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
+        raise ConfigError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
                          "class), file list or manifest> holding the images to evaluate on")
     return ImageInput(_fewshot_encoder(cfg, device), root, batch_size=cfg.data.batch_size)
 
@@ -106,11 +109,11 @@ def _novel_rows(cfg: DictConfig, data: LabeledInput, shots: list[int]) -> np.nda
         try:
             novel = split_classes(data.labels, cfg.n_base, seed=cfg.seed)[1]
         except ValueError as err:
-            raise ValueError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
+            raise ConfigError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
     try:  # the largest shot count is the one the labels may fail to supply
         sample_episodes(data.labels[novel], cfg.n_way, max(shots), cfg.n_query, episodes=1, seed=cfg.seed)
     except ValueError as err:
-        raise ValueError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
+        raise ConfigError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
     return novel
 
 
@@ -146,7 +149,7 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         try:
             get_method(method)
         except ValueError as err:
-            raise ValueError(f"methods={methods}: {err}") from err
+            raise ConfigError(f"methods={methods}: {err}") from err
     device = _device(cfg.trainer)
     data = _fewshot_input(cfg, device)
     novel = _novel_rows(cfg, data, shots)
@@ -154,7 +157,8 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     base_features = None if cfg.n_base is None else features[~novel]
     results = {
         method: evaluate_episodes(features[novel], data.labels[novel], cfg.n_way, shots, cfg.n_query, cfg.episodes,
-                                  method, cfg.seed, base_features=base_features, device=device)
+                                  method, cfg.seed, base_features=base_features, device=device,
+                                  progress=cfg.get("progress", True))
         for method in methods
     }  # fmt: skip
     metrics = {}
@@ -192,7 +196,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     loaded = load_checkpoint(str(cfg.encoder))
     if not is_video(loaded.config):
-        raise ValueError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
+        raise ConfigError(f"task=retrieval needs a video–text model; encoder={cfg.encoder} is an image backbone")
     model = build_model(loaded, random_init=bool(cfg.random_init))
     name = loaded.config.get("name") or str(cfg.encoder)
     encoder = VideoEncoder(model, loaded.config, name, device=_device(cfg.trainer), backend=cfg.data.backend)
@@ -224,7 +228,7 @@ def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from mmpretrain.video.store_probe import probe_store
 
     result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed)  # fmt: skip
+                         weight_decay=cfg.weight_decay, seed=cfg.seed, progress=True)  # fmt: skip
     scalars = {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     metrics = {f"probe/{k}": v for k, v in scalars.items()}
     metrics["probe/score"] = scalars["top1" if cfg.probe_task == "classify" else "mAP"]
@@ -247,7 +251,7 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         module = VideoFinetune.load_from_checkpoint(str(cfg.encoder), map_location="cpu")
     except (KeyError, TypeError) as err:
-        raise ValueError(f"task=predict needs a fine-tuning checkpoint (experiment=video_classify or "
+        raise ConfigError(f"task=predict needs a fine-tuning checkpoint (experiment=video_classify or "
                          f"video_tagging); encoder={cfg.encoder} is not one: {err}") from err
     config = module.video_config
     pre = config["preprocessing"]
@@ -255,7 +259,9 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                                size=(pre["image_size"], pre["image_size"]), train=False,
                                backend=cfg.data.backend)  # fmt: skip
     processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor),
+                        num_workers=loader_workers(cfg.data.num_workers),
+                        pin_memory=loader_pin_memory(cfg.data.pin_memory))  # fmt: skip
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_checkpointing=False)
     path = Path(cfg.task.output or Path(cfg.paths.output_dir) / "predictions.jsonl")
     count = write_predictions(trainer, module, loader, path, top_k=cfg.task.top_k)
@@ -273,7 +279,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     apply_extras(cfg)
     name = cfg.task.name
     if name not in TASKS:
-        raise ValueError(f"task={name} is not available here; choose one of {TASKS}")
+        raise ConfigError(f"task={name} is not available here; choose one of {TASKS}")
     pl.seed_everything(cfg.seed, workers=True)
     if name == "fewshot":
         return _fewshot(cfg)
@@ -296,8 +302,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if name == "knn":
         bank_loader, query_loader = datamodule.eval_loaders()
         device = _device(cfg.trainer)
-        bank = extract_features(backbone, bank_loader, device)
-        query = extract_features(backbone, query_loader, device)
+        bank = extract_features(backbone, bank_loader, device, progress="kNN bank (data.train_root)")
+        query = extract_features(backbone, query_loader, device, progress="kNN queries (data.val_root)")
         scores = knn_accuracy(*bank, *query, k=cfg.task.k, temperature=cfg.task.temperature)
         metrics = {"knn/top1": scores["top1"], "knn/top5": scores["top5"]}
         _log_metrics(loggers, metrics)
@@ -311,9 +317,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             weight_decay=cfg.task.weight_decay,
             label_smoothing=cfg.task.label_smoothing,
         )
-        trainer: pl.Trainer = hydra.utils.instantiate(
-            cfg.trainer, max_epochs=cfg.task.epochs, logger=loggers or False, enable_checkpointing=False
-        )
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
         trainer.fit(model, datamodule=datamodule)
         metrics = {f"linear/{k.split('/')[-1]}": float(v) for k, v in trainer.validate(model, datamodule)[0].items()}
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -322,14 +326,21 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     record = {"task": name, "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init), **metrics}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
-    return metrics, {"backbone": backbone, "datamodule": datamodule}
+    return metrics, {"backbone": backbone, "datamodule": datamodule, "trainer": trainer if name == "linear" else None}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="eval.yaml")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
+@short_errors("mmpretrain-eval")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra's entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
     metrics, _ = evaluate(cfg)
-    return get_metric_value(metrics, cfg.get("optimized_metric"))
+    print_outputs("mmpretrain-eval", run_outputs(cfg.paths.output_dir))
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, `--help`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-eval", "eval.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

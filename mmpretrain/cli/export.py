@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.recsys import export_features
 
@@ -60,9 +61,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="export.yaml")
-def main(cfg: DictConfig) -> None:
-    """Console entry."""
-    export(cfg)
+@short_errors("mmpretrain-export")
+def _hydra_main(cfg: DictConfig) -> None:
+    """Hydra's entry: export, then name the files written."""
+    summary = export(cfg)
+    print_outputs("mmpretrain-export", run_outputs(summary["output"]) or [summary["output"]])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, `--help`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-export", "export.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

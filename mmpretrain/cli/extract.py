@@ -10,7 +10,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
+from mmpretrain.data import loader_workers
 from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import read_input, run_extraction
 from mmpretrain.shard_extraction import is_shard_input, run_shard_extraction
@@ -29,7 +31,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     video = {"embedding": cfg.get("embedding"), "backend": cfg.get("backend", "decord")}
     encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last, **video)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    options = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "dtype": cfg.dtype,
+    options = {"batch_size": cfg.batch_size, "num_workers": loader_workers(cfg.num_workers), "dtype": cfg.dtype,
                "normalize": cfg.normalize, "max_failure_rate": cfg.max_failure_rate, "overwrite": cfg.overwrite,
                "encoder_source": str(cfg.encoder)}
     if is_shard_input(cfg.input):
@@ -56,9 +58,17 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="extract.yaml")
-def main(cfg: DictConfig) -> None:
-    """Console entry."""
-    extract(cfg)
+@short_errors("mmpretrain-extract")
+def _hydra_main(cfg: DictConfig) -> None:
+    """Hydra's entry: extract, then name the store."""
+    summary = extract(cfg)
+    if summary is not None:
+        print_outputs("mmpretrain-extract", [summary["output"]])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, `--help`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-extract", "extract.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

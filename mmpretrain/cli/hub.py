@@ -8,10 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from mmpretrain import hub
+from mmpretrain.cli.entry import version_line
+from mmpretrain.errors import MMPretrainError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpretrain-hub", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("mmpretrain-hub"))
     parser.add_argument("--registry", help="extra registry file (JSON/YAML); MMPRETRAIN_REGISTRY also works")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -38,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="turn a training checkpoint into safetensors + config.json + sha256")
     p.add_argument("checkpoint", help="Lightning .ckpt written by mmpretrain-train")
     p.add_argument("out_dir")
-    p.add_argument("--name", help="registry name (default: from the checkpoint file name)")
+    p.add_argument("--name", help="registry name (default: <experiment>_<run> from logs/<experiment>/runs/<run>/)")
     p.add_argument("--url", help="where model.safetensors will be hosted (default: its file:// URI)")
     return parser
 
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (hub.HubError, OSError, KeyError, ValueError) as e:
+    except (MMPretrainError, OSError, KeyError, ValueError) as e:
         print(f"mmpretrain-hub {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -21,9 +21,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
+from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
 from mmpretrain.encoders import ImageEncoder, VideoEncoder, load_encoder
+from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError, PathExistsError
 from mmpretrain.retrieval import (
     PARAMS_FILE,
     RetrievalIndex,
@@ -54,7 +56,7 @@ def _required(cfg: DictConfig, key: str, what: str) -> str:
     """`cfg[key]` as a string, or an error naming the key the subcommand needs."""
     value = cfg.get(key)
     if value is None or str(value) == "":
-        raise ValueError(f"mmpretrain-index {cfg.command} needs {key}=<{what}>")
+        raise ConfigError(f"mmpretrain-index {cfg.command} needs {key}=<{what}>")
     return str(value)
 
 
@@ -62,16 +64,16 @@ def _folder(value: str, key: str) -> Path:
     """An existing folder given as `key=value`, or an error naming both."""
     path = Path(value).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{key}={value}: folder does not exist")
+        raise MissingPathError(f"{key}={value}: folder does not exist")
     if not path.is_dir():
-        raise NotADirectoryError(f"{key}={value}: not a folder")
+        raise NotAFolderError(f"{key}={value}: not a folder")
     return path
 
 
 def _check_output(output: Path) -> None:
     """Refuse to replace anything but an earlier index: saving swaps the whole folder and deletes the old one."""
     if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / PARAMS_FILE).is_file()):
-        raise FileExistsError(f"output={output}: exists and is not an index folder (no {PARAMS_FILE}); saving would "
+        raise PathExistsError(f"output={output}: exists and is not an index folder (no {PARAMS_FILE}); saving would "
                               "replace it, so choose a new folder")
 
 
@@ -87,7 +89,7 @@ def _load(cfg: DictConfig) -> RetrievalIndex:
 def _need_store(index: RetrievalIndex, cfg: DictConfig, why: str) -> None:
     """Stop with the remedy when the store the index was built from is not attached (moved or deleted)."""
     if index.store is None:
-        raise FileNotFoundError(f"index={cfg.index}: {why} needs the embedding store it was built from "
+        raise MissingPathError(f"index={cfg.index}: {why} needs the embedding store it was built from "
                                 f"({index.store_path}), which is gone; pass store=<its new folder>")
 
 
@@ -100,7 +102,7 @@ def _query_items(cfg: DictConfig) -> list[str]:
     items = [str(q) for q in query] if isinstance(query, ListConfig) else str(query or "").split(",")
     items = [item.strip() for item in items if item.strip()]
     if not items:
-        raise ValueError(f"mmpretrain-index search needs query=<...> or text=<...>; {SUPPORTED_QUERIES}")
+        raise ConfigError(f"mmpretrain-index search needs query=<...> or text=<...>; {SUPPORTED_QUERIES}")
     return items
 
 
@@ -110,7 +112,7 @@ def _text_items(cfg: DictConfig) -> list[str]:
     items = [str(t) for t in text] if isinstance(text, ListConfig) else [str(text)]
     items = [item.strip() for item in items if item.strip()]
     if not items:
-        raise ValueError(f"text={text!r} is empty; {SUPPORTED_QUERIES}")
+        raise ConfigError(f"text={text!r} is empty; {SUPPORTED_QUERIES}")
     return items
 
 
@@ -119,10 +121,10 @@ def _load_npy(path: Path, key: str, dim: int) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise ValueError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
+        raise ConfigError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
     array = array[None, :] if array.ndim == 1 else array
     if array.ndim != 2 or array.shape[1] != dim or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
+        raise ConfigError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
                          f"{array.dtype}{array.shape}")
     return array
 
@@ -135,12 +137,12 @@ def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, lis
         path = Path(item).expanduser()
         suffix = path.suffix.lower()
         if not path.exists():
-            raise FileNotFoundError(f"query={item}: no such file or folder")
+            raise MissingPathError(f"query={item}: no such file or folder")
         if path.is_dir():
             images += scan_images(path, key="query").paths
         elif suffix == ".npy":
             if len(items) > 1:
-                raise ValueError(f"query={item}: a .npy file of embeddings must be the only query")
+                raise ConfigError(f"query={item}: a .npy file of embeddings must be the only query")
             array = _load_npy(path, "query", dim)
             return array, [f"{path.name}[{row}]" for row in range(len(array))], "embedding"
         elif suffix in IMAGE_EXTENSIONS:
@@ -148,10 +150,10 @@ def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, lis
         elif suffix in VIDEO_EXTENSIONS:
             videos.append(str(path))
         else:
-            raise ValueError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}), a video "
+            raise ConfigError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}), a video "
                              f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or a .npy file; {SUPPORTED_QUERIES}")
     if images and videos:
-        raise ValueError(f"query={items}: mixes images and videos; an index holds one kind, query it with that kind")
+        raise ConfigError(f"query={items}: mixes images and videos; an index holds one kind, query it with that kind")
     return None, videos or images, "video" if videos else "image"
 
 
@@ -165,23 +167,23 @@ def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> ImageEn
     except FileNotFoundError as exc:
         if cfg.encoder:
             raise
-        raise FileNotFoundError(f"store {store.root} names encoder {source!r}, which is neither a registered "
+        raise MissingPathError(f"store {store.root} names encoder {source!r}, which is neither a registered "
                                 "checkpoint nor a path here; pass encoder=<name|path|url> of the encoder that made "
                                 "the store") from exc
     video = isinstance(encoder, VideoEncoder)
     if (kind == "image" and video) or (kind in ("video", "text") and not video):
-        raise ValueError(f"encoder={source} is {'a video' if video else 'an image'} encoder; {kind} queries need "
+        raise ConfigError(f"encoder={source} is {'a video' if video else 'an image'} encoder; {kind} queries need "
                          f"{'an image' if kind == 'image' else 'a video-text'} encoder (the one that made the store)")
     if kind == "text":
         made_with = store.manifest.get("extra", {}).get("embedding", "vtc")
         if made_with != "vtc":
-            raise ValueError(f"store {store.root} holds {made_with!r} video embeddings; text queries live in the VTC "
+            raise ConfigError(f"store {store.root} holds {made_with!r} video embeddings; text queries live in the VTC "
                              "space: extract the store with embedding=vtc")
         dim = int(encoder.model.vtc_text.out_features)
     else:
         dim = encoder.embed_dim
     if dim != index.dim:
-        raise ValueError(f"encoder={source} gives {dim}-d embeddings but index {cfg.index} holds "
+        raise ConfigError(f"encoder={source} gives {dim}-d embeddings but index {cfg.index} holds "
                          f"{index.dim}-d ones; use the encoder that made store {store.root} ({store.encoder})")
     return encoder
 
@@ -263,7 +265,7 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
 def _search(cfg: DictConfig) -> dict[str, Any]:
     """Top-k hits of each query, as tables (or JSON lines with `json=true`)."""
     if cfg.get("text") and cfg.get("query"):
-        raise ValueError("give query=<files> or text=<texts>, not both")
+        raise ConfigError("give query=<files> or text=<texts>, not both")
     items = _text_items(cfg) if cfg.get("text") else _query_items(cfg)
     index = _load(cfg)
     if cfg.get("text"):
@@ -285,15 +287,15 @@ def _eval_queries(cfg: DictConfig, index: RetrievalIndex) -> np.ndarray:
     queries = cfg.queries
     if isinstance(queries, int) and not isinstance(queries, bool):
         if queries < 1:
-            raise ValueError(f"queries={queries}: need at least one query")
+            raise ConfigError(f"queries={queries}: need at least one query")
         rng = np.random.default_rng(cfg.seed)
         rows = np.sort(rng.choice(index.store.count, size=min(queries, index.store.count), replace=False))
         return index.store.take(rows)
     path = Path(str(queries)).expanduser()
     if path.suffix.lower() != ".npy":
-        raise ValueError(f"queries={queries}: give a number of store rows to sample or a .npy file of embeddings")
+        raise ConfigError(f"queries={queries}: give a number of store rows to sample or a .npy file of embeddings")
     if not path.is_file():
-        raise FileNotFoundError(f"queries={queries}: no such file")
+        raise MissingPathError(f"queries={queries}: no such file")
     return _load_npy(path, "queries", index.dim)
 
 
@@ -322,28 +324,29 @@ def index_command(cfg: DictConfig) -> dict[str, Any]:
     apply_extras(cfg)
     commands = {"build": _build, "search": _search, "eval": _eval}
     if cfg.command not in commands:
-        raise ValueError(f"command={cfg.command} is not one of {'|'.join(COMMANDS)}")
+        raise ConfigError(f"command={cfg.command} is not one of {'|'.join(COMMANDS)}")
     return commands[cfg.command](cfg)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="index.yaml")
+@short_errors("mmpretrain-index")
 def _hydra_main(cfg: DictConfig) -> None:
     """Hydra's entry: run dir, logging and overrides; the subcommand arrives as `command=`."""
-    index_command(cfg)
+    result = index_command(cfg)
+    outputs = [result["output"]] if cfg.command == "build" else run_outputs(cfg.paths.output_dir)
+    print_outputs("mmpretrain-index", outputs)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: the subcommand first, then Hydra overrides (and Hydra's flags, such as `--cfg job`)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    if not args or args[0] not in COMMANDS:
+    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version", "-V")):
         got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
         print(f"mmpretrain-index: {got}; choose build|search|eval\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
-    sys.argv = [sys.argv[0], f"command={args[0]}", *args[1:]]
-    _hydra_main()
+    if args[0] in COMMANDS:
+        args = [f"command={args[0]}", *args[1:]]
+    run_hydra("mmpretrain-index", "index.yaml", _hydra_main, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import (
     apply_extras,
     get_metric_value,
@@ -16,6 +17,7 @@ from mmpretrain.cli.utils import (
     instantiate_loggers,
     log_hyperparameters,
     resolve_ckpt_path,
+    saved_checkpoints,
     task_wrapper,
 )
 
@@ -41,17 +43,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-        log.info("checkpoints: %s", best or trainer.default_root_dir)
+        objects["checkpoints"] = saved_checkpoints(trainer)
+        log.info("checkpoints: %s", ", ".join(map(str, objects["checkpoints"])) or "none (no checkpoint callback)")
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
     return metrics, objects
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="train.yaml")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry; returns the optimized metric for Hydra sweepers."""
-    metrics, _ = train(cfg)
-    return get_metric_value(metrics, cfg.get("optimized_metric"))
+@short_errors("mmpretrain-train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra's entry; returns the optimized metric for Hydra sweepers."""
+    metrics, objects = train(cfg)
+    print_outputs("mmpretrain-train", [cfg.paths.output_dir, *objects.get("checkpoints", [])])
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: `--version`, short errors and "did you mean" around Hydra."""
+    run_hydra("mmpretrain-train", "train.yaml", _hydra_main, argv)
 
 
 if __name__ == "__main__":

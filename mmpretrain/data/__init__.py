@@ -1,6 +1,13 @@
 """Image data: sources (folder, file list, labeled folder), robust datasets, SSL transforms, demo data."""
 
-from mmpretrain.data.datamodule import LabeledImageDataModule, SampledLoaders, SSLImageDataModule
+from mmpretrain.data.datamodule import (
+    LabeledImageDataModule,
+    SampledLoaders,
+    SSLImageDataModule,
+    available_cpus,
+    loader_pin_memory,
+    loader_workers,
+)
 from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
@@ -37,6 +44,7 @@ __all__ = [
     "LabeledImageDataModule",
     "SSLImageDataModule",
     "SampledLoaders",
+    "available_cpus",
     "csv_list",
     "denormalize",
     "eval_transform",
@@ -45,6 +53,8 @@ __all__ = [
     "labeled_folder",
     "linear_train_transform",
     "load_rgb",
+    "loader_pin_memory",
+    "loader_workers",
     "make_demo_images",
     "moby_transform",
     "read_file_list",

@@ -3,9 +3,12 @@ and labeled images for linear evaluation."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmpretrain.data.dataset import ImageDataset
@@ -18,6 +21,34 @@ from mmpretrain.data.transforms import (
     linear_train_transform,
     moby_transform,
 )
+from mmpretrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use (its affinity mask, as under SLURM or taskset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(value: int | str | None, cap: int = 8) -> int:
+    """DataLoader workers: an integer as given; `auto` (or None) one per available core, at most `cap`."""
+    if value is None or str(value) == "auto":
+        return min(cap, available_cpus())
+    workers = int(value)
+    if workers < 0:
+        raise ConfigError(f"data.num_workers={value}: give 0 (load in the main process), a positive count or auto")
+    return workers
+
+
+def loader_pin_memory(value: bool | str | None) -> bool:
+    """Pinned host memory only helps copies to a GPU: `auto` (or None) means "when CUDA is available"."""
+    if value is None or str(value) == "auto":
+        return torch.cuda.is_available()
+    return bool(value)
 
 
 class SampledLoaders(pl.LightningDataModule):
@@ -30,12 +61,12 @@ class SampledLoaders(pl.LightningDataModule):
     item_name = "images"
     persistent_workers = True
 
-    def __init__(self, batch_size: int, num_workers: int, seed: int, pin_memory: bool) -> None:
+    def __init__(self, batch_size: int, num_workers: int | str, seed: int, pin_memory: bool | str) -> None:
         super().__init__()
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(num_workers)
         self.seed = seed
-        self.pin_memory = pin_memory
+        self.pin_memory = loader_pin_memory(pin_memory)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -44,7 +75,7 @@ class SampledLoaders(pl.LightningDataModule):
     def _train_loader(self, dataset: Dataset, key: str, collate_fn: Callable | None = None) -> DataLoader:
         world, rank = self._world()
         if len(dataset) < self.batch_size * world:
-            raise ValueError(
+            raise ConfigError(
                 f"{key}: {len(dataset)} {self.item_name}, fewer than one global batch "
                 f"(data.batch_size={self.batch_size} x {world} processes)"
             )
@@ -101,10 +132,10 @@ class SSLImageDataModule(SampledLoaders):
         std: Sequence[float] = IMAGENET_STD,
         eval_crop_pct: float = 0.875,
         batch_size: int = 64,
-        num_workers: int = 8,
+        num_workers: int | str = "auto",
         max_redraws: int = 20,
         seed: int = 0,
-        pin_memory: bool = True,
+        pin_memory: bool | str = "auto",
         max_failure_rate: float = 0.01,
         min_attempts: int = 100,
     ) -> None:
@@ -113,7 +144,7 @@ class SSLImageDataModule(SampledLoaders):
         self.root, self.file_list = root, file_list
         self.knn_roots = (knn_train_root, knn_val_root)
         if bool(knn_train_root) != bool(knn_val_root):
-            raise ValueError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
+            raise ConfigError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
         self.train_transform = moby_transform(
             image_size, tuple(crop_scale), tuple(blur_p), tuple(solarize_p), mean, std
         )
@@ -130,13 +161,15 @@ class SSLImageDataModule(SampledLoaders):
             self.shard_list = (urls, shard_counts(urls))
         elif not self.shards and self.source is None:
             self.source = image_source(self.root, self.file_list)
-        if self.knn_roots[0] and self.knn_sources is None:
+        if not self.knn_roots[0]:
+            log.info("kNN monitor off: data.knn_train_root and data.knn_val_root are not set")
+        elif self.knn_sources is None:
             self.knn_sources = (
                 labeled_folder(self.knn_roots[0], key="data.knn_train_root"),
                 labeled_folder(self.knn_roots[1], key="data.knn_val_root"),
             )
             if self.knn_sources[0].classes != self.knn_sources[1].classes:
-                raise ValueError(
+                raise ConfigError(
                     f"data.knn_train_root and data.knn_val_root have different classes: "
                     f"{self.knn_sources[0].classes} vs {self.knn_sources[1].classes}"
                 )
@@ -172,10 +205,10 @@ class LabeledImageDataModule(SampledLoaders):
         eval_crop_pct: float = 0.875,
         interpolation: str = "bicubic",
         batch_size: int = 256,
-        num_workers: int = 8,
+        num_workers: int | str = "auto",
         max_redraws: int = 20,
         seed: int = 0,
-        pin_memory: bool = True,
+        pin_memory: bool | str = "auto",
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory)
         self.save_hyperparameters()
@@ -189,7 +222,7 @@ class LabeledImageDataModule(SampledLoaders):
             self.train_source = labeled_folder(self.hparams.train_root, key="data.train_root")
             self.val_source = labeled_folder(self.hparams.val_root, key="data.val_root")
             if self.train_source.classes != self.val_source.classes:
-                raise ValueError(
+                raise ConfigError(
                     f"data.train_root and data.val_root have different classes: "
                     f"{self.train_source.classes} vs {self.val_source.classes}"
                 )

@@ -11,6 +11,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmpretrain.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +54,7 @@ class ImageDataset(Dataset):
         max_redraws: int = 20,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+            raise ConfigError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
         self.transform = transform

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmpretrain.data.records import RECORD_SUFFIXES, read_records
+from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def _is_image(name: str) -> bool:
 def _require_dir(root: str | os.PathLike, key: str) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{key}={root}: folder does not exist")
+        raise MissingPathError(f"{key}={root}: folder does not exist")
     if not path.is_dir():
-        raise NotADirectoryError(f"{key}={root}: not a folder")
+        raise NotAFolderError(f"{key}={root}: not a folder")
     return path
 
 
@@ -53,7 +54,7 @@ def _report(source: ImageSource, where: str, key: str) -> ImageSource:
     if source.skipped:
         log.warning("%s: skipped %d files without an image extension", where, source.skipped)
     if not source.paths:
-        raise ValueError(f"{key}={where}: no images found ({source.skipped} non-image files skipped)")
+        raise ConfigError(f"{key}={where}: no images found ({source.skipped} non-image files skipped)")
     return source
 
 
@@ -84,7 +85,7 @@ def read_file_list(list_file: str | os.PathLike, key: str = "data.file_list") ->
     """
     path = Path(list_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{key}={list_file}: file does not exist")
+        raise MissingPathError(f"{key}={list_file}: file does not exist")
     paths, names, skipped = [], [], 0
     for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
@@ -92,7 +93,7 @@ def read_file_list(list_file: str | os.PathLike, key: str = "data.file_list") ->
             continue
         parts = line.split("\t")
         if len(parts) > 2:
-            raise ValueError(f"{list_file}:{lineno}: expected 'path' or 'path<TAB>label', got {len(parts)} columns")
+            raise ConfigError(f"{list_file}:{lineno}: expected 'path' or 'path<TAB>label', got {len(parts)} columns")
         item = Path(parts[0])
         if not item.is_absolute():
             item = path.parent / item
@@ -103,7 +104,7 @@ def read_file_list(list_file: str | os.PathLike, key: str = "data.file_list") ->
         names.append(parts[1] if len(parts) == 2 else None)
     labeled = [n for n in names if n is not None]
     if labeled and len(labeled) != len(names):
-        raise ValueError(f"{list_file}: some lines have a label and some do not; label every line or none")
+        raise ConfigError(f"{list_file}: some lines have a label and some do not; label every line or none")
     source = ImageSource(paths, skipped=skipped)
     if labeled:
         source.classes = sorted(set(labeled))
@@ -117,7 +118,7 @@ def labeled_folder(root: str | os.PathLike, key: str = "data.knn.train_root") ->
     path = _require_dir(root, key)
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"{key}={root}: expected one subfolder per class, found none")
+        raise ConfigError(f"{key}={root}: expected one subfolder per class, found none")
     source = ImageSource([], labels=[], classes=classes)
     for label, name in enumerate(classes):
         try:
@@ -136,7 +137,7 @@ def image_source(root: str | None = None, file_list: str | None = None) -> Image
     if file_list:
         return read_file_list(file_list)
     if not root:
-        raise ValueError("data.root is not set: point it at a folder of images (or set data.file_list)")
+        raise ConfigError("data.root is not set: point it at a folder of images (or set data.file_list)")
     return scan_images(root)
 
 
@@ -164,11 +165,11 @@ class InputRows:
         for name in ("ids", "labels", "tags", "titles", "ocr"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.paths):
-                raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
+                raise ConfigError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
         seen: dict[str, int] = {}
         for row, item in enumerate(self.ids):
             if item in seen:
-                raise ValueError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
+                raise ConfigError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
                                  f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
             seen[item] = row
 
@@ -211,7 +212,7 @@ def parse_labels(labels: str | bool, key: str) -> str | bool:
     """``labels`` checked: ``True``, ``False`` or ``"auto"`` (see :func:`read_image_input`)."""
     if isinstance(labels, bool) or labels == "auto":
         return labels
-    raise ValueError(f"{key}: labels={labels!r} must be true, false or auto")
+    raise ConfigError(f"{key}: labels={labels!r} must be true, false or auto")
 
 def _read_folder(root: Path, labels: str | bool, key: str) -> InputRows:
     found = scan_images(root, key=key)
@@ -219,7 +220,7 @@ def _read_folder(root: Path, labels: str | bool, key: str) -> InputRows:
     rel = [p.relative_to(root) for p in paths]
     top_level = [p for p in rel if len(p.parts) == 1]
     if labels is True and top_level:
-        raise ValueError(f"{key}={root}: labels=true needs one subfolder per class, but {len(top_level)} images "
+        raise ConfigError(f"{key}={root}: labels=true needs one subfolder per class, but {len(top_level)} images "
                          f"lie directly in the folder (e.g. {top_level[0]})")
     labeled = labels is True or (labels == "auto" and not top_level)
     return InputRows(
@@ -234,7 +235,7 @@ def _read_file_list(path: Path, labels: str | bool, key: str) -> InputRows:
     """A text file of paths (``path`` or ``path<TAB>label`` per line, relative to its folder)."""
     found = read_file_list(path, key=key)
     if labels is True and found.labels is None:
-        raise ValueError(f"{key}={path}: labels=true but the file list has no label column (path<TAB>label)")
+        raise ConfigError(f"{key}={path}: labels=true but the file list has no label column (path<TAB>label)")
     keep = labels is not False and found.labels is not None
     return InputRows(
         root=path.parent,
@@ -247,7 +248,7 @@ def _read_file_list(path: Path, labels: str | bool, key: str) -> InputRows:
 def _tags(value: Any, where: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(t, str) for t in value):
         return value
-    raise ValueError(f"{where}: tags must be a list of strings, got {value!r}")
+    raise ConfigError(f"{where}: tags must be a list of strings, got {value!r}")
 
 def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
     """An image manifest: one record per image with ``image`` (or ``path``) and optional ``id``, ``label``, ``tags``.
@@ -259,7 +260,7 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
         where = f"{path}:{lineno}"
         image = record.get("image", record.get("path"))
         if not isinstance(image, str) or not image:
-            raise ValueError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
+            raise ConfigError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
         file = Path(image).expanduser()
         file = file if file.is_absolute() else path.parent / file
         paths.append(str(file.absolute()))
@@ -267,12 +268,12 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
         names.append(None if record.get("label") is None else str(record["label"]))
         tags.append(_tags(record["tags"], where) if record.get("tags") is not None else [])
     if not paths:
-        raise ValueError(f"{key}={path}: the manifest lists no images")
+        raise ConfigError(f"{key}={path}: the manifest lists no images")
     given = [n for n in names if n is not None]
     if given and len(given) != len(names):
-        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+        raise ConfigError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
     if labels is True and not given:
-        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+        raise ConfigError(f"{key}={path}: labels=true but no record has a 'label'")
     return InputRows(
         root=path.parent,
         kind="manifest",
@@ -302,7 +303,7 @@ def read_image_input(source: str | os.PathLike, labels: str | bool = "auto", key
     if path.is_dir():
         return _read_folder(path, labels, key)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}={source}: no such folder or file")
+        raise MissingPathError(f"{key}={source}: no such folder or file")
     if path.suffix.lower() in RECORD_SUFFIXES:
         return _read_manifest(path, labels, key)
     return _read_file_list(path, labels, key)

@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmpretrain.errors import MMPretrainError
+
 FORMAT_NAME = "mmpretrain.embeddings"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -21,7 +23,7 @@ SHARD_RE = re.compile(r"^(?:embeddings-(\d{5,})\.npy|metadata-(\d{5,})\.parquet)
 KNOWN_TYPES = {"id": pa.string(), "path": pa.string(), "tags": pa.list_(pa.string())}
 
 
-class StoreError(ValueError):
+class StoreError(MMPretrainError, ValueError):
     """A store (or data about to be written to one) that cannot be trusted; the message names directory and file."""
 
 

@@ -25,6 +25,7 @@ from mmpretrain.embeddings.format import (
     shard_name,
     store_error,
 )
+from mmpretrain.errors import ConfigError
 
 
 class EmbeddingStore:
@@ -37,7 +38,7 @@ class EmbeddingStore:
     def __init__(self, root: str | os.PathLike, verify: str = "full") -> None:
         """Read and check the manifest; see :func:`open_store` for ``verify``."""
         if verify not in VERIFY_MODES:
-            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+            raise ConfigError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.root = Path(root)
         self.manifest = self._read_manifest()
         self._check_shard_list()
@@ -53,9 +54,13 @@ class EmbeddingStore:
     def _read_manifest(self) -> dict[str, Any]:
         """Load manifest.json, refusing a missing, unparsable or newer-format manifest."""
         path = self.root / MANIFEST
+        if not self.root.exists():
+            raise store_error(self.root, "folder does not exist")
+        if not self.root.is_dir():
+            raise store_error(self.root, "not a folder")
         if not path.is_file():
-            raise store_error(self.root, "manifest.json is missing (not a store, or finalize_store was never run)",
-                         MANIFEST)
+            raise store_error(self.root, "manifest.json is missing (not a store, or its extraction never finished)",
+                              MANIFEST)
         try:
             manifest = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -172,7 +177,7 @@ class EmbeddingStore:
         of embeddings are in memory at a time. ``columns=None`` yields all metadata columns, ``()`` none.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         want_metadata = columns is None or len(columns) > 0
         emb_parts: list[np.ndarray] = []
         meta_parts: list[pa.Table] = []
@@ -217,7 +222,7 @@ class EmbeddingStore:
         """Float32 embeddings of the given global rows, in the given order; reads only those rows from disk."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1:
-            raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
+            raise ConfigError(f"rows must be 1-D, got shape {rows.shape}")
         if rows.size and (rows.min() < 0 or rows.max() >= self.count):
             bad = rows[(rows < 0) | (rows >= self.count)]
             raise IndexError(f"rows {bad[:5].tolist()} out of range [0, {self.count}) in store {self.root}")

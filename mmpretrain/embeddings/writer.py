@@ -36,6 +36,7 @@ from mmpretrain.embeddings.format import (
     store_error,
 )
 from mmpretrain.embeddings.reader import EmbeddingStore, open_store
+from mmpretrain.errors import ConfigError
 
 
 def _temp_path(path: Path) -> Path:
@@ -287,7 +288,7 @@ def write_store(
     if array.ndim != 2:
         raise store_error(root, f"embeddings must be 2-D (n, dim), got shape {array.shape}")
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     table = metadata if isinstance(metadata, pa.Table) else None
     lengths = {"table": table.num_rows} if table is not None else {name: len(v) for name, v in metadata.items()}
     if wrong := {name: n for name, n in lengths.items() if n != len(array)}:

@@ -4,7 +4,7 @@ Usage::
 
     from mmpretrain.fewshot import evaluate_episodes
     r = evaluate_episodes(features, labels, n_way=5, n_shot=1, n_query=15, episodes=1000, method="simpleshot")
-    print(f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f}")
+    print(f"{r.mean:.2f} ± {r.ci95:.2f} %")  # accuracies are in percent, as every accuracy here
 
 Modules: :mod:`~mmpretrain.fewshot.sampling` (episodes, class splits), :mod:`~mmpretrain.fewshot.methods` (the
 batched methods and their registry), :mod:`~mmpretrain.fewshot.evaluate`, :mod:`~mmpretrain.fewshot.finetune`

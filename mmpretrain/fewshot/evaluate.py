@@ -15,6 +15,7 @@ from typing import Any, overload
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mmpretrain.fewshot.methods import FewShotMethod, get_method
 from mmpretrain.fewshot.sampling import sample_episodes
@@ -50,7 +51,8 @@ class EpisodeResult:
         n_way: classes per episode.
         n_shot: support examples per class.
         n_query: query examples per class.
-        accuracies: (episodes,) float64 accuracy of each episode, in [0, 1].
+        accuracies: (episodes,) float64 accuracy of each episode in percent (0-100), the unit of every accuracy
+            the project reports (kNN, linear probe, retrieval recall).
     """
 
     method: str
@@ -66,12 +68,12 @@ class EpisodeResult:
 
     @property
     def mean(self) -> float:
-        """Mean accuracy over episodes, in [0, 1]."""
+        """Mean accuracy over episodes, in percent."""
         return float(self.accuracies.mean())
 
     @property
     def std(self) -> float:
-        """Population standard deviation of the per-episode accuracies."""
+        """Population standard deviation of the per-episode accuracies, in percent points."""
         return float(self.accuracies.std())
 
     @property
@@ -85,7 +87,7 @@ class EpisodeResult:
                 "episodes": self.episodes, "mean": self.mean, "ci95": self.ci95, "std": self.std}
 
     def __str__(self) -> str:
-        return (f"{self.method} {self.n_way}-way {self.n_shot}-shot: {100 * self.mean:.2f} ± {100 * self.ci95:.2f}% "
+        return (f"{self.method} {self.n_way}-way {self.n_shot}-shot: {self.mean:.2f} ± {self.ci95:.2f}% "
                 f"({self.episodes} episodes)")
 
 
@@ -102,6 +104,7 @@ def evaluate_episodes(
     base_features: np.ndarray | torch.Tensor | None = ...,
     device: str | torch.device | None = ...,
     chunk_size: int | None = ...,
+    progress: bool = ...,
     **method_kwargs: Any,
 ) -> EpisodeResult: ...
 
@@ -119,6 +122,7 @@ def evaluate_episodes(
     base_features: np.ndarray | torch.Tensor | None = ...,
     device: str | torch.device | None = ...,
     chunk_size: int | None = ...,
+    progress: bool = ...,
     **method_kwargs: Any,
 ) -> dict[int, EpisodeResult]: ...
 
@@ -135,6 +139,7 @@ def evaluate_episodes(
     base_features: np.ndarray | torch.Tensor | None = None,
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
+    progress: bool = False,
     **method_kwargs: Any,
 ) -> EpisodeResult | dict[int, EpisodeResult]:
     """Evaluate a few-shot method on random episodes drawn from labelled embeddings.
@@ -155,6 +160,7 @@ def evaluate_episodes(
             that take it (SimpleShot CL2N) and ignored by the others.
         device: where to score; default CUDA when available, else CPU.
         chunk_size: episodes scored per batch; the default suits the device (see ``_CHUNK_FLOATS``).
+        progress: show a progress bar over the episodes (the command line does).
         **method_kwargs: options of the method (e.g. ``k=5`` for ``knn``, ``l2=0.1`` for ``logreg``).
 
     Returns:
@@ -166,7 +172,7 @@ def evaluate_episodes(
     """
     if not isinstance(n_shot, int | np.integer):
         return {int(k): evaluate_episodes(features, labels, n_way, int(k), n_query, episodes, method, seed,
-                                          base_features, device, chunk_size, **method_kwargs)
+                                          base_features, device, chunk_size, progress, **method_kwargs)
                 for k in dict.fromkeys(n_shot)}
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     table = _as_matrix(features, "features").to(device)
@@ -185,14 +191,17 @@ def evaluate_episodes(
     rows = torch.cat([sampled.support, sampled.query], dim=1)               # one gather per chunk
     shots = sampled.support.shape[1]
     accuracies = torch.empty(episodes, dtype=torch.float64)
-    with torch.no_grad():
+    bar = tqdm(total=episodes, desc=f"{name} {n_way}-way {n_shot}-shot", unit="episode", disable=not progress,
+               leave=False)
+    with torch.no_grad(), bar:
         for start in range(0, episodes, chunk_size):
             stop = min(start + chunk_size, episodes)
             block = _gather(table, rows[start:stop].to(device))
             support, query = block[:, :shots], block[:, shots:]
             scores = fn(support, support_labels.expand(stop - start, -1), query, n_way, **kwargs)
             correct = (scores.argmax(dim=-1) == query_labels).sum(dim=-1)      # integer: same on every device
-            accuracies[start:stop] = correct.cpu().double() / query_labels.shape[1]
+            accuracies[start:stop] = 100.0 * correct.cpu().double() / query_labels.shape[1]
+            bar.update(stop - start)
     return EpisodeResult(name, n_way, n_shot, n_query, accuracies.numpy())
 
 

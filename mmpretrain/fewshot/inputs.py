@@ -14,6 +14,7 @@ import numpy as np
 
 from mmpretrain.data.sources import read_image_input
 from mmpretrain.embeddings import open_store
+from mmpretrain.errors import ConfigError
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
@@ -54,13 +55,13 @@ class StoreInput:
         self.encoder_name = self.store.encoder
         table = self.store.metadata()
         if column not in table.column_names:
-            raise ValueError(f"{self.where}: the embedding store has no {column!r} metadata column (columns: "
+            raise ConfigError(f"{self.where}: the embedding store has no {column!r} metadata column (columns: "
                              f"{', '.join(table.column_names)}); few-shot evaluation needs a class label per row. "
                              "Extract it from a labeled folder, file list or manifest, or evaluate with encoder=... "
                              "and data.root=... instead")
         labels = table.column(column)
         if labels.null_count:
-            raise ValueError(f"{self.where}: {labels.null_count} of {len(labels)} rows have no {column!r}; "
+            raise ConfigError(f"{self.where}: {labels.null_count} of {len(labels)} rows have no {column!r}; "
                              "few-shot evaluation needs a class label on every row")
         self.labels = labels.to_numpy(zero_copy_only=False)
 

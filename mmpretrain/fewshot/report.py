@@ -47,7 +47,7 @@ def results_table(results: Results) -> str:
     """A Markdown table, one row per result: method, ways, shots, queries, episodes, accuracy ± 95% CI in %."""
     header = ["method", "way", "shot", "query", "episodes", "accuracy (%)"]
     rows = [[r.method, str(r.n_way), str(r.n_shot), str(r.n_query), str(r.episodes),
-             f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f}"] for r in flatten_results(results)]
+             f"{r.mean:.2f} ± {r.ci95:.2f}"] for r in flatten_results(results)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -80,8 +80,8 @@ def _figure(results: Results) -> Figure:
             if not line:
                 continue
             label = method if len(settings) == 1 else f"{method} ({n_way}-way)"
-            axes.errorbar([r.n_shot for r in line], [100 * r.mean for r in line],
-                          yerr=[100 * r.ci95 for r in line], marker="o", capsize=3, label=label)
+            axes.errorbar([r.n_shot for r in line], [r.mean for r in line],
+                          yerr=[r.ci95 for r in line], marker="o", capsize=3, label=label)
     shots = sorted({r.n_shot for r in flat})
     axes.set_xticks(shots)
     axes.set_xlabel("shots per class")

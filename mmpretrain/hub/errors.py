@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mmpretrain.errors import MMPretrainError
 
-class HubError(RuntimeError):
+
+class HubError(MMPretrainError, RuntimeError):
     """Base class for checkpoint hub errors."""
 
 

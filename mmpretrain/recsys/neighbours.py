@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path
 from mmpretrain.embeddings import EmbeddingStore
@@ -112,7 +113,7 @@ def item_to_item(
         batch_size: items searched at a time; memory is O(batch_size * k), never O(n^2).
         table_format: ``"parquet"`` or ``"csv"``.
         seed: sampling seed of index training and tuning.
-        progress: tqdm bar while the index is filled.
+        progress: tqdm bars while the index is filled and while the table is written.
 
     Returns:
         ``{"path", "rows", "items", "k", "threshold", "metric", "index_key", "search_params", "build_seconds",
@@ -136,10 +137,12 @@ def item_to_item(
     with atomic_path(output) as tmp:
         writer: Any = (pq.ParquetWriter(tmp, SCHEMA) if table_format == "parquet"
                        else pacsv.CSVWriter(tmp, SCHEMA))
-        with writer:
+        bar = tqdm(total=index.ntotal, desc="item-to-item", unit="item", disable=not progress)
+        with writer, bar:
             for batch in iter_neighbours(index, features, k, threshold, batch_size):
                 writer.write_batch(batch)
                 rows += batch.num_rows
+                bar.update(min(batch_size, index.ntotal - bar.n))
     return {"path": str(output), "rows": rows, "items": index.ntotal, "k": k, "threshold": threshold,
             "metric": index.metric, "index_key": index.index_key, "search_params": dict(index.search_params),
             "build_seconds": build_seconds, "search_seconds": time.perf_counter() - tic}

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from mmpretrain.errors import MMPretrainError
+
 #: Characters that ids may never hold: one id per line in text files, one row per line in CSV files.
 LINE_BREAKS = "\n\r"
 
 
-class FeatureError(ValueError):
+class FeatureError(MMPretrainError, ValueError):
     """Features a recommender would misread (wrong length, NaN/inf, duplicate or unwritable ids); names the id."""
 
 

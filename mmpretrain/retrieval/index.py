@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mmpretrain._io import read_saved_folder
 from mmpretrain.embeddings import EmbeddingStore, StoreError, open_store
+from mmpretrain.errors import ConfigError, PathExistsError
 from mmpretrain.retrieval.choice import choose_index_key
 from mmpretrain.retrieval.core import (
     GPU_MAX_K,
@@ -66,7 +67,7 @@ class RetrievalIndex:
     ) -> None:
         """Wrap a trained, filled CPU index (and optionally its GPU clone); ``ids[i]`` is the id of faiss id ``i``."""
         if index.ntotal != len(ids):
-            raise ValueError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
+            raise ConfigError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
         self.index = index
         self.ids = ids
         self.metric = metric
@@ -135,7 +136,7 @@ class RetrievalIndex:
                                "load_index(path, store=...)")
         array = np.asarray(ids).astype(str)
         if array.ndim not in (1, 2):
-            raise ValueError(f"ids must be 1-D or 2-D, got shape {array.shape}")
+            raise ConfigError(f"ids must be 1-D or 2-D, got shape {array.shape}")
         flat = array.reshape(-1)
         key = None if columns is None else tuple(columns)
         if key not in self._metadata:
@@ -159,7 +160,7 @@ class RetrievalIndex:
         """
         path = Path(path)
         if path.exists() and not (path / PARAMS_FILE).is_file():
-            raise FileExistsError(f"{path} exists and is not a saved index: refusing to replace it")
+            raise PathExistsError(f"{path} exists and is not a saved index: refusing to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
         tmp.mkdir()
@@ -299,9 +300,9 @@ def build_index(
     source = VectorSource(embeddings, normalize)
     store = source.store
     if store is not None and ids is not None:
-        raise ValueError("ids come from the store's id column; do not pass ids with a store")
+        raise ConfigError("ids come from the store's id column; do not pass ids with a store")
     if source.n == 0:
-        raise ValueError("cannot index zero vectors")
+        raise ConfigError("cannot index zero vectors")
     array_ids = as_ids(ids, source.n) if store is None else None
     gpu = resolve_gpu(use_gpu)
     if index_key == "auto":
@@ -309,7 +310,7 @@ def build_index(
     try:
         cpu_index = faiss.index_factory(source.dim, index_key, metric_type)
     except RuntimeError as exc:
-        raise ValueError(f"faiss cannot build index_key {index_key!r}: {exc}") from exc
+        raise ConfigError(f"faiss cannot build index_key {index_key!r}: {exc}") from exc
     for hnsw in _hnsw_parts(cpu_index):
         hnsw.efConstruction = ef_construction
     if not _takes_ids(cpu_index):
@@ -425,15 +426,15 @@ def load_index(
     path = Path(path)
     params = read_saved_folder(path, (INDEX_FILE, IDS_FILE, PARAMS_FILE), PARAMS_FILE, "index directory")
     if params.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
+        raise ConfigError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
                          f"reader ({FORMAT_VERSION}); upgrade mmpretrain")
     try:
         index = faiss.read_index(str(path / INDEX_FILE))
     except RuntimeError as exc:
-        raise ValueError(f"cannot read faiss index {path / INDEX_FILE}: {exc}") from exc
+        raise ConfigError(f"cannot read faiss index {path / INDEX_FILE}: {exc}") from exc
     ids = np.load(path / IDS_FILE, allow_pickle=False)
     if index.ntotal != len(ids) or index.ntotal != params["ntotal"]:
-        raise ValueError(f"index directory {path} is inconsistent: {INDEX_FILE} holds {index.ntotal} vectors, "
+        raise ConfigError(f"index directory {path} is inconsistent: {INDEX_FILE} holds {index.ntotal} vectors, "
                          f"{IDS_FILE} {len(ids)} ids, {PARAMS_FILE} says {params['ntotal']}")
     result = RetrievalIndex(
         index, ids, params["metric"], params["index_key"], params["normalize"], params["search_params"],

@@ -11,18 +11,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from mmpretrain.training import scaled_lr
 
 
 @torch.inference_mode()
 def extract_features(
-    backbone: nn.Module, loader: DataLoader, device: str | torch.device = "cpu"
+    backbone: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", progress: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features and labels of every sample of a labeled loader, in loader order, on the CPU."""
+    """Pooled features and labels of every sample of a labeled loader, in loader order, on the CPU.
+
+    `progress`: the label of a progress bar over the batches (None: no bar).
+    """
     backbone.eval().to(device)
     features, labels = [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc=progress, unit="batch", disable=progress is None, leave=False):
         features.append(backbone(batch["image"].to(device)).float().cpu())
         labels.append(batch["label"])
     return torch.cat(features), torch.cat(labels)

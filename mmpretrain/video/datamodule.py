@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
 from mmpretrain.data.shards import ShardDataset, expand_shards, shard_counts, shard_loader
+from mmpretrain.errors import ConfigError, MissingPathError
 from mmpretrain.models import create_tokenizer, tokenizer_from_json
 from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset, collate_videos
 from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
@@ -33,7 +34,7 @@ def load_tokenizer(name: str, key: str = "data.tokenizer") -> Any:
 
         config = load_checkpoint(path).config
         if "tokenizer" not in config:
-            raise ValueError(f"{key}={name}: this checkpoint carries no tokenizer (not a video model)")
+            raise ConfigError(f"{key}={name}: this checkpoint carries no tokenizer (not a video model)")
         return tokenizer_from_json(config["tokenizer"])
     return create_tokenizer(name, key)
 
@@ -53,7 +54,7 @@ class VideoCollator:
 def split_records(records: Sequence[VideoRecord], fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random hold-out of ``fraction`` of the records (at least one), for a manifest without a val split."""
     if not 0 < fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction} must be in (0, 1) when data.val_manifest is not set")
+        raise ConfigError(f"data.val_fraction={fraction} must be in (0, 1) when data.val_manifest is not set")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(records) * fraction))
@@ -105,8 +106,8 @@ class VideoDataModule(SampledLoaders):
         with_labels: bool = False,
         with_tags: bool = False,
         batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool = True,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
         max_redraws: int = 10,
         seed: int = 0,
         max_failure_rate: float = 0.01,
@@ -150,7 +151,7 @@ class VideoDataModule(SampledLoaders):
         for key in ("train_manifest", "val_manifest"):
             value = hp[key]
             if value is not None and not Path(value).is_file():
-                raise FileNotFoundError(f"data.{key}={value!r} does not exist")
+                raise MissingPathError(f"data.{key}={value!r} does not exist")
         records = read_video_manifest(hp.train_manifest)
         if hp.val_manifest:
             self.train_records, self.val_records = records, read_video_manifest(hp.val_manifest)
@@ -160,11 +161,11 @@ class VideoDataModule(SampledLoaders):
         if hp.with_labels:
             self.labels = label_vocab(everything)
             if not self.labels:
-                raise ValueError(f"data.with_labels=true but no record of {hp.train_manifest} has a 'label'")
+                raise ConfigError(f"data.with_labels=true but no record of {hp.train_manifest} has a 'label'")
         if hp.with_tags:
             self.tags = tag_vocab(everything)
             if not self.tags:
-                raise ValueError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
+                raise ConfigError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
 
     def dataset(self, records: Sequence[VideoRecord], train: bool, frames_dir: str | None) -> VideoTextDataset:
         hp = self.hparams

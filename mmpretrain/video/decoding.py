@@ -37,6 +37,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from mmpretrain.errors import MMPretrainError
+
 try:
     import decord
 except ImportError:  # decord has no wheels for aarch64 or macOS arm; PyAV decodes everything alone there
@@ -55,7 +57,7 @@ _MP4_TOP_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"styp"}
 _fallback_logged: set[str] = set()
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(MMPretrainError, RuntimeError):
     """A video that cannot give the frames asked of it.
 
     Attributes:

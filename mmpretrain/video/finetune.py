@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from mmpretrain._io import atomic_path, write_text_atomic
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
+from mmpretrain.errors import ConfigError
 from mmpretrain.models import VideoTextFusion, build_video_model, tokenizer_from_json
 from mmpretrain.training import (
     adamw_kernel,
@@ -85,10 +86,10 @@ def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, d
     try:
         loaded = load_checkpoint(source)
     except (HubError, OSError, KeyError, ValueError) as err:
-        raise ValueError(f"model.pretrained={source!r}: cannot load a video pretraining checkpoint: {err}") from err
+        raise ConfigError(f"model.pretrained={source!r}: cannot load a video pretraining checkpoint: {err}") from err
     if not is_video(loaded.config):
         arch = (loaded.config.get("architecture") or {}).get("name")
-        raise ValueError(
+        raise ConfigError(
             f"model.pretrained={source!r} is not a video pretraining checkpoint (it holds a {arch!r} image "
             "backbone); use a checkpoint of experiment=video_fusion_pretrain, its published folder or registry name"
         )
@@ -96,7 +97,7 @@ def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, d
     try:
         return build_model(loaded, random_init), config
     except HubError as err:
-        raise ValueError(f"model.pretrained={source!r}: {err}") from err
+        raise ConfigError(f"model.pretrained={source!r}: {err}") from err
 
 
 def _from_arguments(architecture: Mapping[str, Any]) -> tuple[VideoTextFusion, dict[str, Any]]:
@@ -104,7 +105,7 @@ def _from_arguments(architecture: Mapping[str, Any]) -> tuple[VideoTextFusion, d
     try:
         pretrain = VideoFusionPretrain(**dict(architecture))
     except TypeError as err:
-        raise ValueError(f"model.architecture: {err} (it takes VideoFusionPretrain's arguments)") from err
+        raise ConfigError(f"model.architecture: {err} (it takes VideoFusionPretrain's arguments)") from err
     config = pretrain.export_config()
     return pretrain.model, {k: config[k] for k in ("architecture", "preprocessing", "tokenizer")}
 
@@ -165,24 +166,24 @@ class VideoFinetune(pl.LightningModule):
         check_task(task)
         check_weighting(class_weighting)
         if not 0 <= modality_dropout <= 1:
-            raise ValueError(f"model.modality_dropout={modality_dropout} must be in [0, 1]")
+            raise ConfigError(f"model.modality_dropout={modality_dropout} must be in [0, 1]")
         if backbone_lr_scale <= 0:
-            raise ValueError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0; freeze with freeze_backbone")
+            raise ConfigError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0; freeze with freeze_backbone")
         if sum(x is not None for x in (pretrained, architecture, video_model)) != 1:
-            raise ValueError(
+            raise ConfigError(
                 "set exactly one of model.pretrained (a video pretraining checkpoint) and model.architecture "
                 f"(VideoFusionPretrain's arguments, no video pretraining); got pretrained={pretrained!r}, "
                 f"architecture={'set' if architecture is not None else None}"
             )
         other = "num_tags" if task == "classify" else "num_classes"
         if self.hparams[other] is not None:
-            raise ValueError(f"model.{other} is not used by model.task={task!r}; leave it null")
+            raise ConfigError(f"model.{other} is not used by model.task={task!r}; leave it null")
         if pretrained is not None:
             model, config = _load_pretrained(pretrained, random_init)
             config["finetuned_from"] = {"pretrained": pretrained, "random_init": bool(random_init)}
         elif architecture is not None:
             if random_init:
-                raise ValueError("model.random_init=true needs model.pretrained (whose architecture it re-initializes)")
+                raise ConfigError("model.random_init=true needs model.pretrained (the architecture it re-initializes)")
             model, config = _from_arguments(architecture)
         else:
             model, config = build_video_model(video_model["architecture"]), dict(video_model)
@@ -224,17 +225,17 @@ class VideoFinetune(pl.LightningModule):
         """Create the head (and the tag thresholds) once; later calls must agree with it, naming the key."""
         names_key, size_key = ("class_names", "num_classes") if self.task == "classify" else ("tag_names", "num_tags")
         if names is not None and size is not None and len(names) != size:
-            raise ValueError(f"model.{size_key}={size} but the data has {len(names)}: {names[:10]}")
+            raise ConfigError(f"model.{size_key}={size} but the data has {len(names)}: {names[:10]}")
         known = self.hparams[names_key]
         if names is not None and known is not None and list(known) != names:
-            raise ValueError(f"model.{names_key} {list(known)[:10]} differ from the data's {names[:10]}")
+            raise ConfigError(f"model.{names_key} {list(known)[:10]} differ from the data's {names[:10]}")
         size = len(names) if names is not None else size
         if self.head is None:
             self.head = nn.Sequential(nn.Dropout(self.hparams.head_dropout), nn.Linear(self.model.width, size))
             if self.task == "tagging":
                 self.register_buffer("thresholds", torch.full((size,), 0.5))
         elif self.head[-1].out_features != size:
-            raise ValueError(f"model.{size_key}={self.head[-1].out_features} but the data has {size}")
+            raise ConfigError(f"model.{size_key}={self.head[-1].out_features} but the data has {size}")
         self.hparams[size_key] = size
         if names is not None:
             self.hparams[names_key] = names
@@ -246,19 +247,19 @@ class VideoFinetune(pl.LightningModule):
         hp, pre = datamodule.hparams, self.video_config["preprocessing"]
         source = f"model.pretrained={self.hparams.pretrained!r}" if self.hparams.pretrained else "the model"
         if "image_size" in pre and int(hp.image_size) != int(pre["image_size"]):
-            raise ValueError(f"data.image_size={hp.image_size} but {source} was trained at {pre['image_size']} px")
+            raise ConfigError(f"data.image_size={hp.image_size} but {source} was trained at {pre['image_size']} px")
         if int(hp.num_frames) > self.model.num_frames:
-            raise ValueError(f"data.num_frames={hp.num_frames} but {source} takes at most {self.model.num_frames}")
+            raise ConfigError(f"data.num_frames={hp.num_frames} but {source} takes at most {self.model.num_frames}")
         data_tok = datamodule.processor.tokenizer
         same = data_tok.get_vocab() == self.tokenizer.get_vocab() and all(
             getattr(data_tok, k) == getattr(self.tokenizer, k) for k in ("cls_token_id", "sep_token_id", "pad_token_id")
         )
         if not same:
-            raise ValueError(f"data.tokenizer={hp.tokenizer!r} is not the tokenizer {source} was trained with")
+            raise ConfigError(f"data.tokenizer={hp.tokenizer!r} is not the tokenizer {source} was trained with")
         if self.task == "classify" and datamodule.labels is None:
-            raise ValueError("model.task=classify needs class labels: set data.with_labels=true")
+            raise ConfigError("model.task=classify needs class labels: set data.with_labels=true")
         if self.task == "tagging" and datamodule.tags is None:
-            raise ValueError("model.task=tagging needs tags: set data.with_tags=true")
+            raise ConfigError("model.task=tagging needs tags: set data.with_tags=true")
 
     def setup(self, stage: str) -> None:
         """Size the head from the datamodule's vocabulary and weight the loss by the training counts."""
@@ -269,7 +270,7 @@ class VideoFinetune(pl.LightningModule):
             self._set_outputs(list(names), None)
         if self.head is None:
             key = "num_classes" if self.task == "classify" else "num_tags"
-            raise ValueError(f"model.{key} is null and the datamodule provides no {key[4:]} to size the head")
+            raise ConfigError(f"model.{key} is null and the datamodule provides no {key[4:]} to size the head")
         records = getattr(datamodule, "train_records", None)
         if stage == "fit" and records and names is not None:
             mode = self.hparams.class_weighting
@@ -452,7 +453,7 @@ def write_predictions(
     ``predict_dataloader`` is predicted on its validation split. Runs in one process, so every video is written.
     """
     if trainer.world_size > 1:
-        raise ValueError("write_predictions runs in one process; use a trainer with devices=1")
+        raise ConfigError("write_predictions runs in one process; use a trainer with devices=1")
     if not isinstance(data, DataLoader):
         data.setup("predict")
         module.check_data(data)

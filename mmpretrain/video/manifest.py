@@ -23,6 +23,7 @@ from typing import Any
 from mmpretrain._io import write_text_atomic
 from mmpretrain.data.records import RECORD_SUFFIXES, read_records
 from mmpretrain.data.sources import InputRows
+from mmpretrain.errors import ConfigError, MissingPathError
 
 FIELDS = ("id", "video", "title", "ocr", "label", "tags")
 
@@ -51,7 +52,7 @@ def _text(value: Any, key: str, where: str, allow_int: bool = False) -> str | No
         return str(value)
     if not isinstance(value, str):
         kind = "a string or an integer" if allow_int else "a string"
-        raise ValueError(f"{where}: '{key}' must be {kind}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {kind}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -62,7 +63,7 @@ def _strings(value: Any, key: str, where: str, allow_str: bool) -> tuple[str, ..
         return (value,) if value.strip() else ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         kind = "a string or a list of strings" if allow_str else "a list of strings"
-        raise ValueError(f"{where}: '{key}' must be {kind}, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
     return tuple(v for v in value if v.strip())
 
 
@@ -79,9 +80,9 @@ def _record(entry: Mapping[str, Any], path: Path, line: int) -> VideoRecord:
     where = _where(path, line)
     video = entry.get("video")
     if video is None or video == "":
-        raise ValueError(f"{where}: missing the required key 'video'")
+        raise ConfigError(f"{where}: missing the required key 'video'")
     if not isinstance(video, str):
-        raise ValueError(f"{where}: 'video' must be a string path, got {type(video).__name__} {video!r}")
+        raise ConfigError(f"{where}: 'video' must be a string path, got {type(video).__name__} {video!r}")
     root = path.parent.resolve()
     resolved = (root / video).resolve()
     vid = _text(entry.get("id"), "id", where, allow_int=True) or _default_id(video, resolved, root)
@@ -105,21 +106,21 @@ def read_video_manifest(path: str | Path) -> list[VideoRecord]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video manifest {path} does not exist")
+        raise MissingPathError(f"video manifest {path} does not exist")
     if path.suffix.lower() not in RECORD_SUFFIXES:
-        raise ValueError(f"{path}: unknown manifest format '{path.suffix}'; use .jsonl, .json or .csv")
+        raise ConfigError(f"{path}: unknown manifest format '{path.suffix}'; use .jsonl, .json or .csv")
     records: list[VideoRecord] = []
     first_line: dict[str, int] = {}
     for line, entry in read_records(path, required="video", list_columns=("ocr", "tags")):
         record = _record(entry, path, line)
         if record.id in first_line:
-            raise ValueError(
+            raise ConfigError(
                 f"{_where(path, line)}: duplicate id '{record.id}' (first on line {first_line[record.id]})"
             )
         first_line[record.id] = line
         records.append(record)
     if not records:
-        raise ValueError(f"{path}: the manifest lists no videos")
+        raise ConfigError(f"{path}: the manifest lists no videos")
     return records
 
 
@@ -141,7 +142,7 @@ def _entry(item: VideoRecord | Mapping[str, Any], root: Path) -> dict[str, Any]:
     else:
         entry = dict(item)
         if not entry.get("video"):
-            raise ValueError(f"every manifest entry needs a 'video', got {entry!r}")
+            raise ConfigError(f"every manifest entry needs a 'video', got {entry!r}")
     return {k: v for k, v in entry.items() if v is not None}
 
 
@@ -187,9 +188,9 @@ def video_input(path: Path, labels: str | bool, key: str) -> InputRows:
     names = [r.label for r in records]
     given = [n for n in names if n is not None]
     if labels is True and not given:
-        raise ValueError(f"{key}={path}: labels=true but no record has a 'label'")
+        raise ConfigError(f"{key}={path}: labels=true but no record has a 'label'")
     if given and len(given) != len(names):
-        raise ValueError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+        raise ConfigError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
     return InputRows(
         root=path.parent,
         kind="video manifest",

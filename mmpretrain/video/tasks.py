@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.video.manifest import VideoRecord
 from mmpretrain.video.metrics import (
     apply_thresholds,
@@ -45,7 +46,7 @@ WEIGHTINGS = ("none", "inverse_sqrt", "inverse")
 def check_task(task: str, key: str = "model.task") -> str:
     """``task`` if it is one of :data:`TASKS`, else a ValueError naming ``key``."""
     if task not in TASKS:
-        raise ValueError(f"{key}={task!r} is not one of {TASKS}")
+        raise ConfigError(f"{key}={task!r} is not one of {TASKS}")
     return task
 
 
@@ -73,7 +74,7 @@ def tag_counts(records: Sequence[VideoRecord], names: Sequence[str]) -> np.ndarr
 def check_weighting(mode: str) -> None:
     """A ValueError naming ``model.class_weighting`` unless ``mode`` is one of :data:`WEIGHTINGS`."""
     if mode not in WEIGHTINGS:
-        raise ValueError(f"model.class_weighting={mode!r} is not one of {WEIGHTINGS}")
+        raise ConfigError(f"model.class_weighting={mode!r} is not one of {WEIGHTINGS}")
 
 
 def class_weights(counts: Sequence[int] | np.ndarray, mode: str) -> torch.Tensor | None:
@@ -88,7 +89,7 @@ def class_weights(counts: Sequence[int] | np.ndarray, mode: str) -> torch.Tensor
         return None
     counts = np.asarray(counts, dtype=np.float64)
     if counts.sum() <= 0:
-        raise ValueError("model.class_weighting needs labelled training videos; the training manifest has none")
+        raise ConfigError("model.class_weighting needs labelled training videos; the training manifest has none")
     clamped = np.maximum(counts, 1.0)
     raw = 1.0 / clamped if mode == "inverse" else 1.0 / np.sqrt(clamped)
     return torch.tensor(raw * counts.sum() / (raw * counts).sum(), dtype=torch.float32)

@@ -1,0 +1,33 @@
+"""The project's error family: every failure a user can cause and fix (a bad key, a missing file, bad data, a
+refused checkpoint) is an :class:`MMPretrainError`, so the command lines print it as one short line and exit 1,
+while anything else keeps its traceback.
+
+The concrete kinds also subclass the built-in exception a caller would expect (``ValueError``,
+``FileNotFoundError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MMPretrainError(Exception):
+    """Base of every error the project raises on purpose; its message names the key, file or value at fault."""
+
+
+class ConfigError(MMPretrainError, ValueError):
+    """A key or value the user set (on the command line, in a config or in a call) that cannot work."""
+
+
+class MissingPathError(MMPretrainError, FileNotFoundError):
+    """A file or folder named by a key does not exist."""
+
+
+class NotAFolderError(MMPretrainError, NotADirectoryError):
+    """A key names a file where a folder is needed."""
+
+
+class PathExistsError(MMPretrainError, FileExistsError):
+    """An output would replace something that is not an earlier output of the same kind."""
+
+
+class DataError(MMPretrainError, ValueError):
+    """Input data that cannot be used as it is (empty, mislabeled, too small for the task)."""
