@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms as T
 
@@ -31,10 +32,21 @@ class FrameNormalize(nn.Module):
         return (frames.float() / 255 - self.mean) / self.std
 
 
-def _blur_kernel(size: int) -> int:
-    """BYOL blurs with a kernel of 10% of the image side (23 px at 224), always odd."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 == 1 else k + 1
+class GaussianBlur:
+    """PIL's Gaussian blur with σ drawn uniformly from ``sigma`` (pixels): the official BYOL/MoBY blur.
+
+    PIL does not cut the Gaussian short, whatever the image size (torchvision's kernel of 10% of the side, 7 px at
+    64 px, would truncate σ = 2 at 1.5σ), and it is several times faster than torchvision's tensor blur on a PIL image.
+    """
+
+    def __init__(self, sigma: Sequence[float] = (0.1, 2.0)) -> None:
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
 
 
 def byol_view_transform(
@@ -44,16 +56,26 @@ def byol_view_transform(
     crop_scale: tuple[float, float] = (0.08, 1.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    grayscale: bool = False,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    flip_p: float = 0.5,
+    jitter_p: float = 0.8,
 ) -> T.Compose:
-    """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize."""
+    """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize.
+
+    Crops are bilinear, as the official ``RandomResizedCrop``. A ``grayscale`` data set has no hue or saturation
+    to jitter and nothing to gain from a grayscale conversion: its jitter is brightness and contrast only.
+    """
+    jitter = T.ColorJitter(0.4, 0.4) if grayscale else T.ColorJitter(0.4, 0.4, 0.2, 0.1)
     ops: list = [
-        T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
+        T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(p=flip_p),
+        T.RandomApply([jitter], p=jitter_p),
     ]
+    if not grayscale:
+        ops.append(T.RandomGrayscale(p=0.2))
     if blur_p > 0:
-        ops.append(T.RandomApply([T.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p))
+        ops.append(T.RandomApply([GaussianBlur(blur_sigma)], p=blur_p))
     if solarize_p > 0:
         ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
     ops += [T.ToTensor(), T.Normalize(mean, std)]
@@ -77,11 +99,17 @@ def moby_transform(
     solarize_p: tuple[float, float] = (0.0, 0.2),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    grayscale: bool = False,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    flip_p: float = 0.5,
+    jitter_p: float = 0.8,
 ) -> TwoViewTransform:
     """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized."""
+    common = dict(crop_scale=crop_scale, mean=mean, std=std, grayscale=grayscale, blur_sigma=blur_sigma,
+                  flip_p=flip_p, jitter_p=jitter_p)  # fmt: skip
     return TwoViewTransform(
-        byol_view_transform(size, blur_p[0], solarize_p[0], crop_scale, mean, std),
-        byol_view_transform(size, blur_p[1], solarize_p[1], crop_scale, mean, std),
+        byol_view_transform(size, blur_p[0], solarize_p[0], **common),
+        byol_view_transform(size, blur_p[1], solarize_p[1], **common),
     )
 
 
