@@ -45,6 +45,11 @@ def _run(args: list[str]) -> None:
         raise SystemExit(f"step failed: {' '.join(args)}")
 
 
+def _value(path: Path) -> str:
+    """A path as a quoted Hydra override value: Japanese_(katakana) has characters the override grammar reserves."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _alphabet(data: Path, name: str) -> Path:
     folder = data / name
     if not folder.is_dir():
@@ -59,8 +64,9 @@ def pretrain(data: Path, out: Path, overrides: list[str]) -> Path:
     paths = sorted(str(p) for name in PRETRAIN for p in _alphabet(data, name).rglob("*.png"))
     file_list.write_text("\n".join(paths) + "\n")
     print(f"pretraining on {len(paths)} images of {', '.join(PRETRAIN)}")
-    _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={file_list}", "logger=csv",
-          f"hydra.run.dir={out / 'train'}", "trainer.enable_progress_bar=false", *QUIET, *overrides])  # fmt: skip
+    _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={_value(file_list)}",
+          "logger=csv", f"hydra.run.dir={_value(out / 'train')}", "trainer.enable_progress_bar=false", *QUIET,
+          *overrides])  # fmt: skip
     return out / "train/checkpoints/last.ckpt"
 
 
@@ -84,7 +90,7 @@ def pixel_store(checkpoint: Path, folder: Path, out: Path) -> Path:
 def fewshot(source: list[str], folder: Path, out: Path, methods: list[str], episodes: int) -> dict:
     """One `mmpretrain-eval task=fewshot` run: 20-way 1-shot within the alphabet; returns its fewshot.json."""
     _run([str(BIN / "mmpretrain-eval"), "task=fewshot", *source, "n_way=20", "n_shot=1", "n_query=15",
-          f"episodes={episodes}", f"methods=[{','.join(methods)}]", "plot=false", f"hydra.run.dir={out}",
+          f"episodes={episodes}", f"methods=[{','.join(methods)}]", "plot=false", f"hydra.run.dir={_value(out)}",
           *QUIET])  # fmt: skip
     return json.loads((out / "fewshot.json").read_text())
 
@@ -103,11 +109,11 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for alphabet in HELD_OUT:
         folder = _alphabet(data, alphabet)
-        runs = out / "eval" / alphabet
+        runs = out / "eval" / alphabet.replace("(", "").replace(")", "")
         sources = {
-            "raw pixels": [f"store={pixel_store(ckpt, folder, runs / 'pixels_store')}"],
-            "random init": [f"encoder={ckpt}", "random_init=true", f"data.root={folder}"],
-            "moby_small": [f"encoder={ckpt}", f"data.root={folder}"],
+            "raw pixels": [f"store={_value(pixel_store(ckpt, folder, runs / 'pixels_store'))}"],
+            "random init": [f"encoder={_value(ckpt)}", "random_init=true", f"data.root={_value(folder)}"],
+            "moby_small": [f"encoder={_value(ckpt)}", f"data.root={_value(folder)}"],
         }
         results[alphabet] = {
             name: fewshot(source, folder, runs / name.replace(" ", "_"), methods, args.episodes)["results"]
