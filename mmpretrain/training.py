@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
     "NO_DECAY_KEYWORDS",
+    "RankSeed",
     "adamw_kernel",
     "check_choice",
     "check_range",
@@ -39,11 +40,17 @@ def warmup_cosine_lr(
     warmup_start_lr: float,
     min_lr: float,
 ) -> float:
-    """Linear warmup from `warmup_start_lr` to `base_lr`, then cosine decay to `min_lr`, per iteration."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    """The lr of optimizer step `step`, shaped as the official MoBY (Swin) schedule, per iteration.
+
+    Official: timm's ``CosineLRScheduler(t_initial=total_steps, warmup_t=warmup_steps)``, updated with the step's
+    index *after* each optimizer step. So step k uses the value at t = k - 1 (step 0 the warmup start): linear from
+    `warmup_start_lr` to `base_lr` over the warmup, then `min_lr + (base_lr - min_lr)·(1 + cos(π·t/total))/2` with t
+    counted from the first step, warmup included (so the cosine starts a little below `base_lr`).
+    """
+    t = max(step - 1, 0)
+    if warmup_steps > 0 and t < warmup_steps:
+        return warmup_start_lr + (base_lr - warmup_start_lr) * t / warmup_steps
+    progress = min(t, total_steps) / max(total_steps, 1)
     return min_lr + (base_lr - min_lr) * (math.cos(math.pi * progress) + 1) / 2
 
 
@@ -169,3 +176,19 @@ def check_range(
                         f"{'inf' if high is None else high}{')' if high_open else ']'}")
             raise ValueError(f"{key}={value} must be in {interval}")
 
+
+class RankSeed(pl.Callback):
+    """Seed every process with ``seed + global rank`` once the strategy knows the ranks, as the official MoBY does.
+
+    Seeding only before the trainer starts gives every rank the same random stream (a spawned DDP process inherits
+    the launcher's), so all ranks would draw the same drop-path masks and augmentations. ``setup`` runs after the
+    process group exists, before the first batch, on a fresh run and on a resumed one alike.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.seed is None:
+            return
+        pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)

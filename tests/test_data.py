@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 from mmpretrain.data import (
     DataHealthMonitor,
@@ -20,7 +23,7 @@ from mmpretrain.data import (
     read_file_list,
     scan_images,
 )
-from mmpretrain.data.transforms import _blur_kernel
+from mmpretrain.data.transforms import GaussianBlur
 
 
 def _png(path: Path, colour=(200, 10, 10), size: int = 16) -> Path:
@@ -121,15 +124,29 @@ def test_moby_views_follow_byol_recipe() -> None:
     assert "RandomSolarize" not in names1 and v2[names2.index("RandomSolarize")].p == pytest.approx(0.2)
     blur1, blur2 = v1[4], v2[4]
     assert blur1.p == 1.0 and blur2.p == pytest.approx(0.1)
-    assert blur1.transforms[0].sigma == (0.1, 2.0)
+    assert isinstance(blur1.transforms[0], GaussianBlur) and blur1.transforms[0].sigma == (0.1, 2.0)
     jitter = v1[2]
     assert jitter.p == pytest.approx(0.8)
     cj = jitter.transforms[0]
     assert (cj.brightness, cj.contrast, cj.saturation, cj.hue) == ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
     assert v1[3].p == pytest.approx(0.2) and v1[0].scale == (0.08, 1.0)
-    assert _blur_kernel(224) == 23 and _blur_kernel(64) % 2 == 1
+    assert v1[0].interpolation == InterpolationMode.BILINEAR  # the official RandomResizedCrop's default
     a, b = pair(Image.new("RGB", (40, 40), (10, 200, 30)))
     assert a.shape == b.shape == (3, 32, 32)
+
+
+def test_blur_is_pil_gaussian_blur_at_any_image_size() -> None:
+    """The official blur (PIL, radius = sigma) is not truncated by a kernel tied to the image side."""
+    from PIL import ImageFilter
+
+    image = Image.new("L", (64, 64), 255)
+    image.putpixel((32, 32), 0)
+    image = image.convert("RGB")
+    random.seed(3)
+    ours = np.asarray(GaussianBlur((2.0, 2.0))(image))
+    official = np.asarray(image.filter(ImageFilter.GaussianBlur(radius=2.0)))
+    assert np.array_equal(ours, official)
+    assert (ours[32, 24:41, 0] < 255).sum() > 7  # reaches beyond the ±3 px a 7-px kernel would allow
 
 
 def test_demo_images_are_deterministic(tmp_path: Path) -> None:

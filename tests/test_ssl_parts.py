@@ -85,11 +85,31 @@ def test_momentum_schedule_values() -> None:
 def test_lr_schedule_warmup_and_cosine() -> None:
     base, start, end = scaled_lr(1e-3, 1024), scaled_lr(5e-7, 1024), scaled_lr(5e-6, 1024)
     assert base == pytest.approx(2e-3)
-    assert warmup_cosine_lr(0, 100, 10, base, start, end) == pytest.approx(start)
-    assert warmup_cosine_lr(5, 100, 10, base, start, end) == pytest.approx((start + base) / 2)
-    assert warmup_cosine_lr(10, 100, 10, base, start, end) == pytest.approx(base)
-    assert warmup_cosine_lr(55, 100, 10, base, start, end) == pytest.approx((base + end) / 2)
-    assert warmup_cosine_lr(100, 100, 10, base, start, end) == pytest.approx(end)
+    # applied one step late, as the official scheduler is stepped after each optimizer step
+    assert warmup_cosine_lr(0, 100, 10, base, start, end) == warmup_cosine_lr(1, 100, 10, base, start, end) == start
+    assert warmup_cosine_lr(6, 100, 10, base, start, end) == pytest.approx((start + base) / 2)
+    # the cosine runs over all 100 steps, warmup included: at the end of the warmup it is already below base
+    after_warmup = end + (base - end) * (1 + math.cos(0.1 * math.pi)) / 2
+    assert warmup_cosine_lr(11, 100, 10, base, start, end) == pytest.approx(after_warmup)
+    assert warmup_cosine_lr(51, 100, 10, base, start, end) == pytest.approx((base + end) / 2)
+    assert warmup_cosine_lr(101, 100, 10, base, start, end) == pytest.approx(end)
+    assert warmup_cosine_lr(5, 100, 0, base, start, end) < base == warmup_cosine_lr(1, 100, 0, base, start, end)
+
+
+def test_lr_schedule_matches_timm_cosine_scheduler_stepped_after_each_iteration() -> None:
+    """The official loop: `optimizer.step()` with the current lr, then `lr_scheduler.step_update(idx)`."""
+    from timm.scheduler import CosineLRScheduler
+
+    total, warmup, base, start, end = 60, 7, 1e-3, 5e-7, 5e-6
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=end, warmup_lr_init=start, warmup_t=warmup,
+                                  cycle_limit=1, t_in_epochs=False)  # fmt: skip
+    official = []
+    for idx in range(total):
+        official.append(optimizer.param_groups[0]["lr"])
+        scheduler.step_update(idx)
+    ours = [warmup_cosine_lr(k, total, warmup, base, start, end) for k in range(total)]
+    assert ours == pytest.approx(official, rel=1e-12)
 
 
 def test_update_momentum_is_ema_of_parameters() -> None:

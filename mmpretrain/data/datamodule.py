@@ -11,12 +11,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mmpretrain.data.dataset import ImageDataset
+from mmpretrain.data.dataset import ImageDataset, looks_grayscale
 from mmpretrain.data.shards import ImageShardDecoder, ShardDataset, expand_shards, shard_counts, shard_loader
 from mmpretrain.data.sources import ImageSource, image_source, labeled_folder
 from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TwoViewTransform,
     eval_transform,
     linear_train_transform,
     moby_transform,
@@ -49,6 +50,7 @@ def loader_pin_memory(value: bool | str | None) -> bool:
     if value is None or str(value) == "auto":
         return torch.cuda.is_available()
     return bool(value)
+
 
 
 class SampledLoaders(pl.LightningDataModule):
@@ -114,6 +116,9 @@ class SSLImageDataModule(SampledLoaders):
     `max_failure_rate` and `min_attempts` configure the `DataHealthMonitor` callback that enforces them.
     The kNN monitor needs two labeled folders (one subfolder per class): `knn_train_root` is the feature bank
     and `knn_val_root` the queries. Validation then yields two loaders, bank first.
+
+    `grayscale` (``auto``, true or false) drops hue and saturation jitter and the grayscale conversion for images
+    without colour; ``auto`` looks at a sample of the training images in `setup` and logs what it found.
     """
 
     def __init__(
@@ -128,6 +133,10 @@ class SSLImageDataModule(SampledLoaders):
         crop_scale: Sequence[float] = (0.08, 1.0),
         blur_p: Sequence[float] = (1.0, 0.1),
         solarize_p: Sequence[float] = (0.0, 0.2),
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+        flip_p: float = 0.5,
+        jitter_p: float = 0.8,
+        grayscale: bool | str = "auto",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         eval_crop_pct: float = 0.875,
@@ -145,9 +154,10 @@ class SSLImageDataModule(SampledLoaders):
         self.knn_roots = (knn_train_root, knn_val_root)
         if bool(knn_train_root) != bool(knn_val_root):
             raise ConfigError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
-        self.train_transform = moby_transform(
-            image_size, tuple(crop_scale), tuple(blur_p), tuple(solarize_p), mean, std
-        )
+        if grayscale not in (True, False, "auto"):
+            raise ConfigError(f"data.grayscale={grayscale!r}: expected auto, true or false")
+        self.grayscale: bool | None = None if grayscale == "auto" else bool(grayscale)
+        self.train_transform: TwoViewTransform | None = None
         self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std)
         self.mean, self.std = tuple(mean), tuple(std)
         self.shards = shards
@@ -161,6 +171,8 @@ class SSLImageDataModule(SampledLoaders):
             self.shard_list = (urls, shard_counts(urls))
         elif not self.shards and self.source is None:
             self.source = image_source(self.root, self.file_list)
+        if self.train_transform is None:
+            self.train_transform = self._two_views()
         if not self.knn_roots[0]:
             log.info("kNN monitor off: data.knn_train_root and data.knn_val_root are not set")
         elif self.knn_sources is None:
@@ -173,6 +185,18 @@ class SSLImageDataModule(SampledLoaders):
                     f"data.knn_train_root and data.knn_val_root have different classes: "
                     f"{self.knn_sources[0].classes} vs {self.knn_sources[1].classes}"
                 )
+
+    def _two_views(self) -> TwoViewTransform:
+        """MoBY's two views; colour jitter limited to brightness and contrast for a grayscale data set."""
+        hp = self.hparams
+        if self.grayscale is None and self.source is None:
+            self.grayscale = False
+            log.info("data.grayscale=auto with data.shards: colour views (set data.grayscale=true for a grayscale set)")
+        elif self.grayscale is None:
+            self.grayscale = looks_grayscale(self.source.paths)
+            log.info("data.grayscale=auto: the images look %s", "grayscale" if self.grayscale else "coloured")
+        return moby_transform(hp.image_size, tuple(hp.crop_scale), tuple(hp.blur_p), tuple(hp.solarize_p),
+                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p)
 
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:

@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -88,3 +89,26 @@ class ImageDataset(Dataset):
             if self.labels is not None:
                 sample["label"] = self.labels[candidate]
             return sample
+
+
+def looks_grayscale(paths: Sequence[str], sample: int = 32) -> bool:
+    """True when every image of an evenly spaced sample of ``paths`` has no colour.
+
+    A file counts as grayscale when PIL opens it in a single-channel mode (``1``, ``L``, ``LA``, ``I``, ``F``...) or
+    its three channels are equal everywhere. Unreadable files are left to the dataset, which skips them.
+    """
+    step = max(len(paths) // sample, 1)
+    seen = 0
+    for path in list(paths)[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                    seen += 1
+                    continue
+                rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+        except Exception:  # PIL raises many types; the dataset reports bad files
+            continue
+        if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any():
+            return False
+        seen += 1
+    return seen > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,10 +34,21 @@ class FrameNormalize(nn.Module):
         return (frames.float() / 255 - self.mean) / self.std
 
 
-def _blur_kernel(size: int) -> int:
-    """BYOL blurs with a kernel of 10% of the image side (23 px at 224), always odd."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 == 1 else k + 1
+class GaussianBlur:
+    """PIL's Gaussian blur with σ drawn uniformly from ``sigma`` (pixels): the official BYOL/MoBY blur.
+
+    PIL does not cut the Gaussian short, whatever the image size (torchvision's kernel of 10% of the side, 7 px at
+    64 px, would truncate σ = 2 at 1.5σ), and it is several times faster than torchvision's tensor blur on a PIL image.
+    """
+
+    def __init__(self, sigma: Sequence[float] = (0.1, 2.0)) -> None:
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
 
 
 def byol_view_transform(
@@ -46,16 +58,26 @@ def byol_view_transform(
     crop_scale: tuple[float, float] = (0.08, 1.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    grayscale: bool = False,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    flip_p: float = 0.5,
+    jitter_p: float = 0.8,
 ) -> T.Compose:
-    """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize."""
+    """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize.
+
+    Crops are bilinear, as the official ``RandomResizedCrop``. A ``grayscale`` data set has no hue or saturation
+    to jitter and nothing to gain from a grayscale conversion: its jitter is brightness and contrast only.
+    """
+    jitter = T.ColorJitter(0.4, 0.4) if grayscale else T.ColorJitter(0.4, 0.4, 0.2, 0.1)
     ops: list = [
-        T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
+        T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(p=flip_p),
+        T.RandomApply([jitter], p=jitter_p),
     ]
+    if not grayscale:
+        ops.append(T.RandomGrayscale(p=0.2))
     if blur_p > 0:
-        ops.append(T.RandomApply([T.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p))
+        ops.append(T.RandomApply([GaussianBlur(blur_sigma)], p=blur_p))
     if solarize_p > 0:
         ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
     ops += [T.ToTensor(), T.Normalize(mean, std)]
@@ -77,11 +99,8 @@ class TwoViewTransform:
       output's pixels, the JPEG is decoded at that reduced size and the boxes are scaled: the crop then comes from
       the same region with the same output resolution, only the full-size decode is skipped. Other formats, and
       crops that need full resolution, decode as usual. Pass an image opened but not yet loaded (``lazy``).
-    - Crop and resize are one ``Image.resize(box=...)`` call; flip, colour jitter, grayscale and solarize are the
-      views' own ops.
-    - Gaussian blur uses PIL's filter (σ drawn as ``T.GaussianBlur`` draws it) when the view's kernel spans ±3σ
-      for the largest σ, so truncation is negligible (23 px at 224 for σ ≤ 2); it is the official MoBY's blur.
-      Smaller kernels (small images) keep torchvision's truncated kernel.
+    - Crop and resize are one ``Image.resize(box=...)`` call; flip, colour jitter, grayscale, blur (PIL's, see
+      :class:`GaussianBlur`) and solarize are the views' own ops.
     - ToTensor and Normalize are one fused step.
     """
 
@@ -98,16 +117,9 @@ class TwoViewTransform:
         crop, norm = ops[0], ops[-1]
         if not isinstance(crop, T.RandomResizedCrop) or not isinstance(ops[-2], T.ToTensor):
             raise ValueError("a BYOL view starts with RandomResizedCrop and ends with ToTensor, Normalize")
-        middle = []
-        for op in ops[1:-2]:
-            inner = op.transforms[0] if isinstance(op, T.RandomApply) and len(op.transforms) == 1 else None
-            if isinstance(inner, T.GaussianBlur) and inner.kernel_size[0] >= 6 * inner.sigma[1] + 1:
-                middle.append(("pil_blur", op.p, inner.sigma))
-            else:
-                middle.append(("op", op))
         mean = torch.tensor(norm.mean, dtype=torch.float32).view(3, 1, 1) * 255
         std = torch.tensor(norm.std, dtype=torch.float32).view(3, 1, 1) * 255
-        return {"crop": crop, "middle": middle, "mean": mean, "std": std}
+        return {"crop": crop, "middle": ops[1:-2], "mean": mean, "std": std}
 
     @staticmethod
     def _box(plan: dict, image: Image.Image) -> tuple[int, int, int, int]:
@@ -125,12 +137,8 @@ class TwoViewTransform:
     def _finish(self, plan: dict, image: Image.Image, box: tuple[float, ...]) -> torch.Tensor:
         crop = plan["crop"]
         out = image.resize((crop.size[1], crop.size[0]), _PIL_RESAMPLE[crop.interpolation], box=box)
-        for step in plan["middle"]:
-            if step[0] == "op":
-                out = step[1](out)
-            elif step[1] >= 1.0 or torch.rand(1).item() < step[1]:
-                sigma = torch.empty(1).uniform_(*step[2]).item()
-                out = out.filter(ImageFilter.GaussianBlur(radius=sigma))
+        for op in plan["middle"]:
+            out = op(out)
         pixels = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1).float()
         return pixels.sub_(plan["mean"]).div_(plan["std"])
 
@@ -163,11 +171,17 @@ def moby_transform(
     solarize_p: tuple[float, float] = (0.0, 0.2),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    grayscale: bool = False,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    flip_p: float = 0.5,
+    jitter_p: float = 0.8,
 ) -> TwoViewTransform:
     """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized."""
+    common = dict(crop_scale=crop_scale, mean=mean, std=std, grayscale=grayscale, blur_sigma=blur_sigma,
+                  flip_p=flip_p, jitter_p=jitter_p)  # fmt: skip
     return TwoViewTransform(
-        byol_view_transform(size, blur_p[0], solarize_p[0], crop_scale, mean, std),
-        byol_view_transform(size, blur_p[1], solarize_p[1], crop_scale, mean, std),
+        byol_view_transform(size, blur_p[0], solarize_p[0], **common),
+        byol_view_transform(size, blur_p[1], solarize_p[1], **common),
     )
 
 

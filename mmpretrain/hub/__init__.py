@@ -21,6 +21,7 @@ from mmpretrain.hub.formats import (
     load_checkpoint,
     publish,
 )
+from mmpretrain.hub.moby_state import moby_training_state
 from mmpretrain.hub.registry import DEFAULT_PREPROCESSING as DEFAULT_PREPROCESSING
 from mmpretrain.hub.registry import FORMATS, RegistryEntry, list_pretrained, load_registry
 from mmpretrain.hub.registry import IMAGENET_MEAN as IMAGENET_MEAN
@@ -44,6 +45,7 @@ __all__ = [
     "list_pretrained",
     "load_checkpoint",
     "load_registry",
+    "moby_training_state",
     "publish",
     "safe_torch_load",
     "verify",

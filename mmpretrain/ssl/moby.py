@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -47,7 +47,9 @@ class MoBY(pl.LightningModule):
             min_lr, as the official code scales them.
         weight_decay / betas: AdamW settings; warmup_epochs of linear warmup, then cosine per step.
         knn_k / knn_temperature: the weighted-kNN monitor (20, 0.07).
-        image_size / mean / std / interpolation: preprocessing, stored so an exported encoder reproduces it.
+        image_size / mean / std / interpolation / crop_pct: preprocessing, stored so an exported encoder reproduces it.
+        init: the checkpoint a continued pretraining starts from, recorded here; `mmpretrain-train` loads it
+            through the hub and :meth:`initialize_from` (model code does no I/O).
     """
 
     def __init__(
@@ -75,6 +77,8 @@ class MoBY(pl.LightningModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         interpolation: str = "bicubic",
+        crop_pct: float = 0.875,
+        init: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,6 +107,37 @@ class MoBY(pl.LightningModule):
         self.queue2 = KeyQueue(proj_dim, queue_len)
         self.concat_views = not backbone_has_batchnorm(self.backbone)
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def initialize_from(
+        self, backbone: Mapping[str, torch.Tensor], training_state: Mapping[str, torch.Tensor], source: str
+    ) -> dict[str, str]:
+        """Continued pretraining: start from a checkpoint's weights instead of random ones (``model.init``).
+
+        The online backbone takes ``backbone`` (timm layout, loaded strict). The target backbone, projector,
+        target projector, predictor and the two queues take ``training_state`` (this module's names, see
+        :func:`mmpretrain.hub.moby_training_state`) where it holds them with this model's shapes; otherwise the
+        target backbone and projector copy the online ones and the heads and queues stay fresh.
+
+        Returns:
+            ``part -> "restored"`` or ``"fresh (why)"``, for the log.
+
+        Raises:
+            ValueError: ``backbone`` does not fit ``model.backbone`` / ``model.backbone_kwargs``.
+        """
+        problem = _mismatch(self.backbone.state_dict(), backbone)
+        if problem:
+            raise ValueError(f"model.init={source}: its backbone does not fit model.backbone={self.hparams.backbone} "
+                             f"(model.backbone_kwargs={dict(self.hparams.backbone_kwargs or {})}): {problem}")
+        self.backbone.load_state_dict(backbone, strict=True)
+        report = {"backbone": "restored"}
+        for name in ("projector", "predictor", "queue1", "queue2"):
+            report[name] = _load_part(getattr(self, name), f"{name}.", training_state)
+        for target, online in (("target_backbone", "backbone"), ("target_projector", "projector")):
+            report[target] = _load_part(getattr(self, target), f"{target}.", training_state)
+            if report[target] != "restored":
+                getattr(self, target).load_state_dict(getattr(self, online).state_dict())
+                report[target] += f", a copy of the {online}"
+        return report
 
     @property
     def embed_dim(self) -> int:
@@ -204,3 +239,26 @@ class MoBY(pl.LightningModule):
                                                                                   hp.min_lr))
         optimizer = self.build_optimizer(lr, str(self.trainer.precision))
         return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr)
+
+
+def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``given`` from loading strict into a module whose state is ``expected``; "" when it fits."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and given[k].shape != v.shape]  # fmt: skip
+    problems = [f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shapes (checkpoint vs model)", shapes))
+                if names]  # fmt: skip
+    return "; ".join(problems)
+
+
+def _load_part(module: nn.Module, prefix: str, state: Mapping[str, torch.Tensor]) -> str:
+    """Load the ``prefix`` entries of ``state`` into ``module`` when they fit it exactly; say what happened."""
+    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not part:
+        return "fresh (not in the checkpoint)"
+    problem = _mismatch(module.state_dict(), part)
+    if problem:
+        return f"fresh (does not fit: {problem})"
+    module.load_state_dict(part, strict=True)
+    return "restored"

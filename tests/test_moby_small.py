@@ -1,0 +1,281 @@
+"""MoBY for small data: grayscale-aware views, continued pretraining from checkpoints (official MoBY layout, own
+checkpoints, backbone-only files), seeding per rank, and the moby_small experiment."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import timm
+import torch
+from conftest import TINY_SWIN, compose_cfg, tiny_overrides
+from hydra.utils import instantiate
+from PIL import Image
+from safetensors.torch import save_file
+
+import mmpretrain
+import mmpretrain.hub
+from mmpretrain.cli.train import initialize_model, train
+from mmpretrain.data import SSLImageDataModule
+from mmpretrain.data.dataset import looks_grayscale
+from mmpretrain.ssl import MoBY
+
+KW = TINY_SWIN["backbone_kwargs"]
+ARCH = {"name": TINY_SWIN["backbone"], "kwargs": KW}
+HIDDEN, PROJ, QUEUE = 64, 16, 64  # tiny_overrides' heads and queue
+
+
+def _tiny_moby(seed: int = 0, **overrides) -> MoBY:
+    torch.manual_seed(seed)
+    kwargs = dict(backbone=TINY_SWIN["backbone"], backbone_kwargs=KW, image_size=32, proj_hidden_dim=HIDDEN,
+                  proj_dim=PROJ, queue_len=QUEUE)  # fmt: skip
+    return MoBY(**(kwargs | overrides))
+
+
+def _official_mlp(prefix: str, head: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """MoBYMLP's keys: linear_hidden = [Identity, Linear, BatchNorm1d, ReLU], then linear_out."""
+    names = {"0.": "linear_hidden.1.", "1.": "linear_hidden.2.", "3.": "linear_out."}
+    return {f"{prefix}.{names[k[:2]]}{k[2:]}": v.clone() for k, v in head.state_dict().items()}
+
+
+def _official_file(source: MoBY, path: Path) -> None:
+    """`source` saved as Transformer-SSL releases MoBY: `{"model": ...}` with the original Swin layout
+    (PatchMerging at the end of stages 0-2, relative_position_index and attn_mask buffers), encoder_k, projector,
+    projector_k, predictor, queue1, queue2 and one queue_ptr."""
+    state: dict[str, torch.Tensor] = {}
+    for prefix, encoder in (("encoder", source.backbone), ("encoder_k", source.target_backbone)):
+        for key, value in encoder.state_dict().items():
+            key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)
+            state[f"{prefix}.{key}"] = value.clone()
+        for key, value in encoder.named_buffers():
+            if key.endswith("relative_position_index"):
+                state[f"{prefix}.{key}"] = value.clone()
+        for i, depth in enumerate(KW["depths"][:3]):
+            for j in range(1, depth, 2):
+                state[f"{prefix}.layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, 4, 4)
+    state |= _official_mlp("projector", source.projector) | _official_mlp("projector_k", source.target_projector)
+    state |= _official_mlp("predictor", source.predictor)
+    state |= {"queue1": source.queue1.keys.clone(), "queue2": source.queue2.keys.clone(),
+              "queue_ptr": torch.tensor([40])}  # fmt: skip
+    torch.save({"model": state, "epoch": 299}, path)
+
+
+def _trained_like(model: MoBY) -> MoBY:
+    """Make every part distinct from a fresh model's: weights, BatchNorm statistics, target branch and queues."""
+    with torch.no_grad():
+        for module in (model.backbone, model.target_backbone, model.projector, model.target_projector, model.predictor):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        for head in (model.projector, model.target_projector, model.predictor):
+            head[1].running_mean.normal_()
+            head[1].num_batches_tracked.fill_(7)
+    model.queue1.enqueue(torch.nn.functional.normalize(torch.randn(24, PROJ), dim=1))
+    model.queue2.enqueue(torch.nn.functional.normalize(torch.randn(40, PROJ), dim=1))
+    return model
+
+
+def _features(backbone: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    was = backbone.training
+    with torch.no_grad():
+        out = backbone.eval()(x)
+    backbone.train(was)
+    return out
+
+
+class _StepZero(pl.Callback):
+    """Online features and the state of every part at the first training step, before any update."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0 and not hasattr(self, "features"):
+            self.features = _features(pl_module.backbone)
+            self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_official_moby_file_restores_every_part_and_step_zero_features_match_load_encoder(
+    demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _trained_like(_tiny_moby(seed=1))
+    path = tmp_path / "moby_swin_tiny_official.pth"
+    _official_file(source, path)
+    import mmpretrain.cli.train as train_mod
+
+    recorder = _StepZero()
+    original = train_mod.instantiate_callbacks
+    train_mod.instantiate_callbacks = lambda c: [*original(c), recorder]
+    overrides = [*tiny_overrides(demo_root), "+trainer.max_steps=1", f"model.init={path}"]
+    cfg = compose_cfg("train.yaml", overrides, tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="mmpretrain.cli.train"):
+            train(cfg)
+    finally:
+        train_mod.instantiate_callbacks = original
+
+    encoder = mmpretrain.load_encoder(path, device="cpu", architecture=ARCH)
+    torch.testing.assert_close(recorder.features, _features(encoder.backbone), atol=1e-6, rtol=0)
+    want = source.state_dict()
+    for part in ("target_backbone.", "projector.", "target_projector.", "predictor.", "queue1.", "queue2."):
+        keys = [k for k in want if k.startswith(part)]
+        assert keys
+        for key in keys:
+            expected = torch.tensor([40]) if key.endswith(".ptr") else want[key]
+            torch.testing.assert_close(recorder.state[key], expected, msg=key)
+    log = caplog.text
+    assert "moby-official format" in log
+    for part in ("backbone", "target_backbone", "projector", "target_projector", "predictor", "queue1", "queue2"):
+        assert f"  {part}: restored" in log
+
+
+def test_own_checkpoint_restores_parts_and_backbone_only_sources_start_heads_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _trained_like(_tiny_moby(seed=2))
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, ckpt)
+    model = _tiny_moby(seed=3)
+    report = initialize_model(model, str(ckpt))
+    assert set(report.values()) == {"restored"}
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, msg=key)
+
+    # a timm file (head included, which the headless backbone drops) and a published encoder: backbone only
+    timm_model = timm.create_model(ARCH["name"], num_classes=5, **KW)
+    timm_file = tmp_path / "timm.safetensors"
+    save_file({k: v.contiguous() for k, v in timm_model.state_dict().items()}, timm_file)
+    published = tmp_path / "published"
+    mmpretrain.hub.publish(ckpt, published)
+    for src in (str(timm_file), str(published)):
+        model = _tiny_moby(seed=4)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        with caplog.at_level(logging.INFO, logger="mmpretrain.cli.train"):
+            report = initialize_model(model, src)
+        assert report["backbone"] == "restored"
+        for part in ("projector", "predictor", "queue1", "queue2"):
+            assert report[part] == "fresh (not in the checkpoint)"
+            for key in (k for k in fresh if k.startswith(f"{part}.")):
+                assert torch.equal(model.state_dict()[key], fresh[key])
+        assert report["target_backbone"] == "fresh (not in the checkpoint), a copy of the backbone"
+        torch.testing.assert_close(_features(model.backbone), _features(model.target_backbone))
+        encoder = mmpretrain.load_encoder(src, device="cpu", architecture=ARCH)
+        torch.testing.assert_close(_features(model.backbone), _features(encoder.backbone), atol=1e-6, rtol=0)
+        assert "  queue1: fresh (not in the checkpoint)" in caplog.text
+
+
+def test_init_parts_that_do_not_fit_start_fresh_and_a_wrong_backbone_is_refused(tmp_path: Path) -> None:
+    source = _trained_like(_tiny_moby(seed=5))
+    path = tmp_path / "official.pth"
+    _official_file(source, path)
+    model = _tiny_moby(seed=6, queue_len=2 * QUEUE, proj_hidden_dim=2 * HIDDEN)
+    report = initialize_model(model, str(path))
+    assert report["backbone"] == report["target_backbone"] == "restored"
+    want = "fresh (does not fit: shapes (checkpoint vs model) ['0.weight (64, 192) vs (128, 192)'"
+    assert report["projector"].startswith(want)
+    assert report["queue1"].startswith("fresh (does not fit") and "keys (16, 64) vs (16, 128)" in report["queue1"]
+    assert report["target_projector"].endswith("a copy of the projector")
+    torch.testing.assert_close(model.target_projector.state_dict(), model.projector.state_dict())
+
+    other = _tiny_moby(seed=7, backbone_kwargs=KW | {"embed_dim": 32})
+    with pytest.raises(ValueError, match=r"model\.init=.*official\.pth: its backbone does not fit model\.backbone=.*"
+                                         r"weights do not fit"):
+        initialize_model(other, str(path))
+    with pytest.raises(FileNotFoundError, match="not a registered checkpoint"):
+        initialize_model(_tiny_moby(), str(tmp_path / "missing.pth"))
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path)
+
+
+def test_grayscale_is_detected_and_gets_no_hue_or_saturation_jitter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (3, 20, 20), dtype=np.uint8)
+    for i, plane in enumerate(gray):
+        _png(tmp_path / "bw" / f"{i}_1bit.png", plane > 128)
+        _png(tmp_path / "bw" / f"{i}_rgb.png", np.stack([plane] * 3, -1))  # colourless RGB
+        _png(tmp_path / "bw" / f"{i}_l.png", plane)
+    _png(tmp_path / "colour" / "c.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    for i, plane in enumerate(gray):
+        _png(tmp_path / "colour" / f"{i}.png", np.stack([plane] * 3, -1))
+    bw = sorted(str(p) for p in (tmp_path / "bw").iterdir())
+    assert looks_grayscale(bw) and not looks_grayscale(sorted(str(p) for p in (tmp_path / "colour").iterdir()))
+
+    def jitters(**kwargs) -> list:
+        dm = SSLImageDataModule(image_size=16, num_workers=0, **kwargs)
+        dm.setup()
+        view = dm.train_transform.view_1.transforms
+        return [type(t).__name__ for t in view], view[2].transforms[0]
+
+    with caplog.at_level(logging.INFO, logger="mmpretrain.data.datamodule"):
+        names, jitter = jitters(root=str(tmp_path / "bw"))
+    assert "the images look grayscale" in caplog.text
+    assert (jitter.saturation, jitter.hue) == (None, None) and jitter.brightness == (0.6, 1.4)
+    assert "RandomGrayscale" not in names
+    names, jitter = jitters(root=str(tmp_path / "colour"))
+    assert jitter.hue == (-0.1, 0.1) and "RandomGrayscale" in names
+    names, jitter = jitters(root=str(tmp_path / "colour"), grayscale=True)
+    assert jitter.hue is None and "RandomGrayscale" not in names
+    with pytest.raises(ValueError, match=r"data\.grayscale='yes': expected auto, true or false"):
+        SSLImageDataModule(root=str(tmp_path), grayscale="yes")
+
+
+def test_moby_small_experiment_composes_and_builds(tmp_path: Path) -> None:
+    cfg = compose_cfg("train.yaml", ["experiment=moby_small", f"data.root={tmp_path}"], tmp_path)
+    model, data = instantiate(cfg.model), instantiate(cfg.data)
+    assert cfg.trainer.accelerator == "cpu" and model.concat_views is True  # a LayerNorm Swin: both views in one pass
+    assert model.hparams.crop_pct == cfg.data.eval_crop_pct and data.grayscale is None  # auto
+    gpu = compose_cfg("train.yaml", ["experiment=moby_small", "trainer=gpu"], tmp_path)
+    assert gpu.trainer.accelerator == "gpu" and gpu.model == cfg.model
+
+
+class _DropPathMasks(pl.Callback):
+    """Which samples each DropPath of the online backbone dropped, per step, saved per rank."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.masks = out, []
+
+    def on_train_start(self, trainer, pl_module):
+        def hook(module, inputs, output):
+            self.masks.append((output.flatten(1).abs().sum(1) == 0).tolist())
+
+        for m in pl_module.backbone.modules():
+            if type(m).__name__ == "DropPath":
+                m.register_forward_hook(hook)
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(self.masks, f"{self.out}/masks_rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ranks_draw_different_drop_path_masks_and_runs_reproduce(demo_root: Path, tmp_path: Path) -> None:
+    import mmpretrain.cli.train as train_mod
+
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        out.mkdir()
+        cfg = compose_cfg(
+            "train.yaml",
+            [*tiny_overrides(demo_root, batch_size=4), "trainer=ddp_sim", "+trainer.max_steps=3", "callbacks=none",
+             "model.drop_path_rate=0.5", "+callbacks.rank_seed._target_=mmpretrain.training.RankSeed", "seed=5",
+             "+callbacks.rank_seed.seed=5"],
+            out,
+        )  # fmt: skip
+        original = train_mod.instantiate_callbacks
+        train_mod.instantiate_callbacks = lambda c, out=out, original=original: [*original(c), _DropPathMasks(str(out))]
+        try:
+            train(cfg)
+        finally:
+            train_mod.instantiate_callbacks = original
+        runs.append([torch.load(out / f"masks_rank{r}.pt") for r in (0, 1)])
+    (a0, a1), (b0, b1) = runs
+    assert len(a0) == len(a1) > 0 and any(any(row) for row in a0)
+    assert a0 != a1  # rank 1 is seeded seed + 1
+    assert (a0, a1) == (b0, b1)  # and the same seed reproduces both ranks
