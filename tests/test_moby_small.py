@@ -107,7 +107,7 @@ def test_official_moby_file_restores_every_part_and_step_zero_features_match_loa
     recorder = _StepZero()
     original = train_mod.instantiate_callbacks
     train_mod.instantiate_callbacks = lambda c: [*original(c), recorder]
-    overrides = [*tiny_overrides(demo_root), "+trainer.max_steps=1", f"model.init={path}"]
+    overrides = [*tiny_overrides(demo_root), "trainer.max_steps=1", f"model.init={path}"]
     cfg = compose_cfg("train.yaml", overrides, tmp_path)
     try:
         with caplog.at_level(logging.INFO, logger="mmpretrain.cli.train"):
@@ -263,7 +263,7 @@ def test_ranks_draw_different_drop_path_masks_and_runs_reproduce(demo_root: Path
         out.mkdir()
         cfg = compose_cfg(
             "train.yaml",
-            [*tiny_overrides(demo_root, batch_size=4), "trainer=ddp_sim", "+trainer.max_steps=3", "callbacks=none",
+            [*tiny_overrides(demo_root, batch_size=4), "trainer=ddp_sim", "trainer.max_steps=3", "callbacks=none",
              "model.drop_path_rate=0.5", "+callbacks.rank_seed._target_=mmpretrain.training.RankSeed", "seed=5",
              "+callbacks.rank_seed.seed=5"],
             out,

@@ -268,7 +268,7 @@ def test_seeded_validation_logs_identical_metrics(video_demo: dict[str, Path], t
     runs, objects = [], None
     for name in ("a", "b"):
         cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "trainer.max_epochs=1", "seed=3",
-                                         "+trainer.limit_train_batches=2"], tmp_path / name)  # fmt: skip
+                                         "trainer.limit_train_batches=2"], tmp_path / name)  # fmt: skip
         metrics, objects = train(cfg)
         runs.append({k: float(v) for k, v in metrics.items() if k.startswith("val/")})
     assert {"val/mtm", "val/mvm", "val/vtm", "val/vtc", "val/t2v_r1"} <= set(runs[0])
