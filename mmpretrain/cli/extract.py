@@ -43,6 +43,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
         max_failure_rate=cfg.max_failure_rate,
         overwrite=cfg.overwrite,
         encoder_source=str(cfg.encoder),
+        max_pixels=cfg.max_pixels,
     )
     if summary is not None:
         log.info("wrote %s", summary)

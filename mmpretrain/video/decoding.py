@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -179,6 +180,8 @@ def _cut_off(path: str, size: int) -> str:
 
 def _check_file(path: str) -> None:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise VideoDecodeError(path, "unreadable", "not a regular file (a FIFO, device or socket)")
         size = os.path.getsize(path)
     except FileNotFoundError:
         raise VideoDecodeError(path, "missing", "no such file") from None
