@@ -40,7 +40,7 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _readsidecar_path(path: Path) -> str | None:
+def _read_sidecar(path: Path) -> str | None:
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -53,7 +53,7 @@ def _stat_line(path: Path) -> str:
     return f"# size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
 
 
-def writesidecar_path(path: Path, digest: str) -> None:
+def write_sidecar(path: Path, digest: str) -> None:
     """``<file>.sha256``: a ``sha256sum`` line, then the file's size and mtime, which let a cache hit skip hashing."""
     write_text_atomic(sidecar_path(path), f"{digest}  {path.name}\n{_stat_line(path)}\n")
 
@@ -84,12 +84,12 @@ def _rehash(path: str | Path, sha256: str | None = None) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    expected = normalize_sha256(sha256, str(path)) if sha256 else _readsidecar_path(path)
+    expected = normalize_sha256(sha256, str(path)) if sha256 else _read_sidecar(path)
     actual = sha256_file(path)
     if expected is not None and actual != expected:
         raise ChecksumError(f"{path}: sha256 mismatch: expected {expected}, actual {actual}")
-    if expected is not None and sidecar_path(path).is_file() and _readsidecar_path(path) == actual:
-        writesidecar_path(path, actual)
+    if expected is not None and sidecar_path(path).is_file() and _read_sidecar(path) == actual:
+        write_sidecar(path, actual)
     return actual
 
 
@@ -100,7 +100,7 @@ def _cached_ok(dest: Path, sha256: str | None, mode: str) -> bool:
     the file; hashed in full otherwise. ``full``: always hashed. With no known hash the sidecar's recorded one is
     the expectation, so a cached file altered after download is noticed either way.
     """
-    recorded = _readsidecar_path(dest)
+    recorded = _read_sidecar(dest)
     expected = sha256 or recorded
     if expected is None:
         return True
@@ -108,7 +108,7 @@ def _cached_ok(dest: Path, sha256: str | None, mode: str) -> bool:
         return True
     actual = sha256_file(dest)
     if actual == expected:
-        writesidecar_path(dest, actual)
+        write_sidecar(dest, actual)
         return True
     logger.warning("cached %s hashes to %s, not %s; fetching it again", dest, actual, expected)
     return False
@@ -360,7 +360,7 @@ def _download_to(dest: Path, url: str, label: str, sha256: str | None, options: 
             )
         os.replace(part, dest)
         _part_state(part).unlink(missing_ok=True)
-        writesidecar_path(dest, actual)
+        write_sidecar(dest, actual)
     return dest
 
 
