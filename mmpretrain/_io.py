@@ -26,10 +26,17 @@ def sha256_file(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """Exclusive `flock` on `path` (created if missing): processes on one machine take turns."""
+    """Exclusive `flock` on `path` (created if missing): processes on one machine take turns.
+
+    The lock file is opened with ``O_NOFOLLOW``: a symlink planted under its name is refused, never followed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot open lock file without following links: {e.strerror}", str(path)) from e
+    with os.fdopen(fd, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -9,6 +9,7 @@ arrays all pass through the same PIL resize, so one image gives one row whatever
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ from mmpretrain.data.dataset import load_rgb
 from mmpretrain.data.transforms import FrameNormalize
 from mmpretrain.errors import ConfigError
 
-__all__ = ["PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder"]
+__all__ = [
+    "PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder", "weights_sha256",
+]
 
 PRECISIONS = ("fp32", "bf16")
 _INTERPOLATIONS = {mode.value: mode for mode in InterpolationMode}
@@ -424,6 +427,16 @@ class VideoEncoder:
             return m.match_logits(fused).float().softmax(-1)[:, 1].cpu().numpy()
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over a model's state (names, dtypes, shapes, bytes): what a resumed extraction checks it still has."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _batches(items: list[Any], batch_size: int) -> Iterator[tuple[int, list[Any]]]:
     for start in range(0, len(items), batch_size):
         yield start, items[start:start + batch_size]
@@ -471,4 +484,3 @@ def load_encoder(
         build_model(loaded), loaded.config["preprocessing"], name,
         device=device, dtype=dtype, channels_last=channels_last,
     )  # fmt: skip
-

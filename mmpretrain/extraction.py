@@ -33,11 +33,21 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from mmpretrain._io import atomic_path, file_lock, write_text_atomic
-from mmpretrain.data.dataset import load_rgb
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, load_rgb
 from mmpretrain.data.records import RECORD_SUFFIXES
 from mmpretrain.data.sources import InputRows, is_video_manifest, parse_labels, read_image_input
-from mmpretrain.embeddings import MANIFEST, SUPPORTED_DTYPES, finalize_store, shard_done, shard_name, write_shard
-from mmpretrain.encoders import ImageEncoder, ImageTransform, VideoEncoder
+from mmpretrain.embeddings import (
+    FORMAT_NAME,
+    MANIFEST,
+    SUPPORTED_DTYPES,
+    StoreError,
+    check_id_text,
+    finalize_store,
+    shard_done,
+    shard_name,
+    write_shard,
+)
+from mmpretrain.encoders import ImageEncoder, ImageTransform, VideoEncoder, weights_sha256
 from mmpretrain.errors import ConfigError
 
 __all__ = [
@@ -85,17 +95,18 @@ def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str 
 class ImageFileLoader:
     """Path -> ``(3, size, size)`` uint8 pixels through the encoder's transform; picklable for workers."""
 
-    def __init__(self, transform: ImageTransform) -> None:
+    def __init__(self, transform: ImageTransform, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.transform = transform
+        self.max_pixels = max_pixels
         self.shape = (3, transform.image_size, transform.image_size)
 
     def __call__(self, path: str) -> torch.Tensor:
-        return self.transform(load_rgb(path))
+        return self.transform(load_rgb(path, self.max_pixels))
 
 
-def file_loader(encoder: ImageEncoder | VideoEncoder) -> Any:
+def file_loader(encoder: ImageEncoder | VideoEncoder, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
     """What turns one input file into the encoder's uint8 input: an image transform or a clip decoder."""
-    return encoder.loader if isinstance(encoder, VideoEncoder) else ImageFileLoader(encoder.transform)
+    return encoder.loader if isinstance(encoder, VideoEncoder) else ImageFileLoader(encoder.transform, max_pixels)
 
 
 class ExtractionDataset(Dataset):
@@ -275,10 +286,24 @@ class _Plan:
         return np.concatenate(pending) if pending else np.empty(0, dtype=np.int64)
 
 
+def _is_store_manifest(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _clear_output(output: Path) -> None:
-    """Remove what an extraction writes (store files, failed.jsonl, .extract/) and nothing else."""
+    """Remove what an extraction writes (store files, failed.jsonl, .extract/) and nothing else.
+
+    A ``manifest.json`` is removed only when it is an embedding store's: an image manifest of the same name is the
+    user's input, never the extraction's to delete.
+    """
     for path in output.iterdir():
-        if _STORE_FILE_RE.match(path.name) or path.name == FAILED_FILE:
+        if path.is_symlink():
+            continue
+        if (path.name == MANIFEST and _is_store_manifest(path)) or (
+                path.name != MANIFEST and _STORE_FILE_RE.match(path.name)) or path.name == FAILED_FILE:
             path.unlink()
     shutil.rmtree(_run_dir(output), ignore_errors=True)
 
@@ -297,14 +322,15 @@ def check_run(output: Path, signature: dict[str, Any], overwrite: bool) -> None:
         changed = {k: (previous.get(k), v) for k, v in signature.items() if previous.get(k) != v}
         if changed:
             shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ConfigError(f"output={output} holds an extraction with other settings ({shown}); "
-                             "set overwrite=true to replace it or choose another output folder")
+            raise StoreError(f"output={output} holds an extraction with other settings ({shown}); it cannot be "
+                             "resumed: set overwrite=true to replace it or choose another output folder")
     elif any(_STORE_FILE_RE.match(p.name) for p in output.iterdir()):
-        raise ConfigError(f"output={output} holds an embedding store not written by a resumable extraction; "
+        raise StoreError(f"output={output} holds an embedding store not written by a resumable extraction; "
                          "set overwrite=true to replace it or choose another output folder")
     _run_dir(output).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_file, json.dumps(signature, indent=2, sort_keys=True) + "\n")
-    (output / MANIFEST).unlink(missing_ok=True)
+    if _is_store_manifest(output / MANIFEST):
+        (output / MANIFEST).unlink()
     (output / FAILED_FILE).unlink(missing_ok=True)
 
 
@@ -444,7 +470,8 @@ def _finalize(
                            "max_failure_rate to accept them")
     manifest = finalize_store(
         output, encoder=encoder.name, dim=plan.dim, dtype=plan.dtype, normalized=normalize,
-        extra={"input": str(plan.source.root), "input_kind": plan.source.kind, "inputs": total, "failed": failed,
+        extra={"input": str(plan.source.root), "id_source": str(plan.source.root.resolve()),
+               "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
                "encoder_source": _loadable(encoder_source or encoder.name),
                **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
@@ -477,6 +504,7 @@ def run_extraction(
     max_failure_rate: float = 0.1,
     overwrite: bool = False,
     encoder_source: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any] | None:
     """Embed every row of ``source`` with ``trainer.predict`` into the store at ``output`` (resuming if possible).
 
@@ -497,6 +525,7 @@ def run_extraction(
         overwrite: delete an earlier extraction in ``output`` instead of resuming it.
         encoder_source: what loads the encoder again (name, path or URL), recorded in the manifest so a search can
             embed queries with the same encoder; defaults to the encoder's name.
+        max_pixels: images with more pixels (from the header) are refused before decoding, as failed inputs.
 
     Returns:
         ``{"output", "count", "failed", "dim", "shards", "dtype"}`` on global rank 0, ``None`` on other ranks.
@@ -509,11 +538,16 @@ def run_extraction(
         raise ConfigError(f"dtype={dtype!r} is not one of {SUPPORTED_DTYPES} (the store's on-disk dtype)")
     if not 0 <= max_failure_rate <= 1:
         raise ConfigError(f"max_failure_rate={max_failure_rate} must be within [0, 1]")
+    check_id_text(source.ids, str(source.root))
     plan = _Plan(Path(output).expanduser(), source, shard_size, dtype, encoder.embed_dim)
+    if plan.output.resolve() == source.root.resolve():
+        raise StoreError(f"output={output} is the input's own folder ({source.root}); writing (or with overwrite, "
+                         "clearing) a store there could replace the input: choose another output folder")
     signature = {  # through JSON, so it compares equal to the run.json it is checked against on resume
         "encoder": encoder.name,
         "dim": encoder.embed_dim,
         "preprocessing": encoder.preprocessing,
+        "weights_sha256": weights_sha256(encoder.model if isinstance(encoder, VideoEncoder) else encoder.backbone),
         "precision": encoder.dtype,
         "normalize": normalize,
         "dtype": dtype,
@@ -528,7 +562,8 @@ def run_extraction(
     if source.is_video != video_encoder:
         raise ConfigError(f"{source.root}: a {source.kind} needs {'a video' if source.is_video else 'an image'} "
                          f"encoder, but {encoder.name!r} is {'a video' if video_encoder else 'an image'} encoder")
-    datamodule = ExtractionDataModule(plan, file_loader(encoder), signature, overwrite, batch_size, num_workers)
+    datamodule = ExtractionDataModule(plan, file_loader(encoder, max_pixels), signature, overwrite, batch_size,
+                                      num_workers)
     trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None

@@ -170,9 +170,9 @@ class _Decodes:
         self.load = extraction.load_rgb
         monkeypatch.setattr(extraction, "load_rgb", self)
 
-    def __call__(self, path: str):
+    def __call__(self, path: str, *args):
         self.paths.append(path)
-        return self.load(path)
+        return self.load(path, *args)
 
 
 def test_an_interrupted_run_resumes_and_skips_finished_shards(

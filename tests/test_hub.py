@@ -32,7 +32,7 @@ MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files`` with Range support; can fail with 503 or cut a response short on demand."""
+    """Serves ``server.files`` with Range/If-Range and ETag support; can fail, cut short, drip or lie on demand."""
 
     server: _Server
 
@@ -42,11 +42,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv = self.server
         with srv.lock:
-            srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
+            srv.requests.append(
+                {"path": self.path, "range": self.headers.get("Range"), "if_range": self.headers.get("If-Range")}
+            )
             fail = srv.fail_next > 0
             srv.fail_next -= int(fail)
-            truncate = srv.truncate_next > 0
-            srv.truncate_next -= int(truncate)
+            truncate = srv.truncate_next > 0 or self.path in srv.always_short
+            srv.truncate_next -= int(srv.truncate_next > 0)
         if fail:
             self.send_error(503, "try again")
             return
@@ -54,9 +56,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
         start = 0
         requested = self.headers.get("Range")
-        if requested:
+        if_range = self.headers.get("If-Range")
+        if requested and (if_range is None or if_range == etag):
             start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
             if start >= len(body):
                 self.send_response(416)
@@ -70,12 +74,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         payload = body[start:]
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Type", srv.content_types.get(self.path, "application/octet-stream"))
+        if self.path not in srv.no_validators:
+            self.send_header("ETag", etag)
         self.end_headers()
         if truncate:
             payload = payload[: len(payload) // 2]
-        for i in range(0, len(payload), 65536):
-            self.wfile.write(payload[i : i + 65536])
-            time.sleep(srv.delay)
+        step = 1 if self.path in srv.drip else 65536
+        for i in range(0, len(payload), step):
+            try:
+                self.wfile.write(payload[i : i + step])
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            time.sleep(srv.drip.get(self.path, srv.delay))
 
 
 class _Server(ThreadingHTTPServer):
@@ -89,6 +101,10 @@ class _Server(ThreadingHTTPServer):
         self.fail_next = 0
         self.truncate_next = 0
         self.delay = 0.0
+        self.always_short: set[str] = set()
+        self.no_validators: set[str] = set()
+        self.content_types: dict[str, str] = {}
+        self.drip: dict[str, float] = {}
         self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         self.running = True
@@ -331,12 +347,131 @@ def test_sha256_mismatch_raises_and_removes_bad_file(server: _Server, blob: byte
 
 def test_resume_from_partial_file_uses_range(server: _Server, blob: bytes, tmp_path: Path) -> None:
     registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), _sha(blob))
+    server.truncate_next = 1
+    with pytest.raises(hub.DownloadError, match="after 1 attempts"):
+        hub.download("blob", registry=registry, progress=False, retries=0)
     part = hub.hub_cache_dir() / "names" / "blob" / "blob.pth.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(blob[:123_456])
+    assert part.stat().st_size == len(blob) // 2
     path = hub.download("blob", registry=registry, progress=False)
     assert path.read_bytes() == blob
-    assert [r["range"] for r in server.gets("/files/blob.pth")] == ["bytes=123456-"]
+    second = server.gets("/files/blob.pth")[1]
+    assert second["range"] == f"bytes={len(blob) // 2}-" and second["if_range"] == f'"{_sha(blob)[:16]}"'
+    assert not part.exists() and not part.with_name("blob.pth.part.json").exists()
+
+
+def test_part_of_another_file_is_never_spliced(server: _Server, blob: bytes, tmp_path: Path) -> None:
+    """A ``.part`` started from an older version of the URL restarts (If-Range), one with no record too."""
+    url = server.serve("/files/v.pth", blob)
+    server.truncate_next = 1
+    with pytest.raises(hub.DownloadError):
+        hub.download(url, progress=False, retries=0)
+    newer = os.urandom(len(blob))
+    server.files["/files/v.pth"] = newer
+    assert hub.download(url, progress=False).read_bytes() == newer
+    assert server.gets("/files/v.pth")[1]["if_range"] is not None
+
+    planted = hub.cache_path(server.serve("/files/w.pth", blob))
+    planted.parent.mkdir(parents=True)
+    planted.with_name("w.pth.part").write_bytes(newer[:1000])  # nothing says which file these bytes came from
+    assert hub.download(server.url("/files/w.pth"), progress=False).read_bytes() == blob
+    assert server.gets("/files/w.pth")[0]["range"] is None
+
+    server.no_validators.add("/files/x.pth")  # a server without ETag/Last-Modified: parts cannot be resumed safely
+    server.serve("/files/x.pth", blob)
+    server.truncate_next = 1
+    with pytest.raises(hub.DownloadError):
+        hub.download(server.url("/files/x.pth"), progress=False, retries=0)
+    server.files["/files/x.pth"] = newer
+    assert hub.download(server.url("/files/x.pth"), progress=False).read_bytes() == newer
+    assert server.gets("/files/x.pth")[1]["range"] is None
+
+
+def test_html_pages_and_short_bodies_are_never_cached(server: _Server, blob: bytes) -> None:
+    page = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
+    url = server.serve("/files/page.pth", page)
+    server.content_types["/files/page.pth"] = "text/html; charset=utf-8"
+    with pytest.raises(hub.DownloadError, match=r"page\.pth: the server answered with an HTML page"):
+        hub.download(url, progress=False, retries=0)
+    sniffed = server.serve("/files/sniff.pth", b"\n  <html><head></head></html>")
+    with pytest.raises(hub.DownloadError, match="HTML page"):
+        hub.download(sniffed, progress=False, retries=0)
+    short = server.serve("/files/short.pth", blob)
+    server.always_short.add("/files/short.pth")
+    with pytest.raises(hub.DownloadError, match="connection closed at byte"):
+        hub.download(short, progress=False, retries=1, backoff=0)
+    for bad in (url, sniffed, short):
+        assert not hub.cache_path(bad).exists()
+    server.files["/files/page.pth"] = blob  # the real file later: fetched, not served from a poisoned cache
+    server.content_types.pop("/files/page.pth")
+    assert hub.download(url, progress=False).read_bytes() == blob
+
+
+@pytest.mark.parametrize("suffix", [".part", ".lock", ".part.json", ""])
+def test_symlinks_in_the_cache_are_never_followed(server: _Server, blob: bytes, tmp_path: Path, suffix: str) -> None:
+    url = server.serve("/files/s.pth", blob)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    link = hub.cache_path(url).with_name("s.pth" + suffix)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim)
+    with pytest.raises(hub.DownloadError, match=re.escape(f"{link} is a symlink")):
+        hub.download(url, progress=False, retries=0)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_lock_file_symlink_is_refused_by_file_lock(tmp_path: Path) -> None:
+    from mmpretrain._io import file_lock
+
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    (tmp_path / "a.lock").symlink_to(victim)
+    with pytest.raises(OSError, match=r"a\.lock"), file_lock(tmp_path / "a.lock"):
+        pass
+    assert victim.read_text() == "x"
+
+
+def test_cache_hit_verify_modes_and_cli_rehash(
+    server: _Server, blob: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = _blob_registry(tmp_path, server.serve("/files/blob.pth", blob), _sha(blob))
+    path = hub.download("blob", registry=registry, progress=False)
+    stat = path.stat()
+
+    def corrupt(keep_mtime: bool) -> None:
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0xFF
+        path.write_bytes(bytes(data))
+        if keep_mtime:
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    corrupt(keep_mtime=False)  # size and mtime no longer match the sidecar: re-hashed, found bad, fetched again
+    assert hub.download("blob", registry=registry, progress=False).read_bytes() == blob
+    assert len(server.gets("/files/blob.pth")) == 2
+    stat = path.stat()
+    corrupt(keep_mtime=True)  # same size and mtime: only a full verify sees it
+    assert hub.download("blob", registry=registry, progress=False) == path
+    assert len(server.gets("/files/blob.pth")) == 2
+    assert hub_main(["--registry", str(registry), "verify", "blob"]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert hub.download("blob", registry=registry, progress=False, verify="full").read_bytes() == blob
+    assert len(server.gets("/files/blob.pth")) == 3
+    assert hub_main(["--registry", str(registry), "verify", "blob"]) == 0
+    assert capsys.readouterr().out.split()[0] == _sha(blob)
+
+    url = server.serve("/files/unpinned.pth", blob)  # no pinned hash: the recorded one is the expectation
+    unpinned = hub.download(url, progress=False)
+    unpinned.write_bytes(blob[::-1])
+    assert hub.download(url, progress=False).read_bytes() == blob
+
+
+def test_overall_deadline_stops_a_dripping_server(server: _Server, blob: bytes) -> None:
+    url = server.serve("/files/drip.pth", blob[:2000])
+    server.drip["/files/drip.pth"] = 0.01
+    start = time.monotonic()
+    with pytest.raises(hub.DownloadError, match=r"deadline .*1 s"):
+        hub.download(url, progress=False, retries=3, backoff=0, deadline_s=1.0)
+    assert time.monotonic() - start < 5
+    assert not hub.cache_path(url).exists()
 
 
 def test_dropped_connection_is_resumed(server: _Server, blob: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -258,7 +259,12 @@ def test_load_refuses_a_broken_index_directory(tmp_path: Path) -> None:
     x, _ = clustered(500)
     path = build_index(x, index_key="Flat", progress=False).save(tmp_path / "idx")
     np.save(path / retrieval.IDS_FILE, np.arange(499).astype(str))
-    with pytest.raises(ValueError, match="inconsistent"):
+    with pytest.raises(StoreError, match=r"ids\.npy was altered"):
+        load_index(path)
+    params = json.loads((path / retrieval.PARAMS_FILE).read_text())
+    del params["sha256"]  # an index saved before file hashes were recorded: the counts still catch it
+    (path / retrieval.PARAMS_FILE).write_text(json.dumps(params))
+    with pytest.warns(UserWarning, match="without file hashes"), pytest.raises(ValueError, match="inconsistent"):
         load_index(path)
     (path / retrieval.INDEX_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=retrieval.INDEX_FILE):

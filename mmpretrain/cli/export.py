@@ -39,6 +39,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         normalize=cfg.normalize,
         feature_name=cfg.feature_name,
         id_column=cfg.id_column,
+        allow_other_source=cfg.allow_other_source,
         separator=_char(cfg.separator),
         delimiter=_char(cfg.delimiter),
         incremental=cfg.incremental,

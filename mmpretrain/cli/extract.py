@@ -50,6 +50,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
         cfg.output,
         trainer,
         shard_size=cfg.shard_size,
+        max_pixels=cfg.max_pixels,
         **options,
     )
     if summary is not None:

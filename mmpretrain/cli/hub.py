@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mmpretrain import hub
 from mmpretrain.cli.entry import version_line
@@ -25,10 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache root (default: $MMPRETRAIN_HOME/checkpoints)")
     p.add_argument("--sha256", help="expected sha256 (overrides the registry's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--verify", choices=("stat", "full"), default="stat",
+                   help="cache hits: trust the sidecar while size+mtime match (stat) or always re-hash (full)")
+    p.add_argument("--deadline", type=float, help="seconds for the whole download (default 6 h)")
 
-    p = sub.add_parser("verify", help="check a file's sha256 against --sha256 or its .sha256 sidecar; prints it")
-    p.add_argument("path")
-    p.add_argument("--sha256", help="expected sha256; without it and without a sidecar the hash is printed")
+    p = sub.add_parser(
+        "verify", help="re-hash a file, or the cached copy of a registry name/URL, against its sha256; prints it"
+    )
+    p.add_argument("path", help="a file, or a registry name or URL whose cached copy is checked")
+    p.add_argument("--sha256", help="expected sha256; without it the registry's, else the .sha256 sidecar's")
+    p.add_argument("--cache-dir", help="cache root (default: $MMPRETRAIN_HOME/checkpoints)")
 
     p = sub.add_parser("convert", help="convert a checkpoint (e.g. official MoBY) into the own safetensors format")
     p.add_argument("input", help="registry name, URL or file")
@@ -63,10 +70,16 @@ def _run(args: argparse.Namespace) -> int:
             sha256=args.sha256,
             progress=not args.no_progress,
             registry=args.registry,
+            verify=args.verify,
+            deadline_s=args.deadline,
         )
         print(path)
     elif args.command == "verify":
-        print(f"{hub.verify(args.path, args.sha256)}  {args.path}")
+        if Path(args.path).exists():
+            print(f"{hub.verify(args.path, args.sha256)}  {args.path}")
+        else:
+            path, digest = hub.verify_cached(args.path, args.sha256, args.cache_dir, args.registry)
+            print(f"{digest}  {path}")
     elif args.command == "convert":
         architecture = None
         if args.arch:

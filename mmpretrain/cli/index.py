@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, ListConfig
 from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
+from mmpretrain.embeddings import MANIFEST, StoreError
 from mmpretrain.encoders import ImageEncoder, VideoEncoder, load_encoder
 from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError, PathExistsError
 from mmpretrain.retrieval import (
@@ -162,6 +164,9 @@ def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> ImageEn
     _need_store(index, cfg, f"a {kind} query (for the store's encoder and normalization)")
     store = index.store
     source = cfg.encoder or store.manifest.get("extra", {}).get("encoder_source") or store.encoder
+    if not cfg.encoder and urllib.parse.urlparse(str(source)).scheme in ("http", "https"):
+        raise StoreError(f"{store.root / MANIFEST}: names encoder {source!r}, a URL; a data file does not decide "
+                         f"what is downloaded: pass encoder={source} yourself to fetch it")
     try:
         encoder = load_encoder(str(source))
     except FileNotFoundError as exc:

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mmpretrain.data.dataset import ImageDataset, looks_grayscale
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, ImageDataset, looks_grayscale
 from mmpretrain.data.shards import ImageShardDecoder, ShardDataset, expand_shards, shard_counts, shard_loader
 from mmpretrain.data.sources import ImageSource, image_source, labeled_folder
 from mmpretrain.data.transforms import (
@@ -143,6 +143,7 @@ class SSLImageDataModule(SampledLoaders):
         batch_size: int = 64,
         num_workers: int | str = "auto",
         max_redraws: int = 20,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         seed: int = 0,
         pin_memory: bool | str = "auto",
         max_failure_rate: float = 0.01,
@@ -204,14 +205,16 @@ class SSLImageDataModule(SampledLoaders):
             dataset = ShardDataset(*self.shard_list, ImageShardDecoder(self.train_transform), self.batch_size, world,
                                    rank, self.num_workers, self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
             return shard_loader(dataset, self.batch_size, self.pin_memory)
-        dataset = ImageDataset(self.source.paths, self.train_transform, max_redraws=self.hparams.max_redraws)
+        dataset = ImageDataset(self.source.paths, self.train_transform, max_redraws=self.hparams.max_redraws,
+                               max_pixels=self.hparams.max_pixels)
         return self._train_loader(dataset, f"data.root={self.root or self.file_list}")
 
     def val_dataloader(self) -> list[DataLoader]:
         if self.knn_sources is None:
             return []
         return [
-            self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws))
+            self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws,
+                                    self.hparams.max_pixels))
             for s in self.knn_sources
         ]
 
@@ -231,6 +234,7 @@ class LabeledImageDataModule(SampledLoaders):
         batch_size: int = 256,
         num_workers: int | str = "auto",
         max_redraws: int = 20,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         seed: int = 0,
         pin_memory: bool | str = "auto",
     ) -> None:
@@ -258,17 +262,20 @@ class LabeledImageDataModule(SampledLoaders):
 
     def train_dataloader(self) -> DataLoader:
         s = self.train_source
-        dataset = ImageDataset(s.paths, self.train_transform, s.labels, self.hparams.max_redraws)
+        dataset = ImageDataset(s.paths, self.train_transform, s.labels, self.hparams.max_redraws,
+                                    self.hparams.max_pixels)
         return self._train_loader(dataset, f"data.train_root={self.hparams.train_root}")
 
     def val_dataloader(self) -> DataLoader:
         s = self.val_source
-        return self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws))
+        return self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws,
+                                    self.hparams.max_pixels))
 
     def eval_loaders(self) -> tuple[DataLoader, DataLoader]:
         """Both splits with the deterministic test pipeline: what kNN evaluation reads."""
         self.setup()
         return tuple(
-            self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws))
+            self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws,
+                                    self.hparams.max_pixels))
             for s in (self.train_source, self.val_source)
         )

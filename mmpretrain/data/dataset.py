@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,25 +14,65 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def load_rgb(path: str | io.BytesIO) -> Image.Image:
-    """Open and fully decode an image as RGB; truncated files raise here rather than later in a transform."""
-    with Image.open(path) as img:
+#: Default pixel cap (width x height) checked from the header before decoding: 64 MP, about 200 MB as RGB.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageReadError(DataError):
+    """An image input refused before decoding (not a regular file, or more pixels than allowed); names the file."""
+
+
+def open_image(source: str | io.BytesIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image (a path, or bytes from a shard) without decoding it, after the checks that must come first.
+
+    Only regular files are opened (a FIFO named ``x.png`` would block the reader forever), and the pixel count is
+    read from the header: a small PNG can ask for gigabytes once decoded.
+
+    Raises:
+        ImageReadError: not a regular file, or ``width * height > max_pixels`` (``None``: no cap).
+    """
+    if not isinstance(source, io.BytesIO):
+        try:
+            mode = os.stat(source).st_mode
+        except OSError as err:
+            raise ImageReadError(f"{source}: cannot read: {err.strerror}") from err
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(f"{source}: not a regular file (a FIFO, device, socket or folder); not read")
+    img = Image.open(source)
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageReadError(f"{source}: {width}x{height} = {width * height} pixels is more than max_pixels="
+                             f"{max_pixels}; raise the cap (data.max_pixels / max_pixels) to read it")
+    return img
+
+
+def load_rgb(source: str | io.BytesIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image as RGB; truncated files raise here rather than later in a transform.
+
+    Raises:
+        ImageReadError: see :func:`open_image`.
+    """
+    with open_image(source, max_pixels) as img:
         img.load()
         return img.convert("RGB")
 
 
-def transform_file(source: str | io.BytesIO, transform: Callable[[Image.Image], Any]) -> Any:
-    """Decode and transform one image. A transform marked ``lazy`` (MoBY's two views) gets the image opened but not
-    loaded, so it can decode a JPEG at reduced size; decoding errors surface from either path."""
+def transform_file(
+    source: str | io.BytesIO, transform: Callable[[Image.Image], Any], max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Any:
+    """Decode and transform one image. A transform marked ``lazy`` (MoBY's two views) gets the image opened (and
+    checked, see :func:`open_image`) but not loaded, so it can decode a JPEG at reduced size; decoding errors surface
+    from either path."""
     if getattr(transform, "lazy", False):
-        with Image.open(source) as img:
+        with open_image(source, max_pixels) as img:
             return transform(img)
-    return transform(load_rgb(source))
+    return transform(load_rgb(source, max_pixels))
 
 
 class ImageDataset(Dataset):
@@ -45,6 +87,7 @@ class ImageDataset(Dataset):
         transform: PIL image -> tensor (or tuple of tensors for multi-view SSL).
         labels: optional integer label per path.
         max_redraws: how many other files to try before giving up on a sample.
+        max_pixels: images with more pixels are refused from their header (see :func:`load_rgb`).
     """
 
     def __init__(
@@ -53,6 +96,7 @@ class ImageDataset(Dataset):
         transform: Callable[[Image.Image], Any],
         labels: Sequence[int] | None = None,
         max_redraws: int = 20,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ConfigError(f"{len(paths)} paths but {len(labels)} labels")
@@ -60,6 +104,7 @@ class ImageDataset(Dataset):
         self.labels = None if labels is None else list(labels)
         self.transform = transform
         self.max_redraws = max_redraws
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,7 +115,7 @@ class ImageDataset(Dataset):
         while True:
             path = self.paths[candidate]
             try:
-                out = transform_file(path, self.transform)
+                out = transform_file(path, self.transform, self.max_pixels)
             except Exception as err:  # PIL raises many exception types for bad files
                 failed += 1
                 log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)

@@ -59,12 +59,26 @@ def _report(source: ImageSource, where: str, key: str) -> ImageSource:
 
 
 def scan_images(root: str | os.PathLike, recursive: bool = True, key: str = "data.root") -> ImageSource:
-    """All image files under `root`, sorted so the order (and so every seeded sample) is reproducible."""
+    """All image files under `root`, sorted so the order (and so every seeded sample) is reproducible.
+
+    Symlinked folders are followed, but each real folder is scanned once (under its real path where both are
+    found): a link to an ancestor (a cycle) or a second link to the same folder adds no rows and cannot hang the
+    scan. Only regular files count as images.
+    """
     path = _require_dir(root, key)
     paths, skipped = [], 0
     walker = os.walk(path, followlinks=True) if recursive else [(str(path), [], os.listdir(path))]
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in walker:
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = os.stat(dirpath)
+        if (here.st_dev, here.st_ino) in visited:
+            log.warning("%s: already scanned through another path (a symlink); skipped", dirpath)
+            dirnames[:] = []
+            continue
+        visited.add((here.st_dev, here.st_ino))
+        shown = sorted(d for d in dirnames if not d.startswith("."))
+        # real folders first, so a folder reached both ways is listed under its real path
+        dirnames[:] = sorted(shown, key=lambda d: os.path.islink(os.path.join(dirpath, d)))
         for name in filenames:
             if name.startswith("."):
                 continue

@@ -18,10 +18,13 @@ naming the shard file.
 from mmpretrain.embeddings.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    ID_FORBIDDEN,
     MANIFEST,
     SUPPORTED_DTYPES,
     VERIFY_MODES,
     StoreError,
+    check_id_text,
+    find_bad_id,
     shard_name,
 )
 from mmpretrain.embeddings.reader import EmbeddingStore, open_store
@@ -30,12 +33,15 @@ from mmpretrain.embeddings.writer import finalize_store, shard_done, write_shard
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "ID_FORBIDDEN",
     "MANIFEST",
     "SUPPORTED_DTYPES",
     "VERIFY_MODES",
     "EmbeddingStore",
     "StoreError",
+    "check_id_text",
     "finalize_store",
+    "find_bad_id",
     "open_store",
     "shard_done",
     "shard_name",

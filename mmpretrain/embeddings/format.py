@@ -27,6 +27,28 @@ class StoreError(MMPretrainError, ValueError):
     """A store (or data about to be written to one) that cannot be trusted; the message names directory and file."""
 
 
+#: Characters no id may hold: NUL (numpy and Arrow end C strings there, so ``"a"`` and ``"a\x00b"`` would meet) and
+#: every line break ``str.splitlines`` knows (ids are written one per line, and npy cannot read them back).
+ID_FORBIDDEN = "\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def find_bad_id(ids: Any) -> tuple[int, str, str] | None:
+    """``(row, id, character)`` of the first string id holding a character of :data:`ID_FORBIDDEN`, else None."""
+    for row, item in enumerate(ids.tolist() if isinstance(ids, np.ndarray) else ids):
+        if isinstance(item, str) and (hit := next((c for c in item if c in ID_FORBIDDEN), None)) is not None:
+            return row, item, hit
+    return None
+
+
+def check_id_text(ids: Any, where: str) -> None:
+    """Refuse ids that could not come back exactly (see :data:`ID_FORBIDDEN`), naming ``where``, the row and id."""
+    bad = find_bad_id(ids)
+    if bad is not None:
+        row, item, char = bad
+        raise StoreError(f"{where}: id {item!r} at row {row} holds {char!r}; ids may not hold NUL or line breaks "
+                         "(they would not come back exactly)")
+
+
 def store_error(root: str | os.PathLike, message: str, file: str | None = None) -> StoreError:
     """Build a StoreError whose message always starts with the store directory and, if known, the shard file."""
     where = f"embedding store {os.fspath(root)}"

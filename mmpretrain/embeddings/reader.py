@@ -48,8 +48,19 @@ class EmbeddingStore:
             raise store_error(self.root, f"manifest count {self.manifest['count']} != sum of shard counts "
                                     f"{int(self._offsets[-1])}", MANIFEST)
         self._id_index: pa.Array | None = None
+        self.verified = verify
         if verify != "none":
             self._verify(full=verify == "full")
+
+    def verify_files(self) -> None:
+        """Hash every shard file against the manifest (once per open store): what :meth:`fingerprint` vouches for.
+
+        Raises:
+            StoreError: a shard differs from its recorded sha256 or count, naming the file.
+        """
+        if self.verified != "full":
+            self._verify(full=True)
+            self.verified = "full"
 
     def _read_manifest(self) -> dict[str, Any]:
         """Load manifest.json, refusing a missing, unparsable or newer-format manifest."""
@@ -98,6 +109,12 @@ class EmbeddingStore:
                 for key in ("embeddings", "metadata"):
                     if sha256_file(self.root / shard[key]) != shard[f"{key}_sha256"]:
                         raise store_error(self.root, "was altered: sha256 differs from manifest.json", shard[key])
+
+    @property
+    def id_source(self) -> str | None:
+        """The folder this store's ids are relative to (recorded by extraction), or None where unknown."""
+        value = self.manifest.get("extra", {}).get("id_source")
+        return str(value) if value is not None else None
 
     @property
     def encoder(self) -> str:
@@ -244,7 +261,11 @@ class EmbeddingStore:
         return rows.to_numpy().astype(np.int64)
 
     def fingerprint(self) -> str:
-        """sha256 over the shard hashes in row order: an index built on this store records it to refuse others."""
+        """sha256 over the shard hashes in row order: an index built on this store records it to refuse others.
+
+        It is built from the manifest's hashes, so it speaks for the files only after :meth:`verify_files` (which
+        ``open_store(verify="full")`` runs).
+        """
         digest = hashlib.sha256()
         for shard in self.manifest["shards"]:
             digest.update(f"{shard['embeddings_sha256']}:{shard['metadata_sha256']}\n".encode())

@@ -29,6 +29,7 @@ from mmpretrain.embeddings.format import (
     SHARD_RE,
     StoreError,
     check_dtype,
+    check_id_text,
     check_shard_counts,
     npy_header,
     parquet_rows,
@@ -60,6 +61,9 @@ def _metadata_table(root: Path, file: str, metadata: Mapping[str, Any] | pa.Tabl
     if "id" not in columns:
         raise store_error(root, f"metadata has no 'id' column (columns: {sorted(columns)})", file)
     arrays = {}
+    ids_given = columns["id"]
+    check_id_text(ids_given.to_pylist() if isinstance(ids_given, pa.ChunkedArray | pa.Array) else ids_given,
+                  f"{root / file}")
     for name, values in columns.items():
         if len(values) != n:
             raise store_error(root, f"metadata column {name!r} has {len(values)} rows but embeddings have {n}", file)

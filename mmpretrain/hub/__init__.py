@@ -5,11 +5,19 @@ never touches the network, never unpickles untrusted code and never guesses a ke
 
 Modules: :mod:`~mmpretrain.hub.registry` (named checkpoints), :mod:`~mmpretrain.hub.download` (cache, fetch,
 verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :mod:`~mmpretrain.hub.formats`
-(conversion, publishing, loading, building a model from a checkpoint) and :mod:`~mmpretrain.hub.errors`.
+(conversion, publishing, loading, building a model from a checkpoint), :mod:`~mmpretrain.hub.schema` (what an
+embedded config may say) and :mod:`~mmpretrain.hub.errors`.
 """
 
-from mmpretrain.hub.download import download, hub_cache_dir, verify
-from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
+from mmpretrain.hub.download import cache_path, download, hub_cache_dir, verify, verify_cached
+from mmpretrain.hub.errors import (
+    CheckpointConfigError,
+    CheckpointReadError,
+    ChecksumError,
+    DownloadError,
+    HubError,
+    OfflineError,
+)
 from mmpretrain.hub.formats import CONFIG_FILE as CONFIG_FILE
 from mmpretrain.hub.formats import WEIGHTS_FILE as WEIGHTS_FILE
 from mmpretrain.hub.formats import (
@@ -27,9 +35,12 @@ from mmpretrain.hub.registry import FORMATS, RegistryEntry, list_pretrained, loa
 from mmpretrain.hub.registry import IMAGENET_MEAN as IMAGENET_MEAN
 from mmpretrain.hub.registry import IMAGENET_STD as IMAGENET_STD
 from mmpretrain.hub.safe_load import safe_torch_load
+from mmpretrain.hub.schema import check_fits, on_meta, validate_config
 
 __all__ = [
     "FORMATS",
+    "CheckpointConfigError",
+    "CheckpointReadError",
     "ChecksumError",
     "DownloadError",
     "HubError",
@@ -38,6 +49,8 @@ __all__ = [
     "RegistryEntry",
     "build_backbone",
     "build_model",
+    "cache_path",
+    "check_fits",
     "convert_moby_official",
     "convert_to_published",
     "download",
@@ -46,7 +59,10 @@ __all__ = [
     "load_checkpoint",
     "load_registry",
     "moby_training_state",
+    "on_meta",
     "publish",
     "safe_torch_load",
+    "validate_config",
     "verify",
+    "verify_cached",
 ]

@@ -19,3 +19,11 @@ class OfflineError(HubError):
 
 class DownloadError(HubError):
     """A download failed for good (client error, or retries exhausted)."""
+
+
+class CheckpointConfigError(HubError):
+    """A checkpoint's embedded config fails the schema: the message names the file and the key."""
+
+
+class CheckpointReadError(HubError):
+    """A checkpoint file cannot be read (empty, truncated, a malformed header); the message names the file."""

@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 
 from mmpretrain._io import sha256_file, write_text_atomic
 from mmpretrain.errors import MissingPathError
-from mmpretrain.hub.download import download, is_url, sidecar_path
-from mmpretrain.hub.errors import HubError
+from mmpretrain.hub.download import download, is_url, sidecar_path, write_sidecar
+from mmpretrain.hub.errors import CheckpointConfigError, CheckpointReadError, HubError
 from mmpretrain.hub.infer import infer_architecture, match_registry
 from mmpretrain.hub.registry import (
     DEFAULT_PREPROCESSING,
@@ -41,6 +41,7 @@ from mmpretrain.hub.registry import (
     normalize_architecture,
 )
 from mmpretrain.hub.safe_load import safe_torch_load
+from mmpretrain.hub.schema import check_fits, on_meta, plain_json, validate_config
 from mmpretrain.hub.stock import is_stock, load_stock
 
 log = logging.getLogger(__name__)
@@ -108,24 +109,36 @@ def _lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, A
     hparams = dict(ckpt.get("hyper_parameters") or {})
     for key in ("backbone", "image_size", "mean", "std", "interpolation"):
         if key not in hparams:
-            raise KeyError(f"{source}: training checkpoint lacks hyper_parameters[{key!r}]")
-    architecture = {"name": hparams["backbone"], "kwargs": _model_kwargs(hparams.get("backbone_kwargs"))}
-    preprocessing = {
-        "image_size": int(hparams["image_size"]),
-        "mean": [float(x) for x in hparams["mean"]],
-        "std": [float(x) for x in hparams["std"]],
-        "interpolation": str(hparams["interpolation"]),
-        "crop_pct": float(hparams.get("crop_pct", DEFAULT_PREPROCESSING["crop_pct"])),
-    }
+            raise CheckpointConfigError(f"{source}: training checkpoint lacks hyper_parameters[{key!r}]")
+    kwargs = hparams.get("backbone_kwargs")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise CheckpointConfigError(f"{source}: hyper_parameters['backbone_kwargs'] must be a mapping")
+    architecture = {"name": hparams["backbone"], "kwargs": _model_kwargs(kwargs)}
+    try:
+        preprocessing = {
+            "image_size": int(hparams["image_size"]),
+            "mean": [float(x) for x in hparams["mean"]],
+            "std": [float(x) for x in hparams["std"]],
+            "interpolation": str(hparams["interpolation"]),
+            "crop_pct": float(hparams.get("crop_pct", DEFAULT_PREPROCESSING["crop_pct"])),
+        }
+    except (TypeError, ValueError) as e:
+        raise CheckpointConfigError(f"{source}: hyper_parameters hold unusable preprocessing values: {e}") from e
     config: dict[str, Any] = {"architecture": architecture, "preprocessing": preprocessing}
     if hparams.get("tokenizer") is not None:
         config["tokenizer"] = hparams["tokenizer"]
-    config["training"] = json.loads(json.dumps(hparams, default=str))
+    config["training"] = plain_json(hparams, source)
     prefix = "backbone."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in _tensors(ckpt["state_dict"], source).items() if k.startswith(prefix)}
     if not state:
-        raise KeyError(f"{source}: training checkpoint has no '{prefix}*' weights in state_dict")
+        raise CheckpointConfigError(f"{source}: training checkpoint has no '{prefix}*' weights in state_dict")
     return config, state
+
+
+def _tensors(state: Any, source: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping):
+        raise CheckpointConfigError(f"{source}: 'state_dict' must be a mapping of tensors, got {type(state).__name__}")
+    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def is_video(config: Mapping[str, Any]) -> bool:
@@ -135,12 +148,15 @@ def is_video(config: Mapping[str, Any]) -> bool:
 
 def _video_lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Config and fusion-model weights (``model.*``; the frozen MVM teacher is left out) of a video training run."""
+    if not isinstance(ckpt["video_model"], Mapping):
+        kind = type(ckpt["video_model"]).__name__
+        raise CheckpointConfigError(f"{source}: 'video_model' must be a mapping, got {kind}")
     config = dict(ckpt["video_model"])
-    config["training"] = json.loads(json.dumps(dict(ckpt.get("hyper_parameters") or {}), default=str))
+    config["training"] = plain_json(dict(ckpt.get("hyper_parameters") or {}), source)
     prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in _tensors(ckpt["state_dict"], source).items() if k.startswith(prefix)}
     if not state:
-        raise KeyError(f"{source}: video training checkpoint has no '{prefix}*' weights in state_dict")
+        raise CheckpointConfigError(f"{source}: video training checkpoint has no '{prefix}*' weights in state_dict")
     return config, state
 
 
@@ -154,7 +170,7 @@ def _write_published(out_dir: Path, state: Mapping[str, torch.Tensor], config: d
     os.replace(tmp, weights)
     digest = sha256_file(weights)
     write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    write_text_atomic(sidecar_path(weights), f"{digest}  {WEIGHTS_FILE}\n")
+    write_sidecar(weights, digest)
     mode = _new_file_mode()
     for written in (weights, out_dir / CONFIG_FILE, sidecar_path(weights)):
         written.chmod(mode)  # temporaries may be private (0600); the published files share the umask's mode
@@ -219,10 +235,11 @@ def publish(
     path = Path(training_checkpoint)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise KeyError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
+        raise CheckpointConfigError(f"{path}: not a Lightning training checkpoint (no 'state_dict')")
     name = check_name(name, "name") if name is not None else _default_name(run_name(path))
     read = _video_lightning_config if "video_model" in ckpt else _lightning_config
     config, state = read(ckpt, str(path))
+    config = validate_config(config, str(path))
     config["name"] = name
     out = Path(out_dir)
     digest = _write_published(out, state, config)
@@ -264,11 +281,21 @@ def _plain_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a Mapping
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a Mapping
+    except Exception as e:  # safetensors raises its own SafetensorError (not exported) and OSError
+        raise CheckpointReadError(f"{path}: not a readable safetensors file: {e}") from e
     embedded = metadata.get(_CONFIG_METADATA_KEY)
-    return (json.loads(embedded) if embedded else None), state
+    return (_parse_config(embedded, f"{path} (metadata {_CONFIG_METADATA_KEY!r})") if embedded else None), state
+
+
+def _parse_config(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CheckpointConfigError(f"{where}: the checkpoint config is not valid JSON: {e}") from e
 
 
 def _config_for(
@@ -344,10 +371,10 @@ def load_checkpoint(
         embedded, state = _read_safetensors(path)
         sibling = path.with_name(CONFIG_FILE)
         if embedded is None and path.name == WEIGHTS_FILE and sibling.is_file():
-            embedded = json.loads(sibling.read_text(encoding="utf-8"))
+            embedded = _parse_config(sibling.read_text(encoding="utf-8"), str(sibling))
         if embedded is not None:
-            return LoadedCheckpoint(embedded, state, source, "mmpretrain", path)
-        return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
+            return _checked(embedded, state, source, "mmpretrain", path)
+        return _checked(_config_for(config, state, path, source, entries), state, source, "timm", path)
     obj = safe_torch_load(path)
     if (
         isinstance(obj, Mapping)
@@ -356,22 +383,31 @@ def load_checkpoint(
     ):
         state = convert_moby_official(obj)
         config = _config_for(config, state, path, source, entries, raw=obj["model"])
-        return LoadedCheckpoint(config, state, source, "moby-official", path)
+        return _checked(config, state, source, "moby-official", path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "video_model" in obj:
         video_config, state = _video_lightning_config(obj, source)
-        return LoadedCheckpoint(video_config, state, source, "lightning", path)
-    if isinstance(obj, Mapping) and "state_dict" in obj and "backbone" in (obj.get("hyper_parameters") or {}):
+        return _checked(video_config, state, source, "lightning", path)
+    hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(hparams, Mapping) and "backbone" in hparams:
         lightning_config, state = _lightning_config(obj, source)
-        return LoadedCheckpoint(lightning_config, state, source, "lightning", path)
+        return _checked(lightning_config, state, source, "lightning", path)
     state = _plain_state_dict(obj, source)
-    return LoadedCheckpoint(_config_for(config, state, path, source, entries), state, source, "timm", path)
+    return _checked(_config_for(config, state, path, source, entries), state, source, "timm", path)
 
 
-def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
+def _checked(config: Any, state: dict[str, torch.Tensor], source: str, fmt: str, path: Path) -> LoadedCheckpoint:
+    """Every loaded checkpoint passes here: its config is held to the schema before anything is built from it."""
+    where = str(path) if str(path) == source else f"{source} ({path})"
+    return LoadedCheckpoint(validate_config(config, where), state, source, fmt, path)
+
+
+def build_backbone(loaded: LoadedCheckpoint, load: bool = True) -> torch.nn.Module:
     """Create the timm model of ``loaded.config`` (``num_classes=0``, no timm download) and load it strict.
 
     Strict loading is the point: a bare prefix strip with ``strict=False`` would leave e.g. Swin's downsample
-    layers random without a word. Classifier weights the headless model lacks are the only keys skipped.
+    layers random without a word. Classifier weights the headless model lacks are the only keys skipped. The
+    weights' shapes are checked against a ``meta``-device build first, so the real model is only allocated once
+    they confirm its size; ``load=False`` stops after that check and returns the ``meta`` skeleton.
 
     Raises:
         HubError: missing or unexpected keys or shape mismatches, naming the keys and the source.
@@ -380,16 +416,24 @@ def build_backbone(loaded: LoadedCheckpoint) -> torch.nn.Module:
 
     if is_video(loaded.config):
         raise HubError(f"{loaded.source} is a video–text model, not an image backbone: use mmpretrain.load_encoder")
-    arch = loaded.config["architecture"]
-    model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **_model_kwargs(arch.get("kwargs")))
-    expected = set(model.state_dict())
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    arch = validate_config(loaded.config, loaded.source)["architecture"]
+
+    def make() -> torch.nn.Module:
+        return timm.create_model(arch["name"], pretrained=False, num_classes=0, **_model_kwargs(arch.get("kwargs")))
+
+    skeleton = on_meta(make)
+    classifier = getattr(skeleton, "pretrained_cfg", {}).get("classifier")
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    state = {
-        k: v
-        for k, v in loaded.state_dict.items()
-        if k in expected or not any(k == h or k.startswith(f"{h}.") for h in heads)
-    }
+
+    def is_head(key: str) -> bool:
+        return any(key == h or key.startswith(f"{h}.") for h in heads)
+
+    check_fits(skeleton, loaded.state_dict, loaded.source, arch["name"], ignore=is_head)
+    if not load:
+        return skeleton
+    model = make()
+    expected = set(model.state_dict())
+    state = {k: v for k, v in loaded.state_dict.items() if k in expected or not is_head(k)}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise HubError(
@@ -415,8 +459,10 @@ def build_model(loaded: LoadedCheckpoint, random_init: bool = False) -> torch.nn
     """
     from mmpretrain.models import build_video_model, create_backbone
 
-    arch = loaded.config["architecture"]
-    if is_video(loaded.config):
+    config = validate_config(loaded.config, loaded.source)
+    arch = config["architecture"]
+    if is_video(config):
+        check_fits(on_meta(lambda: build_video_model(arch)), loaded.state_dict, loaded.source, "the video model")
         model = build_video_model(arch)
         if not random_init:
             try:
@@ -425,5 +471,6 @@ def build_model(loaded: LoadedCheckpoint, random_init: bool = False) -> torch.nn
                 raise HubError(f"{loaded.source}: weights do not fit the video model in its config: {err}") from err
         return model.eval()
     if random_init:
+        build_backbone(loaded, load=False)  # the weights confirm the sizes before the real model is built
         return create_backbone(arch["name"], **_model_kwargs(arch.get("kwargs"))).eval()
     return build_backbone(loaded)

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-from mmpretrain.hub.errors import HubError
+from mmpretrain.hub.errors import CheckpointReadError
 
 logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
 
 
 class _Placeholder(dict):
@@ -104,28 +106,49 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
         if key not in self._storages:
-            raw = bytearray(self._archive.read(f"{self._prefix}data/{key}"))
-            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+            untyped = _read_member(self._archive, f"{self._prefix}data/{key}")
             self._storages[key] = torch.storage.TypedStorage(
                 wrap_storage=untyped, dtype=storage_type.dtype, _internal=True
             )
         return self._storages[key]
 
 
+def _read_member(archive: zipfile.ZipFile, name: str) -> torch.UntypedStorage:
+    """An archive member streamed straight into a storage of its size: one copy in memory, not two."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError as e:
+        raise pickle.UnpicklingError(f"the archive lacks the storage member {name!r}") from e
+    buffer = torch.empty(info.file_size, dtype=torch.uint8)
+    view = memoryview(buffer.numpy())
+    filled = 0
+    with archive.open(info) as member:
+        while filled < info.file_size and (n := member.readinto(view[filled : filled + _CHUNK])):
+            filled += n
+    if filled != info.file_size:
+        raise pickle.UnpicklingError(f"storage member {name!r} holds {filled} of {info.file_size} bytes")
+    return buffer.untyped_storage()
+
+
 def _restricted_load(path: Path) -> Any:
     if not zipfile.is_zipfile(path):
-        raise HubError(f"{path}: not a torch.save zip archive; legacy pickles are not loaded (re-save the file)")
+        raise CheckpointReadError(
+            f"{path}: not a torch.save zip archive; legacy pickles are not loaded (re-save the file)"
+        )
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
-            raise HubError(f"{path}: no data.pkl in the archive; not a torch.save file")
+            raise CheckpointReadError(f"{path}: no data.pkl in the archive; not a torch.save file")
         prefix = pickles[0][: -len("data.pkl")]
         if f"{prefix}byteorder" in archive.namelist():
             order = archive.read(f"{prefix}byteorder").decode().strip()
             if order != sys.byteorder:
-                raise HubError(f"{path}: saved as {order}-endian, this machine is {sys.byteorder}-endian")
+                raise CheckpointReadError(f"{path}: saved as {order}-endian, this machine is {sys.byteorder}-endian")
         unpickler = _RestrictedUnpickler(archive, prefix)
-        obj = unpickler.load()
+        try:
+            obj = unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            raise CheckpointReadError(f"{path}: cannot unpickle the checkpoint: {e}") from e
     logger.info("%s: loaded with inert placeholders for %s", path, sorted(unpickler.placeholders))
     return obj
 
@@ -138,10 +161,12 @@ def safe_torch_load(path: str | Path) -> Any:
     and every non-allowlisted class or function becomes an inert :class:`_Placeholder`.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointReadError(f"{path}: the file is empty (an interrupted copy or download?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         logger.info("%s: weights_only load refused (%s); using the restricted unpickler", path, str(e).split("\n")[0])
-    except RuntimeError as e:
-        raise HubError(f"{path}: cannot read as a torch checkpoint: {e}") from e
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointReadError(f"{path}: cannot read as a torch checkpoint: {type(e).__name__}: {e}") from e
     return _restricted_load(path)

@@ -77,12 +77,14 @@ class _Input:
                 raise ConfigError("ids come from the store's id column; do not pass ids with a store")
             self.store, self.ids, self.matrix = source, None, None
             self.dim, self.count, self.name = source.dim, source.count, str(source.root)
+            self.id_source = source.id_source
         else:
             if ids is None:
                 raise FeatureError("vectors were given without ids: pass ids= (one per vector)")
             self.store, self.ids = None, check_ids(ids, forbidden)
             self.matrix = as_matrix(source, self.ids)
             self.dim, self.count, self.name = self.matrix.shape[1], len(self.ids), "vectors in memory"
+            self.id_source = None
         if self.count == 0:
             raise FeatureError(f"nothing to export: {self.name} holds no items")
 
@@ -159,10 +161,48 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FeatureError(f"cannot parse {path}: {exc}") from exc
-    if manifest.get("format") != FORMAT_NAME or manifest.get("version", 0) > FORMAT_VERSION:
-        raise FeatureError(f"{path} is not an export this version reads ({manifest.get('format')!r} version "
-                           f"{manifest.get('version')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME \
+            or manifest.get("version", 0) > FORMAT_VERSION:
+        shown = (manifest.get("format"), manifest.get("version")) if isinstance(manifest, dict) else manifest
+        raise FeatureError(f"{path} is not an export this version reads ({shown!r})")
+    for key, name in _named_files(manifest, path):
+        _confined(out, name, f"{path}: {key}")
     return manifest
+
+
+_OWN_FILE_RE = re.compile(r"^(?:features-\d{5,}\.(?:parquet|csv|npy|ids\.txt)|items-\d{5,}\.parquet|i2i\.[a-z]+)$")
+
+
+def _named_files(manifest: dict[str, Any], path: Path) -> Iterator[tuple[str, Any]]:
+    """Every (key, file name) an ``export.json`` names, which the export may later read, replace or delete."""
+    try:
+        for i, part in enumerate(manifest["parts"]):
+            for key in ("file", "ids_file"):
+                if key in part:
+                    yield f"parts[{i}].{key}", part[key]
+        yield "items", manifest["items"]
+        if manifest.get("i2i"):
+            yield "i2i.path", Path(manifest["i2i"]["path"]).name
+    except (KeyError, TypeError) as exc:
+        raise FeatureError(f"{path}: malformed export manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _confined(out: Path, name: Any, where: str) -> None:
+    """A file name from ``export.json`` must be one of the export's own plain names, directly inside ``out``."""
+    if not isinstance(name, str) or not _OWN_FILE_RE.match(name) or (out / name).is_symlink():
+        raise FeatureError(f"{where} = {name!r} is not a file this export writes inside {out}; refusing to touch it")
+
+
+def _check_same_source(out: Path, previous: dict[str, Any] | None, data: _Input, allow: bool) -> None:
+    """Store ids are relative to the folder they were extracted from: appending another folder's store would match
+    ``circle/00.png`` of train against ``circle/00.png`` of val and silently replace it."""
+    if previous is None or data.store is None or allow:
+        return
+    earlier = next((run.get("id_source") for run in reversed(previous.get("runs", [])) if run.get("id_source")), None)
+    current = data.id_source
+    if earlier is not None and current != earlier:
+        raise FeatureError(f"cannot append store {data.name} to {out}: its ids are relative to {current!r}, the "
+                           f"export's to {earlier!r}; pass allow_other_source=true if they name the same items")
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -426,6 +466,7 @@ def export_features(
     delimiter: str | None = None,
     incremental: bool = False,
     overwrite: bool = False,
+    allow_other_source: bool = False,
     fit_sample: int = 100_000,
     eps: float = 1e-6,
     seed: int = 0,
@@ -469,6 +510,8 @@ def export_features(
         i2i_threshold: minimum cosine score of a neighbour (see :func:`item_to_item`).
         i2i_format: ``"parquet"`` or ``"csv"``; ``i2i_index_key`` the faiss key (``"auto"``: Flat under 10k items,
             else IVF-Flat); ``i2i_target_recall`` the recall its search parameter is tuned to.
+        allow_other_source: append a store whose ids are relative to another input folder than the export's
+            (refused by default: equal relative ids from two folders name different items).
         verify: :func:`~mmpretrain.embeddings.open_store` check level for a store given by path.
         progress: tqdm bar over the rows.
 
@@ -493,7 +536,10 @@ def export_features(
     settings = _settings({"format": format, "feature_name": feature_name, "id_column": id_column, "dtype": dtype,
                           "normalize": normalize, "separator": separator, "delimiter": delimiter}, out, previous)
     i2i = _i2i_request(previous, i2i_k, i2i_threshold, i2i_format, i2i_index_key, i2i_target_recall)
-    data = _Input(source, ids, settings.get("delimiter", ""), verify)
+    # easyrec parts are unquoted CSV: a quote in an id would need quoting that EasyRec does not undo
+    forbidden = settings.get("delimiter", "") + ('"' if settings["format"] == "easyrec" else "")
+    data = _Input(source, ids, forbidden, verify)
+    _check_same_source(out, previous, data, allow_other_source)
     fit_tic = time.perf_counter()
     proj = _resolve_projection(out, previous, data, dim, whiten, projection, fit_sample, eps, seed)
     fit_seconds = time.perf_counter() - fit_tic
@@ -525,7 +571,7 @@ def export_features(
     config = _write_config(out, settings, out_dim)
     seconds = time.perf_counter() - tic
     history = [*(previous or {}).get("runs", []), {
-        "run": run, "source": data.name,
+        "run": run, "source": data.name, "id_source": data.id_source,
         "store_fingerprint": data.store.fingerprint() if data.store is not None else None,
         "rows": data.count, "new": written - len(changed), "changed": len(changed), "written": written,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}]

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from mmpretrain.embeddings import ID_FORBIDDEN, find_bad_id
 from mmpretrain.errors import MMPretrainError
 
-#: Characters that ids may never hold: one id per line in text files, one row per line in CSV files.
-LINE_BREAKS = "\n\r"
+#: Characters that ids may never hold: NUL and every line break (one id per line in text files, one row per line
+#: in CSV files; NUL ends strings in numpy and Arrow), the store's own rule.
+LINE_BREAKS = ID_FORBIDDEN
 
 
 class FeatureError(MMPretrainError, ValueError):
@@ -31,10 +33,14 @@ def check_ids(ids: Sequence[Any] | np.ndarray, forbidden: str = "") -> np.ndarra
     array = np.asarray(ids)
     if array.ndim != 1:
         raise FeatureError(f"ids must be 1-D, got shape {array.shape}")
+    bad = find_bad_id(array)
+    if bad is not None:
+        raise FeatureError(f"item {bad[1]!r} at row {bad[0]}: id holds {bad[2]!r}; ids may not hold NUL or line "
+                           "breaks (they would not come back exactly)")
     out = array.astype(str)
     if out.size and (lengths := np.char.str_len(out)).min() == 0:
         raise FeatureError(f"item at row {int(np.argmin(lengths))}: empty id")
-    for char in LINE_BREAKS + forbidden:
+    for char in forbidden:
         hit = np.char.find(out, char) >= 0
         if hit.any():
             raise FeatureError(f"item {str(out[np.argmax(hit)])!r}: id holds {char!r}, which the output format uses "

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from mmpretrain.embeddings import EmbeddingStore
+from mmpretrain.embeddings import EmbeddingStore, check_id_text
 
 Metric = Literal["ip", "l2"]
 GpuChoice = bool | Literal["auto"]
@@ -66,8 +66,24 @@ class VectorSource:
 
 
 def as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
-    """String id array of length n (row numbers when ``ids`` is None), refusing wrong lengths and duplicates."""
-    out = np.arange(n).astype(str) if ids is None else np.asarray(ids).astype(str)
+    """Id array of length n (row numbers as strings when ``ids`` is None), refusing wrong lengths and duplicates.
+
+    Integer ids stay int64, so ``search`` returns what went in; anything else becomes strings, refused when they
+    hold NUL or a line break (which numpy, Arrow or the npy format would not give back exactly).
+    """
+    given = None if ids is None else np.asarray(ids)
+    if given is not None and given.dtype.kind in "iu" and given.ndim == 1:
+        out = given.astype(np.int64)
+        if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
+            raise ValueError("unsigned ids beyond int64 cannot be stored exactly; pass them as strings")
+        unique = np.unique(out)
+        if out.shape != (n,) or len(unique) != n:
+            raise ValueError(f"ids must be 1-D, unique, one per vector ({n}); got shape {out.shape}, "
+                             f"{len(unique)} distinct")
+        return out
+    if given is not None:
+        check_id_text(given.ravel(), "ids given to the index")
+    out = np.arange(n).astype(str) if given is None else given.astype(str)
     if out.size:  # int -> str casts reserve 21 characters; keep only what the longest id needs
         out = out.astype(f"<U{max(1, int(np.char.str_len(out).max()))}")
     if out.shape != (n,):

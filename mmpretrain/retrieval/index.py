@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from mmpretrain._io import read_saved_folder
+from mmpretrain._io import read_saved_folder, sha256_file
 from mmpretrain.embeddings import EmbeddingStore, StoreError, open_store
 from mmpretrain.errors import ConfigError, PathExistsError
 from mmpretrain.retrieval.choice import choose_index_key
@@ -117,12 +117,13 @@ class RetrievalIndex:
         """Top-k ids for each query embedding (normalized here when the index is).
 
         Returns:
-            ``(scores (q, k) float32, ids (q, k) str)``: inner products (higher is closer) for ``ip``, squared L2
-            distances (lower is closer) for ``l2``; missing hits (fewer than k found) are ``nan`` and ``""``.
+            ``(scores (q, k) float32, ids (q, k))``: inner products (higher is closer) for ``ip``, squared L2
+            distances (lower is closer) for ``l2``; ids keep their type (int64 ids stay int64, others are str);
+            missing hits (fewer than k found) are ``nan`` with id ``""`` (``-1`` for int ids).
         """
         dist, labels = self._search_labels(as_queries(queries, self.dim, self.normalize), k, batch_size)
         found = labels >= 0
-        ids = np.full(labels.shape, "", dtype=self.ids.dtype)
+        ids = np.full(labels.shape, -1 if self.ids.dtype.kind == "i" else "", dtype=self.ids.dtype)
         ids[found] = self.ids[labels[found]]
         return np.where(found, dist, np.nan).astype(np.float32), ids
 
@@ -174,6 +175,7 @@ class RetrievalIndex:
                 "store_fingerprint": self.store_fingerprint, "store_path": self.store_path,
                 "faiss_version": faiss.__version__,
             }
+            params["sha256"] = {name: sha256_file(tmp / name) for name in (INDEX_FILE, IDS_FILE)}
             (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n")
             for file in tmp.iterdir():
                 with open(file, "rb") as handle:
@@ -391,6 +393,7 @@ def build_index_from_store(store: str | os.PathLike | EmbeddingStore, **kwargs: 
 
 def _attach(index: RetrievalIndex, store: EmbeddingStore, where: Path) -> None:
     """Pair a loaded index with a store, refusing one that is not the store the index was built from."""
+    store.verify_files()  # the fingerprint below comes from the manifest's hashes: make the files answer for them
     if index.store_fingerprint is not None:
         found = store.fingerprint()
         if found != index.store_fingerprint:
@@ -428,6 +431,14 @@ def load_index(
     if params.get("format_version", 0) > FORMAT_VERSION:
         raise ConfigError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
                          f"reader ({FORMAT_VERSION}); upgrade mmpretrain")
+    recorded = params.get("sha256") or {}
+    if not recorded:
+        warnings.warn(f"index {path} was saved without file hashes (an older version): its files are not checked",
+                      stacklevel=2)
+    for name, digest in recorded.items():
+        if name not in (INDEX_FILE, IDS_FILE) or sha256_file(path / name) != digest:
+            raise StoreError(f"index {path}: {name} was altered (sha256 differs from {PARAMS_FILE}); rebuild the "
+                             "index or restore the file")
     try:
         index = faiss.read_index(str(path / INDEX_FILE))
     except RuntimeError as exc:

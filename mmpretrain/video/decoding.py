@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -221,6 +222,8 @@ def _check_file(path: _Media) -> None:
             raise VideoDecodeError(path, "truncated", cut)
         return
     try:
+        if not stat.S_ISREG(os.stat(path.name).st_mode) and not os.path.isdir(path.name):
+            raise VideoDecodeError(path, "unreadable", "not a regular file (a FIFO, device or socket)")
         size = os.path.getsize(path.name)
     except FileNotFoundError:
         raise VideoDecodeError(path, "missing", "no such file") from None
