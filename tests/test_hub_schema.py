@@ -178,3 +178,21 @@ def test_unreadable_files_and_bad_configs_raise_project_errors(tmp_path: Path,
     assert hub_main(["convert", str(empty), str(tmp_path / "c"), "--arch", VIT]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "empty.pth" in err
+
+
+def test_video_text_pooling_is_one_of_the_known_ones() -> None:
+    from mmpretrain.hub.schema import validate_config
+
+    path = "x.ckpt"
+    arch = {
+        "frame_encoder": {"name": VIT, "kwargs": dict(VIT_KW)},
+        "text_encoder": {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1,
+                         "num_attention_heads": 2, "intermediate_size": 64},
+        "fusion": {"vocab_size": 100, "num_frames": 4, "width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16,
+                   "mvm_dim": 24, "text_pooling": "mean"},
+    }  # fmt: skip
+    config = {"kind": "video", "architecture": arch, "preprocessing": dict(PRE, num_frames=4, max_text_len=16)}
+    validate_config(config, path)
+    arch["fusion"]["text_pooling"] = "max"
+    with pytest.raises(hub.CheckpointConfigError, match=r"x\.ckpt.*architecture\.fusion\.text_pooling.*'max'"):
+        validate_config(config, path)

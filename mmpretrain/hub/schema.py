@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mmpretrain.hub.errors import CheckpointConfigError
+from mmpretrain.models.fusion import TEXT_POOLINGS
 
 # Architecture keyword arguments that describe the model's shape (or, for the drop rates, do nothing in eval mode).
 _MAX_WIDTH = 16384
@@ -178,7 +179,7 @@ def _check_video_architecture(arch: Any, source: str) -> None:
     fusion = arch["fusion"]
     if not isinstance(fusion, Mapping):
         raise _fail(source, "architecture.fusion", "must be an object")
-    unknown = set(fusion) - set(_FUSION_LIMITS) - {"visual_grid", "mlp_ratio", "dropout"}
+    unknown = set(fusion) - set(_FUSION_LIMITS) - {"visual_grid", "mlp_ratio", "dropout", "text_pooling"}
     if unknown:
         raise _fail(source, "architecture.fusion", f"unknown keys {sorted(unknown)}")
     for key, limit in _FUSION_LIMITS.items():
@@ -190,6 +191,9 @@ def _check_video_architecture(arch: Any, source: str) -> None:
         _number(fusion["mlp_ratio"], source, "architecture.fusion.mlp_ratio", 64.0)
     if "dropout" in fusion:
         _number(fusion["dropout"], source, "architecture.fusion.dropout", 0.99)
+    if fusion.get("text_pooling", "cls") not in TEXT_POOLINGS:
+        shown = fusion["text_pooling"]
+        raise _fail(source, "architecture.fusion.text_pooling", f"{shown!r} is not one of {TEXT_POOLINGS}")
 
 
 def validate_config(config: Any, source: str) -> dict[str, Any]:
