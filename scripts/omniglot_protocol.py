@@ -127,9 +127,10 @@ def main() -> None:
     for alphabet, by_source in results.items():
         for method in methods:
             cells = {name: r[method]["1"] for name, r in by_source.items()}
-            summary.setdefault(alphabet, {})[method] = {k: round(100 * v["mean"], 2) for k, v in cells.items()}
+            # mmpretrain-eval reports few-shot accuracy in percent already
+            summary.setdefault(alphabet, {})[method] = {k: round(v["mean"], 2) for k, v in cells.items()}
             print(f"{alphabet:<22}{method:<12}"
-                  + "".join(f"{100 * c['mean']:>9.1f} ± {100 * c['ci95']:.1f}" for c in cells.values()))
+                  + "".join(f"{c['mean']:>9.1f} ± {c['ci95']:.1f}" for c in cells.values()))
     print(json.dumps({"protocol": "omniglot_small2_20way_1shot", "checkpoint": str(ckpt), "accuracy": summary}))
 
 
