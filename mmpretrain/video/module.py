@@ -22,6 +22,7 @@ from mmpretrain.models import (
     trained_pooling,
     video_model_config,
 )
+from mmpretrain.models.fusion import TEXT_POOLINGS
 from mmpretrain.training import (
     adamw_kernel,
     check_choice,
@@ -188,6 +189,8 @@ class VideoFusionPretrain(pl.LightningModule):
         check_choice(mvm_masking, MASKINGS, "model.mvm_masking")
         check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
         check_choice(embedding, EMBEDDINGS, "model.embedding")
+        if text_pooling is not None:
+            check_choice(text_pooling, TEXT_POOLINGS, "model.text_pooling")
         check_range({"model.mvm_ratio": mvm_ratio, "model.dropout": dropout, "model.frame_drop_path": frame_drop_path},
                     0.0, 1.0, high_open=True)  # fmt: skip
         check_range({"model.mtm_prob": mtm_prob, **{f"model.modality_dropout.{k}": v
