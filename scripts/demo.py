@@ -224,13 +224,14 @@ def _demo_videos(root: Path) -> Path:
 ABLATION: tuple[tuple[str, list[str]], ...] = (
     ("before: CLS text, one lr, pixel MVM, per-frame masks, random negatives",
      ["model.text_pooling=cls", "model.lr_mult={text:1.0,frames:1.0,fusion:1.0}", "model.mvm_tube=false",
-      "model.vtm_negatives=random", "model.vtm_exclude=[]"]),
+      "model.vtm_negatives=random", "model.vtm_exclude=[]", "model.vtm_balanced=false"]),
     ("+ mean text pooling", ["model.text_pooling=mean"]),
     ("+ lr groups (text 0.1)", ["model.lr_mult={text:0.1,frames:1.0,fusion:1.0}"]),
     ("+ MoBY frame init and MVM teacher", ["model.frame_encoder=null", "model.frame_init={moby}"]),
     ("+ tube masking", ["model.mvm_tube=true"]),
     ("+ hard negatives that never show the same thing", ["model.vtm_negatives=hard",
                                                          "model.vtm_exclude=[label,tags,title]"]),
+    ("+ class-balanced VTM loss", ["model.vtm_balanced=true"]),
 )  # fmt: skip
 
 

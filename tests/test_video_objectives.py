@@ -156,6 +156,28 @@ def test_vtm_loss_and_accuracy() -> None:
         vtm_loss(logits, labels[:3])
 
 
+
+def test_balanced_vtm_loss_weighs_each_class_equally() -> None:
+    # ALBEF's layout: one positive and two negatives per sample
+    logits = torch.tensor([[0.3, 1.1], [-0.4, 0.9], [1.2, -0.5], [0.1, 0.4], [2.0, 0.0], [-1.0, 0.3]])
+    labels = torch.tensor([1, 1, 0, 0, 0, 0])
+    lg = logits.double().numpy()
+    ce = np.array([_np_ce(lg[i], int(labels[i])) for i in range(6)])
+    want = (ce[labels.numpy() == 1].mean() + ce[labels.numpy() == 0].mean()) / 2
+    assert vtm_loss(logits, labels, balanced=True).item() == pytest.approx(want, rel=1e-6)
+    assert vtm_loss(logits, labels, balanced=True).item() != pytest.approx(ce.mean(), rel=1e-3)
+    # a constant head is optimal at the class prior when unbalanced, at 0.5 when balanced
+    bias = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([bias], lr=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        vtm_loss(torch.stack([torch.zeros(6), bias.expand(6)], dim=1), labels, balanced=True).backward()
+        opt.step()
+    assert torch.sigmoid(bias).item() == pytest.approx(0.5, abs=1e-3)
+    only_negatives = torch.zeros(3, dtype=torch.long)
+    assert vtm_loss(logits[:3], only_negatives, balanced=True).item() == pytest.approx(
+        np.mean([_np_ce(lg[i], 0) for i in range(3)]), rel=1e-6)
+
 def _np_layer_norm(x: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)

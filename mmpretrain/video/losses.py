@@ -146,13 +146,22 @@ def sample_hard_negatives(
     return out
 
 
-def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the matching head, (N, 2) logits against 0/1 labels; a graph-keeping zero when N == 0."""
+def vtm_loss(logits: torch.Tensor, labels: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy of the matching head, (N, 2) logits against 0/1 labels; a graph-keeping zero when N == 0.
+
+    ``balanced`` weighs each class present by the inverse of its count, so every class contributes equally: with
+    ALBEF's one positive and two negatives per sample, an unweighted head learns a 1/3 match prior and its
+    probability stays under 0.5 for true pairs until it is very sure; balanced, 0.5 is the decision threshold.
+    """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)
+    if not balanced:
+        return F.cross_entropy(logits.float(), labels)
+    counts = torch.bincount(labels, minlength=logits.shape[1]).float()
+    weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+    return F.cross_entropy(logits.float(), labels, weight=weight)
 
 
 def vtm_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,8 @@ class VideoFusionPretrain(pl.LightningModule):
         mtm_prob: BERT masking probability (0.15). vtm_negatives: ``hard`` or ``random`` (in-batch).
         vtm_exclude: what makes two samples the same for VTM negatives: ``label``, ``tags`` (the same tag set),
             ``title`` (the same normalized title); identical token sequences are always excluded.
+        vtm_balanced: weigh VTM's positives and negatives equally (one positive to two negatives otherwise), so
+            a match probability above 0.5 means a match, as retrieval evaluation and re-ranking read it.
         lr_mult: ``{"text", "frames", "fusion"}`` multipliers of ``lr`` (default 1 each).
         loss_weights: weight per objective; 0 switches one off. modality_dropout: ``{"text": p, "video": p}``.
         lr / lr_ref_batch / min_lr / warmup_epochs / weight_decay / betas: AdamW with warmup + cosine per step,
@@ -169,6 +171,7 @@ class VideoFusionPretrain(pl.LightningModule):
         mtm_prob: float = 0.15,
         vtm_negatives: str = "hard",
         vtm_exclude: Sequence[str] = CONTENT_KEYS,
+        vtm_balanced: bool = True,
         loss_weights: Mapping[str, float] | None = None,
         modality_dropout: Mapping[str, float] | None = None,
         lr: float = 1e-4,
@@ -392,7 +395,7 @@ class VideoFusionPretrain(pl.LightningModule):
             return self.model.vtm_head.weight.sum() * 0, torch.tensor(float("nan"), device=v_emb.device)
         fused = self.model.fuse(video[video_idx], states[text_idx], attn[text_idx], types[text_idx])
         logits = self.model.match_logits(fused)
-        return vtm_loss(logits, labels), vtm_accuracy(logits.detach(), labels)
+        return vtm_loss(logits, labels, balanced=self.hparams.vtm_balanced), vtm_accuracy(logits.detach(), labels)
 
     # ------------------------------------------------------------------------------------------- Lightning
 
