@@ -212,11 +212,6 @@ def _bad_shard(folder: Path) -> str:
     return f"{folder}/cut-000000.tar {folder}/bad-000000.tar"
 
 
-class _Labeled:
-    def __call__(self, raw: dict) -> dict:
-        return ImageShardDecoder(lambda img: torch.zeros(1), labels={})(raw)
-
-
 def test_bad_samples_are_skipped_and_counted_per_reason(tmp_path: Path, caplog) -> None:
     from mmpretrain.data.shards import sample_json
 
