@@ -10,6 +10,7 @@ import os
 import tarfile
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import compose_cfg, tiny_overrides, video_overrides
 from PIL import Image
+from torch.utils.data import default_collate
 
 from mmpretrain.data.shards import (
     INDEX_FILE,
@@ -28,6 +30,7 @@ from mmpretrain.data.shards import (
     expand_shards,
     image_samples,
     read_shard,
+    sample_image,
     shard_counts,
     shard_loader,
     write_shards,
@@ -459,3 +462,34 @@ def test_pipe_urls_are_read_through_webdataset(tmp_path: Path) -> None:
     ds = ShardDataset(urls, [3, 2], _keys, batch_size=1, train=False, pad=False)
     assert [s["value"] for s in ds] == [0, 1, 2, 3, 4]
     assert [s["__key__"] for s in read_shard(urls[1])] == ["s0003", "s0004"]
+
+
+def test_max_pixels_refuses_oversized_shard_images_as_it_refuses_files(tmp_path: Path) -> None:
+    """data.max_pixels applies to images decoded from shards, counted under the reason a file gets."""
+    from mmpretrain.data import DataHealthMonitor, ImageDataset, SSLImageDataModule
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(big)  # 6400 pixels
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(small)  # 1600 pixels
+    files = ImageDataset([str(big), str(small)], lambda img: torch.zeros(1), max_pixels=5000)
+    from_file = files[0]
+    files_batch = default_collate([from_file])
+    assert from_file["index"] == 1 and from_file["failed"] == 1 and from_file["failed_reasons"] == "too_many_pixels"
+
+    samples = [{"__key__": "big", "png": big.read_bytes()}, {"__key__": "small", "png": small.read_bytes()}]
+    write_shards(iter(samples), tmp_path / "shards")
+    url = str(tmp_path / "shards/shard-000000.tar")
+    with pytest.raises(SampleError, match="too_many_pixels"):
+        sample_image(next(read_shard(url)), max_pixels=5000)
+    assert sample_image(next(read_shard(url))).size == (80, 80)  # the default cap lets it through
+    datamodule = SSLImageDataModule(shards=url, image_size=16, batch_size=1, num_workers=0, max_pixels=5000,
+                                    grayscale=False, pin_memory=False)
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())
+    assert [b["key"] for b in batches] == [["small"], ["small"]]  # the epoch is padded with the good sample
+    monitor = DataHealthMonitor(max_failure_rate=1.0)
+    for batch in [files_batch, *batches]:
+        monitor._count(mock.MagicMock(), batch)
+    # the file and each read of the shard's big image (the padding pass reads it again), under one reason
+    assert set(monitor.reasons) == {"too_many_pixels"} and monitor.failed == monitor.reasons["too_many_pixels"] >= 2
+

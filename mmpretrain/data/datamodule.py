@@ -209,8 +209,9 @@ class SSLImageDataModule(SampledLoaders):
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:
             world, rank = self._world()
-            dataset = ShardDataset(*self.shard_list, ImageShardDecoder(self.train_transform), self.batch_size, world,
-                                   rank, self.num_workers, self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
+            decoder = ImageShardDecoder(self.train_transform, max_pixels=self.hparams.max_pixels)
+            dataset = ShardDataset(*self.shard_list, decoder, self.batch_size, world, rank, self.num_workers,
+                                   self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
             return shard_loader(dataset, self.batch_size, self.pin_memory)
         dataset = ImageDataset(self.source.paths, self.train_transform, max_redraws=self.hparams.max_redraws,
                                max_pixels=self.hparams.max_pixels)
@@ -304,7 +305,8 @@ class LabeledImageDataModule(SampledLoaders):
 
     def _shards(self, key: str, transform: Callable, train: bool) -> DataLoader:
         world, rank = self._world() if train else (1, 0)
-        decoder = ImageShardDecoder(transform, {name: i for i, name in enumerate(self.classes)})
+        decoder = ImageShardDecoder(transform, {name: i for i, name in enumerate(self.classes)},
+                                    self.hparams.max_pixels)
         dataset = ShardDataset(*self.shard_lists[key], decoder, self.batch_size, world, rank, self.num_workers,
                                self.seed, train=train, pad=train, shuffle_buffer=self.hparams.shuffle_buffer,
                                key=f"data.{key}")

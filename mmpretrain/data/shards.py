@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mmpretrain._io import write_text_atomic
-from mmpretrain.data.dataset import load_rgb, transform_file
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, failure_reason, load_rgb, transform_file
 from mmpretrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -436,31 +436,40 @@ def _image_member(raw: dict[str, Any]) -> str:
     return ext
 
 
-def sample_image(raw: dict[str, Any]) -> Image.Image:
-    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none or it does not decode."""
+def _image_error(raw: dict[str, Any], ext: str, err: Exception) -> SampleError:
+    """A shard image that cannot be read, under the reason a file would get (`failure_reason`)."""
+    return SampleError(failure_reason(err), f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}")
+
+
+def sample_image(raw: dict[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none, it has more than
+    ``max_pixels`` (read from its header, as for files) or it does not decode."""
     ext = _image_member(raw)
     try:
-        return load_rgb(io.BytesIO(raw[ext]))
+        return load_rgb(io.BytesIO(raw[ext]), max_pixels)
     except Exception as err:  # PIL raises many exception types for bad bytes
-        raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+        raise _image_error(raw, ext, err) from err
 
 
 class ImageShardDecoder:
     """Raw shard sample -> the dict `ImageDataset` gives (``views`` or ``image``, optional ``label``); picklable.
 
-    ``labels`` maps a class name to its index (a ``.cls`` integer is used as it is).
+    ``labels`` maps a class name to its index (a ``.cls`` integer is used as it is); ``max_pixels`` refuses larger
+    images from their header (``data.max_pixels``, as for files: counted as ``too_many_pixels``).
     """
 
-    def __init__(self, transform: Callable[[Image.Image], Any], labels: dict[str, int] | None = None) -> None:
+    def __init__(self, transform: Callable[[Image.Image], Any], labels: dict[str, int] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.transform = transform
         self.labels = labels
+        self.max_pixels = max_pixels
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         ext = _image_member(raw)
         try:
-            out = transform_file(io.BytesIO(raw[ext]), self.transform)
+            out = transform_file(io.BytesIO(raw[ext]), self.transform, self.max_pixels)
         except Exception as err:  # PIL raises many exception types for bad bytes
-            raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+            raise _image_error(raw, ext, err) from err
         sample: dict[str, Any] = {"views": list(out)} if isinstance(out, tuple | list) else {"image": out}
         if self.labels is not None:
             sample["label"] = class_index(raw, self.labels)
