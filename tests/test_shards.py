@@ -493,3 +493,48 @@ def test_max_pixels_refuses_oversized_shard_images_as_it_refuses_files(tmp_path:
     # the file and each read of the shard's big image (the padding pass reads it again), under one reason
     assert set(monitor.reasons) == {"too_many_pixels"} and monitor.failed == monitor.reasons["too_many_pixels"] >= 2
 
+
+
+@pytest.fixture
+def http_shards(image_shards: str, tmp_path: Path):
+    """Two of the image shards served as http://127.0.0.1:<port>/{000000..000001}.tar by a local threaded server."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    local = expand_shards(image_shards)[:2]
+    for i, url in enumerate(local):
+        (served / f"{i:06d}.tar").write_bytes(Path(url).read_bytes())
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", local
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_shards_are_read_and_extracted(http_shards, published: Path, tmp_path: Path) -> None:
+    """https:// and http:// shard URLs stream through webdataset's gopen (curl): every sample, in shard order."""
+    from mmpretrain.cli.extract import extract
+    from mmpretrain.embeddings import open_store
+
+    base, local = http_shards
+    pattern = f"{base}/{{000000..000001}}.tar"
+    urls = expand_shards(pattern)
+    assert urls == [f"{base}/000000.tar", f"{base}/000001.tar"]
+    keys = [s["__key__"] for u in local for s in read_shard(u)]
+    assert shard_counts(urls) == [12, 12]  # no shards.json for remote shards: counted by reading them
+    ds = ShardDataset(urls, [12, 12], lambda raw: {"png": len(raw["png"])}, batch_size=1, train=False, pad=False)
+    assert [s["key"] for s in ds] == keys
+    summary = extract(compose_cfg("extract.yaml", _extract_overrides(published, pattern, tmp_path / "s"), tmp_path))
+    assert summary["count"] == 24 and summary["failed"] == 0 and summary["shards"] == 2
+    assert open_store(tmp_path / "s").metadata().to_pydict()["id"] == keys
+    missing = list(read_shard(f"{base}/000009.tar"))  # a 404: curl fails, the shard is reported, nothing is read
+    assert len(missing) == 1 and missing[0]["__error__"] == "truncated_shard"

@@ -30,6 +30,7 @@ A shard that ends early (cut off, or a member header that does not parse) is nam
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -103,27 +104,37 @@ def shard_name(url: str) -> str:
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard (``__key__``, ``__url__`` and one entry per member extension), in tar order.
 
-    When the shard ends early a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
+    When the shard ends early, or cannot be read at all (a missing file, an ``https://`` shard the server refuses:
+    curl's exit status), a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
     """
-    stream = wds.gopen(url)
-    count = 0
+    count, error, rest = 0, None, b""
     try:
-        try:
-            files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
-            for sample in group_by_keys(files):
-                count += 1
-                yield sample
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, err.args[0])
-            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": str(err.args[0])}
-            return
-        rest = stream.read()  # a tar ends in zero blocks: data after the end means a member header did not parse
-        if rest and rest.strip(b"\0"):
+        stream = wds.gopen(url)
+    except (OSError, ValueError) as err:
+        stream, error = None, err
+    try:
+        if stream is not None:
+            try:
+                files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
+                for sample in group_by_keys(files):
+                    count += 1
+                    yield sample
+                rest = stream.read()  # a tar ends in zero blocks: data after the end means a header did not parse
+                stream.close()  # a pipe (pipe:, https://) reports its command's failure here
+            except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                error = err
+        if error is not None:
+            detail = str(error.args[0]) if error.args else type(error).__name__
+            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, detail)
+            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": detail}
+        elif rest and rest.strip(b"\0"):
             log.warning("shard %s has a corrupt member header after %d samples; %d bytes after it are lost",
                         url, count, len(rest))
             yield {"__error__": "corrupt_member", "__url__": url, "__detail__": f"{len(rest)} bytes unread"}
     finally:
-        stream.close()
+        if stream is not None:
+            with contextlib.suppress(OSError):  # a reader that stopped early ends the command; its status is moot
+                stream.close()
 
 
 def count_samples(url: str) -> int:
