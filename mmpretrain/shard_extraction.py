@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmpretrain._io import write_text_atomic
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import SampleError, expand_shards, read_shard, sample_image, sample_json, sample_label
 from mmpretrain.embeddings import finalize_store, shard_done, shard_name, write_shard
 from mmpretrain.encoders import ImageEncoder, VideoEncoder
@@ -53,8 +54,9 @@ def is_shard_input(spec: str | Sequence[str]) -> bool:
 class _Rows:
     """Raw shard sample -> one extraction row (pixels or an error), for images or videos; picklable."""
 
-    def __init__(self, encoder: ImageEncoder | VideoEncoder) -> None:
+    def __init__(self, encoder: ImageEncoder | VideoEncoder, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.video = isinstance(encoder, VideoEncoder)
+        self.max_pixels = max_pixels
         self.loader = encoder.loader if self.video else encoder.transform
         self.shape = encoder.loader.shape if self.video else (3, encoder.transform.image_size,
                                                               encoder.transform.image_size)
@@ -73,7 +75,7 @@ class _Rows:
             else:
                 label, tags = sample_label(raw), sample_json(raw).get("tags") or []
                 row.update(label="" if label is None else str(label), tags=json.dumps([str(t) for t in tags]))
-                pixels = self.loader(sample_image(raw))
+                pixels = self.loader(sample_image(raw, self.max_pixels))
         except (SampleError, ValueError, RuntimeError) as err:  # VideoDecodeError is a RuntimeError
             log.warning("cannot embed sample %s of %s: %s", key, raw.get("__url__"), err)
             error = f"{type(err).__name__}: {err}"
@@ -220,6 +222,7 @@ def run_shard_extraction(
     max_failure_rate: float = 0.1,
     overwrite: bool = False,
     encoder_source: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any] | None:
     """Embed every sample of the shards into the store at ``output`` (see the module doc); arguments as
     `mmpretrain.extraction.run_extraction`. Returns the summary on global rank 0, None elsewhere."""
@@ -232,7 +235,8 @@ def run_shard_extraction(
     }))
     writer = ShardInputWriter(output, urls, encoder.embed_dim, dtype, video)
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ShardInputWriter)] + [writer]
-    datamodule = ShardExtractionDataModule(output, urls, _Rows(encoder), signature, overwrite, batch_size, num_workers)
+    datamodule = ShardExtractionDataModule(output, urls, _Rows(encoder, max_pixels), signature, overwrite, batch_size,
+                                           num_workers)
     trainer.predict(EncoderPredictor(encoder, normalize), datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None

@@ -9,7 +9,8 @@ flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, PIL Gaussian blur 
 0.1, PIL solarize p 0 / 0.2), the image decoded once for both views. Targets: shards_vs_folder >= 1.0,
 project_vs_official >= 1.5. ``project_no_draft`` runs the project's pipeline with JPEG draft decoding off, to
 show what the reduced-size decoding contributes, and ``recipe_compose`` the same two ``T.Compose`` views run by
-torchvision step by step (torchvision's tensor Gaussian blur), the project's pipeline before this benchmark.
+torchvision step by step (torchvision's colour jitter, the project's PIL blur): the executor's gain over its own
+recipe (vectorized hue, single-channel grey views; `mmpretrain.data.color`).
 
 Videos: H.264 MP4 clips (--video-size, --video-frames at 30 fps) read as training clips (8 frames, 224 px, crop
 0.6-1) by `VideoTextDataset` from a manifest and by the shard reader from shards of the same files.

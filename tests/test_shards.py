@@ -10,6 +10,7 @@ import os
 import tarfile
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import compose_cfg, tiny_overrides, video_overrides
 from PIL import Image
+from torch.utils.data import default_collate
 
 from mmpretrain.data.shards import (
     INDEX_FILE,
@@ -28,6 +30,7 @@ from mmpretrain.data.shards import (
     expand_shards,
     image_samples,
     read_shard,
+    sample_image,
     shard_counts,
     shard_loader,
     write_shards,
@@ -210,11 +213,6 @@ def _bad_shard(folder: Path) -> str:
     data = (folder / "cut-000000.tar").read_bytes()
     (folder / "cut-000000.tar").write_bytes(data[: len(data) * 2 // 3])
     return f"{folder}/cut-000000.tar {folder}/bad-000000.tar"
-
-
-class _Labeled:
-    def __call__(self, raw: dict) -> dict:
-        return ImageShardDecoder(lambda img: torch.zeros(1), labels={})(raw)
 
 
 def test_bad_samples_are_skipped_and_counted_per_reason(tmp_path: Path, caplog) -> None:
@@ -464,3 +462,79 @@ def test_pipe_urls_are_read_through_webdataset(tmp_path: Path) -> None:
     ds = ShardDataset(urls, [3, 2], _keys, batch_size=1, train=False, pad=False)
     assert [s["value"] for s in ds] == [0, 1, 2, 3, 4]
     assert [s["__key__"] for s in read_shard(urls[1])] == ["s0003", "s0004"]
+
+
+def test_max_pixels_refuses_oversized_shard_images_as_it_refuses_files(tmp_path: Path) -> None:
+    """data.max_pixels applies to images decoded from shards, counted under the reason a file gets."""
+    from mmpretrain.data import DataHealthMonitor, ImageDataset, SSLImageDataModule
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(big)  # 6400 pixels
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(small)  # 1600 pixels
+    files = ImageDataset([str(big), str(small)], lambda img: torch.zeros(1), max_pixels=5000)
+    from_file = files[0]
+    files_batch = default_collate([from_file])
+    assert from_file["index"] == 1 and from_file["failed"] == 1 and from_file["failed_reasons"] == "too_many_pixels"
+
+    samples = [{"__key__": "big", "png": big.read_bytes()}, {"__key__": "small", "png": small.read_bytes()}]
+    write_shards(iter(samples), tmp_path / "shards")
+    url = str(tmp_path / "shards/shard-000000.tar")
+    with pytest.raises(SampleError, match="too_many_pixels"):
+        sample_image(next(read_shard(url)), max_pixels=5000)
+    assert sample_image(next(read_shard(url))).size == (80, 80)  # the default cap lets it through
+    datamodule = SSLImageDataModule(shards=url, image_size=16, batch_size=1, num_workers=0, max_pixels=5000,
+                                    grayscale=False, pin_memory=False)
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())
+    assert [b["key"] for b in batches] == [["small"], ["small"]]  # the epoch is padded with the good sample
+    monitor = DataHealthMonitor(max_failure_rate=1.0)
+    for batch in [files_batch, *batches]:
+        monitor._count(mock.MagicMock(), batch)
+    # the file and each read of the shard's big image (the padding pass reads it again), under one reason
+    assert set(monitor.reasons) == {"too_many_pixels"} and monitor.failed == monitor.reasons["too_many_pixels"] >= 2
+
+
+
+@pytest.fixture
+def http_shards(image_shards: str, tmp_path: Path):
+    """Two of the image shards served as http://127.0.0.1:<port>/{000000..000001}.tar by a local threaded server."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    local = expand_shards(image_shards)[:2]
+    for i, url in enumerate(local):
+        (served / f"{i:06d}.tar").write_bytes(Path(url).read_bytes())
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", local
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_shards_are_read_and_extracted(http_shards, published: Path, tmp_path: Path) -> None:
+    """https:// and http:// shard URLs stream through webdataset's gopen (curl): every sample, in shard order."""
+    from mmpretrain.cli.extract import extract
+    from mmpretrain.embeddings import open_store
+
+    base, local = http_shards
+    pattern = f"{base}/{{000000..000001}}.tar"
+    urls = expand_shards(pattern)
+    assert urls == [f"{base}/000000.tar", f"{base}/000001.tar"]
+    keys = [s["__key__"] for u in local for s in read_shard(u)]
+    assert shard_counts(urls) == [12, 12]  # no shards.json for remote shards: counted by reading them
+    ds = ShardDataset(urls, [12, 12], lambda raw: {"png": len(raw["png"])}, batch_size=1, train=False, pad=False)
+    assert [s["key"] for s in ds] == keys
+    summary = extract(compose_cfg("extract.yaml", _extract_overrides(published, pattern, tmp_path / "s"), tmp_path))
+    assert summary["count"] == 24 and summary["failed"] == 0 and summary["shards"] == 2
+    assert open_store(tmp_path / "s").metadata().to_pydict()["id"] == keys
+    missing = list(read_shard(f"{base}/000009.tar"))  # a 404: curl fails, the shard is reported, nothing is read
+    assert len(missing) == 1 and missing[0]["__error__"] == "truncated_shard"

@@ -1,5 +1,6 @@
-"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...`,
-`mmpretrain-eval task=fewshot encoder=<checkpoint> data.root=<labeled images> n_way=5 n_shot=[1,5]` (or `store=`), and
+"""`mmpretrain-eval task=<knn|linear> encoder=<checkpoint> data.train_root=... data.val_root=...` (or labelled shards:
+`data.shards=... data.val_shards=...`), `mmpretrain-eval task=fewshot encoder=<checkpoint> data.root=<labeled images>
+n_way=5 n_shot=[1,5]` (or `data.shards=`, or `store=`), and
 `mmpretrain-eval task=retrieval encoder=<video checkpoint> data.manifest=<held-out videos>`."""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mmpretrain.fewshot import (
     sample_episodes,
     split_classes,
 )
-from mmpretrain.fewshot.inputs import ImageInput, LabeledInput, StoreInput
+from mmpretrain.fewshot.inputs import ImageInput, LabeledInput, ShardImageInput, StoreInput
 from mmpretrain.hub import build_model, load_checkpoint
 from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
 
@@ -83,21 +84,29 @@ def _fewshot_encoder(cfg: DictConfig, device: str) -> ImageEncoder:
 
 
 def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
-    """Labeled rows from `store=...`, or from `encoder=...` applied to the images in `data.root=...`."""
-    encoder, store, root = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root")
+    """Labeled rows from `store=...`, or from `encoder=...` applied to the images in `data.root=...` or in the
+    labelled shards `data.shards=...`."""
+    encoder, store, root, shards = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root"), cfg.data.get("shards")
+    if root and shards:
+        raise ConfigError(f"task=fewshot: give data.root=... or data.shards=..., not both (data.root={root}, "
+                          f"data.shards={shards})")
     if store:
-        if encoder or root:
+        if encoder or root or shards:
             raise ConfigError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
-                             f"(store={store}, encoder={encoder}, data.root={root})")
+                             f"(store={store}, encoder={encoder}, data.root={root or shards})")
         if cfg.random_init:
             raise ConfigError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
         return StoreInput(store)
     if not encoder:
         raise ConfigError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
                          "list or manifest>, or store=<embedding store with a label column>")
+    if shards:
+        shards = list(shards) if isinstance(shards, ListConfig) else str(shards)
+        return ShardImageInput(_fewshot_encoder(cfg, device), shards, batch_size=cfg.data.batch_size)
     if not root:
         raise ConfigError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
-                         "class), file list or manifest> holding the images to evaluate on")
+                         "class), file list or manifest> or data.shards=<labelled shards> holding the images to "
+                         "evaluate on")
     return ImageInput(_fewshot_encoder(cfg, device), root, batch_size=cfg.data.batch_size)
 
 

@@ -37,7 +37,7 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     if is_shard_input(cfg.input):
         log.info("extracting WebDataset shards %s with %s (dim %d) into %s", cfg.input, encoder.name,
                  encoder.embed_dim, cfg.output)
-        summary = run_shard_extraction(encoder, cfg.input, cfg.output, trainer, **options)
+        summary = run_shard_extraction(encoder, cfg.input, cfg.output, trainer, max_pixels=cfg.max_pixels, **options)
         if summary is not None:
             log.info("wrote %s", summary)
         return summary

@@ -12,7 +12,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, ImageDataset, looks_grayscale
-from mmpretrain.data.shards import ImageShardDecoder, ShardDataset, expand_shards, shard_counts, shard_loader
+from mmpretrain.data.shards import (
+    ImageShardDecoder,
+    ShardDataset,
+    expand_shards,
+    shard_counts,
+    shard_loader,
+    shard_vocabulary,
+)
 from mmpretrain.data.sources import ImageSource, image_source, labeled_folder
 from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
@@ -22,7 +29,7 @@ from mmpretrain.data.transforms import (
     linear_train_transform,
     moby_transform,
 )
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +209,9 @@ class SSLImageDataModule(SampledLoaders):
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:
             world, rank = self._world()
-            dataset = ShardDataset(*self.shard_list, ImageShardDecoder(self.train_transform), self.batch_size, world,
-                                   rank, self.num_workers, self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
+            decoder = ImageShardDecoder(self.train_transform, max_pixels=self.hparams.max_pixels)
+            dataset = ShardDataset(*self.shard_list, decoder, self.batch_size, world, rank, self.num_workers,
+                                   self.seed, shuffle_buffer=self.hparams.shuffle_buffer)
             return shard_loader(dataset, self.batch_size, self.pin_memory)
         dataset = ImageDataset(self.source.paths, self.train_transform, max_redraws=self.hparams.max_redraws,
                                max_pixels=self.hparams.max_pixels)
@@ -220,12 +228,21 @@ class SSLImageDataModule(SampledLoaders):
 
 
 class LabeledImageDataModule(SampledLoaders):
-    """Two labeled folders (train, val) for linear evaluation: the paper's RRC+flip train and resize+crop test."""
+    """Labeled train and val images for kNN and linear evaluation: the paper's RRC+flip train and resize+crop test.
+
+    Two folders (one subfolder per class), or two sets of WebDataset shards: ``shards`` (train) and ``val_shards``,
+    labelled by ``{key}.cls`` (a class index) or the ``label`` of ``{key}.json``, with the class list from their
+    ``shards.json`` (see `mmpretrain.data.shards.shard_vocabulary`). Training shards are read as MoBY's (exact
+    split with padding); evaluation reads every sample once.
+    """
 
     def __init__(
         self,
-        train_root: str,
-        val_root: str,
+        train_root: str | None = None,
+        val_root: str | None = None,
+        shards: str | Sequence[str] | None = None,
+        val_shards: str | Sequence[str] | None = None,
+        shuffle_buffer: int = 256,
         image_size: int = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -244,38 +261,75 @@ class LabeledImageDataModule(SampledLoaders):
         self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std, interpolation)
         self.train_source: ImageSource | None = None
         self.val_source: ImageSource | None = None
+        self.shard_lists: dict[str, tuple[list[str], list[int]]] = {}
+        self.classes: list[str] | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_source is None:
-            self.train_source = labeled_folder(self.hparams.train_root, key="data.train_root")
-            self.val_source = labeled_folder(self.hparams.val_root, key="data.val_root")
-            if self.train_source.classes != self.val_source.classes:
-                raise ConfigError(
-                    f"data.train_root and data.val_root have different classes: "
-                    f"{self.train_source.classes} vs {self.val_source.classes}"
-                )
+        if self.classes is not None:
+            return
+        hp = self.hparams
+        if bool(hp.shards) != bool(hp.val_shards):
+            raise ConfigError(f"set both data.shards and data.val_shards (train and val shards), or neither "
+                              f"(data.shards={hp.shards!r}, data.val_shards={hp.val_shards!r})")
+        if not hp.shards and not (hp.train_root and hp.val_root):
+            raise ConfigError("set data.train_root and data.val_root (labeled folders, one subfolder per class) or "
+                              "data.shards and data.val_shards (labelled WebDataset shards)")
+        if hp.shards:
+            vocabularies = {}
+            for key in ("shards", "val_shards"):
+                urls = expand_shards(hp[key], key=f"data.{key}")
+                self.shard_lists[key] = (urls, shard_counts(urls))
+                vocabularies[key] = shard_vocabulary(urls, key=f"data.{key}")["classes"]
+                if not vocabularies[key]:
+                    raise DataError(f"data.{key}={hp[key]!r}: no sample has a label (a .cls member or a 'label' in "
+                                    "its .json); write labelled shards with scripts/make_shards.py from a folder with "
+                                    "one subfolder per class")
+            if vocabularies["shards"] != vocabularies["val_shards"]:
+                raise ConfigError(f"data.shards and data.val_shards have different classes: "
+                                  f"{vocabularies['shards']} vs {vocabularies['val_shards']}")
+            self.classes = vocabularies["shards"]
+            return
+        self.train_source = labeled_folder(hp.train_root, key="data.train_root")
+        self.val_source = labeled_folder(hp.val_root, key="data.val_root")
+        if self.train_source.classes != self.val_source.classes:
+            raise ConfigError(
+                f"data.train_root and data.val_root have different classes: "
+                f"{self.train_source.classes} vs {self.val_source.classes}"
+            )
+        self.classes = self.train_source.classes
 
     @property
     def num_classes(self) -> int:
         self.setup()
-        return len(self.train_source.classes)
+        return len(self.classes)
+
+    def _shards(self, key: str, transform: Callable, train: bool) -> DataLoader:
+        world, rank = self._world() if train else (1, 0)
+        decoder = ImageShardDecoder(transform, {name: i for i, name in enumerate(self.classes)},
+                                    self.hparams.max_pixels)
+        dataset = ShardDataset(*self.shard_lists[key], decoder, self.batch_size, world, rank, self.num_workers,
+                               self.seed, train=train, pad=train, shuffle_buffer=self.hparams.shuffle_buffer,
+                               key=f"data.{key}")
+        return shard_loader(dataset, self.batch_size, self.pin_memory)
+
+    def _images(self, source: ImageSource, transform: Callable) -> ImageDataset:
+        return ImageDataset(source.paths, transform, source.labels, self.hparams.max_redraws, self.hparams.max_pixels)
 
     def train_dataloader(self) -> DataLoader:
-        s = self.train_source
-        dataset = ImageDataset(s.paths, self.train_transform, s.labels, self.hparams.max_redraws,
-                                    self.hparams.max_pixels)
+        if self.shard_lists:
+            return self._shards("shards", self.train_transform, train=True)
+        dataset = self._images(self.train_source, self.train_transform)
         return self._train_loader(dataset, f"data.train_root={self.hparams.train_root}")
 
     def val_dataloader(self) -> DataLoader:
-        s = self.val_source
-        return self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws,
-                                    self.hparams.max_pixels))
+        if self.shard_lists:
+            return self._shards("val_shards", self.eval_transform, train=False)
+        return self._eval_loader(self._images(self.val_source, self.eval_transform))
 
     def eval_loaders(self) -> tuple[DataLoader, DataLoader]:
         """Both splits with the deterministic test pipeline: what kNN evaluation reads."""
         self.setup()
-        return tuple(
-            self._eval_loader(ImageDataset(s.paths, self.eval_transform, s.labels, self.hparams.max_redraws,
-                                    self.hparams.max_pixels))
-            for s in (self.train_source, self.val_source)
-        )
+        if self.shard_lists:
+            return tuple(self._shards(key, self.eval_transform, train=False) for key in ("shards", "val_shards"))
+        sources = (self.train_source, self.val_source)
+        return tuple(self._eval_loader(self._images(s, self.eval_transform)) for s in sources)

@@ -24,7 +24,23 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageReadError(DataError):
-    """An image input refused before decoding (not a regular file, or more pixels than allowed); names the file."""
+    """An image input refused before decoding (not a regular file, or more pixels than allowed); names the file.
+
+    ``reason`` is the short name the health monitor counts it under (``unreadable_file``, ``too_many_pixels``).
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable_file") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.args[0], self.reason)
+
+
+def failure_reason(err: BaseException) -> str:
+    """What an image that could not be read is counted as, from a file or from a shard alike: the refusal's reason
+    (:class:`ImageReadError`), else ``undecodable_image``."""
+    return err.reason if isinstance(err, ImageReadError) else "undecodable_image"
 
 
 def open_image(source: str | io.BytesIO, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -48,7 +64,8 @@ def open_image(source: str | io.BytesIO, max_pixels: int | None = DEFAULT_MAX_PI
     if max_pixels is not None and width * height > max_pixels:
         img.close()
         raise ImageReadError(f"{source}: {width}x{height} = {width * height} pixels is more than max_pixels="
-                             f"{max_pixels}; raise the cap (data.max_pixels / max_pixels) to read it")
+                             f"{max_pixels}; raise the cap (data.max_pixels / max_pixels) to read it",
+                             "too_many_pixels")
     return img
 
 
@@ -78,7 +95,8 @@ def transform_file(
 class ImageDataset(Dataset):
     """Images from a list of paths; a file that fails to decode is replaced by a re-draw of another file.
 
-    Each sample carries `failed`, the number of files that failed before it loaded, so the count reaches
+    Each sample carries `failed`, the number of files that failed before it loaded (and `failed_reasons`, their
+    reasons by :func:`failure_reason`, comma-separated), so the count reaches
     the main process through the batch whatever the number of DataLoader workers; `DataHealthMonitor`
     sums it and aborts past a failure rate. Re-draws are seeded by the index, so they are reproducible.
 
@@ -111,13 +129,14 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = random.Random(index)
-        candidate, failed = index, 0
+        candidate, failed, reasons = index, 0, []
         while True:
             path = self.paths[candidate]
             try:
                 out = transform_file(path, self.transform, self.max_pixels)
             except Exception as err:  # PIL raises many exception types for bad files
                 failed += 1
+                reasons.append(failure_reason(err))
                 log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)
                 if failed > self.max_redraws:
                     raise RuntimeError(
@@ -126,7 +145,7 @@ class ImageDataset(Dataset):
                     ) from err
                 candidate = rng.randrange(len(self.paths))
                 continue
-            sample: dict[str, Any] = {"index": candidate, "failed": failed}
+            sample: dict[str, Any] = {"index": candidate, "failed": failed, "failed_reasons": ",".join(reasons)}
             if isinstance(out, tuple | list):
                 sample["views"] = list(out)
             else:

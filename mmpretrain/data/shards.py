@@ -15,6 +15,10 @@ repeats; when the shards split evenly (equal slot loads that are a multiple of t
 The sample counts come from ``shards.json`` next to the shards
 (``scripts/make_shards.py`` writes it) or, failing that, from one read-through at start-up.
 
+``shards.json`` holds ``counts`` (samples per shard file) and the vocabularies of labelled shards: ``classes`` (the
+class names, index = class id; a ``.cls`` integer is an index into it) and ``tags`` (sorted). Labelled readers take
+them from there, or collect them by reading the shards once (`shard_vocabulary`).
+
 A resumed run restarts at the start of its epoch: Lightning calls ``set_epoch`` with the restored epoch, and the
 permutation and every shuffle depend only on (seed, epoch, slot).
 
@@ -26,6 +30,7 @@ A shard that ends early (cut off, or a member header that does not parse) is nam
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -44,7 +49,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mmpretrain._io import write_text_atomic
-from mmpretrain.data.dataset import load_rgb, transform_file
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, failure_reason, load_rgb, transform_file
+from mmpretrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +104,37 @@ def shard_name(url: str) -> str:
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard (``__key__``, ``__url__`` and one entry per member extension), in tar order.
 
-    When the shard ends early a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
+    When the shard ends early, or cannot be read at all (a missing file, an ``https://`` shard the server refuses:
+    curl's exit status), a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
     """
-    stream = wds.gopen(url)
-    count = 0
+    count, error, rest = 0, None, b""
     try:
-        try:
-            files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
-            for sample in group_by_keys(files):
-                count += 1
-                yield sample
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, err.args[0])
-            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": str(err.args[0])}
-            return
-        rest = stream.read()  # a tar ends in zero blocks: data after the end means a member header did not parse
-        if rest and rest.strip(b"\0"):
+        stream = wds.gopen(url)
+    except (OSError, ValueError) as err:
+        stream, error = None, err
+    try:
+        if stream is not None:
+            try:
+                files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
+                for sample in group_by_keys(files):
+                    count += 1
+                    yield sample
+                rest = stream.read()  # a tar ends in zero blocks: data after the end means a header did not parse
+                stream.close()  # a pipe (pipe:, https://) reports its command's failure here
+            except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                error = err
+        if error is not None:
+            detail = str(error.args[0]) if error.args else type(error).__name__
+            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, detail)
+            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": detail}
+        elif rest and rest.strip(b"\0"):
             log.warning("shard %s has a corrupt member header after %d samples; %d bytes after it are lost",
                         url, count, len(rest))
             yield {"__error__": "corrupt_member", "__url__": url, "__detail__": f"{len(rest)} bytes unread"}
     finally:
-        stream.close()
+        if stream is not None:
+            with contextlib.suppress(OSError):  # a reader that stopped early ends the command; its status is moot
+                stream.close()
 
 
 def count_samples(url: str) -> int:
@@ -126,18 +142,35 @@ def count_samples(url: str) -> int:
     return sum(1 for s in read_shard(url) if "__error__" not in s)
 
 
-def shard_counts(urls: Sequence[str]) -> list[int]:
-    """Sample count of each shard: from ``shards.json`` beside local shards, else by reading the shard."""
-    indexes: dict[str, dict[str, int]] = {}
-    counts, read = [], 0
+def read_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """A folder's ``shards.json`` as ``{"counts": {...}, "classes": [...], "tags": [...]}`` ({} parts when absent;
+    the earlier layout, a bare ``{shard: count}`` mapping, reads as its counts)."""
+    index = Path(folder) / INDEX_FILE
+    data = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    if "counts" not in data:
+        data = {"counts": {k: v for k, v in data.items() if isinstance(v, int)}}
+    return data
+
+
+def _local_indexes(urls: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``shards.json`` of each local shard's folder, by URL (remote shards have none)."""
+    folders: dict[str, dict[str, Any]] = {}
+    found = {}
     for url in urls:
-        count = None
         if _is_local(url):
             folder = str(Path(url).parent)
-            if folder not in indexes:
-                index = Path(folder) / INDEX_FILE
-                indexes[folder] = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
-            count = indexes[folder].get(shard_name(url))
+            if folder not in folders:
+                folders[folder] = read_index(folder)
+            found[url] = folders[folder]
+    return found
+
+
+def shard_counts(urls: Sequence[str]) -> list[int]:
+    """Sample count of each shard: from ``shards.json`` beside local shards, else by reading the shard."""
+    indexes = _local_indexes(urls)
+    counts, read = [], 0
+    for url in urls:
+        count = indexes[url]["counts"].get(shard_name(url)) if url in indexes else None
         if count is None:
             count, read = count_samples(url), read + 1
         counts.append(int(count))
@@ -145,6 +178,66 @@ def shard_counts(urls: Sequence[str]) -> list[int]:
         log.info("counted the samples of %d shards by reading them (write %s with scripts/make_shards.py to skip "
                  "this)", read, INDEX_FILE)
     return counts
+
+
+def _vocabulary_of(samples: Iterator[dict[str, Any]]) -> tuple[set, set]:
+    """Labels (``.cls`` integers or the ``.json`` ``label``) and tags of samples; unparseable members are skipped."""
+    labels, tags = set(), set()
+    for raw in samples:
+        if "__error__" in raw:
+            continue
+        try:
+            label = sample_label(raw)
+            meta = sample_json(raw)
+        except SampleError:
+            continue
+        if label is not None:
+            labels.add(label if isinstance(label, int) else str(label))
+        if isinstance(meta.get("tags"), list):
+            tags.update(str(t) for t in meta["tags"])
+    return labels, tags
+
+
+def class_names(labels: set, where: str) -> list[str]:
+    """Sorted class names; ``.cls`` integers without names become ``"0" .. "max"``."""
+    ints = {x for x in labels if isinstance(x, int)}
+    if ints and len(ints) != len(labels):
+        raise DataError(f"{where}: labels mix .cls integers and class names; give one kind (or a class list in "
+                        f"{INDEX_FILE})")
+    if ints:
+        if min(ints) < 0:
+            raise DataError(f"{where}: negative .cls label {min(ints)}")
+        return [str(i) for i in range(max(ints) + 1)]
+    return sorted(labels)
+
+
+def shard_vocabulary(urls: Sequence[str], key: str = "data.shards") -> dict[str, list[str]]:
+    """``{"classes": [...], "tags": [...]}`` of labelled shards, for class ids and multi-hot tags.
+
+    From ``shards.json`` beside local shards (`write_shards` records both); shards without it (remote, or written by
+    another tool) are read once for their ``.cls`` / ``.json`` ``label`` and ``tags``. Several folders: the union
+    (sorted, like a manifest's label list), unless they all give the same list.
+    """
+    indexes = _local_indexes(urls)
+    lists = {"classes": [], "tags": []}
+    unlisted = [url for url in urls if url not in indexes or "classes" not in indexes[url]]
+    for field in lists:
+        seen = []
+        for url in urls:
+            if url in indexes and field in indexes[url] and indexes[url][field] not in seen:
+                seen.append(indexes[url][field])
+        lists[field] = seen[0] if len(seen) == 1 else sorted({x for names in seen for x in names})
+    if unlisted:
+        log.info("reading %d shards for their labels and tags (%s has no class list)", len(unlisted), INDEX_FILE)
+        labels, tags = _vocabulary_of(s for url in unlisted for s in read_shard(url))
+        where = f"{key}={unlisted[0]}" if len(unlisted) == 1 else f"{key} ({len(unlisted)} shards)"
+        names = class_names(labels, where)
+        if not lists["classes"]:
+            lists["classes"] = names
+        elif not set(names) <= set(lists["classes"]):
+            lists["classes"] = sorted(set(lists["classes"]) | set(names))
+        lists["tags"] = sorted(set(lists["tags"]) | tags)
+    return lists
 
 
 def deal_shards(counts: Sequence[int], slots: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
@@ -354,42 +447,59 @@ def _image_member(raw: dict[str, Any]) -> str:
     return ext
 
 
-def sample_image(raw: dict[str, Any]) -> Image.Image:
-    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none or it does not decode."""
+def _image_error(raw: dict[str, Any], ext: str, err: Exception) -> SampleError:
+    """A shard image that cannot be read, under the reason a file would get (`failure_reason`)."""
+    return SampleError(failure_reason(err), f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}")
+
+
+def sample_image(raw: dict[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The sample's image, fully decoded as RGB; raises `SampleError` when it has none, it has more than
+    ``max_pixels`` (read from its header, as for files) or it does not decode."""
     ext = _image_member(raw)
     try:
-        return load_rgb(io.BytesIO(raw[ext]))
+        return load_rgb(io.BytesIO(raw[ext]), max_pixels)
     except Exception as err:  # PIL raises many exception types for bad bytes
-        raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+        raise _image_error(raw, ext, err) from err
 
 
 class ImageShardDecoder:
     """Raw shard sample -> the dict `ImageDataset` gives (``views`` or ``image``, optional ``label``); picklable.
 
-    ``labels`` maps a class name to its index (a ``.cls`` integer is used as it is).
+    ``labels`` maps a class name to its index (a ``.cls`` integer is used as it is); ``max_pixels`` refuses larger
+    images from their header (``data.max_pixels``, as for files: counted as ``too_many_pixels``).
     """
 
-    def __init__(self, transform: Callable[[Image.Image], Any], labels: dict[str, int] | None = None) -> None:
+    def __init__(self, transform: Callable[[Image.Image], Any], labels: dict[str, int] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.transform = transform
         self.labels = labels
+        self.max_pixels = max_pixels
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         ext = _image_member(raw)
         try:
-            out = transform_file(io.BytesIO(raw[ext]), self.transform)
+            out = transform_file(io.BytesIO(raw[ext]), self.transform, self.max_pixels)
         except Exception as err:  # PIL raises many exception types for bad bytes
-            raise SampleError("undecodable_image", f"{raw['__key__']}.{ext}: {type(err).__name__}: {err}") from err
+            raise _image_error(raw, ext, err) from err
         sample: dict[str, Any] = {"views": list(out)} if isinstance(out, tuple | list) else {"image": out}
         if self.labels is not None:
-            label = sample_label(raw)
-            if label is None:
-                raise SampleError("missing_label", f"{raw['__key__']} has no .cls nor a 'label' in its .json")
-            if not isinstance(label, int):
-                if str(label) not in self.labels:
-                    raise SampleError("unknown_label", f"{raw['__key__']}: label {label!r} not in the class list")
-                label = self.labels[str(label)]
-            sample["label"] = label
+            sample["label"] = class_index(raw, self.labels)
         return sample
+
+
+def class_index(raw: dict[str, Any], classes: dict[str, int]) -> int:
+    """The sample's class id: its ``.cls`` integer (an index into the class list) or its ``.json`` ``label`` looked
+    up in ``classes`` (name -> id); `SampleError` ``missing_label`` / ``unknown_label`` otherwise."""
+    label = sample_label(raw)
+    if label is None:
+        raise SampleError("missing_label", f"{raw['__key__']} has no .cls nor a 'label' in its .json")
+    if isinstance(label, int):
+        if not 0 <= label < len(classes):
+            raise SampleError("unknown_label", f"{raw['__key__']}.cls: class {label}, the list has {len(classes)}")
+        return label
+    if str(label) not in classes:
+        raise SampleError("unknown_label", f"{raw['__key__']}: label {label!r} not in the class list")
+    return classes[str(label)]
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -397,21 +507,38 @@ class ImageShardDecoder:
 
 def write_shards(
     samples: Iterator[dict[str, Any]], output: str | os.PathLike, prefix: str = "shard", maxcount: int = 1000,
-    maxsize: float = 1e9,
+    maxsize: float = 1e9, classes: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write samples (``__key__`` + members as bytes/str) to ``output/{prefix}-NNNNNN.tar`` with
-    ``webdataset.ShardWriter``, and their counts to ``shards.json`` so readers need not count them."""
+    ``webdataset.ShardWriter``, and to ``shards.json`` their counts (so readers need not count them) and vocabularies:
+    ``classes`` as given (the source's class order) or the sorted labels seen, ``tags`` sorted.
+
+    Shards written into a folder that already has some (another prefix: a train and a val split) are added to its
+    ``shards.json``; the vocabularies then hold both splits' (the union, sorted, when they differ)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+
+    def noted(items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in items:
+            yield {k: v.encode("utf-8") if isinstance(v, str) and not k.startswith("__") else v
+                   for k, v in sample.items()}
+
     with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0,
                          post=None, start_shard=0) as writer:
-        for sample in samples:
+        labels, tags = set(), set()
+        for sample in noted(samples):
             writer.write(sample)
             counts[shard_name(writer.fname)] = counts.get(shard_name(writer.fname), 0) + 1
-    index = out / INDEX_FILE
-    previous = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
-    write_text_atomic(index, json.dumps({**previous, **counts}, indent=1, sort_keys=True) + "\n")
+            found = _vocabulary_of(iter([sample]))
+            labels, tags = labels | found[0], tags | found[1]
+    names = list(classes) if classes is not None else class_names(labels, str(out))
+    index = read_index(out)
+    for field, values in (("classes", names), ("tags", sorted(tags))):
+        before = index.get(field)
+        index[field] = values if before in (None, [], values) else sorted(set(before) | set(values))
+    index["counts"] = {**index["counts"], **counts}
+    write_text_atomic(out / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return [out / name for name in sorted(counts)]
 
 

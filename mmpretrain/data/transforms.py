@@ -12,6 +12,8 @@ from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms as T
 
+from mmpretrain.data.color import fast_twin
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # torchvision interpolation names a checkpoint's preprocessing may ask for
@@ -99,8 +101,9 @@ class TwoViewTransform:
       output's pixels, the JPEG is decoded at that reduced size and the boxes are scaled: the crop then comes from
       the same region with the same output resolution, only the full-size decode is skipped. Other formats, and
       crops that need full resolution, decode as usual. Pass an image opened but not yet loaded (``lazy``).
-    - Crop and resize are one ``Image.resize(box=...)`` call; flip, colour jitter, grayscale, blur (PIL's, see
-      :class:`GaussianBlur`) and solarize are the views' own ops.
+    - Crop and resize are one ``Image.resize(box=...)`` call; flip, grayscale, blur (PIL's, see
+      :class:`GaussianBlur`) and solarize are the views' own ops. Colour jitter is
+      :class:`~mmpretrain.data.color.FastColorJitter`: torchvision's draws and pixels, its hue step vectorized.
     - ToTensor and Normalize are one fused step.
     """
 
@@ -119,7 +122,7 @@ class TwoViewTransform:
             raise ValueError("a BYOL view starts with RandomResizedCrop and ends with ToTensor, Normalize")
         mean = torch.tensor(norm.mean, dtype=torch.float32).view(3, 1, 1) * 255
         std = torch.tensor(norm.std, dtype=torch.float32).view(3, 1, 1) * 255
-        return {"crop": crop, "middle": ops[1:-2], "mean": mean, "std": std}
+        return {"crop": crop, "middle": [fast_twin(op) for op in ops[1:-2]], "mean": mean, "std": std}
 
     @staticmethod
     def _box(plan: dict, image: Image.Image) -> tuple[int, int, int, int]:
@@ -139,8 +142,10 @@ class TwoViewTransform:
         out = image.resize((crop.size[1], crop.size[0]), _PIL_RESAMPLE[crop.interpolation], box=box)
         for op in plan["middle"]:
             out = op(out)
-        pixels = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-        return pixels.sub_(plan["mean"]).div_(plan["std"])
+        pixels = torch.from_numpy(np.asarray(out, dtype=np.uint8).copy())
+        if pixels.ndim == 2:  # a grey view kept single-channel (FastGrayscale): RGB's three equal channels
+            return (pixels.float().expand(3, *pixels.shape) - plan["mean"]) / plan["std"]
+        return pixels.permute(2, 0, 1).float().sub_(plan["mean"]).div_(plan["std"])
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         size = image.size

@@ -12,14 +12,22 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from mmpretrain.data.shards import (
+    SampleError,
+    class_index,
+    expand_shards,
+    read_shard,
+    sample_image,
+    shard_vocabulary,
+)
 from mmpretrain.data.sources import read_image_input
 from mmpretrain.embeddings import open_store
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
 
-__all__ = ["ImageInput", "LabeledInput", "StoreInput"]
+__all__ = ["ImageInput", "LabeledInput", "ShardImageInput", "StoreInput"]
 
 
 class LabeledInput(Protocol):
@@ -99,3 +107,63 @@ class ImageInput:
     def features(self) -> np.ndarray:
         """Every image's embedding, in input order."""
         return self.encoder.encode_images(self.images.paths, batch_size=self.batch_size, normalize=False)
+
+
+class ShardImageInput:
+    """Labelled WebDataset shards and the encoder to embed their images, in shard order.
+
+    Labels are the class names of ``{key}.cls`` class ids or of the ``label`` of ``{key}.json``, by the shards'
+    class list (`mmpretrain.data.shards.shard_vocabulary`), as a labelled folder gives its subfolder names. The
+    labels come from one read of the shards, the features from a second one.
+
+    Raises:
+        DataError: shards without labels, a sample without a usable label or image, or a damaged shard (few-shot
+            episodes need every row), naming ``key`` and the sample.
+    """
+
+    def __init__(
+        self, encoder: ImageEncoder, shards: str | list[str], batch_size: int = 64, key: str = "data.shards"
+    ) -> None:
+        self.encoder, self.batch_size, self.key = encoder, batch_size, key
+        self.urls = expand_shards(shards, key=key)
+        self.where = f"{key}={shards}"
+        self.encoder_name = encoder.name
+        self.classes = shard_vocabulary(self.urls, key)["classes"]
+        if not self.classes:
+            raise DataError(f"{self.where}: no sample has a label (a .cls member or a 'label' in its .json)")
+        ids = {name: i for i, name in enumerate(self.classes)}
+        self.keys, labels = [], []
+        for raw in self._samples():
+            labels.append(self.classes[self._checked(lambda r=raw: class_index(r, ids), raw)])
+            self.keys.append(raw["__key__"])
+        self.labels = np.asarray(labels)  # class names, as a labelled folder gives them
+
+    def _samples(self):
+        for url in self.urls:
+            for raw in read_shard(url):
+                if "__error__" in raw:
+                    raise DataError(f"{self.where}: shard {url} is damaged ({raw['__error__']}: {raw['__detail__']})")
+                yield raw
+
+    def _checked(self, read, raw: dict):
+        try:
+            return read()
+        except SampleError as err:
+            raise DataError(f"{self.where}: sample {raw['__key__']} of {raw['__url__']}: {err}") from err
+
+    def features(self) -> np.ndarray:
+        """Every sample's embedding (raw, as `ImageInput`), in label order."""
+        parts, batch, position = [], [], 0
+        for raw in self._samples():
+            if position >= len(self.keys) or raw["__key__"] != self.keys[position]:
+                raise DataError(f"{self.where}: the shards changed between reading the labels and the images")
+            batch.append(self._checked(lambda r=raw: sample_image(r), raw))
+            position += 1
+            if len(batch) == self.batch_size:
+                parts.append(self.encoder.encode_images(batch, batch_size=self.batch_size, normalize=False))
+                batch = []
+        if batch:
+            parts.append(self.encoder.encode_images(batch, batch_size=self.batch_size, normalize=False))
+        if position != len(self.keys):
+            raise DataError(f"{self.where}: the shards changed between reading the labels and the images")
+        return np.concatenate(parts)

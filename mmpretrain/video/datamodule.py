@@ -11,8 +11,8 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from mmpretrain.data.datamodule import SampledLoaders
-from mmpretrain.data.shards import ShardDataset, expand_shards, shard_counts, shard_loader
-from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.data.shards import ShardDataset, expand_shards, shard_counts, shard_loader, shard_vocabulary
+from mmpretrain.errors import ConfigError, DataError, MissingPathError
 from mmpretrain.models import create_tokenizer, tokenizer_from_json
 from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset, collate_videos
 from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
@@ -73,7 +73,8 @@ class VideoDataModule(SampledLoaders):
         backend / pyav_mode: decoding (decord with PyAV fallback, or PyAV only).
         frames_dir / val_frames_dir: pre-extracted frame shards (``scripts/prepare_frames.py``) instead of decoding.
         crop_scale: random resized crop area range for training clips (same crop for every frame).
-        with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning).
+        with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning), or from the
+            shards' ``.json`` ``label`` / ``tags`` with the class and tag lists of their ``shards.json``.
         shards / val_shards: WebDataset shards in video2dataset's layout instead of the manifests (see
             `mmpretrain.video.shards`; epochs as in `mmpretrain.data.shards`); no validation without ``val_shards``.
             ``require_caption``: a sample without a caption (``.txt`` or the json's ``caption``) is skipped and counted
@@ -136,13 +137,12 @@ class VideoDataModule(SampledLoaders):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if hp.shards:
-            if hp.with_labels or hp.with_tags:
-                raise ValueError("data.with_labels / data.with_tags need a manifest: class and tag vocabularies are "
-                                 "not read from data.shards")
             for key in ("shards", "val_shards"):
                 if hp[key] and key not in self.shard_lists:
                     urls = expand_shards(hp[key], key=f"data.{key}")
                     self.shard_lists[key] = (urls, shard_counts(urls))
+            if (hp.with_labels and self.labels is None) or (hp.with_tags and self.tags is None):
+                self._shard_vocabularies()
             return
         if self.train_records:
             return
@@ -166,6 +166,23 @@ class VideoDataModule(SampledLoaders):
             self.tags = tag_vocab(everything)
             if not self.tags:
                 raise ConfigError(f"data.with_tags=true but no record of {hp.train_manifest} has 'tags'")
+
+    def _shard_vocabularies(self) -> None:
+        """Class and tag lists of the train and val shards together, as a manifest's are of all its records: from
+        their ``shards.json``, or one read of their ``.json`` members (`shard_vocabulary`)."""
+        hp = self.hparams
+        urls = [u for key in ("shards", "val_shards") if key in self.shard_lists for u in self.shard_lists[key][0]]
+        where = f"data.shards={hp.shards!r}" + (f" / data.val_shards={hp.val_shards!r}" if hp.val_shards else "")
+        vocabulary = shard_vocabulary(urls, key="data.shards")
+        if hp.with_labels:
+            self.labels = vocabulary["classes"]
+            if not self.labels:
+                raise DataError(f"data.with_labels=true but no sample of {where} has a 'label' in its .json "
+                                "(video2dataset metadata, or scripts/make_shards.py from a manifest with labels)")
+        if hp.with_tags:
+            self.tags = vocabulary["tags"]
+            if not self.tags:
+                raise DataError(f"data.with_tags=true but no sample of {where} has 'tags' in its .json")
 
     def dataset(self, records: Sequence[VideoRecord], train: bool, frames_dir: str | None) -> VideoTextDataset:
         hp = self.hparams
@@ -192,7 +209,7 @@ class VideoDataModule(SampledLoaders):
         reader = ClipReader(hp.num_frames, (hp.image_size, hp.image_size), train, hp.sampling, hp.stride, hp.backend,
                             hp.pyav_mode, tuple(hp.crop_scale) if train else (1.0, 1.0))
         world, rank = self._world()
-        decoder = VideoShardDecoder(reader, SampleVocab(), hp.seed, hp.require_caption)
+        decoder = VideoShardDecoder(reader, SampleVocab(self.labels, self.tags), hp.seed, hp.require_caption)
         return ShardDataset(*self.shard_lists[key], decoder, self.batch_size, world, rank, self.num_workers, hp.seed,
                             train=train, pad=train, shuffle_buffer=hp.shuffle_buffer, key=f"data.{key}")
 

@@ -272,6 +272,10 @@ class VideoFinetune(pl.LightningModule):
             key = "num_classes" if self.task == "classify" else "num_tags"
             raise ConfigError(f"model.{key} is null and the datamodule provides no {key[4:]} to size the head")
         records = getattr(datamodule, "train_records", None)
+        from_shards = getattr(getattr(datamodule, "hparams", None), "shards", None)
+        if stage == "fit" and self.hparams.class_weighting != "none" and from_shards:
+            raise ConfigError(f"model.class_weighting={self.hparams.class_weighting} needs the training label counts, "
+                              "which data.shards does not index; use a manifest or model.class_weighting=none")
         if stage == "fit" and records and names is not None:
             mode = self.hparams.class_weighting
             if self.task == "classify":

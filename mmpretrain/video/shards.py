@@ -86,6 +86,10 @@ class VideoShardDecoder:
         record = shard_record(raw)
         if self.require_caption and not record.title:
             raise SampleError("missing_caption", f"{record.id} has no .txt and no 'caption' in its .json")
+        try:
+            self.vocab.check(record)
+        except ValueError as err:
+            raise SampleError("unknown_label", f"{record.id}: label {record.label!r} is not in the class list") from err
         rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(record.id.encode("utf-8"))])
         _, data = video_member(raw)
         try:
