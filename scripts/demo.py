@@ -232,6 +232,7 @@ ABLATION: tuple[tuple[str, list[str]], ...] = (
     ("+ hard negatives that never show the same thing", ["model.vtm_negatives=hard",
                                                          "model.vtm_exclude=[label,tags,title]"]),
     ("+ class-balanced VTM loss", ["model.vtm_balanced=true"]),
+    ("+ random negatives that never show the same thing (the demo's recipe)", ["model.vtm_negatives=random"]),
 )  # fmt: skip
 
 
