@@ -132,15 +132,6 @@ def test_labeled_shard_errors_name_the_key(labeled_shards: dict[str, str], demo_
 # ----------------------------------------------------------------------------------------------- video fine-tuning
 
 
-@pytest.fixture(scope="module")
-def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    out = tmp_path_factory.mktemp("labeled_video_shards")
-    write_shards(manifest_samples(video_demo["train"]), out, prefix="train", maxcount=6)
-    write_shards(manifest_samples(video_demo["val"]), out, prefix="val", maxcount=100)
-    train = sorted(p.name for p in out.glob("train-*.tar"))
-    return {"train": " ".join(str(out / n) for n in train), "val": str(out / "val-000000.tar"), "folder": str(out)}
-
-
 def _finetune(task: str, video_demo, video_pretrained: Path, video_shards: dict[str, str], out: Path,
               *extra: str) -> tuple[dict, dict]:
     from mmpretrain.cli.train import train

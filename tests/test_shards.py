@@ -289,15 +289,6 @@ def test_moby_aborts_past_the_failure_rate_on_bad_shards(demo_root: Path, tmp_pa
         train(cfg)
 
 
-@pytest.fixture(scope="module")
-def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    out = tmp_path_factory.mktemp("video_shards")
-    write_shards(manifest_samples(video_demo["train"]), out, prefix="train", maxcount=6)
-    write_shards(manifest_samples(video_demo["val"]), out, prefix="val", maxcount=100)
-    train = sorted(p.name for p in out.glob("train-*.tar"))
-    return {"train": " ".join(str(out / n) for n in train), "val": str(out / "val-000000.tar")}
-
-
 def test_video_model_trains_from_shards(video_shards: dict[str, str], video_demo, tmp_path: Path) -> None:
     from mmpretrain.cli.train import train
 
