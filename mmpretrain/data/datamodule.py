@@ -143,6 +143,8 @@ class SSLImageDataModule(SampledLoaders):
         blur_sigma: Sequence[float] = (0.1, 2.0),
         flip_p: float = 0.5,
         jitter_p: float = 0.8,
+        affine_degrees: float = 0.0,
+        affine_shear: float = 0.0,
         grayscale: bool | str = "auto",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -204,7 +206,8 @@ class SSLImageDataModule(SampledLoaders):
             self.grayscale = looks_grayscale(self.source.paths)
             log.info("data.grayscale=auto: the images look %s", "grayscale" if self.grayscale else "coloured")
         return moby_transform(hp.image_size, tuple(hp.crop_scale), tuple(hp.blur_p), tuple(hp.solarize_p),
-                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p)
+                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p,
+                              hp.affine_degrees, hp.affine_shear)
 
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:
