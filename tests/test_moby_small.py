@@ -271,6 +271,38 @@ def test_affine_views_fill_corners_with_the_border_colour_and_draw_torchvision_p
     assert first.shape == second.shape == (3, 16, 16)
 
 
+def test_colour_strengths_reach_both_views_and_bad_values_name_the_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    _png(tmp_path / "c" / "0.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+
+    def colour_ops(**kwargs) -> list[tuple]:
+        dm = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, **kwargs)
+        dm.setup()
+        found = []
+        for view in (dm.train_transform.view_1, dm.train_transform.view_2):
+            jitter = next(t.transforms[0] for t in view.transforms if isinstance(t, T.RandomApply))
+            grey = [t.p for t in view.transforms if isinstance(t, T.RandomGrayscale)]
+            found.append((jitter.brightness, jitter.saturation, jitter.hue, grey))
+        return found
+
+    assert colour_ops() == [((0.6, 1.4), (0.8, 1.2), (-0.1, 0.1), [0.2])] * 2  # BYOL's strengths
+    strong = colour_ops(jitter_strength=[0.75, 0.8, 0.75, 0.5], grayscale_p=0.5)
+    assert strong == [((0.25, 1.75), (0.25, 1.75), (-0.5, 0.5), [0.5])] * 2
+    assert colour_ops(grayscale_p=0.0)[0][3] == []
+    pair = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, jitter_strength=[0.8, 0.8, 0.8,
+                              0.5], grayscale_p=0.5)  # fmt: skip
+    pair.setup()
+    torch.manual_seed(0)
+    first, second = pair.train_transform(Image.open(tmp_path / "c" / "0.png"))
+    assert first.shape == second.shape == (3, 16, 16) and not torch.equal(first, second)
+    for kwargs, key in (({"jitter_strength": [0.4, 0.4, 0.2]}, r"data\.jitter_strength=\[0\.4, 0\.4, 0\.2\]"),
+                        ({"jitter_strength": [0.4, 0.4, 0.2, 0.7]}, r"hue <= 0\.5"),
+                        ({"grayscale_p": 1.5}, r"data\.grayscale_p=1\.5"),
+                        ({"affine_shear": -1.0}, r"data\.affine_shear=-1\.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=key):
+            SSLImageDataModule(root=str(tmp_path / "c"), **kwargs)
+
+
 def test_moby_small_experiment_composes_and_builds(tmp_path: Path) -> None:
     cfg = compose_cfg("train.yaml", ["experiment=moby_small", f"data.root={tmp_path}"], tmp_path)
     model, data = instantiate(cfg.model), instantiate(cfg.data)

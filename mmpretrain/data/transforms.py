@@ -104,15 +104,23 @@ def byol_view_transform(
     jitter_p: float = 0.8,
     affine_degrees: float = 0.0,
     affine_shear: float = 0.0,
+    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    grayscale_p: float = 0.2,
 ) -> T.Compose:
     """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize.
+
+    ``jitter_strength`` (brightness, contrast, saturation, hue) and ``grayscale_p`` change BYOL's colour strengths:
+    where colour alone tells the images of a small set apart, a stronger distortion makes the views share shape.
 
     Crops are bilinear, as the official ``RandomResizedCrop``. A ``grayscale`` data set has no hue or saturation
     to jitter and nothing to gain from a grayscale conversion: its jitter is brightness and contrast only.
     ``affine_degrees`` / ``affine_shear`` > 0 add a :class:`BorderFillAffine` after the flip (not in BYOL's recipe;
     off by default).
     """
-    jitter = T.ColorJitter(0.4, 0.4) if grayscale else T.ColorJitter(0.4, 0.4, 0.2, 0.1)
+    if len(jitter_strength) != 4:
+        raise ValueError(f"jitter_strength is (brightness, contrast, saturation, hue), got {list(jitter_strength)}")
+    brightness, contrast, saturation, hue = (float(v) for v in jitter_strength)
+    jitter = T.ColorJitter(brightness, contrast) if grayscale else T.ColorJitter(brightness, contrast, saturation, hue)
     ops: list = [
         T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(p=flip_p),
@@ -120,8 +128,8 @@ def byol_view_transform(
     if affine_degrees > 0 or affine_shear > 0:
         ops.append(BorderFillAffine(affine_degrees, affine_shear))
     ops.append(T.RandomApply([jitter], p=jitter_p))
-    if not grayscale:
-        ops.append(T.RandomGrayscale(p=0.2))
+    if not grayscale and grayscale_p > 0:
+        ops.append(T.RandomGrayscale(p=grayscale_p))
     if blur_p > 0:
         ops.append(T.RandomApply([GaussianBlur(blur_sigma)], p=blur_p))
     if solarize_p > 0:
@@ -226,11 +234,13 @@ def moby_transform(
     jitter_p: float = 0.8,
     affine_degrees: float = 0.0,
     affine_shear: float = 0.0,
+    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    grayscale_p: float = 0.2,
 ) -> TwoViewTransform:
     """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized."""
     common = dict(crop_scale=crop_scale, mean=mean, std=std, grayscale=grayscale, blur_sigma=blur_sigma,
                   flip_p=flip_p, jitter_p=jitter_p, affine_degrees=affine_degrees,
-                  affine_shear=affine_shear)  # fmt: skip
+                  affine_shear=affine_shear, jitter_strength=jitter_strength, grayscale_p=grayscale_p)  # fmt: skip
     return TwoViewTransform(
         byol_view_transform(size, blur_p[0], solarize_p[0], **common),
         byol_view_transform(size, blur_p[1], solarize_p[1], **common),
