@@ -16,6 +16,7 @@ from conftest import TINY_SWIN, compose_cfg, tiny_overrides
 from hydra.utils import instantiate
 from PIL import Image
 from safetensors.torch import save_file
+from torchvision import transforms as T
 
 import mmpretrain
 import mmpretrain.hub
@@ -224,6 +225,82 @@ def test_grayscale_is_detected_and_gets_no_hue_or_saturation_jitter(
     assert jitter.hue is None and "RandomGrayscale" not in names
     with pytest.raises(ValueError, match=r"data\.grayscale='yes': expected auto, true or false"):
         SSLImageDataModule(root=str(tmp_path), grayscale="yes")
+
+
+def test_affine_views_fill_corners_with_the_border_colour_and_draw_torchvision_params(tmp_path: Path) -> None:
+    from torchvision.transforms import functional as TF
+
+    from mmpretrain.data.transforms import BorderFillAffine
+
+    background = (10, 200, 30)
+    array = np.full((32, 32, 3), background, dtype=np.uint8)
+    array[4:28, 13:19] = (250, 250, 250)  # an upright bar: a rotation moves it, the corners show the fill
+    image = Image.fromarray(array)
+    op = BorderFillAffine(degrees=40, shear=20)
+    torch.manual_seed(3)
+    out = np.asarray(op(image))
+    torch.manual_seed(3)
+    angle, _, _, shear = T.RandomAffine.get_params([-40, 40], None, None, [-20, 20, -20, 20], [32, 32])
+    expected = np.asarray(TF.affine(image, angle, [0, 0], 1.0, list(shear), T.InterpolationMode.BILINEAR,
+                                    fill=list(background)))  # fmt: skip
+    assert abs(angle) > 5 and np.array_equal(out, expected) and not np.array_equal(out, array)
+    for corner in (out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]):
+        assert tuple(corner) == background  # torchvision's default fill would make them black
+    torch.manual_seed(3)
+    assert tuple(np.asarray(T.RandomAffine(40, shear=20)(image))[0, 0]) == (0, 0, 0)
+    grey = Image.fromarray(np.full((16, 16), 255, dtype=np.uint8))
+    assert np.asarray(BorderFillAffine(30)(grey)).min() == 255  # single-channel views keep a white page white
+    with pytest.raises(ValueError, match="half-ranges >= 0"):
+        BorderFillAffine(-5)
+
+    (tmp_path / "a").mkdir()
+    image.save(tmp_path / "a" / "0.png")
+
+    def views(**kwargs) -> list[list[str]]:
+        dm = SSLImageDataModule(root=str(tmp_path), image_size=16, num_workers=0, **kwargs)
+        dm.setup()
+        pair = dm.train_transform
+        return [[type(t).__name__ for t in v.transforms] for v in (pair.view_1, pair.view_2)]
+
+    assert all("BorderFillAffine" not in names for names in views())  # off by default: BYOL's recipe
+    for names in views(affine_degrees=10.0, affine_shear=5.0):
+        assert names[names.index("RandomHorizontalFlip") + 1] == "BorderFillAffine"
+    dm = SSLImageDataModule(root=str(tmp_path), image_size=16, num_workers=0, affine_degrees=10.0)
+    dm.setup()
+    first, second = dm.train_transform(Image.open(tmp_path / "a" / "0.png"))
+    assert first.shape == second.shape == (3, 16, 16)
+
+
+def test_colour_strengths_reach_both_views_and_bad_values_name_the_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    _png(tmp_path / "c" / "0.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+
+    def colour_ops(**kwargs) -> list[tuple]:
+        dm = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, **kwargs)
+        dm.setup()
+        found = []
+        for view in (dm.train_transform.view_1, dm.train_transform.view_2):
+            jitter = next(t.transforms[0] for t in view.transforms if isinstance(t, T.RandomApply))
+            grey = [t.p for t in view.transforms if isinstance(t, T.RandomGrayscale)]
+            found.append((jitter.brightness, jitter.saturation, jitter.hue, grey))
+        return found
+
+    assert colour_ops() == [((0.6, 1.4), (0.8, 1.2), (-0.1, 0.1), [0.2])] * 2  # BYOL's strengths
+    strong = colour_ops(jitter_strength=[0.75, 0.8, 0.75, 0.5], grayscale_p=0.5)
+    assert strong == [((0.25, 1.75), (0.25, 1.75), (-0.5, 0.5), [0.5])] * 2
+    assert colour_ops(grayscale_p=0.0)[0][3] == []
+    pair = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, jitter_strength=[0.8, 0.8, 0.8,
+                              0.5], grayscale_p=0.5)  # fmt: skip
+    pair.setup()
+    torch.manual_seed(0)
+    first, second = pair.train_transform(Image.open(tmp_path / "c" / "0.png"))
+    assert first.shape == second.shape == (3, 16, 16) and not torch.equal(first, second)
+    for kwargs, key in (({"jitter_strength": [0.4, 0.4, 0.2]}, r"data\.jitter_strength=\[0\.4, 0\.4, 0\.2\]"),
+                        ({"jitter_strength": [0.4, 0.4, 0.2, 0.7]}, r"hue <= 0\.5"),
+                        ({"grayscale_p": 1.5}, r"data\.grayscale_p=1\.5"),
+                        ({"affine_shear": -1.0}, r"data\.affine_shear=-1\.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=key):
+            SSLImageDataModule(root=str(tmp_path / "c"), **kwargs)
 
 
 def test_moby_small_experiment_composes_and_builds(tmp_path: Path) -> None:

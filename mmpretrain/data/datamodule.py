@@ -143,6 +143,10 @@ class SSLImageDataModule(SampledLoaders):
         blur_sigma: Sequence[float] = (0.1, 2.0),
         flip_p: float = 0.5,
         jitter_p: float = 0.8,
+        affine_degrees: float = 0.0,
+        affine_shear: float = 0.0,
+        jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+        grayscale_p: float = 0.2,
         grayscale: bool | str = "auto",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -164,6 +168,15 @@ class SSLImageDataModule(SampledLoaders):
             raise ConfigError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
         if grayscale not in (True, False, "auto"):
             raise ConfigError(f"data.grayscale={grayscale!r}: expected auto, true or false")
+        strength = list(jitter_strength)
+        if len(strength) != 4 or min(strength) < 0 or strength[3] > 0.5:
+            raise ConfigError(f"data.jitter_strength={strength}: expected [brightness, contrast, saturation, hue], "
+                              "each >= 0 and hue <= 0.5")  # fmt: skip
+        if not 0 <= grayscale_p <= 1:
+            raise ConfigError(f"data.grayscale_p={grayscale_p}: a probability in [0, 1]")
+        if affine_degrees < 0 or affine_shear < 0:
+            raise ConfigError(f"data.affine_degrees={affine_degrees}, data.affine_shear={affine_shear}: half-ranges, "
+                              "each >= 0 (0 = off)")  # fmt: skip
         self.grayscale: bool | None = None if grayscale == "auto" else bool(grayscale)
         self.train_transform: TwoViewTransform | None = None
         self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std)
@@ -204,7 +217,8 @@ class SSLImageDataModule(SampledLoaders):
             self.grayscale = looks_grayscale(self.source.paths)
             log.info("data.grayscale=auto: the images look %s", "grayscale" if self.grayscale else "coloured")
         return moby_transform(hp.image_size, tuple(hp.crop_scale), tuple(hp.blur_p), tuple(hp.solarize_p),
-                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p)
+                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p,
+                              hp.affine_degrees, hp.affine_shear, tuple(hp.jitter_strength), hp.grayscale_p)
 
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:

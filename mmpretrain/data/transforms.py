@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from mmpretrain.data.color import fast_twin
 
@@ -53,6 +54,43 @@ class GaussianBlur:
         return f"GaussianBlur(sigma={self.sigma})"
 
 
+class BorderFillAffine:
+    """A random rotation (±`degrees`) and shear (±`shear` degrees on each axis), corners filled with the view's
+    border colour.
+
+    Why: drawings and handwriting differ in slant and angle from one person to the next, which crops and flips do not
+    model; a fixed black fill would put corners into the views that no evaluation image has. The parameters are
+    torchvision's `RandomAffine` draws (torch's generator, seeded per loader worker).
+    """
+
+    def __init__(self, degrees: float = 0.0, shear: float = 0.0) -> None:
+        if degrees < 0 or shear < 0:
+            raise ValueError(f"affine degrees and shear are half-ranges >= 0, got {degrees} and {shear}")
+        self.degrees, self.shear = float(degrees), float(shear)
+
+    def params(self, size: tuple[int, int]) -> tuple[float, tuple[float, float]]:
+        """(angle, (shear_x, shear_y)) for an image of `size` (width, height)."""
+        angle, _, _, shear = T.RandomAffine.get_params(
+            [-self.degrees, self.degrees], None, None, [-self.shear, self.shear, -self.shear, self.shear], list(size)
+        )
+        return angle, shear
+
+    @staticmethod
+    def border_colour(image: Image.Image) -> list[int]:
+        """Per-channel median of the outermost rows and columns: the background the corners continue."""
+        pixels = np.asarray(image)
+        edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).reshape(-1, len(image.getbands()))
+        return [int(v) for v in np.median(edge, axis=0)]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        angle, shear = self.params(image.size)
+        return TF.affine(image, angle, [0, 0], 1.0, list(shear), interpolation=T.InterpolationMode.BILINEAR,
+                         fill=self.border_colour(image))  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"BorderFillAffine(degrees={self.degrees}, shear={self.shear})"
+
+
 def byol_view_transform(
     size: int,
     blur_p: float,
@@ -64,20 +102,34 @@ def byol_view_transform(
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     flip_p: float = 0.5,
     jitter_p: float = 0.8,
+    affine_degrees: float = 0.0,
+    affine_shear: float = 0.0,
+    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    grayscale_p: float = 0.2,
 ) -> T.Compose:
     """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize.
 
+    ``jitter_strength`` (brightness, contrast, saturation, hue) and ``grayscale_p`` change BYOL's colour strengths:
+    where colour alone tells the images of a small set apart, a stronger distortion makes the views share shape.
+
     Crops are bilinear, as the official ``RandomResizedCrop``. A ``grayscale`` data set has no hue or saturation
     to jitter and nothing to gain from a grayscale conversion: its jitter is brightness and contrast only.
+    ``affine_degrees`` / ``affine_shear`` > 0 add a :class:`BorderFillAffine` after the flip (not in BYOL's recipe;
+    off by default).
     """
-    jitter = T.ColorJitter(0.4, 0.4) if grayscale else T.ColorJitter(0.4, 0.4, 0.2, 0.1)
+    if len(jitter_strength) != 4:
+        raise ValueError(f"jitter_strength is (brightness, contrast, saturation, hue), got {list(jitter_strength)}")
+    brightness, contrast, saturation, hue = (float(v) for v in jitter_strength)
+    jitter = T.ColorJitter(brightness, contrast) if grayscale else T.ColorJitter(brightness, contrast, saturation, hue)
     ops: list = [
         T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(p=flip_p),
-        T.RandomApply([jitter], p=jitter_p),
     ]
-    if not grayscale:
-        ops.append(T.RandomGrayscale(p=0.2))
+    if affine_degrees > 0 or affine_shear > 0:
+        ops.append(BorderFillAffine(affine_degrees, affine_shear))
+    ops.append(T.RandomApply([jitter], p=jitter_p))
+    if not grayscale and grayscale_p > 0:
+        ops.append(T.RandomGrayscale(p=grayscale_p))
     if blur_p > 0:
         ops.append(T.RandomApply([GaussianBlur(blur_sigma)], p=blur_p))
     if solarize_p > 0:
@@ -180,10 +232,15 @@ def moby_transform(
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     flip_p: float = 0.5,
     jitter_p: float = 0.8,
+    affine_degrees: float = 0.0,
+    affine_shear: float = 0.0,
+    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    grayscale_p: float = 0.2,
 ) -> TwoViewTransform:
     """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized."""
     common = dict(crop_scale=crop_scale, mean=mean, std=std, grayscale=grayscale, blur_sigma=blur_sigma,
-                  flip_p=flip_p, jitter_p=jitter_p)  # fmt: skip
+                  flip_p=flip_p, jitter_p=jitter_p, affine_degrees=affine_degrees,
+                  affine_shear=affine_shear, jitter_strength=jitter_strength, grayscale_p=grayscale_p)  # fmt: skip
     return TwoViewTransform(
         byol_view_transform(size, blur_p[0], solarize_p[0], **common),
         byol_view_transform(size, blur_p[1], solarize_p[1], **common),
