@@ -50,7 +50,6 @@ def video_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_demo_videos(tmp_path_factory.mktemp("video_demo"), per_class=6, num_frames=8, size=32)
 
 
-
 @pytest.fixture(scope="session")
 def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The demo videos as WebDataset shards: train in shards of 6 (a space-separated list), val in one."""
@@ -62,6 +61,7 @@ def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathF
     write_shards(manifest_samples(video_demo["val"]), out, prefix="val", maxcount=100)
     train = sorted(p.name for p in out.glob("train-*.tar"))
     return {"train": " ".join(str(out / n) for n in train), "val": str(out / "val-000000.tar")}
+
 
 TINY_VIDEO = [
     "model.frame_encoder_kwargs.embed_dim=24",

@@ -156,7 +156,6 @@ def test_vtm_loss_and_accuracy() -> None:
         vtm_loss(logits, labels[:3])
 
 
-
 def test_balanced_vtm_loss_weighs_each_class_equally() -> None:
     # ALBEF's layout: one positive and two negatives per sample
     logits = torch.tensor([[0.3, 1.1], [-0.4, 0.9], [1.2, -0.5], [0.1, 0.4], [2.0, 0.0], [-1.0, 0.3]])
@@ -177,6 +176,7 @@ def test_balanced_vtm_loss_weighs_each_class_equally() -> None:
     only_negatives = torch.zeros(3, dtype=torch.long)
     assert vtm_loss(logits[:3], only_negatives, balanced=True).item() == pytest.approx(
         np.mean([_np_ce(lg[i], 0) for i in range(3)]), rel=1e-6)
+
 
 def _np_layer_norm(x: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)

@@ -159,8 +159,8 @@ def vtm_loss(logits: torch.Tensor, labels: torch.Tensor, balanced: bool = False)
         return logits.sum() * 0.0
     if not balanced:
         return F.cross_entropy(logits.float(), labels)
-    counts = torch.bincount(labels, minlength=logits.shape[1]).float()
-    weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+    # a class absent from the batch has no sample to weigh, so its clamped count is never used
+    weight = 1.0 / torch.bincount(labels, minlength=logits.shape[1]).float().clamp_min(1.0)
     return F.cross_entropy(logits.float(), labels, weight=weight)
 
 
