@@ -17,24 +17,33 @@ intact: new parts and item tables get fresh numbers, and superseded files are de
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path, sha256_file
-from mmpretrain.embeddings import EmbeddingStore, open_store
-from mmpretrain.errors import ConfigError
+from mmpretrain.recsys.folder import (
+    CONFIG_FILE,
+    EXPORT_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    part_files,
+    part_settings,
+    read_features,
+    read_items,
+    read_manifest,
+    remove_export,
+    verify_part,
+    write_items,
+    write_manifest,
+)
 from mmpretrain.recsys.formats import (
     FORMATS,
     SUFFIXES,
@@ -44,79 +53,21 @@ from mmpretrain.recsys.formats import (
     torcheasyrec_config,
     write_part,
 )
+from mmpretrain.recsys.inputs import ExportInput, Source, content_hashes
 from mmpretrain.recsys.neighbours import TABLE_FORMATS, item_to_item
 from mmpretrain.recsys.projection import (
     JSON_FILE,
-    NPZ_FILE,
     OUTPUT_DTYPES,
     Projection,
     fit_projection,
     load_projection,
     prepare_features,
 )
-from mmpretrain.recsys.validation import FeatureError, as_matrix, check_finite, check_ids
+from mmpretrain.recsys.validation import FeatureError, check_finite
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILE, CONFIG_FILE = "export.json", "features.config"
-FORMAT_NAME, FORMAT_VERSION = "mmpretrain.recsys-export", 1
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-Source = str | os.PathLike | EmbeddingStore | np.ndarray | Sequence[np.ndarray]
-
-
-class _Input:
-    """Checked ``(ids, float32 vectors)`` batches from a store (streamed) or from vectors in memory."""
-
-    def __init__(self, source: Source, ids: Sequence[str] | np.ndarray | None, forbidden: str, verify: str) -> None:
-        if isinstance(source, (str, os.PathLike)):
-            source = open_store(source, verify=verify)
-        self.forbidden = forbidden
-        if isinstance(source, EmbeddingStore):
-            if ids is not None:
-                raise ConfigError("ids come from the store's id column; do not pass ids with a store")
-            self.store, self.ids, self.matrix = source, None, None
-            self.dim, self.count, self.name = source.dim, source.count, str(source.root)
-            self.id_source = source.id_source
-        else:
-            if ids is None:
-                raise FeatureError("vectors were given without ids: pass ids= (one per vector)")
-            self.store, self.ids = None, check_ids(ids, forbidden)
-            self.matrix = as_matrix(source, self.ids)
-            self.dim, self.count, self.name = self.matrix.shape[1], len(self.ids), "vectors in memory"
-            self.id_source = None
-        if self.count == 0:
-            raise FeatureError(f"nothing to export: {self.name} holds no items")
-
-    def first_id(self) -> str:
-        """The first item's id (named when every vector has the wrong width)."""
-        if self.store is not None:
-            return str(self.store.shard_metadata(0, ["id"]).column("id")[0].as_py())
-        return str(self.ids[0])
-
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Row-ordered batches; store ids are checked here, the store itself already refused NaN and inf."""
-        if self.store is None:
-            for start in range(0, self.count, batch_size):
-                yield self.ids[start:start + batch_size], self.matrix[start:start + batch_size]
-            return
-        for chunk, columns in self.store.iter_batches(batch_size, columns=("id",)):
-            batch_ids = check_ids(columns["id"], self.forbidden)
-            check_finite(chunk, batch_ids)
-            yield batch_ids, chunk
-
-    def sample(self, size: int, seed: int) -> np.ndarray:
-        """A uniform random sample of rows (without replacement), the PCA's fit set."""
-        rows = np.sort(np.random.default_rng(seed).choice(self.count, size=min(size, self.count), replace=False))
-        return self.store.take(rows) if self.store is not None else self.matrix[rows]
-
-
-def _content_hashes(vectors: np.ndarray) -> list[str]:
-    """blake2b-128 of each row's float32 bytes: equal hashes mean the source vector did not change."""
-    rows = np.ascontiguousarray(vectors, dtype=np.float32)
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in rows]
-
-
 _DEFAULTS = {"format": "parquet", "feature_name": "item_emb", "id_column": "item_id", "dtype": "float32",
              "normalize": True, "separator": ",", "delimiter": "\t"}
 
@@ -152,48 +103,7 @@ def _settings(requested: dict[str, Any], out: Path, previous: dict[str, Any] | N
     return settings
 
 
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    """The export's ``export.json``, or None where the folder holds no export."""
-    path = out / EXPORT_FILE
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FeatureError(f"cannot parse {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME \
-            or manifest.get("version", 0) > FORMAT_VERSION:
-        shown = (manifest.get("format"), manifest.get("version")) if isinstance(manifest, dict) else manifest
-        raise FeatureError(f"{path} is not an export this version reads ({shown!r})")
-    for key, name in _named_files(manifest, path):
-        _confined(out, name, f"{path}: {key}")
-    return manifest
-
-
-_OWN_FILE_RE = re.compile(r"^(?:features-\d{5,}\.(?:parquet|csv|npy|ids\.txt)|items-\d{5,}\.parquet|i2i\.[a-z]+)$")
-
-
-def _named_files(manifest: dict[str, Any], path: Path) -> Iterator[tuple[str, Any]]:
-    """Every (key, file name) an ``export.json`` names, which the export may later read, replace or delete."""
-    try:
-        for i, part in enumerate(manifest["parts"]):
-            for key in ("file", "ids_file"):
-                if key in part:
-                    yield f"parts[{i}].{key}", part[key]
-        yield "items", manifest["items"]
-        if manifest.get("i2i"):
-            yield "i2i.path", Path(manifest["i2i"]["path"]).name
-    except (KeyError, TypeError) as exc:
-        raise FeatureError(f"{path}: malformed export manifest ({type(exc).__name__}: {exc})") from exc
-
-
-def _confined(out: Path, name: Any, where: str) -> None:
-    """A file name from ``export.json`` must be one of the export's own plain names, directly inside ``out``."""
-    if not isinstance(name, str) or not _OWN_FILE_RE.match(name) or (out / name).is_symlink():
-        raise FeatureError(f"{where} = {name!r} is not a file this export writes inside {out}; refusing to touch it")
-
-
-def _check_same_source(out: Path, previous: dict[str, Any] | None, data: _Input, allow: bool) -> None:
+def _check_same_source(out: Path, previous: dict[str, Any] | None, data: ExportInput, allow: bool) -> None:
     """Store ids are relative to the folder they were extracted from: appending another folder's store would match
     ``circle/00.png`` of train against ``circle/00.png`` of val and silently replace it."""
     if previous is None or data.store is None or allow:
@@ -203,70 +113,6 @@ def _check_same_source(out: Path, previous: dict[str, Any] | None, data: _Input,
     if earlier is not None and current != earlier:
         raise FeatureError(f"cannot append store {data.name} to {out}: its ids are relative to {current!r}, the "
                            f"export's to {earlier!r}; pass allow_other_source=true if they name the same items")
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Commit point of a run: atomically replace ``export.json``."""
-    with atomic_path(out / EXPORT_FILE) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _part_files(part: dict[str, Any]) -> list[str]:
-    """The files of one part entry."""
-    return [part["file"], *([part["ids_file"]] if "ids_file" in part else [])]
-
-
-def _export_files(manifest: dict[str, Any]) -> list[str]:
-    """Every file an export's manifest names."""
-    files = [name for part in manifest["parts"] for name in _part_files(part)]
-    files += [manifest["items"], CONFIG_FILE, NPZ_FILE, JSON_FILE]
-    if manifest.get("i2i"):
-        files.append(Path(manifest["i2i"]["path"]).name)
-    return files
-
-
-def _remove_export(out: Path, manifest: dict[str, Any]) -> None:
-    """Delete an export (manifest first, so a crash never leaves a manifest naming missing files)."""
-    (out / EXPORT_FILE).unlink()
-    for name in _export_files(manifest):
-        (out / name).unlink(missing_ok=True)
-
-
-def _verify_part(out: Path, part: dict[str, Any]) -> None:
-    """Refuse a part file that is missing or differs from the sha256 recorded when it was written."""
-    for key in ("file", "ids_file"):
-        if key not in part:
-            continue
-        path = out / part[key]
-        if not path.is_file():
-            raise FeatureError(f"export {out}: {part[key]} listed in {EXPORT_FILE} is missing")
-        if sha256_file(path) != part[key.replace("file", "sha256")]:
-            raise FeatureError(f"export {out}: {part[key]} was altered (sha256 differs from {EXPORT_FILE})")
-
-
-def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`read_part`/:func:`write_part` from an export's settings."""
-    keys = ("id_column", "feature_name", "separator", "delimiter")
-    return {key: settings[key] for key in keys if key in settings}
-
-
-def read_features(output: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """All items of an export as ``(ids, float32 (n, dim))``, in part order, each part checked against its sha256."""
-    out = Path(output)
-    manifest = _read_manifest(out)
-    if manifest is None:
-        raise FeatureError(f"{out} holds no export ({EXPORT_FILE} is missing)")
-    ids_parts, value_parts = [], []
-    for part in manifest["parts"]:
-        if verify:
-            _verify_part(out, part)
-        ids, values = read_part(out / part["file"], manifest["settings"]["format"], dim=manifest["dim"],
-                                **_read_settings(manifest["settings"]))
-        ids_parts.append(ids)
-        value_parts.append(values)
-    if not ids_parts:
-        return np.empty(0, dtype=str), np.empty((0, manifest["dim"]), dtype=np.float32)
-    return np.concatenate(ids_parts), np.concatenate(value_parts)
 
 
 def _check_request(saved: Projection | None, dim: int | None, whiten: bool | None, where: str) -> None:
@@ -282,7 +128,7 @@ def _check_request(saved: Projection | None, dim: int | None, whiten: bool | Non
 
 
 def _resolve_projection(
-    out: Path, previous: dict[str, Any] | None, data: _Input, dim: int | None, whiten: bool | None,
+    out: Path, previous: dict[str, Any] | None, data: ExportInput, dim: int | None, whiten: bool | None,
     projection: str | os.PathLike | Projection | None, fit_sample: int, eps: float, seed: int,
 ) -> Projection | None:
     """The projection of this run: the export's saved one when appending, a given one, or a fresh fit."""
@@ -311,7 +157,7 @@ def _resolve_projection(
     return fit_projection(data.sample(fit_sample, seed), dim or data.dim, bool(whiten), eps)
 
 
-def _check_input_dim(data: _Input, previous: dict[str, Any] | None, projection: Projection | None) -> None:
+def _check_input_dim(data: ExportInput, previous: dict[str, Any] | None, projection: Projection | None) -> None:
     """Refuse vectors whose width differs from what the projection (or the earlier export) reads, naming an item."""
     expected = projection.input_dim if projection is not None else (previous or {}).get("input_dim", data.dim)
     if data.dim != expected:
@@ -350,28 +196,12 @@ class _PartWriter:
         ids, values = ids[:size], values[:size]
         name = f"features-{self.next_part:05d}{SUFFIXES[self.settings['format']]}"
         self.next_part += 1
-        files = write_part(self.out / name, self.settings["format"], ids, values, **_read_settings(self.settings))
+        files = write_part(self.out / name, self.settings["format"], ids, values, **part_settings(self.settings))
         entry: dict[str, Any] = {"file": name, "count": len(ids), "sha256": sha256_file(files[0])}
         if len(files) > 1:
             entry.update(ids_file=files[1].name, ids_sha256=sha256_file(files[1]))
         self.parts.append(entry)
         self.part_of.update(dict.fromkeys(ids.tolist(), name))
-
-
-def _read_items(out: Path, manifest: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """``item_id -> (content_hash, part file)`` of an earlier export."""
-    table = pq.read_table(out / manifest["items"])
-    return dict(zip(table.column("item_id").to_pylist(),
-                    zip(table.column("content_hash").to_pylist(), table.column("part").to_pylist())))
-
-
-def _write_items(out: Path, name: str, items: dict[str, tuple[str, str]]) -> None:
-    """The per-item hash table, atomically."""
-    table = pa.table({"item_id": pa.array(list(items), type=pa.string()),
-                      "content_hash": pa.array([h for h, _ in items.values()], type=pa.string()),
-                      "part": pa.array([p for _, p in items.values()], type=pa.string())})
-    with atomic_path(out / name) as tmp:
-        pq.write_table(table, tmp)
 
 
 def _i2i_request(previous: dict[str, Any] | None, k: int | None, threshold: float | None, fmt: str,
@@ -390,7 +220,7 @@ def _i2i_request(previous: dict[str, Any] | None, k: int | None, threshold: floa
 
 
 def _stream(
-    data: _Input, known: dict[str, tuple[str, str]], proj: Projection | None, settings: dict[str, Any],
+    data: ExportInput, known: dict[str, tuple[str, str]], proj: Projection | None, settings: dict[str, Any],
     writer: _PartWriter, batch_size: int, progress: bool,
 ) -> tuple[dict[str, str], set[str]]:
     """Hash every input item and export those that are new or changed; returns all hashes and the changed ids."""
@@ -399,7 +229,7 @@ def _stream(
     with tqdm(total=data.count, desc="export", unit="item", disable=not progress) as bar:
         for batch_ids, batch in data.batches(batch_size):
             selected = []
-            for row, (item, digest) in enumerate(zip(batch_ids.tolist(), _content_hashes(batch))):
+            for row, (item, digest) in enumerate(zip(batch_ids.tolist(), content_hashes(batch))):
                 if item in hashes:
                     raise FeatureError(f"item {item!r}: id appears more than once in {data.name}")
                 hashes[item] = digest
@@ -427,9 +257,9 @@ def _rewrite_stale(
     stale = {known[item][1] for item in changed}
     for part in parts:
         if part["file"] in stale:
-            _verify_part(out, part)
+            verify_part(out, part)
             old_ids, old_values = read_part(out / part["file"], settings["format"], dim=dim,
-                                            **_read_settings(settings))
+                                            **part_settings(settings))
             keep = ~np.isin(old_ids, list(changed))
             writer.add(old_ids[keep], old_values[keep].astype(settings["dtype"]))
     return [part for part in parts if part["file"] not in stale]
@@ -526,19 +356,19 @@ def export_features(
     """
     tic = time.perf_counter()
     out = Path(output)
-    previous = _read_manifest(out)
+    previous = read_manifest(out)
     if previous is not None and not incremental:
         if not overwrite:
             raise FeatureError(f"{out} already holds an export ({EXPORT_FILE}); pass incremental=true to append "
                                f"or overwrite=true to replace it")
-        _remove_export(out, previous)
+        remove_export(out, previous)
         previous = None
     settings = _settings({"format": format, "feature_name": feature_name, "id_column": id_column, "dtype": dtype,
                           "normalize": normalize, "separator": separator, "delimiter": delimiter}, out, previous)
     i2i = _i2i_request(previous, i2i_k, i2i_threshold, i2i_format, i2i_index_key, i2i_target_recall)
     # easyrec parts are unquoted CSV: a quote in an id would need quoting that EasyRec does not undo
     forbidden = settings.get("delimiter", "") + ('"' if settings["format"] == "easyrec" else "")
-    data = _Input(source, ids, forbidden, verify)
+    data = ExportInput(source, ids, forbidden, verify)
     _check_same_source(out, previous, data, allow_other_source)
     fit_tic = time.perf_counter()
     proj = _resolve_projection(out, previous, data, dim, whiten, projection, fit_sample, eps, seed)
@@ -547,7 +377,7 @@ def export_features(
     out_dim = proj.output_dim if proj is not None else data.dim
     out.mkdir(parents=True, exist_ok=True)
 
-    known = _read_items(out, previous) if previous is not None else {}
+    known = read_items(out, previous) if previous is not None else {}
     earlier_parts = previous["parts"] if previous is not None else []
     writer = _PartWriter(out, settings, previous["next_part"] if previous is not None else 0, part_size)
     hashes, changed = _stream(data, known, proj, settings, writer, batch_size, progress)
@@ -565,7 +395,7 @@ def export_features(
 
     run = previous["run"] + 1 if previous is not None else 0
     items_file = f"items-{run:05d}.parquet"
-    _write_items(out, items_file, items)
+    write_items(out, items_file, items)
     if proj is not None and previous is None:
         proj.save(out)
     config = _write_config(out, settings, out_dim)
@@ -581,21 +411,21 @@ def export_features(
         "parts": parts, "next_part": rewriter.next_part, "items": items_file, "run": run, "runs": history,
         "i2i": (previous or {}).get("i2i") if written == 0 else None,
     }
-    _write_manifest(out, manifest)
-    superseded = [name for part in earlier_parts if part not in kept for name in _part_files(part)]
+    write_manifest(out, manifest)
+    superseded = [name for part in earlier_parts if part not in kept for name in part_files(part)]
     for name in [*superseded, *([previous["items"]] if previous is not None else [])]:
         (out / name).unlink(missing_ok=True)
     log.info("exported %d of %d items (%d changed) to %s in %.1fs", written, data.count, len(changed), out, seconds)
 
     manifest["i2i"] = _neighbour_table(out, manifest, previous, i2i, seed, progress)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     return {
         "output": str(out), "format": settings["format"], "items": len(items), "written": written,
         "new": written - len(changed), "changed": len(changed), "unchanged": data.count - written,
         "seconds": seconds, "fit_seconds": fit_seconds, "rows_per_s": data.count / seconds if seconds > 0 else None,
         "input_dim": data.dim, "dim": out_dim, "dtype": settings["dtype"], "normalize": settings["normalize"],
         "projection": {**manifest["projection"], "path": str(out / JSON_FILE)} if proj is not None else None,
-        "files": [name for part in parts for name in _part_files(part)], "config": config, "i2i": manifest["i2i"],
+        "files": [name for part in parts for name in part_files(part)], "config": config, "i2i": manifest["i2i"],
     }
 
 
