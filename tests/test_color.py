@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from mmpretrain.data.color import FastColorJitter, FastGrayscale, adjust_hue, fast_twin
-from mmpretrain.data.transforms import TwoViewTransform, byol_view_transform
+from mmpretrain.data.transforms import TwoViewTransform, ViewAugment, byol_view_transform
 
 
 def _images(rng: np.random.Generator) -> list[np.ndarray]:
@@ -92,7 +92,7 @@ def test_fast_twin_keeps_other_ops_and_the_grayscale_draw() -> None:
 @pytest.mark.parametrize("view", [0, 1])
 def test_project_view_equals_the_torchvision_ops_for_the_same_draws(view: int) -> None:
     """A whole view (crop box given): the project's executor vs the recipe's torchvision ops after the same crop."""
-    recipe = byol_view_transform(64, blur_p=(1.0, 0.1)[view], solarize_p=(0.0, 0.2)[view])
+    recipe = byol_view_transform(64, ViewAugment(), view)  # BYOL's: blur 1.0 / 0.1, solarize 0 / 0.2
     ours = TwoViewTransform(recipe, recipe)
     plan = ours._plans[0]
     rest = T.Compose(recipe.transforms[1:])

@@ -21,7 +21,7 @@ from torchvision import transforms as T
 import mmpretrain
 import mmpretrain.hub
 from mmpretrain.cli.train import initialize_model, train
-from mmpretrain.data import SSLImageDataModule
+from mmpretrain.data import SSLImageDataModule, ViewAugment
 from mmpretrain.data.dataset import looks_grayscale
 from mmpretrain.ssl import MoBY
 
@@ -263,9 +263,9 @@ def test_affine_views_fill_corners_with_the_border_colour_and_draw_torchvision_p
         return [[type(t).__name__ for t in v.transforms] for v in (pair.view_1, pair.view_2)]
 
     assert all("BorderFillAffine" not in names for names in views())  # off by default: BYOL's recipe
-    for names in views(affine_degrees=10.0, affine_shear=5.0):
+    for names in views(view={"affine_degrees": 10.0, "affine_shear": 5.0}):
         assert names[names.index("RandomHorizontalFlip") + 1] == "BorderFillAffine"
-    dm = SSLImageDataModule(root=str(tmp_path), image_size=16, num_workers=0, affine_degrees=10.0)
+    dm = SSLImageDataModule(root=str(tmp_path), image_size=16, num_workers=0, view=ViewAugment(affine_degrees=10.0))
     dm.setup()
     first, second = dm.train_transform(Image.open(tmp_path / "a" / "0.png"))
     assert first.shape == second.shape == (3, 16, 16)
@@ -286,21 +286,24 @@ def test_colour_strengths_reach_both_views_and_bad_values_name_the_key(tmp_path:
         return found
 
     assert colour_ops() == [((0.6, 1.4), (0.8, 1.2), (-0.1, 0.1), [0.2])] * 2  # BYOL's strengths
-    strong = colour_ops(jitter_strength=[0.75, 0.8, 0.75, 0.5], grayscale_p=0.5)
+    strong = colour_ops(view={"jitter_strength": [0.75, 0.8, 0.75, 0.5], "grayscale_p": 0.5})
     assert strong == [((0.25, 1.75), (0.25, 1.75), (-0.5, 0.5), [0.5])] * 2
-    assert colour_ops(grayscale_p=0.0)[0][3] == []
-    pair = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, jitter_strength=[0.8, 0.8, 0.8,
-                              0.5], grayscale_p=0.5)  # fmt: skip
+    assert colour_ops(view={"grayscale_p": 0.0})[0][3] == []
+    strengths = ViewAugment(jitter_strength=[0.8, 0.8, 0.8, 0.5], grayscale_p=0.5)
+    pair = SSLImageDataModule(root=str(tmp_path / "c"), image_size=16, num_workers=0, view=strengths)
     pair.setup()
     torch.manual_seed(0)
     first, second = pair.train_transform(Image.open(tmp_path / "c" / "0.png"))
     assert first.shape == second.shape == (3, 16, 16) and not torch.equal(first, second)
-    for kwargs, key in (({"jitter_strength": [0.4, 0.4, 0.2]}, r"data\.jitter_strength=\[0\.4, 0\.4, 0\.2\]"),
-                        ({"jitter_strength": [0.4, 0.4, 0.2, 0.7]}, r"hue <= 0\.5"),
-                        ({"grayscale_p": 1.5}, r"data\.grayscale_p=1\.5"),
-                        ({"affine_shear": -1.0}, r"data\.affine_shear=-1\.0")):  # fmt: skip
+    bad = [
+        ({"jitter_strength": [0.4, 0.4, 0.2]}, r"data\.view\.jitter_strength=\[0\.4, 0\.4, 0\.2\]"),
+        ({"jitter_strength": [0.4, 0.4, 0.2, 0.7]}, r"hue <= 0\.5"),
+        ({"grayscale_p": 1.5}, r"data\.view\.grayscale_p=1\.5"),
+        ({"affine_shear": -1.0}, r"data\.view\.affine_shear=-1\.0"),
+    ]
+    for view, key in bad:
         with pytest.raises(ValueError, match=key):
-            SSLImageDataModule(root=str(tmp_path / "c"), **kwargs)
+            SSLImageDataModule(root=str(tmp_path / "c"), view=view)
 
 
 def test_moby_small_experiment_composes_and_builds(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 from scipy import stats
 from torchvision import transforms as T
 
-from mmpretrain.data.transforms import TwoViewTransform, byol_view_transform
+from mmpretrain.data.transforms import TwoViewTransform, ViewAugment, byol_view_transform
 
 DRAWS = 400  # per view and pipeline: a proportion's standard error is at most 0.025
 SIZE = 128  # the blur kernel (13 px) spans +-3 sigma, so the PIL blur path is the one under test
@@ -100,8 +100,7 @@ def _same_rate(a: int, b: int, n: int) -> None:
 @pytest.mark.parametrize("view", [0, 1])
 def test_project_views_draw_the_official_augmentations(monkeypatch: pytest.MonkeyPatch, view: int) -> None:
     data = _jpeg()
-    blur_p, solarize_p = (1.0, 0.1)[view], (0.0, 0.2)[view]
-    recipe = byol_view_transform(SIZE, blur_p, solarize_p)
+    recipe = byol_view_transform(SIZE, ViewAugment(), view)  # BYOL's: blur 1.0 / 0.1, solarize 0 / 0.2
     ours = TwoViewTransform(recipe, recipe)  # both outputs from this view: two draws per call
     bench, official = _bench(), []
 

@@ -148,8 +148,13 @@ def override_hint(config_name: str, overrides: Sequence[str]) -> str | None:
     if not isinstance(node, DictConfig):
         return None
     keys = [str(k) for k in node]
-    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
     prefix = f"{parent}." if parent else ""
+    # a key that moved into a settings node (data.blur_p -> data.view.blur_p) is found one level down
+    children = OmegaConf.to_container(node, resolve=False)
+    moved = [f"{prefix}{k}.{leaf}" for k, child in children.items() if isinstance(child, dict) and leaf in child]
+    if moved:
+        return "did you mean " + " or ".join(f"`{m}`" for m in moved) + "?"
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
     if close:
         return "did you mean " + " or ".join(f"`{prefix}{c}`" for c in close) + "?"
     return f"`{full_key}` is not a key; {parent or 'the config'} has: {', '.join(sorted(keys))}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +27,7 @@ from mmpretrain.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TwoViewTransform,
+    ViewAugment,
     eval_transform,
     linear_train_transform,
     moby_transform,
@@ -58,6 +61,16 @@ def loader_pin_memory(value: bool | str | None) -> bool:
         return torch.cuda.is_available()
     return bool(value)
 
+
+
+def _refuse_moved(moved: Mapping[str, Any]) -> None:
+    """An augmentation key at its former place (``data.blur_p``) names its new one (``data.view.blur_p``)."""
+    if not moved:
+        return
+    key = sorted(moved)[0]
+    if key in {f.name for f in fields(ViewAugment)}:
+        raise ConfigError(f"data.{key} is now data.view.{key} (the views' settings moved into the data.view node)")
+    raise ConfigError(f"data.{key} is not a key of SSLImageDataModule")
 
 
 class SampledLoaders(pl.LightningDataModule):
@@ -124,8 +137,10 @@ class SSLImageDataModule(SampledLoaders):
     The kNN monitor needs two labeled folders (one subfolder per class): `knn_train_root` is the feature bank
     and `knn_val_root` the queries. Validation then yields two loaders, bank first.
 
-    `grayscale` (``auto``, true or false) drops hue and saturation jitter and the grayscale conversion for images
-    without colour; ``auto`` looks at a sample of the training images in `setup` and logs what it found.
+    ``view`` holds the augmentations of the two views (:class:`~mmpretrain.data.transforms.ViewAugment`, the
+    ``data.view`` node of the config). `grayscale` (``auto``, true or false) drops hue and saturation jitter and the
+    grayscale conversion for images without colour; ``auto`` looks at a sample of the training images in `setup` and
+    logs what it found.
     """
 
     def __init__(
@@ -137,16 +152,7 @@ class SSLImageDataModule(SampledLoaders):
         knn_train_root: str | None = None,
         knn_val_root: str | None = None,
         image_size: int = 224,
-        crop_scale: Sequence[float] = (0.08, 1.0),
-        blur_p: Sequence[float] = (1.0, 0.1),
-        solarize_p: Sequence[float] = (0.0, 0.2),
-        blur_sigma: Sequence[float] = (0.1, 2.0),
-        flip_p: float = 0.5,
-        jitter_p: float = 0.8,
-        affine_degrees: float = 0.0,
-        affine_shear: float = 0.0,
-        jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
-        grayscale_p: float = 0.2,
+        view: ViewAugment | Mapping[str, Any] | None = None,
         grayscale: bool | str = "auto",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -159,24 +165,19 @@ class SSLImageDataModule(SampledLoaders):
         pin_memory: bool | str = "auto",
         max_failure_rate: float = 0.01,
         min_attempts: int = 100,
+        **moved: Any,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory)
-        self.save_hyperparameters()
+        _refuse_moved(moved)
+        self.view = ViewAugment.of(view)
+        self.save_hyperparameters(ignore=["view", "moved"])
+        self.hparams["view"] = self.view.to_dict()
         self.root, self.file_list = root, file_list
         self.knn_roots = (knn_train_root, knn_val_root)
         if bool(knn_train_root) != bool(knn_val_root):
             raise ConfigError("set both data.knn_train_root and data.knn_val_root for the kNN monitor, or neither")
         if grayscale not in (True, False, "auto"):
             raise ConfigError(f"data.grayscale={grayscale!r}: expected auto, true or false")
-        strength = list(jitter_strength)
-        if len(strength) != 4 or min(strength) < 0 or strength[3] > 0.5:
-            raise ConfigError(f"data.jitter_strength={strength}: expected [brightness, contrast, saturation, hue], "
-                              "each >= 0 and hue <= 0.5")  # fmt: skip
-        if not 0 <= grayscale_p <= 1:
-            raise ConfigError(f"data.grayscale_p={grayscale_p}: a probability in [0, 1]")
-        if affine_degrees < 0 or affine_shear < 0:
-            raise ConfigError(f"data.affine_degrees={affine_degrees}, data.affine_shear={affine_shear}: half-ranges, "
-                              "each >= 0 (0 = off)")  # fmt: skip
         self.grayscale: bool | None = None if grayscale == "auto" else bool(grayscale)
         self.train_transform: TwoViewTransform | None = None
         self.eval_transform = eval_transform(image_size, eval_crop_pct, mean, std)
@@ -209,16 +210,13 @@ class SSLImageDataModule(SampledLoaders):
 
     def _two_views(self) -> TwoViewTransform:
         """MoBY's two views; colour jitter limited to brightness and contrast for a grayscale data set."""
-        hp = self.hparams
         if self.grayscale is None and self.source is None:
             self.grayscale = False
             log.info("data.grayscale=auto with data.shards: colour views (set data.grayscale=true for a grayscale set)")
         elif self.grayscale is None:
             self.grayscale = looks_grayscale(self.source.paths)
             log.info("data.grayscale=auto: the images look %s", "grayscale" if self.grayscale else "coloured")
-        return moby_transform(hp.image_size, tuple(hp.crop_scale), tuple(hp.blur_p), tuple(hp.solarize_p),
-                              self.mean, self.std, self.grayscale, tuple(hp.blur_sigma), hp.flip_p, hp.jitter_p,
-                              hp.affine_degrees, hp.affine_shear, tuple(hp.jitter_strength), hp.grayscale_p)
+        return moby_transform(self.hparams.image_size, self.view, self.mean, self.std, self.grayscale)
 
     def train_dataloader(self) -> DataLoader:
         if self.shard_list is not None:

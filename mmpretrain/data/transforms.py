@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,9 +16,24 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from mmpretrain.data.color import fast_twin
+from mmpretrain.errors import ConfigError
+from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "BorderFillAffine",
+    "FrameNormalize",
+    "GaussianBlur",
+    "TwoViewTransform",
+    "ViewAugment",
+    "byol_view_transform",
+    "denormalize",
+    "eval_transform",
+    "linear_train_transform",
+    "moby_transform",
+]
 # torchvision interpolation names a checkpoint's preprocessing may ask for
 INTERPOLATIONS: tuple[str, ...] = tuple(mode.value for mode in T.InterpolationMode)
 
@@ -91,49 +108,128 @@ class BorderFillAffine:
         return f"BorderFillAffine(degrees={self.degrees}, shear={self.shear})"
 
 
+#: the settings that are sequences, and what they hold
+_SEQUENCES = {"crop_scale": "[low, high]", "jitter_strength": "[brightness, contrast, saturation, hue]",
+              "blur_p": "[view 1, view 2]", "blur_sigma": "[low, high]", "solarize_p": "[view 1, view 2]"}
+
+
+def _probability(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"data.view.{key}={value}: a probability in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ViewAugment:
+    """The augmentations of MoBY's two views, BYOL's recipe by default; a pair holds (view 1, view 2).
+
+    One object carries the settings from the config (the ``data.view`` node, which Hydra builds into this class) to
+    each view's pipeline, so a setting is added in one place: a field here and its line in ``conf/data/images.yaml``.
+    Lists (as YAML gives them) become tuples; a bad value is refused here, naming its key.
+
+    Args:
+        crop_scale: area range of the random resized crop (bilinear, as the official ``RandomResizedCrop``).
+        flip_p: probability of a horizontal flip.
+        jitter_p: probability of the colour jitter.
+        jitter_strength: (brightness, contrast, saturation, hue) of the jitter. Where colour alone tells the images
+            of a small set apart, a stronger distortion makes the views share shape.
+        grayscale_p: probability of a grayscale view.
+        blur_p: probability of a Gaussian blur, per view (view 1 always blurred).
+        blur_sigma: the blur's sigma range in pixels (PIL's blur, as the official code).
+        solarize_p: probability of solarization, per view (only view 2).
+        affine_degrees / affine_shear: half-ranges in degrees of a random rotation and shear after the flip, corners
+            in the view's border colour (:class:`BorderFillAffine`); not in BYOL's recipe, 0 = off. For drawings and
+            handwriting, whose slant varies from person to person.
+
+    Example:
+        >>> ViewAugment(blur_p=[0.0, 0.0], jitter_strength=[0.8, 0.8, 0.8, 0.2]).blur_p
+        (0.0, 0.0)
+        >>> ViewAugment(grayscale_p=1.5)
+        Traceback (most recent call last):
+        ...
+        mmpretrain.errors.ConfigError: data.view.grayscale_p=1.5: a probability in [0, 1]
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    jitter_strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    affine_degrees: float = 0.0
+    affine_shear: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key, shape in _SEQUENCES.items():
+            value = [float(v) for v in getattr(self, key)]
+            if len(value) != shape.count(",") + 1:
+                raise ConfigError(f"data.view.{key}={value}: expected {shape}")
+            object.__setattr__(self, key, tuple(value))
+        strength = self.jitter_strength
+        if min(strength) < 0 or strength[3] > 0.5:
+            raise ConfigError(f"data.view.jitter_strength={list(strength)}: expected [brightness, contrast, "
+                              "saturation, hue], each >= 0 and hue <= 0.5")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"data.view.crop_scale={list(self.crop_scale)}: expected 0 < low <= high <= 1")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(f"data.view.blur_sigma={list(self.blur_sigma)}: expected 0 < low <= high (pixels)")
+        for key in ("flip_p", "jitter_p", "grayscale_p"):
+            _probability(key, getattr(self, key))
+        for key in ("blur_p", "solarize_p"):
+            for value in getattr(self, key):
+                _probability(key, value)
+        if self.affine_degrees < 0 or self.affine_shear < 0:
+            raise ConfigError(f"data.view.affine_degrees={self.affine_degrees}, data.view.affine_shear="
+                              f"{self.affine_shear}: half-ranges, each >= 0 (0 = off)")
+
+    @classmethod
+    def of(cls, value: ViewAugment | Mapping[str, Any] | None) -> ViewAugment:
+        """``value`` as settings: itself, built from a mapping (unknown keys named), or the defaults for None."""
+        if value is None or isinstance(value, ViewAugment):
+            return value or cls()
+        unknown = sorted(set(value) - {f.name for f in fields(cls)} - {"_target_"})
+        if unknown:
+            raise ConfigError(f"data.view.{unknown[0]} is not a view setting; data.view has: "
+                              f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**{k: v for k, v in value.items() if k != "_target_"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and floats: what a checkpoint's hyper-parameters hold (loadable with ``weights_only``)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 def byol_view_transform(
     size: int,
-    blur_p: float,
-    solarize_p: float,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
+    augment: ViewAugment | None = None,
+    view: int = 0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     grayscale: bool = False,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    flip_p: float = 0.5,
-    jitter_p: float = 0.8,
-    affine_degrees: float = 0.0,
-    affine_shear: float = 0.0,
-    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
-    grayscale_p: float = 0.2,
 ) -> T.Compose:
-    """One BYOL view: crop, flip, colour jitter 0.4/0.4/0.2/0.1 at p 0.8, grayscale p 0.2, blur, solarize.
+    """View ``view`` (0 or 1) of ``augment`` (default: BYOL's): crop, flip, [affine], colour jitter, grayscale,
+    blur, solarize, normalize.
 
-    ``jitter_strength`` (brightness, contrast, saturation, hue) and ``grayscale_p`` change BYOL's colour strengths:
-    where colour alone tells the images of a small set apart, a stronger distortion makes the views share shape.
-
-    Crops are bilinear, as the official ``RandomResizedCrop``. A ``grayscale`` data set has no hue or saturation
-    to jitter and nothing to gain from a grayscale conversion: its jitter is brightness and contrast only.
-    ``affine_degrees`` / ``affine_shear`` > 0 add a :class:`BorderFillAffine` after the flip (not in BYOL's recipe;
-    off by default).
+    A ``grayscale`` data set has no hue or saturation to jitter and nothing to gain from a grayscale conversion: its
+    jitter is brightness and contrast only.
     """
-    if len(jitter_strength) != 4:
-        raise ValueError(f"jitter_strength is (brightness, contrast, saturation, hue), got {list(jitter_strength)}")
-    brightness, contrast, saturation, hue = (float(v) for v in jitter_strength)
+    aug = augment or ViewAugment()
+    brightness, contrast, saturation, hue = aug.jitter_strength
     jitter = T.ColorJitter(brightness, contrast) if grayscale else T.ColorJitter(brightness, contrast, saturation, hue)
     ops: list = [
-        T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomHorizontalFlip(p=flip_p),
+        T.RandomResizedCrop(size, scale=aug.crop_scale, interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(p=aug.flip_p),
     ]
-    if affine_degrees > 0 or affine_shear > 0:
-        ops.append(BorderFillAffine(affine_degrees, affine_shear))
-    ops.append(T.RandomApply([jitter], p=jitter_p))
-    if not grayscale and grayscale_p > 0:
-        ops.append(T.RandomGrayscale(p=grayscale_p))
-    if blur_p > 0:
-        ops.append(T.RandomApply([GaussianBlur(blur_sigma)], p=blur_p))
-    if solarize_p > 0:
-        ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
+    if aug.affine_degrees > 0 or aug.affine_shear > 0:
+        ops.append(BorderFillAffine(aug.affine_degrees, aug.affine_shear))
+    ops.append(T.RandomApply([jitter], p=aug.jitter_p))
+    if not grayscale and aug.grayscale_p > 0:
+        ops.append(T.RandomGrayscale(p=aug.grayscale_p))
+    if aug.blur_p[view] > 0:
+        ops.append(T.RandomApply([GaussianBlur(aug.blur_sigma)], p=aug.blur_p[view]))
+    if aug.solarize_p[view] > 0:
+        ops.append(T.RandomSolarize(threshold=128, p=aug.solarize_p[view]))
     ops += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(ops)
 
@@ -223,28 +319,21 @@ _PIL_RESAMPLE = {
 
 def moby_transform(
     size: int,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    blur_p: tuple[float, float] = (1.0, 0.1),
-    solarize_p: tuple[float, float] = (0.0, 0.2),
+    augment: ViewAugment | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     grayscale: bool = False,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    flip_p: float = 0.5,
-    jitter_p: float = 0.8,
-    affine_degrees: float = 0.0,
-    affine_shear: float = 0.0,
-    jitter_strength: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
-    grayscale_p: float = 0.2,
 ) -> TwoViewTransform:
-    """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized."""
-    common = dict(crop_scale=crop_scale, mean=mean, std=std, grayscale=grayscale, blur_sigma=blur_sigma,
-                  flip_p=flip_p, jitter_p=jitter_p, affine_degrees=affine_degrees,
-                  affine_shear=affine_shear, jitter_strength=jitter_strength, grayscale_p=grayscale_p)  # fmt: skip
-    return TwoViewTransform(
-        byol_view_transform(size, blur_p[0], solarize_p[0], **common),
-        byol_view_transform(size, blur_p[1], solarize_p[1], **common),
-    )
+    """MoBY's asymmetric augmentation pair (BYOL's): view 1 always blurred, view 2 sometimes solarized.
+
+    Example:
+        >>> from PIL import Image
+        >>> pair = moby_transform(32, ViewAugment(crop_scale=[0.3, 1.0]))
+        >>> view_1, view_2 = pair(Image.new("RGB", (64, 48), "white"))
+        >>> tuple(view_1.shape), tuple(view_2.shape)
+        ((3, 32, 32), (3, 32, 32))
+    """
+    return TwoViewTransform(*(byol_view_transform(size, augment, view, mean, std, grayscale) for view in (0, 1)))
 
 
 def eval_transform(

@@ -1,7 +1,7 @@
 """Model factories: image backbones (timm), text encoders and tokenizers (transformers), MLP heads, and the
 video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
-from mmpretrain.models.backbones import backbone_has_batchnorm, create_backbone
+from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_has_batchnorm, create_backbone
 from mmpretrain.models.fusion import (
     FrameTeacher,
     VideoTextFusion,
@@ -25,6 +25,8 @@ from mmpretrain.models.text import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "FrameTeacher",
     "MLPHead",
     "VideoTextFusion",

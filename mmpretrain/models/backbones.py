@@ -8,6 +8,11 @@ from typing import Any
 import timm
 from torch import nn
 
+#: the normalization ImageNet-pretrained weights expect (timm's default): the one home of these numbers; data
+#: transforms, modules and the hub's default preprocessing take them from here
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 
 def create_backbone(
     name: str, drop_path_rate: float = 0.0, pretrained: bool = False, **kwargs: Any

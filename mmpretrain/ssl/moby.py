@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -45,7 +46,9 @@ class MoBY(pl.LightningModule):
         momentum_start / momentum_end: EMA momentum, cosine from 0.99 to 1 over all optimizer steps.
         base_lr / lr_ref_batch: 1e-3 per 512 images, scaled by the global batch; so are warmup_start_lr and
             min_lr, as the official code scales them.
-        weight_decay / betas: AdamW settings; warmup_epochs of linear warmup, then cosine per step.
+        warmup_epochs: linear warmup, then cosine per step.
+        optimizer: the optimizer without parameters and lr (the recipe's ``model.optimizer`` node with
+            ``_partial_: true``; default AdamW, weight decay 0.05, betas (0.9, 0.999)), see :meth:`build_optimizer`.
         knn_k / knn_temperature: the weighted-kNN monitor (20, 0.07).
         image_size / mean / std / interpolation / crop_pct: preprocessing, stored so an exported encoder reproduces it.
         init: the checkpoint a continued pretraining starts from, recorded here; `mmpretrain-train` loads it
@@ -69,8 +72,7 @@ class MoBY(pl.LightningModule):
         warmup_start_lr: float = 5e-7,
         min_lr: float = 5e-6,
         warmup_epochs: float = 5,
-        weight_decay: float = 0.05,
-        betas: Sequence[float] = (0.9, 0.999),
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
         image_size: int = 224,
@@ -81,7 +83,10 @@ class MoBY(pl.LightningModule):
         init: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, weight_decay=0.05,
+                                                                betas=(0.9, 0.999))
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.hparams["optimizer"] = _optimizer_settings(self.optimizer_factory)
         check_range({"model.drop_path_rate": drop_path_rate, "model.target_drop_path_rate": target_drop_path_rate},
                     0.0, 1.0, high_open=True)  # fmt: skip
         check_range({"model.momentum_start": momentum_start, "model.momentum_end": momentum_end}, 0.0, 1.0)
@@ -91,7 +96,8 @@ class MoBY(pl.LightningModule):
         check_range({"model.temperature": temperature, "model.knn_temperature": knn_temperature,
                      "model.base_lr": base_lr}, 0.0, low_open=True)  # fmt: skip
         check_range({"model.warmup_start_lr": warmup_start_lr, "model.min_lr": min_lr,
-                     "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay}, 0.0)  # fmt: skip
+                     "model.warmup_epochs": warmup_epochs,
+                     "model.optimizer.weight_decay": self.hparams.optimizer.get("weight_decay")}, 0.0)
         check_choice(interpolation, INTERPOLATIONS, "model.interpolation")
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone, drop_path_rate, **backbone_kwargs)
@@ -222,15 +228,19 @@ class MoBY(pl.LightningModule):
         features, labels, index = (torch.cat(parts) for parts in zip(*chunks))
         return gather_unique(self, index, features, labels)
 
-    def build_optimizer(self, lr: float, precision: str = "32-true") -> torch.optim.AdamW:
-        """AdamW over the online branch with MoBY's no-decay groups.
+    def build_optimizer(self, lr: float, precision: str = "32-true") -> torch.optim.Optimizer:
+        """The ``model.optimizer`` node over the online branch, with MoBY's no-decay groups and learning rate ``lr``.
 
-        The fused kernel is several times faster than the per-tensor loop on CPU and GPU; under mixed precision
-        (``precision``, Lightning's setting) the foreach kernel is used instead, see :func:`adamw_kernel`.
+        The node's ``weight_decay`` applies to weights; norms, biases and position tables get none. An Adam or AdamW
+        that names no kernel gets the fused one, several times faster than the per-tensor loop on CPU and GPU; under
+        mixed precision (``precision``, Lightning's setting) the foreach kernel instead, see :func:`adamw_kernel`.
         """
-        hp = self.hparams
-        groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor], hp.weight_decay)
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(precision))
+        settings = self.hparams.optimizer
+        groups = param_groups_weight_decay([self.backbone, self.projector, self.predictor],
+                                           settings.get("weight_decay", 0.0))
+        adam = getattr(self.optimizer_factory, "func", self.optimizer_factory) in (torch.optim.Adam, torch.optim.AdamW)
+        kernel = adamw_kernel(precision) if adam and not {"fused", "foreach"} & set(settings) else {}
+        return self.optimizer_factory(groups, lr=lr, **kernel)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -239,6 +249,15 @@ class MoBY(pl.LightningModule):
                                                                                   hp.min_lr))
         optimizer = self.build_optimizer(lr, str(self.trainer.precision))
         return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr)
+
+
+def _optimizer_settings(factory: Callable[..., torch.optim.Optimizer]) -> dict[str, Any]:
+    """An optimizer factory as plain data (class path and keyword arguments), for the checkpoint's hyper-parameters:
+    the factory itself would make the checkpoint unloadable with ``weights_only``."""
+    target = getattr(factory, "func", factory)
+    keywords = dict(getattr(factory, "keywords", None) or {})
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in keywords.items()}
+    return {"_target_": f"{target.__module__}.{target.__qualname__}", **plain}
 
 
 def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
