@@ -470,6 +470,24 @@ def load_encoder(
         cache_dir: download cache root.
         progress: show a download progress bar.
         embedding / backend: video models only: ``vtc`` or ``fused`` rows, and the decoding backend.
+
+    Example:
+        A plain timm state dict needs ``architecture``; registry names, published models and training checkpoints
+        carry theirs.
+
+        >>> import tempfile
+        >>> import timm
+        >>> from PIL import Image
+        >>> tiny = {"name": "vit_tiny_patch16_224",
+        ...         "kwargs": {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}}
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = f"{folder.name}/tiny.pth"
+        >>> torch.save(timm.create_model(tiny["name"], num_classes=0, **tiny["kwargs"]).state_dict(), path)
+        >>> encoder = load_encoder(path, "cpu", architecture=tiny, progress=False)
+        >>> rows = encoder.encode_images([Image.new("RGB", (48, 40), "white"), np.zeros((20, 20, 3), np.uint8)])
+        >>> encoder.embed_dim, rows.shape, rows.dtype
+        (32, (2, 32), dtype('float32'))
+        >>> folder.cleanup()
     """
     from mmpretrain.hub import build_model, load_checkpoint
 

@@ -40,6 +40,18 @@ class FewShotClassifier:
         reject_threshold: cosine similarity below which a query is rejected; ``None`` never rejects.
         unknown: the label given to rejected queries.
         **method_kwargs: options of the method, stored with the classifier.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> centers = rng.normal(size=(3, 16))
+        >>> support = np.repeat(centers, 5, axis=0) + 0.1 * rng.normal(size=(15, 16))  # 5 shots of 3 classes
+        >>> clf = FewShotClassifier("simpleshot", reject_threshold=0.5)
+        >>> clf = clf.fit(support, ["cat"] * 5 + ["dog"] * 5 + ["owl"] * 5)
+        >>> clf.predict(centers + 0.1 * rng.normal(size=(3, 16))).tolist()
+        ['cat', 'dog', 'owl']
+        >>> clf.predict(-centers[:1]).tolist()  # like no class
+        ['unknown']
     """
 
     def __init__(

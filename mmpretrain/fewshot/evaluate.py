@@ -169,6 +169,17 @@ def evaluate_episodes(
     Raises:
         ValueError: misaligned features and labels, an unknown method or option, or episodes that the labels
             cannot supply (see :func:`~mmpretrain.fewshot.sampling.sample_episodes`).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat(np.arange(10), 20)  # 10 classes of 20 images, well apart
+        >>> features = rng.normal(size=(10, 16))[labels] + 0.1 * rng.normal(size=(200, 16))
+        >>> r = evaluate_episodes(features, labels, n_way=5, n_shot=1, n_query=15, episodes=100, device="cpu")
+        >>> print(f"{r.mean:.1f} ± {r.ci95:.1f} over {r.episodes} episodes")
+        100.0 ± 0.0 over 100 episodes
+        >>> sorted(evaluate_episodes(features, labels, n_shot=[1, 5], episodes=50, device="cpu"))
+        [1, 5]
     """
     if not isinstance(n_shot, int | np.integer):
         return {int(k): evaluate_episodes(features, labels, n_way, int(k), n_query, episodes, method, seed,

@@ -353,6 +353,23 @@ def export_features(
     Raises:
         FeatureError: naming the item for a wrong vector length, NaN or inf, or a duplicate id; naming the setting
             (or the projection) when an append disagrees with the export.
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from mmpretrain.recsys import read_features
+        >>> out = tempfile.TemporaryDirectory()
+        >>> vectors = np.random.default_rng(0).normal(size=(100, 32)).astype("float32")
+        >>> summary = export_features(vectors, out.name, ids=[f"item{i}" for i in range(100)], dim=8)
+        >>> summary["items"], summary["dim"], summary["files"]
+        (100, 8, ['features-00000.parquet'])
+        >>> more = export_features(vectors[:10] * 2, out.name, ids=[f"new{i}" for i in range(10)], incremental=True)
+        >>> more["new"], more["items"]  # appended with the export's saved PCA
+        (10, 110)
+        >>> ids, features = read_features(out.name)
+        >>> features.shape
+        (110, 8)
+        >>> out.cleanup()
     """
     tic = time.perf_counter()
     out = Path(output)

@@ -296,6 +296,14 @@ def build_index(
         gpu_shard: shard the index across GPUs instead of replicating it.
         seed: sampling seed.
         progress: show a tqdm bar while adding.
+
+    Example:
+        >>> import numpy as np
+        >>> vectors = np.random.default_rng(0).normal(size=(500, 32)).astype("float32")
+        >>> index = build_index(vectors, ids=[f"item{i}" for i in range(500)], progress=False)
+        >>> scores, ids = index.search(vectors[:2], k=3)
+        >>> ids[:, 0].tolist(), scores.shape
+        (['item0', 'item1'], (2, 3))
     """
     metric_type = check_metric(metric)
     normalize = metric == "ip" if normalize is None else normalize
