@@ -66,7 +66,7 @@ def pretrain(data: Path, out: Path, overrides: list[str]) -> Path:
     print(f"pretraining on {len(paths)} images of {', '.join(PRETRAIN)}")
     _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={_value(file_list)}",
           "logger=csv", f"hydra.run.dir={_value(out / 'train')}", "trainer.enable_progress_bar=false", *QUIET,
-          *overrides])  # fmt: skip
+          *overrides])
     return out / "train/checkpoints/last.ckpt"
 
 
@@ -83,7 +83,7 @@ def pixel_store(checkpoint: Path, folder: Path, out: Path) -> Path:
     labels = [source.classes[i] for i in source.labels]
     write_shard(out, 0, pixels, {"id": source.paths, "path": source.paths, "label": labels})
     finalize_store(out, encoder=f"raw pixels {prep['image_size']} px", dim=pixels.shape[1], dtype="float32",
-                   normalized=False)  # fmt: skip
+                   normalized=False)
     return out
 
 
@@ -91,7 +91,7 @@ def fewshot(source: list[str], folder: Path, out: Path, methods: list[str], epis
     """One `mmpretrain-eval task=fewshot` run: 20-way 1-shot within the alphabet; returns its fewshot.json."""
     _run([str(BIN / "mmpretrain-eval"), "task=fewshot", *source, "n_way=20", "n_shot=1", "n_query=15",
           f"episodes={episodes}", f"methods=[{','.join(methods)}]", "plot=false", f"hydra.run.dir={_value(out)}",
-          *QUIET])  # fmt: skip
+          *QUIET])
     return json.loads((out / "fewshot.json").read_text())
 
 

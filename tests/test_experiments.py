@@ -20,7 +20,7 @@ def _local_overrides(name: str, demo_root: Path, video_demo: dict[str, Path], pr
     common = [f"experiment={name}", "logger=csv", "data.num_workers=0", "data.batch_size=2", "data.pin_memory=false"]
     if name.startswith("moby"):
         return [*common, f"data.root={demo_root}/train", f"data.knn_train_root={demo_root}/train",
-                f"data.knn_val_root={demo_root}/val"]  # fmt: skip
+                f"data.knn_val_root={demo_root}/val"]
     video = [*common, f"data.train_manifest={video_demo['train']}", f"data.val_manifest={video_demo['val']}"]
     if name.startswith("video_fusion"):
         return [*video, f"model.text_encoder={LOCAL_TEXT}"]
@@ -29,7 +29,7 @@ def _local_overrides(name: str, demo_root: Path, video_demo: dict[str, Path], pr
 
 def test_every_experiment_is_swept() -> None:
     assert {"moby_demo", "moby_swin_tiny", "video_fusion_demo", "video_fusion_pretrain", "video_classify",
-            "video_tagging"} <= set(EXPERIMENTS)  # fmt: skip
+            "video_tagging"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

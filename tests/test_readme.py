@@ -11,7 +11,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIGS = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
-           "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}  # fmt: skip
+           "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}
 
 
 def readme_commands() -> list[tuple[int, list[str]]]:

@@ -56,7 +56,7 @@ def test_console_script_writes_features_and_neighbours(store: Path, tmp_path: Pa
         [str(BIN / "mmpretrain-export"), f"store={store}", f"output={tmp_path / 'features'}", "format=parquet",
          "dim=6", "whiten=true", "i2i_k=3", "extras.print_config=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["projection"]["kind"] == "pca_whiten" and summary["i2i"]["rows"] == 360

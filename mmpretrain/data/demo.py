@@ -21,7 +21,7 @@ DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "strip
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (250, 250, 250), (20, 20, 20),
-)  # fmt: skip
+)
 
 
 def _polygon(cx: float, cy: float, radius: float, points: int, angle: float, inner: float = 1.0) -> list:

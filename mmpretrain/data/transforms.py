@@ -102,7 +102,7 @@ class BorderFillAffine:
     def __call__(self, image: Image.Image) -> Image.Image:
         angle, shear = self.params(image.size)
         return TF.affine(image, angle, [0, 0], 1.0, list(shear), interpolation=T.InterpolationMode.BILINEAR,
-                         fill=self.border_colour(image))  # fmt: skip
+                         fill=self.border_colour(image))
 
     def __repr__(self) -> str:
         return f"BorderFillAffine(degrees={self.degrees}, shear={self.shear})"
