@@ -63,3 +63,32 @@ def test_console_script_writes_features_and_neighbours(store: Path, tmp_path: Pa
     ids, values = read_features(tmp_path / "features")
     assert len(ids) == 120 and values.shape == (120, 6)
     np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_user_guide_commands_run_in_order(tmp_path: Path) -> None:
+    """Every `mmpretrain-export` line of docs/recsys.md, run in order on stores at the guide's paths (moved here)."""
+    import re
+    import shlex
+
+    from mmpretrain.cli.export import export
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((200, 96)) * np.linspace(3, 0.1, 96)).astype(np.float32)
+    ids = [f"item{i}" for i in range(200)]
+    for name, rows, names in (("emb", x, ids), ("emb_other", x[:50], ids[:50]),
+                              ("emb_new", x[150:] + 1, [f"new{i}" for i in range(25)] + ids[175:])):
+        write_store(tmp_path / "data" / name, rows, {"id": names}, encoder="test", normalized=False)
+    guide = (Path(__file__).parents[1] / "docs" / "recsys.md").read_text()
+    lines = [line.split("  #")[0] for line in re.findall(r"^mmpretrain-export .*$", guide, flags=re.M)]
+    assert len(lines) >= 5
+    for line in lines:
+        args = [a.replace("/data/", f"{tmp_path}/data/") for a in shlex.split(line)[1:]]
+        summary = export(compose_cfg("export.yaml", [*args, "progress=false"], tmp_path))
+        assert summary["items"] > 0, line
+    assert read_features(tmp_path / "data" / "features")[1].shape == (225, 64)  # 200, then 25 new ids
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(tmp_path / "data" / "features" / "i2i.csv").to_pydict()
+    _, per_item = np.unique(table["item_id"], return_counts=True)
+    assert min(table["score"]) >= 0.3 and per_item.max() <= 20
+    assert not (tmp_path / "data" / "features" / "i2i.parquet").exists()  # the csv table replaced it
