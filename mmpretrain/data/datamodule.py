@@ -62,7 +62,6 @@ def loader_pin_memory(value: bool | str | None) -> bool:
     return bool(value)
 
 
-
 def _refuse_moved(moved: Mapping[str, Any]) -> None:
     """An augmentation key at its former place (``data.blur_p``) names its new one (``data.view.blur_p``)."""
     if not moved:
