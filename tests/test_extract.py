@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from conftest import compose_cfg
 from test_encoders import training_checkpoint
 
+import mmpretrain.encoders as encoders
 import mmpretrain.extraction as extraction
 from mmpretrain import hub
 from mmpretrain.cli.extract import extract
@@ -167,8 +168,8 @@ class _Decodes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        self.load = extraction.load_rgb
-        monkeypatch.setattr(extraction, "load_rgb", self)
+        self.load = encoders.load_rgb
+        monkeypatch.setattr(encoders, "load_rgb", self)
 
     def __call__(self, path: str, *args):
         self.paths.append(path)
