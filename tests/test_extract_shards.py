@@ -15,16 +15,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import test_extract
 import torch
 from PIL import Image
-from test_encoders import training_checkpoint
 
-from mmpretrain import hub
 from mmpretrain.embeddings import StoreError, open_store
 from mmpretrain.encoders import ImageEncoder, load_encoder
 from mmpretrain.extraction import FAILED_FILE, run_shard_extraction
 
 PER_SHARD = 8
+published, encoder = test_extract.published, test_extract.encoder  # the tiny published encoder's fixtures
 
 
 def _png(value: int) -> bytes:
@@ -62,18 +62,6 @@ def _shards(folder: Path, count: int = 3, index: bool = True) -> list[str]:
 
 def _keys(count: int = 3) -> list[str]:
     return [f"s{s}_{i}" for s in range(count) for i in range(PER_SHARD)]
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    hub.publish(training_checkpoint(root / "train.ckpt"), root / "published", name="tiny_moby")
-    return root / "published"
-
-
-@pytest.fixture(scope="module")
-def encoder(published: Path) -> ImageEncoder:
-    return load_encoder(published, device="cpu")
 
 
 def _trainer(*callbacks: pl.Callback) -> pl.Trainer:

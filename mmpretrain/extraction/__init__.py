@@ -26,6 +26,7 @@ from mmpretrain.extraction.inputs import ExtractionDataset, InputSource, read_in
 from mmpretrain.extraction.pipeline import (
     EncoderPredictor,
     ExtractionDataModule,
+    ExtractOptions,
     run_extraction,
     run_shard_extraction,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FAILED_FILE",
     "RUN_DIR",
     "EncoderPredictor",
+    "ExtractOptions",
     "ExtractionDataModule",
     "ExtractionDataset",
     "ExtractionError",

@@ -10,12 +10,13 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import expand_shards
@@ -29,7 +30,7 @@ from mmpretrain.extraction.shards import ShardSource
 from mmpretrain.extraction.sources import RowSource
 from mmpretrain.extraction.writer import StoreWriter
 
-__all__ = ["EncoderPredictor", "ExtractionDataModule", "run_extraction", "run_shard_extraction"]
+__all__ = ["EncoderPredictor", "ExtractOptions", "ExtractionDataModule", "run_extraction", "run_shard_extraction"]
 
 
 class EncoderPredictor(pl.LightningModule):
@@ -91,10 +92,23 @@ def _check_options(batch_size: int, dtype: str, max_failure_rate: float) -> None
         raise ConfigError(f"max_failure_rate={max_failure_rate} must be within [0, 1]")
 
 
-def _extract(encoder: Encoder, source: RowSource, output: Path, trainer: pl.Trainer, *, batch_size: int,
-             num_workers: int, dtype: str, normalize: bool, max_failure_rate: float, overwrite: bool,
-             encoder_source: str | None) -> dict[str, Any] | None:
+class ExtractOptions(TypedDict, total=False):
+    """The keyword options both entry points take; see :func:`run_extraction` for each one's meaning and default."""
+
+    batch_size: int
+    num_workers: int
+    dtype: str
+    normalize: bool
+    max_failure_rate: float
+    overwrite: bool
+    encoder_source: str | None
+
+
+def _extract(encoder: Encoder, source: RowSource, output: Path, trainer: pl.Trainer, *, batch_size: int = 64,
+             num_workers: int = 4, dtype: str = "float32", normalize: bool = True, max_failure_rate: float = 0.1,
+             overwrite: bool = False, encoder_source: str | None = None) -> dict[str, Any] | None:
     """Lock the output, predict every pending row into it, then end the run (on global rank 0)."""
+    _check_options(batch_size, dtype, max_failure_rate)
     signature = json.loads(json.dumps({  # through JSON, so it compares equal to the run.json it is checked against
         "encoder": encoder.name, "dim": encoder.embed_dim, "preprocessing": encoder.preprocessing,
         **encoder.settings(), "weights_sha256": encoder.weights_sha256(), "normalize": normalize, "dtype": dtype,
@@ -120,15 +134,9 @@ def run_extraction(
     output: str | os.PathLike,
     trainer: pl.Trainer,
     *,
-    batch_size: int = 64,
-    num_workers: int = 4,
     shard_size: int = 50_000,
-    dtype: str = "float32",
-    normalize: bool = True,
-    max_failure_rate: float = 0.1,
-    overwrite: bool = False,
-    encoder_source: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **options: Unpack[ExtractOptions],
 ) -> dict[str, Any] | None:
     """Embed every row of ``source`` with ``trainer.predict`` into the store at ``output`` (resuming if possible).
 
@@ -142,22 +150,23 @@ def run_extraction(
         source: the rows, from :func:`~mmpretrain.extraction.read_input`.
         output: the store folder.
         trainer: a ``pytorch_lightning.Trainer`` without a logger.
-        batch_size / num_workers: the predict DataLoader's.
         shard_size: rows per store shard; shard ``i`` holds input rows ``[i * shard_size, (i + 1) * shard_size)``.
-        dtype: the store's on-disk dtype, ``float32`` or ``float16``.
-        normalize: L2-normalise the rows.
-        max_failure_rate: abort when a larger fraction of the inputs fails to decode.
-        overwrite: delete an earlier extraction in ``output`` instead of resuming it.
-        encoder_source: what loads the encoder again (name, path or URL), recorded in the manifest so a search can
-            embed queries with the same encoder; defaults to the encoder's name.
         max_pixels: images with more pixels (from the header) are refused before decoding, as failed inputs.
+        **options: :class:`ExtractOptions`:
+
+            - ``batch_size`` / ``num_workers``: the predict DataLoader's (64 / 4).
+            - ``dtype``: the store's on-disk dtype, ``float32`` (default) or ``float16``.
+            - ``normalize``: L2-normalise the rows (default true).
+            - ``max_failure_rate``: fail the run when a larger fraction of the inputs is lost (default 0.1).
+            - ``overwrite``: delete an earlier extraction in ``output`` instead of resuming it (default false).
+            - ``encoder_source``: what loads the encoder again (name, path or URL), recorded in the manifest so a
+              search can embed queries with the same encoder; defaults to the encoder's name.
 
     Returns:
         ``{"output", "count", "failed", "dim", "shards", "dtype"}`` on global rank 0, ``None`` on other ranks.
     """
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    _check_options(batch_size, dtype, max_failure_rate)
     check_id_text(source.ids, str(source.root))
     out = Path(output).expanduser()
     if out.resolve() == source.root.resolve():
@@ -168,9 +177,7 @@ def run_extraction(
         raise ConfigError(f"{source.root}: a {source.kind} needs {'a video' if source.is_video else 'an image'} "
                           f"encoder, but {encoder.name!r} is {'a video' if video_encoder else 'an image'} encoder")
     rows = InputSource(source, shard_size, encoder.batch_loader(max_pixels), encoder.embed_dim)
-    return _extract(encoder, rows, out, trainer, batch_size=batch_size, num_workers=num_workers, dtype=dtype,
-                    normalize=normalize, max_failure_rate=max_failure_rate, overwrite=overwrite,
-                    encoder_source=encoder_source)
+    return _extract(encoder, rows, out, trainer, **options)
 
 
 def run_shard_extraction(
@@ -179,14 +186,8 @@ def run_shard_extraction(
     output: str | os.PathLike,
     trainer: pl.Trainer,
     *,
-    batch_size: int = 64,
-    num_workers: int = 4,
-    dtype: str = "float32",
-    normalize: bool = True,
-    max_failure_rate: float = 0.1,
-    overwrite: bool = False,
-    encoder_source: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **options: Unpack[ExtractOptions],
 ) -> dict[str, Any] | None:
     """Embed every sample of WebDataset shards into the store at ``output``: input shard ``i`` = store shard ``i``.
 
@@ -195,8 +196,5 @@ def run_shard_extraction(
     allows (its lost samples, from ``shards.json``, count as failures) and read again by the next run; one whose
     lost samples cannot be counted fails the run, naming it. Returns the summary on global rank 0, None elsewhere.
     """
-    _check_options(batch_size, dtype, max_failure_rate)
     source = ShardSource(expand_shards(shards, key="input"), encoder, max_pixels)
-    return _extract(encoder, source, Path(output).expanduser(), trainer, batch_size=batch_size,
-                    num_workers=num_workers, dtype=dtype, normalize=normalize, max_failure_rate=max_failure_rate,
-                    overwrite=overwrite, encoder_source=encoder_source)
+    return _extract(encoder, source, Path(output).expanduser(), trainer, **options)
