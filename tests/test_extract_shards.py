@@ -255,3 +255,21 @@ def test_an_unstorable_key_fails_only_its_row(encoder: ImageEncoder, tmp_path: P
     failed = [json.loads(line) for line in lines]
     assert [f["id"] for f in failed] == [repr("line\nbreak"), repr("bad\udcffutf8")]
     assert all(f["id"].isprintable() and "unstorable_key" in f["error"] for f in failed)
+
+
+def test_the_command_exits_1_naming_the_shard_that_lost_data(published: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """What a user who reads only the exit status sees: not 0, and one line naming the shard."""
+    from mmpretrain.cli.extract import main
+
+    urls = _shards(tmp_path / "in", count=1)
+    monkeypatch.setenv("MMPRETRAIN_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    spec = f"[{urls[0]},'pipe:cat {tmp_path / 'absent.tar'}']"
+    with pytest.raises(SystemExit) as exited:
+        main([f"encoder={published}", f"input={spec}", f"output={tmp_path / 'out'}", "trainer=cpu", "num_workers=0",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
+    assert exited.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mmpretrain-extract: error: 1 input shards could not be read to their end")
+    assert f"pipe:cat {tmp_path / 'absent.tar'}" in last

@@ -223,9 +223,9 @@ def finish_run(output: Path, names: Sequence[str], unit: str, max_failure_rate: 
     write_text_atomic(output / FAILED_FILE, "".join(json.dumps(f) + "\n" for f in failures))
     lost, uncounted = _lost(failures)
     if uncounted:
-        raise ExtractionError(f"{len(uncounted)} input shards could not be read to their end and their lost samples "
-                              f"cannot be counted (first: {uncounted[0]}); listed in {output / FAILED_FILE}: rerun "
-                              "the same command to retry them")
+        raise ExtractionError(f"{len(uncounted)} input shards could not be read to their end, with nothing read or "
+                              f"no shards.json count to tell what was lost (first: {uncounted[0]}); listed in "
+                              f"{output / FAILED_FILE}: rerun the same command to retry them")
     total = lost + sum(pq.ParquetFile(output / shard_name(s)[1]).metadata.num_rows for s in range(len(names)))
     if lost > max_failure_rate * max(total, 1):
         raise ExtractionError(f"{lost} of {total} {unit} failed (listed in {output / FAILED_FILE}), more than "
