@@ -25,10 +25,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[None]:
     """Exclusive `flock` on `path` (created if missing): processes on one machine take turns.
 
     The lock file is opened with ``O_NOFOLLOW``: a symlink planted under its name is refused, never followed.
+    With ``blocking=False`` a lock held elsewhere raises :class:`BlockingIOError` instead of waiting.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
     except OSError as e:
         raise OSError(e.errno, f"cannot open lock file without following links: {e.strerror}", str(path)) from e
     with os.fdopen(fd, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield
         finally:

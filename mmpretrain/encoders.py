@@ -4,6 +4,10 @@ Preprocessing is split in two so it is cheap where it runs: :class:`ImageTransfo
 CPU, in DataLoader workers during extraction) yields uint8 pixels, and :meth:`ImageEncoder.embed` turns a uint8 batch
 into normalised floats on the model's device, where it is one fused, vectorised step. Paths, PIL images and uint8
 arrays all pass through the same PIL resize, so one image gives one row whatever form it arrives in.
+
+Every encoder answers the same few calls, the :class:`Encoder` protocol (timm's habit: one interface, many models):
+``name``, ``kind``, ``embed_dim``, ``preprocessing``, ``settings()``, ``weights_sha256()``, ``batch_loader()`` and
+``embed_batch()``. Extraction and search use only these, so they never ask which class an encoder is.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,15 +27,17 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from mmpretrain.data.dataset import load_rgb
+from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, load_rgb
 from mmpretrain.data.transforms import FrameNormalize
 from mmpretrain.errors import ConfigError
 
 __all__ = [
-    "PRECISIONS", "ImageEncoder", "ImageTransform", "VideoEncoder", "default_device", "load_encoder", "weights_sha256",
+    "ENCODER_KINDS", "PRECISIONS", "Encoder", "ImageEncoder", "ImageFileLoader", "ImageTransform", "InputLoader",
+    "VideoClipLoader", "VideoEncoder", "default_device", "load_encoder", "weights_sha256",
 ]
 
 PRECISIONS = ("fp32", "bf16")
+ENCODER_KINDS = ("image", "video")
 _INTERPOLATIONS = {mode.value: mode for mode in InterpolationMode}
 _REQUIRED_PREPROCESSING = ("image_size", "mean", "std")
 
@@ -39,6 +45,77 @@ _REQUIRED_PREPROCESSING = ("image_size", "mean", "std")
 def default_device() -> torch.device:
     """CUDA when present, else the CPU: what ``device=None`` means everywhere in this module."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@runtime_checkable
+class InputLoader(Protocol):
+    """One input (a file path, or what a shard holds: a PIL image, a video's bytes) -> the encoder's uint8 tensor.
+
+    Picklable, so DataLoader workers can run it; ``shape`` is the tensor's shape (a failed input's zero placeholder).
+    Raises on an input that does not decode; the caller records the error against that input.
+    """
+
+    shape: tuple[int, ...]
+
+    def __call__(self, item: Any, name: str | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every encoder answers: all that extraction and search ask of one, whatever it embeds.
+
+    Example:
+        >>> def describe(encoder: Encoder) -> str:
+        ...     return f"{encoder.name}: {encoder.kind} -> {encoder.embed_dim}-d"
+    """
+
+    name: str
+    kind: str  # one of ENCODER_KINDS: the inputs it embeds
+    preprocessing: dict[str, Any]  # from the checkpoint's config, recorded in every store it writes
+    dtype: str  # compute precision, one of PRECISIONS
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the rows ``embed_batch`` returns."""
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The module whose weights make the rows (what Lightning moves to a rank's device)."""
+
+    def settings(self) -> dict[str, Any]:
+        """Choices besides weights and preprocessing that change the rows (precision, video embedding kind)."""
+
+    def weights_sha256(self) -> str:
+        """Fingerprint of the weights, so a resumed run can tell it still has the same model."""
+
+    def batch_loader(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InputLoader:
+        """The CPU side of preprocessing, for DataLoader workers."""
+
+    def embed_batch(self, pixels: torch.Tensor, titles: Sequence[str] | None = None,
+                    ocr: Sequence[str] | None = None, normalize: bool = True) -> torch.Tensor:
+        """Float32 rows of a stacked batch of ``batch_loader`` outputs (text only where the encoder reads it)."""
+
+
+class _EncoderBase:
+    """What both encoders share: the precision check, autocast and the weights fingerprint."""
+
+    name: str
+    dtype: str
+    backbone: nn.Module
+
+    def _check_dtype(self, dtype: str) -> None:
+        if dtype not in PRECISIONS:
+            raise ConfigError(f"encoder {self.name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for ``dtype="bf16"``, else nothing: one precision switch for every encoder."""
+        if self.dtype == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def weights_sha256(self) -> str:
+        """sha256 of the backbone's state (see :func:`weights_sha256`)."""
+        return weights_sha256(self.backbone)
 
 
 class ImageTransform:
@@ -75,6 +152,22 @@ class ImageTransform:
                 f"interpolation={self.interpolation.value})")
 
 
+class ImageFileLoader:
+    """An image file (or a PIL image read from a shard) -> ``(3, size, size)`` uint8 pixels; picklable for workers.
+
+    Files with more than ``max_pixels`` pixels (from the header) are refused before decoding.
+    """
+
+    def __init__(self, transform: ImageTransform, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.shape = (3, transform.image_size, transform.image_size)
+
+    def __call__(self, item: str | os.PathLike | Image.Image, name: str | None = None) -> torch.Tensor:
+        image = item if isinstance(item, Image.Image) else load_rgb(os.fspath(item), self.max_pixels)
+        return self.transform(image)
+
+
 def _as_pil(item: Any, index: int) -> Image.Image:
     """One input of ``encode_images`` as an RGB PIL image; errors name the item's position (and file)."""
     if isinstance(item, str | os.PathLike):
@@ -102,7 +195,7 @@ def _as_pil(item: Any, index: int) -> Image.Image:
                     f"got {type(item).__name__}{hint}")
 
 
-class ImageEncoder:
+class ImageEncoder(_EncoderBase):
     """A backbone with the preprocessing it was trained with; ``encode_images`` turns images into embeddings.
 
     The backbone is put in eval mode, frozen and moved to ``device`` in place (no copy of large weights).
@@ -128,9 +221,8 @@ class ImageEncoder:
         missing = [key for key in _REQUIRED_PREPROCESSING if key not in preprocessing]
         if missing:
             raise KeyError(f"encoder {name!r}: preprocessing lacks {missing} (got {sorted(preprocessing)})")
-        if dtype not in PRECISIONS:
-            raise ConfigError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
-        self.name = name
+        self.name, self.kind = name, "image"
+        self._check_dtype(dtype)
         self.preprocessing = dict(preprocessing)
         self.transform = ImageTransform(
             int(preprocessing["image_size"]),
@@ -163,17 +255,25 @@ class ImageEncoder:
         """Width of the embeddings: the backbone's pooled feature size."""
         return int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
 
+    def settings(self) -> dict[str, Any]:
+        """The compute precision: all besides weights and preprocessing that changes an image row."""
+        return {"precision": self.dtype}
+
+    def batch_loader(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageFileLoader:
+        """Decode, resize and crop on the CPU (DataLoader workers); :meth:`embed` does the rest on the device."""
+        return ImageFileLoader(self.transform, max_pixels)
+
+    def embed_batch(self, pixels: torch.Tensor, titles: Sequence[str] | None = None,
+                    ocr: Sequence[str] | None = None, normalize: bool = True) -> torch.Tensor:
+        """:meth:`embed`; images have no text, so ``titles`` and ``ocr`` are not read."""
+        return self.embed(pixels, normalize)
+
     def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._norm_cache:
             mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
             self._norm_cache[device] = (mean, std)
         return self._norm_cache[device]
-
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.dtype == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def embed(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Float32 embeddings of a ``(n, 3, size, size)`` uint8 batch already on the backbone's device.
@@ -250,7 +350,7 @@ class VideoClipLoader:
         return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
-class VideoEncoder:
+class VideoEncoder(_EncoderBase):
     """A pretrained video–text model with its preprocessing: standalone video and text embeddings, VTM scores.
 
     ``encode_videos`` returns, by ``embedding``: ``"vtc"``, the contrastive embedding of the frames alone (the same
@@ -280,13 +380,13 @@ class VideoEncoder:
         from mmpretrain.models import tokenizer_from_json
         from mmpretrain.video.text import TextProcessor
 
-        if dtype not in PRECISIONS:
-            raise ConfigError(f"encoder {name!r}: dtype={dtype!r} is not one of {PRECISIONS}")
+        self.name, self.kind = name, "video"
+        self._check_dtype(dtype)
         self.embedding = embedding or config.get("embedding", "vtc")
         if self.embedding not in ("vtc", "fused"):
             raise ConfigError(f"encoder {name!r}: embedding={self.embedding!r} is not 'vtc' or 'fused'")
         pre = config["preprocessing"]
-        self.name, self.dtype, self.backend = name, dtype, backend
+        self.dtype, self.backend = dtype, backend
         self.num_frames, self.image_size = int(pre["num_frames"]), int(pre["image_size"])
         self.preprocessing = dict(pre)
         self.processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
@@ -311,10 +411,21 @@ class VideoEncoder:
         """The whole video–text model: what Lightning moves between devices during extraction."""
         return self.model
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.dtype == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def settings(self) -> dict[str, Any]:
+        """The compute precision and which embedding (``vtc`` or ``fused``) the rows are."""
+        return {"precision": self.dtype, "embedding": self.embedding}
+
+    def batch_loader(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VideoClipLoader:
+        """The clip decoder (``max_pixels`` is an image limit: frames are resized at decode time)."""
+        return self.loader
+
+    def embed_batch(self, pixels: torch.Tensor, titles: Sequence[str] | None = None,
+                    ocr: Sequence[str] | None = None, normalize: bool = True) -> torch.Tensor:
+        """:meth:`embed` of a clip batch, with its titles and OCR tokenized for ``fused`` rows."""
+        text, count = None, len(pixels)
+        if self.embedding == "fused":
+            text = self.processor(list(titles or [""] * count), list(ocr or [""] * count))
+        return self.embed(pixels, text, normalize)
 
     def _frames(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, T, 3, H, W)`` -> normalized float on the model's device (which Lightning may have moved)."""

@@ -5,7 +5,9 @@
   forward, L2 normalisation) — the encoder's overhead over the model, target >= 0.95x of raw;
 - ``encode_images_ips``: ``encode_images`` on uint8 HWC arrays (adds the CPU resize/crop per image);
 - the same for bf16 autocast and channels_last, each against a raw forward with the same setting;
-- ``e2e_jpeg_ips``: ``run_extraction`` (Lightning predict, DataLoader workers, store writing) over JPEG files.
+- ``e2e_jpeg_ips``: ``run_extraction`` (Lightning predict, DataLoader workers, store writing) over JPEG files;
+- ``e2e_shard_jpeg_ips``: ``run_shard_extraction`` over the same JPEGs in two WebDataset shards (one reader per
+  shard), and ``shards_vs_files``, its ratio to ``e2e_jpeg_ips``: the one pipeline costs the same from either source.
 
 Timings are medians over ``--repeats``, with raw and encoder runs interleaved so a noisy machine hurts both alike.
 """
@@ -27,8 +29,9 @@ import timm
 import torch
 from PIL import Image
 
+from mmpretrain.data.shards import image_samples, write_shards
 from mmpretrain.encoders import ImageEncoder, default_device
-from mmpretrain.extraction import read_input, run_extraction
+from mmpretrain.extraction import read_input, run_extraction, run_shard_extraction
 from mmpretrain.hub import DEFAULT_PREPROCESSING
 
 
@@ -141,6 +144,15 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         assert summary is not None and summary["count"] == args.jpegs, summary
         result["e2e_jpeg_ips"] = round(args.jpegs / elapsed, 2)
+        jpegs = sorted(str(p) for p in folder.glob("*.jpg"))
+        shards = write_shards(image_samples(jpegs, folder), Path(tmp) / "shards", maxcount=-(-args.jpegs // 2))
+        start = time.perf_counter()
+        summary = run_shard_extraction(encoder, [str(p) for p in shards], Path(tmp) / "shard_store", trainer,
+                                       batch_size=n, num_workers=args.workers)
+        elapsed = time.perf_counter() - start
+        assert summary is not None and summary["count"] == args.jpegs, summary
+        result["e2e_shard_jpeg_ips"] = round(args.jpegs / elapsed, 2)
+        result["shards_vs_files"] = round(result["e2e_shard_jpeg_ips"] / result["e2e_jpeg_ips"], 3)
         result["e2e_jpegs"] = args.jpegs
         result["e2e_workers"] = args.workers
     print(json.dumps(result))

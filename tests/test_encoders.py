@@ -170,3 +170,46 @@ def test_package_api_is_lazy_and_lists_checkpoints() -> None:
     assert callable(mmpretrain.load_encoder)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = mmpretrain.nope
+
+
+def test_the_encoder_protocol_gives_encode_images_rows(encoder: ImageEncoder, images: list[Path]) -> None:
+    """Extraction's calls (batch_loader, embed_batch) give the rows encode_images gives; the fingerprint follows
+    the weights."""
+    from mmpretrain.encoders import Encoder, InputLoader
+
+    assert isinstance(encoder, Encoder) and encoder.kind == "image"
+    assert encoder.settings() == {"precision": "fp32"}
+    loader = encoder.batch_loader()
+    assert isinstance(loader, InputLoader) and loader.shape == (3, 32, 32)
+    pixels = torch.stack([loader(str(p)) for p in images[:2]] + [loader(Image.open(images[2]))])
+    rows = encoder.embed_batch(pixels, titles=["ignored"] * 3).numpy()
+    np.testing.assert_allclose(rows, encoder.encode_images(images[:3]), atol=1e-5)
+    before = encoder.weights_sha256()
+    assert before == encoder.weights_sha256() and len(before) == 64
+    weight = next(encoder.backbone.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0].add_(1.0)
+    try:
+        assert encoder.weights_sha256() != before
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert encoder.weights_sha256() == before
+
+
+def test_a_video_encoder_answers_the_same_protocol(video_pretrained: Path, video_demo) -> None:
+    from mmpretrain.encoders import Encoder
+    from mmpretrain.video import read_video_manifest
+
+    encoder = load_encoder(video_pretrained, device="cpu", embedding="fused")
+    assert isinstance(encoder, Encoder) and encoder.kind == "video"
+    assert encoder.settings() == {"precision": "fp32", "embedding": "fused"}
+    records = read_video_manifest(video_demo["val"])[:2]
+    loader = encoder.batch_loader()
+    clips = torch.stack([loader(r.video) for r in records])
+    assert clips.shape == (2, *loader.shape) and clips.dtype == torch.uint8
+    titles = [r.title or "" for r in records]
+    rows = encoder.embed_batch(clips, titles, [""] * 2).numpy()
+    expected = encoder.encode_videos([r.video for r in records], titles=titles, ocr=[""] * 2)
+    np.testing.assert_allclose(rows, expected, atol=1e-5)

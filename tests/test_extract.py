@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from conftest import compose_cfg
 from test_encoders import training_checkpoint
 
+import mmpretrain.encoders as encoders
 import mmpretrain.extraction as extraction
 from mmpretrain import hub
 from mmpretrain.cli.extract import extract
@@ -167,8 +168,8 @@ class _Decodes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        self.load = extraction.load_rgb
-        monkeypatch.setattr(extraction, "load_rgb", self)
+        self.load = encoders.load_rgb
+        monkeypatch.setattr(encoders, "load_rgb", self)
 
     def __call__(self, path: str, *args):
         self.paths.append(path)
@@ -280,3 +281,26 @@ def test_store_records_the_absolute_encoder_path(encoder: ImageEncoder, publishe
     assert source == str(published.resolve()), "a store searched from another folder still finds its encoder"
     _extract(encoder, demo_root / "val", tmp_path / "named", encoder_source="moby_swin_t_300ep")
     assert open_store(tmp_path / "named").manifest["extra"]["encoder_source"] == "moby_swin_t_300ep"
+
+
+class _SecondRun(pl.Callback):
+    """Starts a second extraction into the same store while the first one is at a given batch."""
+
+    def __init__(self, start) -> None:
+        self.start = start
+        self.raised: list[BaseException] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1 and not self.raised:
+            with pytest.raises(extraction.ExtractionError) as refused:
+                self.start()
+            self.raised.append(refused.value)
+
+
+def test_a_second_run_into_the_same_store_is_refused(
+    reference: Path, encoder: ImageEncoder, demo_root: Path, tmp_path: Path
+) -> None:
+    second = _SecondRun(lambda: _extract(encoder, demo_root / "train", tmp_path / "store"))
+    _extract(encoder, demo_root / "train", tmp_path / "store", trainer=_trainer(callbacks=[second]))
+    assert len(second.raised) == 1 and "is being written by another extraction" in str(second.raised[0])
+    _assert_same_store(tmp_path / "store", reference)

@@ -1,5 +1,6 @@
 """`mmpretrain-extract encoder=<name|path|url> input=<folder|file list|manifest|shards> output=<dir>`: an embedding
-store. WebDataset shards (``input=/data/{000000..000099}.tar``) go through `mmpretrain.shard_extraction`."""
+store. WebDataset shards (``input=/data/{000000..000099}.tar``) go through
+`mmpretrain.extraction.run_shard_extraction`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data import loader_workers
 from mmpretrain.encoders import load_encoder
-from mmpretrain.extraction import read_input, run_extraction
-from mmpretrain.shard_extraction import is_shard_input, run_shard_extraction
+from mmpretrain.extraction import is_shard_input, read_input, run_extraction, run_shard_extraction
 
 log = logging.getLogger(__name__)
 

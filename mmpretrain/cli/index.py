@@ -26,7 +26,7 @@ from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_er
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
 from mmpretrain.embeddings import MANIFEST, StoreError
-from mmpretrain.encoders import ImageEncoder, VideoEncoder, load_encoder
+from mmpretrain.encoders import Encoder, load_encoder
 from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError, PathExistsError
 from mmpretrain.retrieval import (
     PARAMS_FILE,
@@ -159,7 +159,7 @@ def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, lis
     return None, videos or images, "video" if videos else "image"
 
 
-def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> ImageEncoder | VideoEncoder:
+def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> Encoder:
     """`encoder=` or the store's own encoder, checked to embed `kind` queries into the index's space."""
     _need_store(index, cfg, f"a {kind} query (for the store's encoder and normalization)")
     store = index.store
@@ -175,7 +175,7 @@ def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> ImageEn
         raise MissingPathError(f"store {store.root} names encoder {source!r}, which is neither a registered "
                                 "checkpoint nor a path here; pass encoder=<name|path|url> of the encoder that made "
                                 "the store") from exc
-    video = isinstance(encoder, VideoEncoder)
+    video = encoder.kind == "video"
     if (kind == "image" and video) or (kind in ("video", "text") and not video):
         raise ConfigError(f"encoder={source} is {'a video' if video else 'an image'} encoder; {kind} queries need "
                          f"{'an image' if kind == 'image' else 'a video-text'} encoder (the one that made the store)")

@@ -12,6 +12,7 @@ from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
 from mmpretrain.data.records import csv_list, read_records
+from mmpretrain.data.shards import read_error
 from mmpretrain.data.sources import (
     ImageSource,
     InputRows,
@@ -59,6 +60,7 @@ __all__ = [
     "loader_workers",
     "make_demo_images",
     "moby_transform",
+    "read_error",
     "read_file_list",
     "read_image_input",
     "read_records",

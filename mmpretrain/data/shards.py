@@ -137,6 +137,11 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
                 stream.close()
 
 
+def read_error(raw: dict[str, Any]) -> str | None:
+    """``"reason: detail"`` when ``raw`` is :func:`read_shard`'s note that the shard ended early, else None."""
+    return f"{raw['__error__']}: {raw['__detail__']}" if "__error__" in raw else None
+
+
 def count_samples(url: str) -> int:
     """Samples in a shard, by reading it through (for shards without a ``shards.json`` entry)."""
     return sum(1 for s in read_shard(url) if "__error__" not in s)
