@@ -83,7 +83,7 @@ def read_input(source: str | os.PathLike, labels: str | bool = "auto", key: str 
     """
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() in RECORD_SUFFIXES and is_video_manifest(path):
-        from mmpretrain.video.manifest import video_input
+        from mmpretrain.video.io.manifest import video_input
 
         return video_input(path, parse_labels(labels, key), key)
     return read_image_input(path, labels, key)
@@ -474,6 +474,8 @@ def _finalize(
                "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
                "encoder_source": _loadable(encoder_source or encoder.name),
+               "weights_sha256": weights_sha256(encoder.model if isinstance(encoder, VideoEncoder)
+                                                else encoder.backbone),
                **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)

@@ -34,7 +34,7 @@ from mmpretrain._io import write_text_atomic
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import SampleError, expand_shards, read_shard, sample_image, sample_json, sample_label
 from mmpretrain.embeddings import finalize_store, shard_done, shard_name, write_shard
-from mmpretrain.encoders import ImageEncoder, VideoEncoder
+from mmpretrain.encoders import ImageEncoder, VideoEncoder, weights_sha256
 from mmpretrain.extraction import FAILED_FILE, RUN_DIR, EncoderPredictor, check_run
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class _Rows:
         row: dict[str, Any] = {"id": key, "title": "", "ocr": "", "label": "", "tags": "[]"}
         try:
             if self.video:
-                from mmpretrain.video.shards import shard_record, video_member
+                from mmpretrain.video.io.shards import shard_record, video_member
 
                 record = shard_record(raw)
                 row.update(title=record.title or "", ocr=" ".join(record.ocr), label=record.label or "",
@@ -257,7 +257,8 @@ def run_shard_extraction(
                               extra={"input": urls[0] if len(urls) == 1 else f"{urls[0]} .. {urls[-1]}",
                                      "input_kind": "shards", "shards": len(urls), "failed": failed,
                                      "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
-                                     "encoder_source": encoder_source or encoder.name})
+                                     "encoder_source": encoder_source or encoder.name,
+                                     "weights_sha256": weights_sha256(encoder.model if video else encoder.backbone)})
     shutil.rmtree(output / RUN_DIR / "shard-parts", ignore_errors=True)
     log.info("embedding store %s: %d rows from %d shards, %d failed", output, manifest["count"], len(urls), failed)
     return {"output": str(output), "count": manifest["count"], "failed": failed, "dim": encoder.embed_dim,

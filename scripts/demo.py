@@ -223,9 +223,10 @@ def _demo_videos(root: Path) -> Path:
 # the features of a random network, has no setting any more: pixels stand in for it) and the last is the demo's.
 ABLATION: tuple[tuple[str, list[str]], ...] = (
     ("before: CLS text, one lr, pixel MVM, per-frame masks, random negatives",
-     ["model.text_pooling=cls", "model.lr_mult={text:1.0,frames:1.0,fusion:1.0}", "model.mvm_tube=false",
+     ["model.arch.text_pooling=cls", "model.arch.temporal_stem=per_frame", "model.arch.vtc_text=all",
+      "model.loss_ramp=0", "model.lr_mult={text:1.0,frames:1.0,fusion:1.0}", "model.mvm_tube=false",
       "model.vtm_negatives=random", "model.vtm_exclude=[]", "model.vtm_balanced=false"]),
-    ("+ mean text pooling", ["model.text_pooling=mean"]),
+    ("+ mean text pooling", ["model.arch.text_pooling=mean"]),
     ("+ lr groups (text 0.1)", ["model.lr_mult={text:0.1,frames:1.0,fusion:1.0}"]),
     ("+ MoBY frame init and MVM teacher", ["model.frame_encoder=null", "model.frame_init={moby}"]),
     ("+ tube masking", ["model.mvm_tube=true"]),
@@ -271,7 +272,7 @@ def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None) -> None:
 def _frames_only(manifest: Path) -> Path:
     """The manifest without titles and OCR: the demo titles name shape, colour and direction, so a fine-tuned model
     with text would read its labels instead of showing what pretraining taught the frame encoder."""
-    from mmpretrain.video.manifest import read_video_manifest, write_video_manifest
+    from mmpretrain.video.io.manifest import read_video_manifest, write_video_manifest
 
     records = [{"id": r.id, "video": r.video, "label": r.label, "tags": list(r.tags)}
                for r in read_video_manifest(manifest)]

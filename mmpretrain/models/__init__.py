@@ -4,8 +4,11 @@ video–title–OCR fusion transformer built from them. Pure torch: no file or n
 from mmpretrain.models.backbones import backbone_has_batchnorm, create_backbone
 from mmpretrain.models.fusion import (
     FrameTeacher,
+    FusionArch,
+    TubeletStem,
     VideoTextFusion,
     build_video_model,
+    create_video_model,
     encode_frame_grid,
     frame_token_grid,
     match_grid,
@@ -26,13 +29,16 @@ from mmpretrain.models.text import (
 
 __all__ = [
     "FrameTeacher",
+    "FusionArch",
     "MLPHead",
+    "TubeletStem",
     "VideoTextFusion",
     "backbone_has_batchnorm",
     "build_video_model",
     "create_backbone",
     "create_text_encoder",
     "create_tokenizer",
+    "create_video_model",
     "encode_frame_grid",
     "frame_token_grid",
     "match_grid",

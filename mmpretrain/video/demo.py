@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmpretrain._io import atomic_path
-from mmpretrain.video.manifest import write_video_manifest
+from mmpretrain.video.io.manifest import write_video_manifest
 
 DEMO_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 DEMO_COLOURS: dict[str, tuple[int, int, int]] = {

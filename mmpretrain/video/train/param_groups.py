@@ -24,7 +24,7 @@ def part_of(name: str) -> str:
     """Which ``model.lr_mult`` part a :class:`VideoTextFusion` parameter belongs to."""
     if name.startswith("text_encoder."):
         return "text"
-    if name.startswith("frame_encoder."):
+    if name.startswith(("frame_encoder.", "temporal_stem.")):
         return "frames"
     return "fusion"
 

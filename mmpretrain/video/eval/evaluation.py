@@ -3,7 +3,7 @@
 ALBEF/ALPRO retrieval: embed every video and text once (standalone VTC embeddings), shortlist by similarity, and
 re-score only the shortlist with the cross-modal VTM head, so the O(N²) cross-encoder of VIOLET is needed for
 k·N pairs instead of N². Ranks come from the index's shortlist (exact up to its length; see
-:func:`~mmpretrain.video.metrics.ranks_from_topk`).
+:func:`~mmpretrain.video.eval.metrics.ranks_from_topk`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from mmpretrain.retrieval import build_index
-from mmpretrain.video.manifest import VideoRecord
-from mmpretrain.video.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks
-from mmpretrain.video.text import join_ocr, same_content
+from mmpretrain.video.eval.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks
+from mmpretrain.video.io.manifest import VideoRecord
+from mmpretrain.video.train.text import join_ocr, same_content
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import VideoEncoder
