@@ -13,7 +13,14 @@ from test_video_recipe import save_moby
 
 from mmpretrain.encoders import load_encoder
 from mmpretrain.hub import load_checkpoint
-from mmpretrain.models import FusionArch, build_video_model, create_tokenizer, encode_frame_grid, video_model_config
+from mmpretrain.models import (
+    FusionArch,
+    build_video_model,
+    create_backbone,
+    create_tokenizer,
+    encode_frame_grid,
+    video_model_config,
+)
 from mmpretrain.video import TextProcessor, VideoFusionPretrain
 from mmpretrain.video.train.masking import blockwise_mask
 from mmpretrain.video.train.param_groups import video_param_groups
@@ -153,3 +160,41 @@ def test_module_weighs_validation_and_untrained_steps_with_the_full_weights() ->
     module = tiny_module(loss_ramp=0.5, loss_weights={"vtc": 1.0, "vtm": 2.0, "mtm": 1.0, "mvm": 1.0})
     assert module.objective_weights() == module.loss_weights  # outside a trainer: no schedule to follow
     assert FusionArch().temporal_stem == "tubelet" and FusionArch().vtc_text == "title"
+
+
+def test_divided_space_time_attention_starts_as_the_image_model_and_mixes_frames() -> None:
+    import pickle
+
+    module = tiny_module(space_time="divided", temporal_stem="per_frame")
+    m = module.model.eval()
+    assert len(m.temporal_attn) == len(m.frame_encoder.blocks)
+    frames = _frames(seed=2)
+    plain = create_backbone("vit_tiny_patch16_224", **VIT).eval()  # the image model, without the hooks
+    plain.load_state_dict(m.frame_encoder.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m.frame_grid(frames), encode_frame_grid(plain, frames, 4))
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in video_param_groups(m, 1e-3, 0.05)}
+    assert id(m.temporal_attn[0].attn.in_proj_weight) in groups["frames"]
+    assert id(m.temporal_attn[0].time_embed) in groups["frames/no_decay"]
+    # once it has learned something, a frame's tokens depend on the other frames
+    with torch.no_grad():
+        for temporal in m.temporal_attn:
+            temporal.attn.out_proj.weight.normal_(0, 0.2)
+        changed = frames.clone()
+        changed[:, 3] = torch.randn_like(changed[:, 3])
+        first = m.frame_grid(frames)[:, 0]
+        assert not torch.allclose(first, m.frame_grid(changed)[:, 0], atol=1e-4)
+    clone = pickle.loads(pickle.dumps(m))  # hooks survive spawning processes (DDP spawn, workers)
+    with torch.no_grad():
+        torch.testing.assert_close(clone.frame_grid(frames), m.frame_grid(frames))
+    rebuilt = build_video_model(video_model_config(m, *module.frame_arch)).eval()
+    rebuilt.load_state_dict(m.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.encode_video(frames), m.encode_video(frames))
+
+
+def test_divided_attention_needs_a_vit(tmp_path: Path) -> None:
+    swin = {"img_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2],
+            "window_size": 4}  # fmt: skip
+    with pytest.raises(ValueError, match=r"model.arch.space_time=divided needs a ViT-like frame encoder"):
+        tiny_module(space_time="divided", frame_encoder="swin_tiny_patch4_window7_224", frame_encoder_kwargs=swin)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mmpretrain.hub.errors import CheckpointConfigError
-from mmpretrain.models.fusion import TEMPORAL_STEMS, TEXT_POOLINGS, VTC_TEXTS
+from mmpretrain.models.fusion import SPACE_TIMES, TEMPORAL_STEMS, TEXT_POOLINGS, VTC_TEXTS
 
 # Architecture keyword arguments that describe the model's shape (or, for the drop rates, do nothing in eval mode).
 _MAX_WIDTH = 16384
@@ -59,7 +59,8 @@ _FUSION_LIMITS = {
     "image_size": 8192,
     "tubelet_frames": 63,
 }
-_FUSION_CHOICES = {"text_pooling": TEXT_POOLINGS, "temporal_stem": TEMPORAL_STEMS, "vtc_text": VTC_TEXTS}
+_FUSION_CHOICES = {"text_pooling": TEXT_POOLINGS, "temporal_stem": TEMPORAL_STEMS, "vtc_text": VTC_TEXTS,
+                   "space_time": SPACE_TIMES}
 _TEXT_LIMITS = {
     "hidden_size": _MAX_WIDTH,
     "num_hidden_layers": _MAX_DEPTH,

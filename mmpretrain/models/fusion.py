@@ -134,6 +134,7 @@ def encode_frame_grid(encoder: nn.Module, frames: torch.Tensor, grid: int | None
 
 TEMPORAL_STEMS = ("tubelet", "per_frame")
 VTC_TEXTS = ("title", "all")
+SPACE_TIMES = ("none", "divided")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,9 @@ class FusionArch:
         tubelet_frames: the stem's temporal kernel (odd: centred on each frame, so tokens stay one grid per frame).
         vtc_text: ``title``: the VTC text vector reads the title alone (OCR is text *in* the video, not a
             description of it; it stays in the fusion for VTM, MTM and fused embeddings); ``all``: title and OCR.
+        space_time: ``divided``: before every block of a ViT frame encoder, each patch attends to itself in the
+            clip's other frames (TimeSformer's divided space–time attention; zero at start, so a pretrained image
+            model is unchanged at step 0); ``none``: frames meet only in the stem and the fusion.
 
     Example:
         >>> FusionArch(width=96, depth=2, num_heads=4).temporal_stem
@@ -171,11 +175,13 @@ class FusionArch:
     temporal_stem: str = "tubelet"
     tubelet_frames: int = 3
     vtc_text: str = "title"
+    space_time: str = "none"
 
     def __post_init__(self) -> None:
         for key, value, known in (("text_pooling", self.text_pooling, (*TEXT_POOLINGS, None)),
                                   ("temporal_stem", self.temporal_stem, TEMPORAL_STEMS),
-                                  ("vtc_text", self.vtc_text, VTC_TEXTS)):  # fmt: skip
+                                  ("vtc_text", self.vtc_text, VTC_TEXTS),
+                                  ("space_time", self.space_time, SPACE_TIMES)):  # fmt: skip
             if value not in known:
                 raise ValueError(f"model.arch.{key}={value!r} is not one of {tuple(k for k in known if k)}")
         if self.tubelet_frames < 1 or self.tubelet_frames % 2 == 0:
@@ -224,6 +230,43 @@ class TubeletStem(nn.Module):
         return x.permute(0, 2, 3, 4, 1)
 
 
+class TemporalAttention(nn.Module):
+    """The temporal half of divided space–time attention (TimeSformer): every patch token attends to the same
+    patch in the clip's other frames, with a learned time embedding, added residually to a ViT block's input.
+
+    The output projection starts at zero, so the image model is unchanged until it learns to use time.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_frames: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.time_embed = nn.Parameter(torch.zeros(1, num_frames, dim))
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, frames: int, prefix: int) -> torch.Tensor:
+        """``(B·T, prefix + N, C)`` block input -> the same with time mixed into the ``N`` patch tokens."""
+        tokens = x[:, prefix:]
+        bt, n, c = tokens.shape
+        y = tokens.reshape(bt // frames, frames, n, c).transpose(1, 2).reshape(-1, frames, c)
+        h = self.norm(y) + self.time_embed[:, :frames].to(y.dtype)
+        y = self.attn(h, h, h, need_weights=False)[0]
+        y = y.reshape(bt // frames, n, frames, c).transpose(1, 2).reshape(bt, n, c)
+        return torch.cat([x[:, :prefix], tokens + y], dim=1)
+
+
+class _TimeHook:
+    """A ViT block's pre-forward hook applying its :class:`TemporalAttention` (a class, not a lambda: picklable)."""
+
+    def __init__(self, temporal: TemporalAttention, clip: dict[str, int], prefix: int) -> None:
+        self.temporal, self.clip, self.prefix = temporal, clip, prefix
+
+    def __call__(self, _: nn.Module, args: tuple) -> tuple:
+        return (self.temporal(args[0], self.clip["frames"], self.prefix), *args[1:])
+
+
 class VideoTextFusion(nn.Module):
     """Frame encoder + text encoder + fusion transformer, with MVM, MTM, VTM and VTC heads.
 
@@ -269,6 +312,10 @@ class VideoTextFusion(nn.Module):
                 raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} "
                                  "(the tubelet stem's patch; model.arch.temporal_stem=tubelet)")  # fmt: skip
             self.temporal_stem = TubeletStem(frame_dim, self.image_size // self.grid, arch.tubelet_frames)
+        self.temporal_attn = None
+        self._clip = {"frames": 1}
+        if arch.space_time == "divided":
+            self._add_temporal_attention()
         self.video_proj = nn.Sequential(nn.LayerNorm(frame_dim), nn.Linear(frame_dim, width))
         self.text_proj = nn.Linear(text_dim, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
@@ -300,6 +347,18 @@ class VideoTextFusion(nn.Module):
             raise ValueError("model.arch.visual_grid must be set for a frame encoder without patch_embed.grid_size")
         return int(grid[0])
 
+    def _add_temporal_attention(self) -> None:
+        """One :class:`TemporalAttention` before each block of a ViT-like frame encoder (pre-forward hooks)."""
+        blocks = getattr(self.frame_encoder, "blocks", None)
+        if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not hasattr(blocks[0], "attn"):
+            raise ValueError(f"model.arch.space_time=divided needs a ViT-like frame encoder (a 'blocks' list); "
+                             f"{type(self.frame_encoder).__name__} has none")  # fmt: skip
+        dim, heads = int(self.frame_encoder.embed_dim), int(blocks[0].attn.num_heads)
+        prefix = int(getattr(self.frame_encoder, "num_prefix_tokens", 0))
+        self.temporal_attn = nn.ModuleList(TemporalAttention(dim, heads, self.num_frames) for _ in blocks)
+        for block, temporal in zip(blocks, self.temporal_attn):
+            block.register_forward_pre_hook(_TimeHook(temporal, self._clip, prefix))
+
     @property
     def width(self) -> int:
         return self.arch.width
@@ -321,6 +380,7 @@ class VideoTextFusion(nn.Module):
         """``(B, T, 3, H, W)`` normalized frames -> ``(B, T, g, g, C)`` frame tokens (plus the tubelet stem's)."""
         if frames.shape[1] > self.num_frames:
             raise ValueError(f"clip has {frames.shape[1]} frames; the model was built for at most {self.num_frames}")
+        self._clip["frames"] = frames.shape[1]  # read by the divided-attention hooks
         grid = encode_frame_grid(self.frame_encoder, frames, self.visual_grid)
         if self.temporal_stem is not None:
             grid = grid + self.temporal_stem(frames).to(grid.dtype)
@@ -483,7 +543,7 @@ def video_model_config(
 
 
 # what a checkpoint written before a key existed was built with
-_FUSION_BEFORE = {"temporal_stem": "per_frame", "vtc_text": "all", "text_pooling": "cls"}
+_FUSION_BEFORE = {"temporal_stem": "per_frame", "vtc_text": "all", "text_pooling": "cls", "space_time": "none"}
 
 
 def build_video_model(architecture: Mapping[str, Any]) -> VideoTextFusion:

@@ -145,6 +145,7 @@ def build_finetune(
             raise ConfigError("model.random_init=true needs model.pretrained (the architecture it re-initializes)")
         config, state = _from_arguments(architecture)
     module = VideoFinetune(video_model=config, pretrained=pretrained, **kwargs)
+    module.hparams.update(random_init=bool(random_init), architecture=architecture)  # what the module was built from
     if not (pretrained is not None and random_init):
         module.initialize_from(state)
     return module

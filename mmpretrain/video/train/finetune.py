@@ -376,7 +376,7 @@ class VideoFinetune(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make the checkpoint self-contained: the architecture and tokenizer replace the pretraining reference."""
         hparams = dict(checkpoint["hyper_parameters"])
-        hparams.update(pretrained=None, video_model=self.video_config)
+        hparams.update(pretrained=None, random_init=False, architecture=None, video_model=self.video_config)
         checkpoint["hyper_parameters"] = hparams
 
     def configure_optimizers(self) -> dict[str, Any]:

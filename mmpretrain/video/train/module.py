@@ -280,9 +280,11 @@ class VideoFusionPretrain(pl.LightningModule):
         v_emb, t_emb = m.video_embedding(video), m.encode_text(text, states=states)
         with torch.no_grad():
             m.temperature.clamp_(0.001, 0.5)
-        (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, has_text)
+        # with a title-only text vector, a video with OCR but no title has nothing to contrast with
+        vtc_valid = has_text if m.arch.vtc_text == "all" else has_text & (((types == 0) & (attn == 1)).sum(1) > 2)
+        (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, vtc_valid)
         out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
-                              valid=has_text, all_valid=all_valid)  # fmt: skip
+                              valid=vtc_valid, all_valid=all_valid)  # fmt: skip
 
         same = self._same(batch)
         out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator, same)
@@ -313,7 +315,7 @@ class VideoFusionPretrain(pl.LightningModule):
         out["mtm_acc"] = mtm_accuracy(logits.detach(), labels[chosen][None])
         weights = self.objective_weights() if dropout else self.loss_weights
         out["loss"] = sum(weights[k] * out[k] for k in LOSSES)
-        out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), has_text
+        out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), vtc_valid
         return out
 
     def objective_weights(self) -> dict[str, float]:
