@@ -341,8 +341,8 @@ class VideoClipLoader:
 
     def __call__(self, path: str | os.PathLike | bytes, name: str | None = None) -> torch.Tensor:
         """A file, or a video's bytes (a shard sample, called ``name`` in errors)."""
-        from mmpretrain.video.decoding import decode_clip
-        from mmpretrain.video.sampling import make_sampler
+        from mmpretrain.video.io.decoding import decode_clip
+        from mmpretrain.video.io.sampling import make_sampler
 
         sampler = make_sampler(self.num_frames, mode="segment", train=False, rng=None)
         video = path if isinstance(path, bytes) else os.fspath(path)
@@ -378,7 +378,7 @@ class VideoEncoder(_EncoderBase):
         backend: str = "decord",
     ) -> None:
         from mmpretrain.models import tokenizer_from_json
-        from mmpretrain.video.text import TextProcessor
+        from mmpretrain.video.train.text import TextProcessor
 
         self.name, self.kind = name, "video"
         self._check_dtype(dtype)
@@ -404,7 +404,7 @@ class VideoEncoder(_EncoderBase):
     @property
     def embed_dim(self) -> int:
         """Width of ``encode_videos`` rows: the VTC projection, or the fusion width for ``fused``."""
-        return int(self.model.vtc_video.out_features if self.embedding == "vtc" else self.model.width)
+        return int(self.model.embed_dim if self.embedding == "vtc" else self.model.width)
 
     @property
     def backbone(self) -> nn.Module:
@@ -434,7 +434,7 @@ class VideoEncoder(_EncoderBase):
 
     def read_clip(self, item: Any, index: int = 0) -> torch.Tensor:
         """One video (path, or uint8 ``(T, H, W, 3)`` frames) as a ``(T, 3, size, size)`` uint8 clip."""
-        from mmpretrain.video.decoding import VideoDecodeError
+        from mmpretrain.video.io.decoding import VideoDecodeError
 
         if isinstance(item, str | os.PathLike):
             try:
@@ -458,14 +458,10 @@ class VideoEncoder(_EncoderBase):
         frames = self._frames(clips)
         m = self.model
         with self._autocast(frames.device):
-            video = m.video_tokens(m.frame_grid(frames))
             if self.embedding == "vtc":
-                out = m.vtc_video(m.fuse(video)[:, 0])
+                out = m.encode_video(frames, normalize=False)
             else:
-                text = {k: v.to(frames.device) for k, v in text.items()}
-                states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
-                out = m.fuse(video, states, text["attention_mask"], text["token_type_ids"],
-                             text_keep=text["has_text"])[:, 0]  # fmt: skip
+                out = m.encode_fused(frames, {k: v.to(frames.device) for k, v in text.items()})
         out = out.float()
         return F.normalize(out, dim=-1) if normalize else out
 
@@ -515,14 +511,13 @@ class VideoEncoder(_EncoderBase):
         ocr = [None] * len(items) if ocr is None else list(ocr)
         if len(ocr) != len(items):
             raise ConfigError(f"{len(items)} texts but {len(ocr)} OCR entries")
-        out = np.empty((len(items), int(self.model.vtc_text.out_features)), dtype=np.float32)
+        out = np.empty((len(items), self.model.embed_dim), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast(device):
             for start, batch in _batches(items, batch_size):
                 pairs = self.processor(batch, ocr[start:start + len(batch)])
                 text = {k: v.to(device) for k, v in pairs.items()}
-                states = self.model.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
-                emb = self.model.text_embedding(states, text["attention_mask"], normalize=normalize).float()
+                emb = self.model.encode_text(text, normalize=normalize).float()
                 out[start:start + len(batch)] = emb.cpu().numpy()
         return out
 
@@ -531,11 +526,8 @@ class VideoEncoder(_EncoderBase):
         frames = self._frames(clips)
         text = self.processor(list(texts), list(ocr or [None] * len(texts)))
         text = {k: v.to(frames.device) for k, v in text.items()}
-        m = self.model
         with torch.inference_mode(), self._autocast(frames.device):
-            states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
-            fused = m.fuse(m.video_tokens(m.frame_grid(frames)), states, text["attention_mask"], text["token_type_ids"])
-            return m.match_logits(fused).float().softmax(-1)[:, 1].cpu().numpy()
+            return self.model.match(frames, text).cpu().numpy()
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -176,9 +176,9 @@ def main() -> None:
             "recipe_compose": lambda: by_index(ImageDataset(paths, compose)),
         }, args.chunk, args.chunks)
 
-        from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset
-        from mmpretrain.video.manifest import read_video_manifest
-        from mmpretrain.video.shards import VideoShardDecoder, manifest_samples
+        from mmpretrain.video.io.dataset import ClipReader, SampleVocab, VideoTextDataset
+        from mmpretrain.video.io.manifest import read_video_manifest
+        from mmpretrain.video.io.shards import VideoShardDecoder, manifest_samples
 
         manifest = make_videos(root / "videos", args.videos, tuple(args.video_size), args.video_frames)
         records = read_video_manifest(manifest)

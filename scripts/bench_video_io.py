@@ -28,10 +28,10 @@ import av
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mmpretrain.video import decoding
-from mmpretrain.video.dataset import VideoTextDataset, collate_videos
-from mmpretrain.video.manifest import read_video_manifest, write_video_manifest
-from mmpretrain.video.sampling import make_sampler
+from mmpretrain.video.io import decoding
+from mmpretrain.video.io.dataset import VideoTextDataset, collate_videos
+from mmpretrain.video.io.manifest import read_video_manifest, write_video_manifest
+from mmpretrain.video.io.sampling import make_sampler
 
 # (name in the JSON, decode_clip backend, pyav_mode)
 DECODERS = (

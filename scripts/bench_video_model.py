@@ -31,7 +31,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
             frame_encoder="vit_tiny_patch16_224",
             frame_encoder_kwargs=dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2),
             frame_drop_path=0.0, text_encoder=MINILM, text_pretrained=False, text_overrides={"num_hidden_layers": 2},
-            num_frames=4, image_size=32, visual_grid=4, width=96, depth=2, num_heads=4, dropout=0.0, proj_dim=64,
+            num_frames=4, image_size=32,
+            arch=dict(visual_grid=4, width=96, depth=2, num_heads=4, dropout=0.0, proj_dim=64),
         ),
         "batch": 16,
         "text_len": 32,
@@ -41,7 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
             frame_encoder="vit_small_patch16_224", frame_encoder_kwargs=dict(img_size=224), text_encoder=MINILM,
             text_pretrained=False,
             text_overrides=dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-            num_frames=8, image_size=224, visual_grid=7, width=512, depth=4, num_heads=8,
+            num_frames=8, image_size=224, arch=dict(visual_grid=7, width=512, depth=4, num_heads=8),
         ),
         "batch": 4,
         "text_len": 64,
@@ -75,12 +76,11 @@ def bench(name: str, batch: int | None, repeats: int, device: str, precision: st
         optimizer.step()
 
     frames = module.normalize(batch_data["frames"])
-    ids, attn, types = text["input_ids"], text["attention_mask"], text["token_type_ids"]
 
     def encoders() -> None:
         with autocast:
             grids = [m.frame_grid(frames) for _ in range(2)]
-            states = [m.text_states(ids, attn, types) for _ in range(2)]
+            states = [m.text_states(text) for _ in range(2)]
             if module.teacher is not None:
                 module._mvm_target(frames)
         outputs = [g.float() for g in grids] + [s.float() for s in states]

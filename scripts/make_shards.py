@@ -30,7 +30,7 @@ def _samples(source: Path):
         found = labeled_folder(source, key="source")  # one subfolder per class: its classes, as evaluation reads them
         return image_samples(found.paths, source, [found.classes[i] for i in found.labels]), found.classes
     if source.suffix.lower() in (".jsonl", ".json", ".csv"):
-        from mmpretrain.video.shards import manifest_samples
+        from mmpretrain.video.io.shards import manifest_samples
 
         return manifest_samples(source), None
     found = read_file_list(source, key="source")

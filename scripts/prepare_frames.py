@@ -1,4 +1,4 @@
-"""Pre-extract sampled frames of every video in a manifest into memory-mappable shards (see mmpretrain.video.frames).
+"""Pre-extract sampled frames of every video in a manifest into memory-mappable shards (see mmpretrain.video.io.frames).
 
     python scripts/prepare_frames.py MANIFEST OUTPUT --num-frames 16 --size 64 64 --backend decord --workers 2
 
@@ -12,8 +12,8 @@ import json
 import logging
 import time
 
-from mmpretrain.video.decoding import BACKENDS
-from mmpretrain.video.frames import prepare_frames
+from mmpretrain.video.io.decoding import BACKENDS
+from mmpretrain.video.io.frames import prepare_frames
 
 
 def main() -> None:

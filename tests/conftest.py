@@ -54,7 +54,7 @@ def video_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The demo videos as WebDataset shards: train in shards of 6 (a space-separated list), val in one."""
     from mmpretrain.data.shards import write_shards
-    from mmpretrain.video.shards import manifest_samples
+    from mmpretrain.video.io.shards import manifest_samples
 
     out = tmp_path_factory.mktemp("video_shards")
     write_shards(manifest_samples(video_demo["train"]), out, prefix="train", maxcount=6)
@@ -71,10 +71,10 @@ TINY_VIDEO = [
     "+model.text_overrides.hidden_size=32",
     "+model.text_overrides.num_attention_heads=2",
     "+model.text_overrides.intermediate_size=64",
-    "model.width=32",
-    "model.depth=1",
-    "model.num_heads=2",
-    "model.proj_dim=16",
+    "model.arch.width=32",
+    "model.arch.depth=1",
+    "model.arch.num_heads=2",
+    "model.arch.proj_dim=16",
 ]
 
 
@@ -148,7 +148,7 @@ def tiny_overrides(demo_root: Path, queue_len: int = 64, batch_size: int = 8) ->
         f"model.backbone_kwargs.num_heads=[{','.join(map(str, kw['num_heads']))}]",
         f"model.backbone_kwargs.window_size={kw['window_size']}",
         "model.proj_hidden_dim=64",
-        "model.proj_dim=16",
+        "model.arch.proj_dim=16",
         f"model.queue_len={queue_len}",
         "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",

@@ -31,10 +31,10 @@ def test_check_range_bounds_and_nan() -> None:
         ({"modality_dropout": {"text": 2.0}}, r"model.modality_dropout.text=2.0"),
         ({"vtm_negatives": "soft"}, r"model.vtm_negatives='soft' is not one of"),
         ({"mvm_masking": "tube"}, r"model.mvm_masking='tube' is not one of"),
-        ({"text_pooling": "max"}, r"model.text_pooling='max' is not one of"),
+        ({"arch": {"text_pooling": "max"}}, r"model.arch.text_pooling='max' is not one of"),
         ({"num_frames": 0}, r"model.num_frames=0 must be in \[1, inf\]"),
-        ({"width": 30, "num_heads": 4}, r"model.width=30 must be divisible by model.num_heads=4"),
-        ({"temperature": 0.0}, r"model.temperature=0.0 must be in \(0.0, inf\]"),
+        ({"arch": {"width": 30, "num_heads": 4}}, r"model.arch.width=30 must be divisible by model.arch.num_heads=4"),
+        ({"arch": {"temperature": 0.0}}, r"model.arch.temperature=0.0 must be in \(0.0, inf\]"),
         ({"loss_weights": {"vtc": -1.0}}, r"model.loss_weights.vtc=-1.0 must be in \[0.0, inf\]"),
     ],
 )

@@ -28,7 +28,7 @@ def test_error_types_share_one_base() -> None:
     from mmpretrain.embeddings import StoreError
     from mmpretrain.hub import ChecksumError, HubError
     from mmpretrain.recsys.validation import FeatureError
-    from mmpretrain.video.decoding import VideoDecodeError
+    from mmpretrain.video.io.decoding import VideoDecodeError
 
     for kind in (StoreError, HubError, ChecksumError, FeatureError, VideoDecodeError, ConfigError):
         assert issubclass(kind, MMPretrainError)
@@ -245,7 +245,7 @@ def test_long_work_shows_progress(tmp_path: Path, capsys) -> None:
     from mmpretrain.fewshot import evaluate_episodes
     from mmpretrain.recsys import item_to_item
     from mmpretrain.ssl import extract_features
-    from mmpretrain.video.store_probe import linear_probe
+    from mmpretrain.video.eval.store_probe import linear_probe
 
     rng = np.random.default_rng(0)
     features, labels = rng.standard_normal((60, 8)).astype(np.float32), np.repeat(np.arange(6), 10)

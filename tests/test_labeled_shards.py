@@ -19,8 +19,8 @@ from mmpretrain.cli.eval import evaluate
 from mmpretrain.data import labeled_folder
 from mmpretrain.data.shards import INDEX_FILE, expand_shards, shard_vocabulary, write_shards
 from mmpretrain.errors import ConfigError, DataError
-from mmpretrain.video.manifest import label_vocab, read_video_manifest, tag_vocab
-from mmpretrain.video.shards import manifest_samples
+from mmpretrain.video.io.manifest import label_vocab, read_video_manifest, tag_vocab
+from mmpretrain.video.io.shards import manifest_samples
 
 ENCODER = "encoder=timm:test_resnet"  # a stock timm architecture at seeded random init: no download
 

@@ -36,8 +36,8 @@ from mmpretrain.data.shards import (
     write_shards,
 )
 from mmpretrain.data.sources import scan_images
-from mmpretrain.video.decoding import VideoDecodeError, decode_clip
-from mmpretrain.video.shards import manifest_samples
+from mmpretrain.video.io.decoding import VideoDecodeError, decode_clip
+from mmpretrain.video.io.shards import manifest_samples
 
 
 def _png(value: int) -> bytes:
@@ -99,7 +99,7 @@ def test_missing_shards_are_named(tmp_path: Path) -> None:
 
 
 def test_bytes_decode_like_the_file(video_demo: dict[str, Path]) -> None:
-    from mmpretrain.video.manifest import read_video_manifest
+    from mmpretrain.video.io.manifest import read_video_manifest
 
     video = read_video_manifest(video_demo["train"])[0].video
     data = Path(video).read_bytes()
@@ -301,15 +301,15 @@ def test_video_model_trains_from_shards(video_shards: dict[str, str], video_demo
     assert torch.isfinite(metrics["train/loss"])
     assert objects["trainer"].global_step == 18 // 4
     health = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "DataHealthMonitor")
-    from mmpretrain.video.manifest import read_video_manifest
+    from mmpretrain.video.io.manifest import read_video_manifest
 
     untitled = sum(not r.title for r in read_video_manifest(video_demo["train"]))
     assert untitled and set(health.reasons) == {"missing_caption"} and health.reasons["missing_caption"] >= untitled
 
 
 def test_video_shard_bad_samples(video_demo, tmp_path: Path) -> None:
-    from mmpretrain.video.dataset import ClipReader, SampleVocab
-    from mmpretrain.video.shards import VideoShardDecoder
+    from mmpretrain.video.io.dataset import ClipReader, SampleVocab
+    from mmpretrain.video.io.shards import VideoShardDecoder
 
     good = list(manifest_samples(video_demo["val"]))[:2]
     ext = next(k for k in good[0] if k in ("mp4", "avi"))

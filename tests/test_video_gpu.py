@@ -27,7 +27,8 @@ def tiny_module() -> VideoFusionPretrain:
         frame_encoder_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
         frame_drop_path=0.0, text_encoder=MINILM, text_pretrained=False,
         text_overrides={"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128},
-        num_frames=4, image_size=32, visual_grid=4, width=64, depth=2, num_heads=2, proj_dim=32, max_text_len=32,
+        num_frames=4, image_size=32, arch={"visual_grid": 4, "width": 64, "depth": 2, "num_heads": 2, "proj_dim": 32},
+        max_text_len=32,
         modality_dropout={"text": 0.2, "video": 0.2}, lr=1e-3, lr_ref_batch=8, warmup_epochs=0,
     )  # fmt: skip
 

@@ -16,15 +16,15 @@ import av
 import numpy as np
 import pytest
 
-from mmpretrain.video import decoding
-from mmpretrain.video.decoding import VideoDecodeError, decode_clip, probe_video
-from mmpretrain.video.manifest import (
+from mmpretrain.video.io import decoding
+from mmpretrain.video.io.decoding import VideoDecodeError, decode_clip, probe_video
+from mmpretrain.video.io.manifest import (
     label_vocab,
     read_video_manifest,
     tag_vocab,
     write_video_manifest,
 )
-from mmpretrain.video.sampling import make_sampler, segment_indices, stride_indices
+from mmpretrain.video.io.sampling import make_sampler, segment_indices, stride_indices
 
 SIZE = 64
 BITS = 6  # frame number in binary, one 10-px block per bit, in the top rows of every frame
@@ -199,7 +199,7 @@ def test_decord_and_pyav_return_the_same_frames(videos, kind, size, caplog):
         if backend == "decord" and decoding.decord is None:
             continue
         caplog.clear()
-        with caplog.at_level("DEBUG", logger="mmpretrain.video.decoding"):
+        with caplog.at_level("DEBUG", logger="mmpretrain.video.io.decoding"):
             frames, indices = decode_clip(
                 videos[kind], lambda t: np.array(wanted), size=size, backend=backend, pyav_mode=mode
             )
@@ -267,7 +267,7 @@ def test_repeated_and_backward_indices(videos):
 
 def test_decord_output_widths_it_cannot_make_fall_back(videos, caplog):
     """decord 0.6 fails with an array size mismatch for some small output widths (16, 24, 48, 72 px here)."""
-    with caplog.at_level("INFO", logger="mmpretrain.video.decoding"):
+    with caplog.at_level("INFO", logger="mmpretrain.video.io.decoding"):
         frames, _ = decode_clip(videos["avi"], lambda t: np.array([4, 9]), size=(32, 48), backend="decord")
     assert frames.shape == (2, 32, 48, 3) and frame_numbers(frames) == [4, 9]
     if decoding.decord is not None:
@@ -297,7 +297,7 @@ def test_av1_falls_back_to_pyav(tmp_path, monkeypatch, caplog):
     for name, fmt in [("av1.mkv", "matroska"), ("av1.mp4", "mp4")]:
         path = write_test_video(tmp_path / name, "libsvtav1", fmt=fmt)
         caplog.clear()
-        with caplog.at_level("DEBUG", logger="mmpretrain.video.decoding"):
+        with caplog.at_level("DEBUG", logger="mmpretrain.video.io.decoding"):
             frames, _ = decode_clip(path, lambda t: np.array([1, 10, len(t) - 1]), backend="decord")
         assert frame_numbers(frames) == [1, 10, 23]
         if decoding.decord is not None:  # decord 0.6 cannot open AV1 (decord #319)
@@ -389,7 +389,7 @@ def test_over_reported_frame_counts_never_hang(videos, tmp_path):
         assert container.streams.video[0].frames == 48  # the header really lies
     script = textwrap.dedent(f"""
         import json, numpy as np
-        from mmpretrain.video.decoding import decode_clip
+        from mmpretrain.video.io.decoding import decode_clip
         out = {{}}
         for backend in ("decord", "pyav"):
             asked = []

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmpretrain.video import metrics
-from mmpretrain.video.metrics import (
+from mmpretrain.video.eval import metrics
+from mmpretrain.video.eval.metrics import (
     apply_thresholds,
     average_precision,
     average_precision_per_tag,

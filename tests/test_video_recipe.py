@@ -16,11 +16,11 @@ from mmpretrain.cli.train import train
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mmpretrain.models import create_backbone, create_tokenizer, match_grid, pool_text, trained_pooling
 from mmpretrain.video import TextProcessor
-from mmpretrain.video import module as video_module
-from mmpretrain.video.evaluation import _negative_texts
-from mmpretrain.video.losses import sample_hard_negatives
-from mmpretrain.video.param_groups import video_param_groups
-from mmpretrain.video.text import normalize_title, same_content
+from mmpretrain.video.eval.evaluation import _negative_texts
+from mmpretrain.video.train import module as video_module
+from mmpretrain.video.train.losses import sample_hard_negatives
+from mmpretrain.video.train.param_groups import video_param_groups
+from mmpretrain.video.train.text import normalize_title, same_content
 
 SWIN = {"img_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4}
 
@@ -66,17 +66,17 @@ def test_default_pooling_follows_how_the_text_encoder_was_trained(tmp_path: Path
     assert trained_pooling("sentence-transformers/all-MiniLM-L6-v2") == "mean"
     assert trained_pooling(str(tmp_path)) == "cls"  # a plain BERT folder
     module = tiny_module()
-    assert module.model.text_pooling == "mean"
+    assert module.model.arch.text_pooling == "mean"
     assert module.export_config()["architecture"]["fusion"]["text_pooling"] == "mean"  # exported encoders agree
     batch = fake_batch(processor, ["a red circle", "a blue square moving up"], [None, None])
     text = batch["text"]
     m = module.model
-    states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
+    states = m.text_states(text)
     keep = text["attention_mask"].unsqueeze(-1).float()
     manual = torch.nn.functional.normalize(m.vtc_text((states * keep).sum(1) / keep.sum(1)), dim=-1)
     torch.testing.assert_close(m.text_embedding(states, text["attention_mask"]), manual)
-    assert tiny_module(text_pooling="cls").model.text_pooling == "cls"
-    with pytest.raises(ValueError, match=r"model.text_pooling='max'"):
+    assert tiny_module(text_pooling="cls").model.arch.text_pooling == "cls"
+    with pytest.raises(ValueError, match=r"model.arch.text_pooling='max'"):
         tiny_module(text_pooling="max")
 
 
@@ -164,7 +164,7 @@ def test_any_image_encoder_as_teacher_frozen_eval_and_on_the_student_grid(tmp_pa
 
 
 def test_without_teacher_or_frame_init_mvm_regresses_pixels_and_says_so(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="mmpretrain.video.module"):
+    with caplog.at_level(logging.INFO, logger="mmpretrain.video.train.module"):
         module = tiny_module()
     assert module.teacher is None
     assert module.model.mvm_head[-1].out_features == 3 * 8 * 8

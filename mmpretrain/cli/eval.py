@@ -201,7 +201,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from mmpretrain.encoders import VideoEncoder
     from mmpretrain.hub.formats import is_video
     from mmpretrain.video import read_video_manifest
-    from mmpretrain.video.evaluation import video_text_retrieval
+    from mmpretrain.video.eval.evaluation import video_text_retrieval
 
     loaded = load_checkpoint(str(cfg.encoder))
     if not is_video(loaded.config):
@@ -234,7 +234,7 @@ def _write_record(cfg: DictConfig, record: dict[str, Any]) -> None:
 
 def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """A linear probe on two embedding stores (labels or tags from their metadata)."""
-    from mmpretrain.video.store_probe import probe_store
+    from mmpretrain.video.eval.store_probe import probe_store
 
     result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, seed=cfg.seed, progress=True)  # fmt: skip
@@ -255,7 +255,7 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     from mmpretrain.models import tokenizer_from_json
     from mmpretrain.video import TextProcessor, VideoCollator, VideoFinetune, VideoTextDataset, read_video_manifest
-    from mmpretrain.video.finetune import write_predictions
+    from mmpretrain.video.train.finetune import write_predictions
 
     try:
         module = VideoFinetune.load_from_checkpoint(str(cfg.encoder), map_location="cpu")

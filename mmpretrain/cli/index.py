@@ -184,7 +184,7 @@ def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> Encoder
         if made_with != "vtc":
             raise ConfigError(f"store {store.root} holds {made_with!r} video embeddings; text queries live in the VTC "
                              "space: extract the store with embedding=vtc")
-        dim = int(encoder.model.vtc_text.out_features)
+        dim = encoder.model.embed_dim
     else:
         dim = encoder.embed_dim
     if dim != index.dim:

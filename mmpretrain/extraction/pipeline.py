@@ -122,7 +122,8 @@ def _extract(encoder: Encoder, source: RowSource, output: Path, trainer: pl.Trai
         if not trainer.is_global_zero:
             return None
         extra = {**source.manifest(), "preprocessing": encoder.preprocessing, **encoder.settings(),
-                 "encoder_source": _loadable(encoder_source or encoder.name)}
+                 "encoder_source": _loadable(encoder_source or encoder.name),
+                 "weights_sha256": signature["weights_sha256"]}
         store = {"encoder": encoder.name, "dim": encoder.embed_dim, "dtype": dtype, "normalized": normalize,
                  "extra": extra}
         return finish_run(output, source.names, source.unit, max_failure_rate, store)

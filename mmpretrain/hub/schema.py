@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mmpretrain.hub.errors import CheckpointConfigError
-from mmpretrain.models.fusion import TEXT_POOLINGS
+from mmpretrain.models.fusion import SPACE_TIMES, TEMPORAL_STEMS, TEXT_POOLINGS, VTC_TEXTS
 
 # Architecture keyword arguments that describe the model's shape (or, for the drop rates, do nothing in eval mode).
 _MAX_WIDTH = 16384
@@ -56,7 +56,11 @@ _FUSION_LIMITS = {
     "num_heads": 1024,
     "proj_dim": _MAX_WIDTH,
     "mvm_dim": 1 << 20,
+    "image_size": 8192,
+    "tubelet_frames": 63,
 }
+_FUSION_CHOICES = {"text_pooling": TEXT_POOLINGS, "temporal_stem": TEMPORAL_STEMS, "vtc_text": VTC_TEXTS,
+                   "space_time": SPACE_TIMES}
 _TEXT_LIMITS = {
     "hidden_size": _MAX_WIDTH,
     "num_hidden_layers": _MAX_DEPTH,
@@ -179,7 +183,8 @@ def _check_video_architecture(arch: Any, source: str) -> None:
     fusion = arch["fusion"]
     if not isinstance(fusion, Mapping):
         raise _fail(source, "architecture.fusion", "must be an object")
-    unknown = set(fusion) - set(_FUSION_LIMITS) - {"visual_grid", "mlp_ratio", "dropout", "text_pooling"}
+    unknown = set(fusion) - set(_FUSION_LIMITS) - set(_FUSION_CHOICES) - {"visual_grid", "mlp_ratio", "dropout",
+                                                                            "temperature"}
     if unknown:
         raise _fail(source, "architecture.fusion", f"unknown keys {sorted(unknown)}")
     for key, limit in _FUSION_LIMITS.items():
@@ -191,9 +196,11 @@ def _check_video_architecture(arch: Any, source: str) -> None:
         _number(fusion["mlp_ratio"], source, "architecture.fusion.mlp_ratio", 64.0)
     if "dropout" in fusion:
         _number(fusion["dropout"], source, "architecture.fusion.dropout", 0.99)
-    if fusion.get("text_pooling", "cls") not in TEXT_POOLINGS:
-        shown = fusion["text_pooling"]
-        raise _fail(source, "architecture.fusion.text_pooling", f"{shown!r} is not one of {TEXT_POOLINGS}")
+    if "temperature" in fusion:
+        _number(fusion["temperature"], source, "architecture.fusion.temperature", 1.0)
+    for key, choices in _FUSION_CHOICES.items():
+        if key in fusion and fusion[key] not in choices:
+            raise _fail(source, f"architecture.fusion.{key}", f"{fusion[key]!r} is not one of {choices}")
 
 
 def validate_config(config: Any, source: str) -> dict[str, Any]:

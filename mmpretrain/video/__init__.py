@@ -1,63 +1,27 @@
-"""Video–title–OCR pretraining: decoding (decord, PyAV fallback), sampling, manifests, objectives (MVM, MTM, VTM,
-VTC), the LightningModules and the downstream metrics. The fusion model itself is pure model code and lives in
-:mod:`mmpretrain.models.fusion`, so the hub can rebuild it from a checkpoint without importing this room.
+"""Video–title–OCR pretraining in three rooms: :mod:`~mmpretrain.video.io` (decoding, sampling, manifests, shards,
+frames, datasets: all the file reading), :mod:`~mmpretrain.video.train` (text, masking, objectives, parameter groups
+and the thin LightningModules) and :mod:`~mmpretrain.video.eval` (metrics, fine-tuning tasks, retrieval evaluation,
+the store probe); :mod:`~mmpretrain.video.demo` writes the synthetic demo clips. The fusion model itself is pure
+model code in :mod:`mmpretrain.models.fusion`, so the hub rebuilds it without importing this room.
 
-Rooms: :mod:`~mmpretrain.video.decoding`, :mod:`~mmpretrain.video.sampling`, :mod:`~mmpretrain.video.manifest`,
-:mod:`~mmpretrain.video.dataset`, :mod:`~mmpretrain.video.frames` (pre-extracted frame shards) and
-:mod:`~mmpretrain.video.datamodule` do the I/O; :mod:`~mmpretrain.video.text`, :mod:`~mmpretrain.video.masking`,
-:mod:`~mmpretrain.video.losses`, :mod:`~mmpretrain.video.metrics` and :mod:`~mmpretrain.video.tasks` are pure
-torch/numpy; :mod:`~mmpretrain.video.module` and :mod:`~mmpretrain.video.finetune` are the thin LightningModules;
-:mod:`~mmpretrain.video.evaluation` and :mod:`~mmpretrain.video.store_probe` evaluate trained models and stores.
+Example:
+    >>> from mmpretrain.video import make_sampler
+    >>> make_sampler(4, mode="segment", train=False, rng=None)(16).tolist()
+    [2, 6, 10, 14]
 """
 
-import importlib
-from typing import Any
+from mmpretrain.video._lazy import lazy_exports
 
-# The public names, each with the module that defines it: imported on first use, so decoding and the demo
-# generator do not pay for Lightning and transformers. This table is the only list of them.
-_LAZY = {
-    "BACKENDS": "decoding",
-    "VideoDecodeError": "decoding",
-    "VideoInfo": "decoding",
-    "decode_clip": "decoding",
-    "probe_video": "decoding",
-    "make_sampler": "sampling",
-    "segment_indices": "sampling",
-    "stride_indices": "sampling",
-    "VideoRecord": "manifest",
-    "label_vocab": "manifest",
-    "read_video_manifest": "manifest",
-    "tag_vocab": "manifest",
-    "video_input": "manifest",
-    "write_video_manifest": "manifest",
-    "shard_record": "shards",
-    "video_member": "shards",
-    "FrameShards": "frames",
-    "prepare_frames": "frames",
-    "TextProcessor": "text",
-    "join_ocr": "text",
-    "VideoTextDataset": "dataset",
-    "collate_videos": "dataset",
-    "VideoCollator": "datamodule",
-    "VideoDataModule": "datamodule",
-    "VideoFusionPretrain": "module",
-    "VideoFinetune": "finetune",
-    "write_predictions": "finetune",
-    "video_text_retrieval": "evaluation",
-    "linear_probe": "store_probe",
-    "probe_store": "store_probe",
-}
+# The public names, each with the subpackage that exports it: imported on first use, so decoding and the demo
+# generator do not pay for Lightning and transformers.
+_IO = ("BACKENDS", "VideoDecodeError", "VideoInfo", "decode_clip", "probe_video", "make_sampler", "segment_indices",
+       "stride_indices", "VideoRecord", "label_vocab", "read_video_manifest", "tag_vocab", "write_video_manifest",
+       "video_input", "shard_record", "video_member",
+       "FrameShards", "prepare_frames", "VideoTextDataset", "collate_videos", "VideoCollator", "VideoDataModule")
+_TRAIN = ("TextProcessor", "join_ocr", "VideoFusionPretrain", "VideoFinetune", "build_finetune", "build_pretrain",
+          "write_predictions")
+_EVAL = ("video_text_retrieval", "linear_probe", "probe_store")
+_LAZY = {name: room for room, names in (("io", _IO), ("train", _TRAIN), ("eval", _EVAL)) for name in names}
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"mmpretrain.video.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mmpretrain.video' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import av
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmpretrain._io import atomic_path
-from mmpretrain.video.manifest import write_video_manifest
+from mmpretrain.video.io.manifest import write_video_manifest
 
 DEMO_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 DEMO_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -48,6 +49,34 @@ _TITLES = (
 )
 _OCR_WORDS = ("PROMO", "SALE", "NEW", "LIVE", "DEAL", "HOT", "TOP", "WOW", "VLOG", "TIPS")
 _MISSING_TEXT = 0.1
+
+
+DEMO_ATTRIBUTES = ("colour", "shape", "direction", "speed")
+
+
+def demo_attribute(tag: str) -> str:
+    """Which attribute a demo tag names: ``colour``, ``shape``, ``direction`` (``moving-*``) or ``speed``."""
+    if tag in DEMO_COLOURS:
+        return "colour"
+    if tag in DEMO_SHAPES:
+        return "shape"
+    return "direction" if tag.startswith("moving-") else "speed"
+
+
+def attribute_agreement(per_tag: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Per-tag top-1 agreement (``t2v_tags`` of a retrieval evaluation) pooled per attribute, weighted by queries.
+
+    Example:
+        >>> attribute_agreement({"red": {"agreement": 1.0, "queries": 3}, "blue": {"agreement": 0.0, "queries": 1},
+        ...                      "moving-up": {"agreement": 0.5, "queries": 4}})
+        {'colour': 0.75, 'direction': 0.5}
+    """
+    hits: dict[str, list[float]] = {}
+    for tag, row in per_tag.items():
+        pooled = hits.setdefault(demo_attribute(tag), [0.0, 0.0])
+        pooled[0] += row["agreement"] * row["queries"]
+        pooled[1] += row["queries"]
+    return {a: hits[a][0] / hits[a][1] for a in DEMO_ATTRIBUTES if a in hits and hits[a][1]}
 
 
 def _title(rng: np.random.Generator, shape: str, colour: str, direction: str, fast: bool) -> str:

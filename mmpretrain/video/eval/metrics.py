@@ -30,6 +30,7 @@ __all__ = [
     "rerank_topk",
     "retrieval_metrics",
     "retrieval_metrics_from_ranks",
+    "tag_agreement",
     "topk_accuracy",
     "tune_thresholds",
 ]
@@ -445,3 +446,22 @@ def rerank_topk(topk_ids: Any, topk_scores: Any, rerank_scores: Any) -> tuple[np
             raise ValueError(f"{name} must have the shape of topk_ids {topk_ids.shape}, got {array.shape}")
     order = np.lexsort((-topk_scores, -rerank_scores), axis=-1)            # last key is the primary one
     return np.take_along_axis(topk_ids, order, 1), np.take_along_axis(rerank_scores, order, 1)
+
+
+def tag_agreement(query_tags: Sequence[Sequence[str]], hit_tags: Sequence[Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """Per tag, how often a query's top-1 hit shares it: among the queries whose own clip carries the tag, the
+    fraction whose hit carries it too. A model that reads colour and shape but not motion shows it here.
+
+    Example:
+        >>> tag_agreement([["red", "left"], ["red", "up"]], [["red", "up"], ["blue", "up"]])
+        {'left': {'agreement': 0.0, 'queries': 1}, 'red': {'agreement': 0.5, 'queries': 2}, 'up': {'agreement': 1.0, \
+'queries': 1}}
+    """
+    if len(query_tags) != len(hit_tags):
+        raise ValueError(f"{len(query_tags)} queries but {len(hit_tags)} hits")
+    shared: dict[str, list[bool]] = {}
+    for own, hit in zip(query_tags, hit_tags):
+        hit = set(hit or ())
+        for tag in set(own or ()):
+            shared.setdefault(str(tag), []).append(tag in hit)
+    return {tag: {"agreement": float(np.mean(v)), "queries": len(v)} for tag, v in sorted(shared.items())}

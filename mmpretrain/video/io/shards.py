@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from mmpretrain.data.shards import SampleError, sample_json, shard_name
-from mmpretrain.video.dataset import ClipReader, SampleVocab
-from mmpretrain.video.decoding import VideoDecodeError
-from mmpretrain.video.manifest import VideoRecord, read_video_manifest
+from mmpretrain.video.io.dataset import ClipReader, SampleVocab
+from mmpretrain.video.io.decoding import VideoDecodeError
+from mmpretrain.video.io.manifest import VideoRecord, read_video_manifest
 
 VIDEO_KEYS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 

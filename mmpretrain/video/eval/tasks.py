@@ -1,7 +1,7 @@
 """The pure parts of video classification and tagging: class weights, metric summaries, reports, predictions.
 
-Plain numpy/torch functions without Lightning, shared by :class:`~mmpretrain.video.finetune.VideoFinetune` and the
-linear probe on embedding stores (:mod:`~mmpretrain.video.store_probe`), so both report the same numbers.
+Plain numpy/torch functions without Lightning, shared by :class:`~mmpretrain.video.train.finetune.VideoFinetune` and the
+linear probe on embedding stores (:mod:`~mmpretrain.video.eval.store_probe`), so both report the same numbers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from mmpretrain.errors import ConfigError
-from mmpretrain.video.manifest import VideoRecord
-from mmpretrain.video.metrics import (
+from mmpretrain.video.eval.metrics import (
     apply_thresholds,
     average_precision_per_tag,
     gap_at_k,
@@ -24,6 +23,7 @@ from mmpretrain.video.metrics import (
     precision_recall_at_k,
     topk_accuracy,
 )
+from mmpretrain.video.io.manifest import VideoRecord
 
 __all__ = [
     "TASKS",

@@ -182,7 +182,7 @@ def video_input(path: Path, labels: str | bool, key: str) -> InputRows:
 
     ``labels`` as :func:`mmpretrain.data.read_image_input` takes it; ``key`` is the config key named in errors.
     """
-    from mmpretrain.video.text import join_ocr
+    from mmpretrain.video.train.text import join_ocr
 
     records = read_video_manifest(path)
     names = [r.label for r in records]

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mmpretrain.video.decoding import BACKENDS, PYAV_MODES, VideoDecodeError, decode_clip
-from mmpretrain.video.frames import FrameShards
-from mmpretrain.video.manifest import VideoRecord
-from mmpretrain.video.sampling import make_sampler
+from mmpretrain.video.io.decoding import BACKENDS, PYAV_MODES, VideoDecodeError, decode_clip
+from mmpretrain.video.io.frames import FrameShards
+from mmpretrain.video.io.manifest import VideoRecord
+from mmpretrain.video.io.sampling import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class VideoTextDataset(Dataset):
         num_frames: frames per clip.
         size: output (height, width).
         train: random sampling and crop when True.
-        sampling / stride: "segment" (TSN) or "stride" sampling (see `mmpretrain.video.sampling`).
+        sampling / stride: "segment" (TSN) or "stride" sampling (see `mmpretrain.video.io.sampling`).
         backend / pyav_mode: see `decode_clip`.
         frames_dir: read frames from pre-extracted shards (`prepare_frames`) instead of decoding videos.
         crop_scale: area range of the training crop; (1, 1) decodes straight at `size`.

@@ -1,7 +1,7 @@
 """A cheap baseline for video fine-tuning: a linear layer on frozen embeddings from an embedding store.
 
 It answers "how much does fine-tuning add over the pretrained embeddings?" in seconds: the same metrics as
-:class:`~mmpretrain.video.finetune.VideoFinetune` (top-1/top-5, or mAP, GAP@20, P@5, R@5 and F1 at per-tag
+:class:`~mmpretrain.video.train.finetune.VideoFinetune` (top-1/top-5, or mAP, GAP@20, P@5, R@5 and F1 at per-tag
 thresholds tuned on the validation scores) from stores written by ``mmpretrain-extract`` with ``label`` / ``tags``
 metadata.
 """
@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from mmpretrain.embeddings import open_store
 from mmpretrain.errors import ConfigError
-from mmpretrain.video.metrics import tune_thresholds
-from mmpretrain.video.tasks import check_task, classification_metrics, tagging_metrics
+from mmpretrain.video.eval.metrics import tune_thresholds
+from mmpretrain.video.eval.tasks import check_task, classification_metrics, tagging_metrics
 
 __all__ = ["linear_probe", "probe_store"]
 
@@ -130,6 +130,16 @@ def _store_targets(store: Any, where: str, column: str) -> list[Any]:
     return table.column(column).to_pylist()
 
 
+def _same_encoder(train: Any, val: Any) -> tuple[bool, tuple[str, str]]:
+    """Whether two stores hold one encoder's embeddings: the weights' sha256 that extraction records (so the same
+    checkpoint typed as two paths is one encoder), else, for stores without it, the encoder's name."""
+    digests = [store.manifest.get("extra", {}).get("weights_sha256") for store in (train, val)]
+    if all(digests):
+        shown = tuple(f"weights sha256 {d[:12]} ({s.encoder!r})" for d, s in zip(digests, (train, val)))
+        return digests[0] == digests[1], shown
+    return train.encoder == val.encoder, (repr(train.encoder), repr(val.encoder))
+
+
 def probe_store(
     train_store: str | os.PathLike,
     val_store: str | os.PathLike,
@@ -138,8 +148,9 @@ def probe_store(
 ) -> dict[str, Any]:
     """:func:`linear_probe` on two embedding stores, reading ``label`` (classify) or ``tags`` (tagging) metadata.
 
-    The class (tag) vocabulary is the sorted union over both stores, as the video datamodule builds it. Rows without
-    a label are left out of classification; rows without tags count as having none.
+    Both stores must come from one encoder: the same weights' sha256 where extraction recorded it (the encoder's
+    name otherwise). The class (tag) vocabulary is the sorted union over both stores, as the video datamodule
+    builds it. Rows without a label are left out of classification; rows without tags count as having none.
 
     Args:
         train_store / val_store: store folders written by the same encoder.
@@ -153,9 +164,10 @@ def probe_store(
     stores = {"train_store": open_store(train_store), "val_store": open_store(val_store)}
     wheres = {key: f"{key}={os.fspath(path)}" for key, path in (("train_store", train_store), ("val_store", val_store))}
     train, val = stores["train_store"], stores["val_store"]
-    if train.encoder != val.encoder:
-        raise ConfigError(f"{wheres['train_store']} holds {train.encoder!r} embeddings but {wheres['val_store']} "
-                         f"holds {val.encoder!r}; probe stores of one encoder")  # fmt: skip
+    same, shown = _same_encoder(train, val)
+    if not same:
+        raise ConfigError(f"{wheres['train_store']} holds embeddings of {shown[0]} but {wheres['val_store']} of "
+                          f"{shown[1]}; probe stores of one encoder")  # fmt: skip
     column = "label" if task == "classify" else "tags"
     values = {key: _store_targets(store, wheres[key], column) for key, store in stores.items()}
     if task == "classify":

@@ -17,14 +17,14 @@ from mmpretrain.training import param_groups_weight_decay
 LR_PARTS = ("text", "frames", "fusion")
 # 2-D embedding tables (BERT's word/position/type embeddings, the fusion's type embedding) and the learned
 # position/temperature parameters are not weights to shrink
-VIDEO_NO_DECAY = ("embeddings.", "type_embed", "temporal_pos", "spatial_pos", "temperature")
+VIDEO_NO_DECAY = ("embeddings.", "type_embed", "temporal_pos", "spatial_pos", "temperature", "time_embed")
 
 
 def part_of(name: str) -> str:
     """Which ``model.lr_mult`` part a :class:`VideoTextFusion` parameter belongs to."""
     if name.startswith("text_encoder."):
         return "text"
-    if name.startswith("frame_encoder."):
+    if name.startswith(("frame_encoder.", "temporal_stem.", "temporal_attn.")):
         return "frames"
     return "fusion"
 

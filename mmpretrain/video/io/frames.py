@@ -33,9 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mmpretrain._io import atomic_path, sha256_file, write_text_atomic
-from mmpretrain.video.decoding import BACKENDS, VideoDecodeError, decode_clip
-from mmpretrain.video.manifest import read_video_manifest
-from mmpretrain.video.sampling import make_sampler
+from mmpretrain.video.io.decoding import BACKENDS, VideoDecodeError, decode_clip
+from mmpretrain.video.io.manifest import read_video_manifest
+from mmpretrain.video.io.sampling import make_sampler
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,12 @@ that still depends on its inputs so that DDP sees the same parameters used on ev
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 
-from mmpretrain.video.masking import IGNORE_INDEX
+from mmpretrain.video.train.masking import IGNORE_INDEX
 
 _MVM_LOSSES = ("l1", "mse")
 _NEGATIVE_MODES = ("hard", "random")
@@ -238,7 +240,7 @@ def patchify_pixels(frames: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     """Cut frames into a grid of patches and flatten each patch: the pixel target of MVM ("pixels" option).
 
     Tokens are ordered (frame, patch row, patch column), matching `mask.flatten(1)` of the masks in
-    `mmpretrain.video.masking`; each patch is flattened in (pixel row, pixel column, channel) order, as in MAE.
+    `mmpretrain.video.train.masking`; each patch is flattened in (pixel row, pixel column, channel) order, as in MAE.
 
     Args:
         frames: (B, T, C, H, W) pixels.
@@ -256,3 +258,23 @@ def patchify_pixels(frames: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     ph, pw = h // rows, w // cols
     patches = frames.reshape(b, t, c, rows, ph, cols, pw).permute(0, 1, 3, 5, 4, 6, 2)
     return patches.reshape(b, t * rows * cols, ph * pw * c)
+
+
+def objective_weights(
+    weights: Mapping[str, float], progress: float, ramp: float, first: Sequence[str] = ("vtc",)
+) -> dict[str, float]:
+    """Each objective's weight at ``progress`` (fraction of training done, 0..1): the ``first`` ones at their full
+    weight from the start, the others rising linearly from 0 to theirs over the first ``ramp`` of training.
+
+    Why: at init VTM's gradient into the frame encoder is several times VTC's and mostly solved by colour; letting
+    the contrastive objective shape the video vector first keeps it from being a minority voice. ``ramp=0`` keeps
+    every weight constant.
+
+    Example:
+        >>> objective_weights({"vtc": 1.0, "vtm": 1.0, "mtm": 0.2}, progress=0.05, ramp=0.2)
+        {'vtc': 1.0, 'vtm': 0.25, 'mtm': 0.05}
+    """
+    if ramp < 0:
+        raise ValueError(f"model.loss_ramp={ramp} must be >= 0")
+    scale = 1.0 if ramp == 0 else min(max(progress / ramp, 0.0), 1.0)
+    return {k: float(w) if k in first else float(w) * scale for k, w in weights.items()}

@@ -14,10 +14,10 @@ from mmpretrain.data.datamodule import SampledLoaders
 from mmpretrain.data.shards import ShardDataset, expand_shards, shard_counts, shard_loader, shard_vocabulary
 from mmpretrain.errors import ConfigError, DataError, MissingPathError
 from mmpretrain.models import create_tokenizer, tokenizer_from_json
-from mmpretrain.video.dataset import ClipReader, SampleVocab, VideoTextDataset, collate_videos
-from mmpretrain.video.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
-from mmpretrain.video.shards import VideoShardDecoder
-from mmpretrain.video.text import TextProcessor
+from mmpretrain.video.io.dataset import ClipReader, SampleVocab, VideoTextDataset, collate_videos
+from mmpretrain.video.io.manifest import VideoRecord, label_vocab, read_video_manifest, tag_vocab
+from mmpretrain.video.io.shards import VideoShardDecoder
+from mmpretrain.video.train.text import TextProcessor
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class VideoDataModule(SampledLoaders):
         with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning), or from the
             shards' ``.json`` ``label`` / ``tags`` with the class and tag lists of their ``shards.json``.
         shards / val_shards: WebDataset shards in video2dataset's layout instead of the manifests (see
-            `mmpretrain.video.shards`; epochs as in `mmpretrain.data.shards`); no validation without ``val_shards``.
+            `mmpretrain.video.io.shards`; epochs as in `mmpretrain.data.shards`); no validation without ``val_shards``.
             ``require_caption``: a sample without a caption (``.txt`` or the json's ``caption``) is skipped and counted
             as ``missing_caption``; false keeps it (frames only, as modality dropout trains for).
             shuffle_buffer: samples per shuffle buffer.

@@ -3,9 +3,9 @@
 A linear head reads the fusion CLS over frames, title and OCR. A video without title or OCR is fused from its frames
 alone (its text hidden through the key-padding mask), and modality dropout hides the text of some training videos
 so that case is learned. Validation gathers every video's scores once, logs the metrics of
-:mod:`mmpretrain.video.metrics`, tunes per-tag thresholds (a buffer, so they travel in the checkpoint) and writes a
+:mod:`mmpretrain.video.eval.metrics`, tunes per-tag thresholds (a buffer, so they travel in the checkpoint) and writes a
 per-class / per-tag report. The pure parts (class weights, metric summaries, reports, prediction records) live in
-:mod:`mmpretrain.video.tasks`; :class:`VideoFinetune` wires them into Lightning.
+:mod:`mmpretrain.video.eval.tasks`; :class:`VideoFinetune` wires them into Lightning.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from mmpretrain._io import atomic_path, write_text_atomic
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
 from mmpretrain.errors import ConfigError
-from mmpretrain.models import VideoTextFusion, build_video_model, tokenizer_from_json
+from mmpretrain.models import build_video_model, tokenizer_from_json
 from mmpretrain.training import (
     adamw_kernel,
     gather_unique,
@@ -36,13 +36,11 @@ from mmpretrain.training import (
     scaled_lr,
     warmup_cosine_schedule,
 )
-from mmpretrain.video.datamodule import VideoDataModule
-from mmpretrain.video.metrics import (
+from mmpretrain.video.eval.metrics import (
     per_class_report,
     tune_thresholds,
 )
-from mmpretrain.video.module import VideoFusionPretrain
-from mmpretrain.video.tasks import (
+from mmpretrain.video.eval.tasks import (
     check_task,
     check_weighting,
     class_weights,
@@ -55,6 +53,7 @@ from mmpretrain.video.tasks import (
     tagging_metrics,
     tagging_report,
 )
+from mmpretrain.video.io.datamodule import VideoDataModule
 
 __all__ = ["VideoFinetune", "log_report_tables", "write_predictions"]
 
@@ -75,52 +74,16 @@ def log_report_tables(loggers: Sequence[Any], key: str, rows: Sequence[Mapping[s
             logger.log_table(key=key, columns=columns, data=data)
 
 
-# ----------------------------------------------------------------------------------------------- building
-
-
-def _load_pretrained(source: str, random_init: bool) -> tuple[VideoTextFusion, dict[str, Any]]:
-    """The fusion model of a video pretraining checkpoint (weights loaded strict, or fresh for the baseline)."""
-    from mmpretrain.hub import HubError, build_model, load_checkpoint
-    from mmpretrain.hub.formats import is_video
-
-    try:
-        loaded = load_checkpoint(source)
-    except (HubError, OSError, KeyError, ValueError) as err:
-        raise ConfigError(f"model.pretrained={source!r}: cannot load a video pretraining checkpoint: {err}") from err
-    if not is_video(loaded.config):
-        arch = (loaded.config.get("architecture") or {}).get("name")
-        raise ConfigError(
-            f"model.pretrained={source!r} is not a video pretraining checkpoint (it holds a {arch!r} image "
-            "backbone); use a checkpoint of experiment=video_fusion_pretrain, its published folder or registry name"
-        )
-    config = {k: loaded.config[k] for k in ("architecture", "preprocessing", "tokenizer")}
-    try:
-        return build_model(loaded, random_init), config
-    except HubError as err:
-        raise ConfigError(f"model.pretrained={source!r}: {err}") from err
-
-
-def _from_arguments(architecture: Mapping[str, Any]) -> tuple[VideoTextFusion, dict[str, Any]]:
-    """A model without video pretraining, from :class:`~mmpretrain.video.VideoFusionPretrain`'s own arguments."""
-    try:
-        pretrain = VideoFusionPretrain(**dict(architecture))
-    except TypeError as err:
-        raise ConfigError(f"model.architecture: {err} (it takes VideoFusionPretrain's arguments)") from err
-    config = pretrain.export_config()
-    return pretrain.model, {k: config[k] for k in ("architecture", "preprocessing", "tokenizer")}
-
-
 class VideoFinetune(pl.LightningModule):
     """Video classification (softmax, cross-entropy) or multi-label tagging (sigmoid, BCE) on the fused CLS.
 
+    The constructor reads no file: the model is built by the models factory from ``video_model`` and
+    :func:`~mmpretrain.video.train.build.build_finetune` (the configs' target) loads the pretrained weights.
+
     Args:
         task: ``classify`` (one ``label`` per video) or ``tagging`` (multi-hot ``tags``).
-        pretrained: a video pretraining checkpoint (``.ckpt`` of ``VideoFusionPretrain``, a published folder or a
-            registry name); its architecture, preprocessing and tokenizer define the model.
-        random_init: build the pretrained checkpoint's architecture at random init (seeded): the baseline that
-            video pretraining must beat, identical in every size.
-        architecture: instead of ``pretrained``, :class:`~mmpretrain.video.VideoFusionPretrain`'s model arguments
-            (``frame_encoder``, ``text_encoder``, ``width``, ...) for a model without video pretraining.
+        video_model: the model's architecture, preprocessing and tokenizer (a video checkpoint's config).
+        pretrained: the video pretraining checkpoint the weights came from (named in errors; checkpoints drop it).
         num_classes / class_names, num_tags / tag_names: the outputs; filled from the datamodule's ``labels`` /
             ``tags`` at setup when null, and saved in the checkpoint so predictions name them.
         head_dropout: dropout before the linear head.
@@ -133,16 +96,13 @@ class VideoFinetune(pl.LightningModule):
             warmup and cosine decay per step; ``lr`` (the head's) is quoted per ``lr_ref_batch`` clips and the
             pretrained parts get ``lr * backbone_lr_scale``.
         top_k: labels or tags listed per video by :meth:`predict_step`.
-        video_model: the built model's architecture, preprocessing and tokenizer; checkpoints store it (and drop
-            ``pretrained``) so they load without the pretraining checkpoint. Not a user setting.
     """
 
     def __init__(
         self,
         task: str = "classify",
+        video_model: Mapping[str, Any] | None = None,
         pretrained: str | None = None,
-        random_init: bool = False,
-        architecture: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         num_tags: int | None = None,
@@ -159,7 +119,6 @@ class VideoFinetune(pl.LightningModule):
         weight_decay: float = 0.01,
         betas: Sequence[float] = (0.9, 0.999),
         top_k: int = 5,
-        video_model: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -169,24 +128,14 @@ class VideoFinetune(pl.LightningModule):
             raise ConfigError(f"model.modality_dropout={modality_dropout} must be in [0, 1]")
         if backbone_lr_scale <= 0:
             raise ConfigError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0; freeze with freeze_backbone")
-        if sum(x is not None for x in (pretrained, architecture, video_model)) != 1:
-            raise ConfigError(
-                "set exactly one of model.pretrained (a video pretraining checkpoint) and model.architecture "
-                f"(VideoFusionPretrain's arguments, no video pretraining); got pretrained={pretrained!r}, "
-                f"architecture={'set' if architecture is not None else None}"
-            )
+        if video_model is None:
+            raise ConfigError("VideoFinetune needs video_model (a video checkpoint's config): build it with "
+                              "mmpretrain.video.build_finetune, which reads model.pretrained or model.architecture")
         other = "num_tags" if task == "classify" else "num_classes"
         if self.hparams[other] is not None:
             raise ConfigError(f"model.{other} is not used by model.task={task!r}; leave it null")
-        if pretrained is not None:
-            model, config = _load_pretrained(pretrained, random_init)
-            config["finetuned_from"] = {"pretrained": pretrained, "random_init": bool(random_init)}
-        elif architecture is not None:
-            if random_init:
-                raise ConfigError("model.random_init=true needs model.pretrained (the architecture it re-initializes)")
-            model, config = _from_arguments(architecture)
-        else:
-            model, config = build_video_model(video_model["architecture"]), dict(video_model)
+        config = dict(video_model)
+        model = build_video_model(config["architecture"])
         for name in _PRETRAINING_HEADS:
             setattr(model, name, nn.Identity())
         model.temperature.requires_grad_(False)
@@ -207,6 +156,20 @@ class VideoFinetune(pl.LightningModule):
             self._set_outputs(list(names) if names is not None else None, size)
         self.predict_top_k = int(top_k)
         self._outputs: list[tuple[torch.Tensor, ...]] = []
+
+    def initialize_from(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load the video model's weights (a pretraining checkpoint's), strict except the pretraining heads.
+
+        Raises:
+            ConfigError: the weights do not fit the architecture, naming ``model.pretrained``.
+        """
+        dropped = tuple(f"{name}." for name in _PRETRAINING_HEADS)
+        kept = {k: v for k, v in state.items() if not k.startswith(dropped)}
+        try:
+            self.model.load_state_dict(kept, strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"model.pretrained={self.hparams.pretrained!r}: weights do not fit its video model: "
+                              f"{err}") from err
 
     # ------------------------------------------------------------------------------------------- outputs
 
@@ -297,10 +260,7 @@ class VideoFinetune(pl.LightningModule):
         text, m = batch["text"], self.model
         keep = (text["has_text"] if text_keep is None else text_keep).bool()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
-            video = m.video_tokens(m.frame_grid(self.normalize(batch["frames"])))
-            states = m.text_states(text["input_ids"], text["attention_mask"], text["token_type_ids"])
-            fused = m.fuse(video, states, text["attention_mask"], text["token_type_ids"], text_keep=keep)
-        return fused[:, 0]
+            return m.encode_fused(self.normalize(batch["frames"]), text, text_keep=keep)
 
     def forward(self, batch: Mapping[str, Any], text_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, classes or tags)``."""

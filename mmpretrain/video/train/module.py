@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
 from mmpretrain.models import (
     FrameTeacher,
-    VideoTextFusion,
+    FusionArch,
     create_backbone,
-    create_text_encoder,
-    create_tokenizer,
+    create_video_model,
     tokenizer_to_json,
-    trained_pooling,
     video_model_config,
 )
-from mmpretrain.models.fusion import TEXT_POOLINGS
 from mmpretrain.training import (
     adamw_kernel,
     check_choice,
@@ -32,19 +29,20 @@ from mmpretrain.training import (
     scaled_lr,
     warmup_cosine_schedule,
 )
-from mmpretrain.video.losses import (
+from mmpretrain.video.train.losses import (
     mtm_accuracy,
     mtm_loss,
     mvm_loss,
+    objective_weights,
     patchify_pixels,
     sample_hard_negatives,
     vtc_loss,
     vtm_accuracy,
     vtm_loss,
 )
-from mmpretrain.video.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, random_mask
-from mmpretrain.video.param_groups import video_param_groups
-from mmpretrain.video.text import CONTENT_KEYS, same_content
+from mmpretrain.video.train.masking import IGNORE_INDEX, blockwise_mask, mask_tokens, random_mask
+from mmpretrain.video.train.param_groups import video_param_groups
+from mmpretrain.video.train.text import CONTENT_KEYS, same_content
 
 log = logging.getLogger(__name__)
 
@@ -53,49 +51,6 @@ MVM_TARGETS = ("teacher", "pixels")
 MASKINGS = ("blockwise", "random")
 VTM_NEGATIVES = ("hard", "random")
 EMBEDDINGS = ("vtc", "fused")
-
-
-def load_frame_init(encoder: nn.Module | None, source: str, name: str | None) -> tuple[nn.Module, str, dict]:
-    """Initialize the frame encoder from a checkpoint of this project (MoBY ``.ckpt``, published folder, registry).
-
-    With ``encoder`` None the architecture comes from the checkpoint too (``model.frame_encoder=null``), so a
-    recipe can start from whatever backbone the MoBY run trained.
-
-    Returns:
-        (the frame encoder, its timm name, its kwargs).
-
-    Raises:
-        ValueError: the checkpoint's architecture is not ``name``, naming ``model.frame_init``.
-    """
-    from mmpretrain.hub import build_backbone, load_checkpoint
-
-    loaded = load_checkpoint(source, architecture=None)
-    arch = loaded.config.get("architecture", {})
-    if name is not None and arch.get("name") != name:
-        raise ValueError(f"model.frame_init={source!r} holds a {arch.get('name')!r} backbone but "
-                         f"model.frame_encoder={name!r}")  # fmt: skip
-    backbone = build_backbone(loaded)
-    if encoder is None:
-        return backbone, arch["name"], dict(arch.get("kwargs") or {})
-    encoder.load_state_dict(backbone.state_dict(), strict=True)
-    return encoder, str(name), {}
-
-
-def load_teacher(source: str, student_mean, student_std, grid: int) -> FrameTeacher:
-    """The frozen MVM teacher from any image source :func:`mmpretrain.load_encoder` reads (a MoBY checkpoint of
-    this project, a published folder, a registry name, an official MoBY or timm file).
-
-    Raises:
-        ValueError: the source holds a video model, naming ``model.mvm_teacher``.
-    """
-    from mmpretrain.hub import build_backbone, load_checkpoint
-
-    loaded = load_checkpoint(source, architecture=None)
-    if loaded.config.get("kind") == "video":
-        raise ValueError(f"model.mvm_teacher={source!r} is a video model; the teacher must be an image encoder")
-    pre = loaded.config["preprocessing"]
-    return FrameTeacher(build_backbone(loaded), pre["image_size"], pre["mean"], pre["std"], student_mean,
-                        student_std, grid)  # fmt: skip
 
 
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -108,35 +63,40 @@ class VideoFusionPretrain(pl.LightningModule):
     """Pretrain :class:`VideoTextFusion` with masked visual / text modeling, video–text matching and contrast.
 
     The recipe follows VIOLET (fusion over frame and text tokens, MVM + MTM + VTM, AdamW betas (0.9, 0.98), wd
-    1e-3), VIOLETv2 (MVM regresses with L1 the features of a strong frozen image model: ``mvm_teacher``, by default
-    the ``frame_init`` checkpoint; never a random network: with neither, per-patch normalized pixels), VideoMAE
-    (tube masking), and ALBEF/ALPRO (a 256-d contrastive head with a learnable temperature from 0.07, negatives
-    gathered across ranks, one hard VTM negative per video and per text drawn from the contrastive similarity,
-    never the positive nor a sample showing the same thing).
-    Modality dropout hides all text or all frames of some samples in the masked pass, so a video without text
-    still embeds well.
+    1e-3; a tubelet stem puts motion into the tokens as its Video Swin does), VIOLETv2 (MVM regresses with L1 the
+    features of a strong frozen image model: ``mvm_teacher``, by default the ``frame_init`` checkpoint; never a random
+    network: with neither, per-patch normalized pixels), VideoMAE (tube masking), and ALBEF/ALPRO (a 256-d
+    contrastive head with a learnable temperature from 0.07, negatives gathered across ranks, one hard VTM negative
+    per video and per text drawn from the contrastive similarity, never the positive nor a sample showing the same
+    thing). Modality dropout hides all text or all frames of some samples in the masked pass, so a video without
+    text still embeds well. VTC leads: the other objectives' weights ramp in over the first ``loss_ramp`` of
+    training (:func:`~mmpretrain.video.train.losses.objective_weights`).
+
+    The constructor reads no file: :func:`build_pretrain` (the configs' target) loads ``frame_init`` and
+    ``mvm_teacher`` and hands the weights to :meth:`initialize_from`; a checkpoint restores them with the rest.
 
     Args:
-        frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames; ``None`` takes the
-            architecture (and weights) from ``frame_init``.
-        frame_init: a MoBY checkpoint of this project (path, published folder, registry name) for the frame encoder.
+        frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames.
         text_encoder / text_pretrained / text_overrides: transformers model (hub name, path, ``pkg://``), whether to
             load its weights, config overrides (e.g. ``num_hidden_layers``).
-        num_frames / image_size / visual_grid: clip length, frame side, fusion tokens per frame side.
-        width / depth / num_heads / mlp_ratio / dropout / proj_dim / temperature: see :class:`VideoTextFusion`.
-        text_pooling: ``mean`` or ``cls`` for the VTC text vector; ``None`` follows how the text encoder was
-            trained (:func:`mmpretrain.models.trained_pooling`: mean for sentence-transformers models).
+        num_frames / image_size: clip length and frame side.
+        arch: the fusion model (:class:`~mmpretrain.models.FusionArch` or its mapping, ``model.arch``).
         mvm_target: ``teacher`` (frozen image-model features, L1) or ``pixels`` (per-patch normalized pixels, MSE).
-        mvm_teacher: the teacher's source (anything ``load_encoder`` reads); ``None`` uses ``frame_init``; with
-            neither, ``teacher`` falls back to ``pixels`` and logs it. mvm_ratio / mvm_masking / mvm_tube: the
-            visual mask (tube: the same cells in every frame, so a masked cell cannot be copied from a neighbour).
+        teacher: the MVM teacher's architecture and preprocessing (``name``, ``kwargs``, ``image_size``, ``mean``,
+            ``std``), filled by :func:`build_pretrain`; ``None``: MVM regresses pixels.
+        frame_init / mvm_teacher: where :func:`build_pretrain` took the frame encoder's and the teacher's weights
+            (kept as provenance; this constructor loads nothing).
+        mvm_ratio / mvm_masking / mvm_tube: the visual mask (tube: the same cells in every frame, so a masked cell
+            cannot be copied from a neighbour; the tubelet stem needs it).
         mtm_prob: BERT masking probability (0.15). vtm_negatives: ``hard`` or ``random`` (in-batch).
         vtm_exclude: what makes two samples the same for VTM negatives: ``label``, ``tags`` (the same tag set),
             ``title`` (the same normalized title); identical token sequences are always excluded.
         vtm_balanced: weigh VTM's positives and negatives equally (one positive to two negatives otherwise), so
             a match probability above 0.5 means a match, as retrieval evaluation and re-ranking read it.
-        lr_mult: ``{"text", "frames", "fusion"}`` multipliers of ``lr`` (default 1 each).
-        loss_weights: weight per objective; 0 switches one off. modality_dropout: ``{"text": p, "video": p}``.
+        loss_weights: weight per objective; 0 switches one off. loss_ramp: the fraction of training over which the
+            objectives other than VTC rise from 0 to their weight (0: constant weights).
+        modality_dropout: ``{"text": p, "video": p}``. lr_mult: ``{"text", "frames", "fusion"}`` multipliers of
+            ``lr`` (default 1 each; the tubelet stem is in ``frames``).
         lr / lr_ref_batch / min_lr / warmup_epochs / weight_decay / betas: AdamW with warmup + cosine per step,
             lr quoted per ``lr_ref_batch`` clips.
         max_text_len / mean / std: preprocessing, stored so an exported encoder reproduces it.
@@ -147,23 +107,16 @@ class VideoFusionPretrain(pl.LightningModule):
         self,
         frame_encoder: str | None = "vit_small_patch16_224",
         frame_encoder_kwargs: dict[str, Any] | None = None,
-        frame_init: str | None = None,
         frame_drop_path: float = 0.1,
         text_encoder: str = "bert-base-uncased",
         text_pretrained: bool = True,
         text_overrides: dict[str, Any] | None = None,
         num_frames: int = 8,
         image_size: int = 224,
-        visual_grid: int | None = 7,
-        width: int = 512,
-        depth: int = 4,
-        num_heads: int = 8,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        proj_dim: int = 256,
-        temperature: float = 0.07,
-        text_pooling: str | None = None,
+        arch: FusionArch | Mapping[str, Any] | None = None,
         mvm_target: str = "teacher",
+        teacher: Mapping[str, Any] | None = None,
+        frame_init: str | None = None,
         mvm_teacher: str | None = None,
         mvm_ratio: float = 0.3,
         mvm_masking: str = "blockwise",
@@ -173,6 +126,7 @@ class VideoFusionPretrain(pl.LightningModule):
         vtm_exclude: Sequence[str] = CONTENT_KEYS,
         vtm_balanced: bool = True,
         loss_weights: Mapping[str, float] | None = None,
+        loss_ramp: float = 0.0,
         modality_dropout: Mapping[str, float] | None = None,
         lr: float = 1e-4,
         lr_mult: Mapping[str, float] | None = None,
@@ -187,66 +141,74 @@ class VideoFusionPretrain(pl.LightningModule):
         embedding: str = "vtc",
     ) -> None:
         super().__init__()
+        fusion = FusionArch.of(arch)
+        arch = asdict(fusion)  # saved as plain JSON: checkpoints are read with weights_only, hparams.yaml by yaml
         self.save_hyperparameters()
+        arch = fusion
         check_choice(mvm_target, MVM_TARGETS, "model.mvm_target")
         check_choice(mvm_masking, MASKINGS, "model.mvm_masking")
         check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
         check_choice(embedding, EMBEDDINGS, "model.embedding")
-        if text_pooling is not None:
-            check_choice(text_pooling, TEXT_POOLINGS, "model.text_pooling")
-        check_range({"model.mvm_ratio": mvm_ratio, "model.dropout": dropout, "model.frame_drop_path": frame_drop_path},
-                    0.0, 1.0, high_open=True)  # fmt: skip
-        check_range({"model.mtm_prob": mtm_prob, **{f"model.modality_dropout.{k}": v
-                                                   for k, v in dict(modality_dropout or {}).items()}}, 0.0, 1.0)
-        check_range({f"model.{k}": v for k, v in {"num_frames": num_frames, "image_size": image_size,
-                                                   "visual_grid": visual_grid, "width": width, "depth": depth,
-                                                   "num_heads": num_heads, "proj_dim": proj_dim,
-                                                   "max_text_len": max_text_len}.items()}, 1)  # fmt: skip
-        check_range({"model.lr": lr, "model.mlp_ratio": mlp_ratio, "model.temperature": temperature}, 0.0,
-                    low_open=True)
+        check_range({"model.mvm_ratio": mvm_ratio, "model.arch.dropout": arch.dropout,
+                     "model.frame_drop_path": frame_drop_path}, 0.0, 1.0, high_open=True)  # fmt: skip
+        check_range({"model.mtm_prob": mtm_prob, "model.loss_ramp": loss_ramp,
+                     **{f"model.modality_dropout.{k}": v for k, v in dict(modality_dropout or {}).items()}}, 0.0, 1.0)
+        check_range({"model.num_frames": num_frames, "model.image_size": image_size, "model.max_text_len": max_text_len,
+                     **{f"model.arch.{k}": getattr(arch, k) for k in ("visual_grid", "width", "depth", "num_heads",
+                                                                      "proj_dim")}}, 1)  # fmt: skip
+        check_range({"model.lr": lr, "model.arch.mlp_ratio": arch.mlp_ratio,
+                     "model.arch.temperature": arch.temperature}, 0.0, low_open=True)  # fmt: skip
         check_range({"model.min_lr": min_lr, "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay,
                      **{f"model.loss_weights.{k}": v for k, v in dict(loss_weights or {}).items()}}, 0.0)
-        if width % num_heads:
-            raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}")
         self.loss_weights = {k: 1.0 for k in LOSSES} | dict(loss_weights or {})
         unknown = sorted(set(self.loss_weights) - set(LOSSES))
         if unknown:
             raise ValueError(f"model.loss_weights has unknown objectives {unknown}; known: {LOSSES}")
+        if arch.temporal_stem == "tubelet" and not mvm_tube and self.loss_weights["mvm"] > 0:
+            raise ValueError("model.mvm_tube=false with model.arch.temporal_stem=tubelet: a cell masked in one frame "
+                             "would be read from its neighbours by the stem; keep tube masking or use per_frame")
         self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
         same_content([], keys=vtm_exclude)  # validates the keys now, not at the first step
         self.vtm_exclude = tuple(vtm_exclude)
-        kwargs = dict(frame_encoder_kwargs or {})
-        if frame_encoder is None and not frame_init:
-            raise ValueError("model.frame_encoder=null takes the architecture from model.frame_init, which is unset")
-        frames = None if frame_encoder is None else create_backbone(frame_encoder, frame_drop_path, **kwargs)
-        if frame_init:
-            frames, name, init_kwargs = load_frame_init(frames, frame_init, frame_encoder)
-            kwargs = kwargs if frame_encoder is not None else init_kwargs
-            frame_encoder = name
-        self.frame_arch = (frame_encoder, kwargs)
-        self.tokenizer = create_tokenizer(text_encoder)
-        text = create_text_encoder(text_encoder, text_pretrained, text_overrides)
-        grid = visual_grid or int(frames.patch_embed.grid_size[0])
-        self.grid = grid
-        self.teacher = None
-        teacher_source = mvm_teacher or frame_init
-        if mvm_target == "teacher" and teacher_source:
-            self.teacher = load_teacher(teacher_source, mean, std, grid)
-        elif mvm_target == "teacher":
+        if frame_encoder is None:
+            where = ("build the module with mmpretrain.video.build_pretrain, which reads it" if frame_init else
+                     "which is unset")  # fmt: skip
+            raise ValueError(f"model.frame_encoder=null takes the architecture from model.frame_init, {where}")
+        if mvm_target == "teacher" and teacher is None and (mvm_teacher or frame_init):
+            raise ValueError(f"model.mvm_teacher={mvm_teacher or frame_init!r} is not loaded: build the module with "
+                             "mmpretrain.video.build_pretrain, which reads it")  # fmt: skip
+        self.frame_arch = (frame_encoder, dict(frame_encoder_kwargs or {}))
+        use_teacher = mvm_target == "teacher" and teacher is not None
+        if mvm_target == "teacher" and teacher is None:
             log.info("model.mvm_teacher and model.frame_init are unset: MVM regresses per-patch normalized pixels "
                      "(a random network's features would teach nothing)")  # fmt: skip
-        if self.teacher is None and image_size % grid:
-            raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={grid} (MVM pixels)")
-        mvm_dim = self.teacher.num_features if self.teacher is not None else 3 * (image_size // grid) ** 2
-        pooling = text_pooling or trained_pooling(text_encoder)
-        self.model = VideoTextFusion(
-            frame_encoder=frames, text_encoder=text, vocab_size=len(self.tokenizer), num_frames=num_frames,
-            visual_grid=visual_grid, width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            dropout=dropout, proj_dim=proj_dim, temperature=temperature, mvm_dim=mvm_dim, text_pooling=pooling,
+        teacher_net = None
+        if use_teacher:
+            teacher_net = create_backbone(teacher["name"], 0.0, **dict(teacher.get("kwargs") or {}))
+        self.model, self.tokenizer = create_video_model(
+            frame_encoder, text_encoder, arch, frame_encoder_kwargs=frame_encoder_kwargs,
+            frame_drop_path=frame_drop_path, text_pretrained=text_pretrained, text_overrides=text_overrides,
+            num_frames=num_frames, image_size=image_size,
+            mvm_dim=int(teacher_net.num_features) if use_teacher else None,
         )  # fmt: skip
+        self.grid = self.model.grid
+        self.teacher = None
+        if use_teacher:
+            self.teacher = FrameTeacher(teacher_net, teacher["image_size"], teacher["mean"], teacher["std"], mean, std,
+                                        self.grid)  # fmt: skip
         self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
         self.normalize = FrameNormalize(mean, std)
         self._val: list[tuple[torch.Tensor, ...]] = []
+
+    def initialize_from(self, frames: Mapping[str, torch.Tensor] | None = None,
+                        teacher: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Load pretrained frame-encoder and MVM-teacher weights (strict); a pretrained frame encoder starts with
+        a zero tubelet stem, so step 0 sees exactly the image model's tokens."""
+        if frames is not None:
+            self.model.frame_encoder.load_state_dict(frames, strict=True)
+            self.model.zero_temporal_stem()
+        if teacher is not None:
+            self.teacher.backbone.load_state_dict(teacher, strict=True)
 
     # ------------------------------------------------------------------------------------------- pieces
 
@@ -313,14 +275,16 @@ class VideoFusionPretrain(pl.LightningModule):
         b, t = frames.shape[:2]
         out: dict[str, torch.Tensor] = {}
 
-        video = m.video_tokens(m.frame_grid(frames))
-        states = m.text_states(ids, attn, types)
-        v_emb, t_emb = m.video_embedding(video), m.text_embedding(states, attn)
+        video = m.video_tokens(frames)
+        states = m.text_states(text)
+        v_emb, t_emb = m.video_embedding(video), m.encode_text(text, states=states)
         with torch.no_grad():
             m.temperature.clamp_(0.001, 0.5)
-        (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, has_text)
+        # with a title-only text vector, a video with OCR but no title has nothing to contrast with
+        vtc_valid = has_text if m.arch.vtc_text == "all" else has_text & (((types == 0) & (attn == 1)).sum(1) > 2)
+        (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, vtc_valid)
         out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
-                              valid=has_text, all_valid=all_valid)  # fmt: skip
+                              valid=vtc_valid, all_valid=all_valid)  # fmt: skip
 
         same = self._same(batch)
         out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator, same)
@@ -337,8 +301,9 @@ class VideoFusionPretrain(pl.LightningModule):
             drop_text = (draw[:, 0] < self.modality_dropout["text"]) & has_text
             text_keep &= ~drop_text
             video_keep &= ~((draw[:, 1] < self.modality_dropout["video"]) & has_text & ~drop_text)
-        masked_video = m.video_tokens(m.frame_grid(self._hide(frames, mask)))
-        fused = m.fuse(masked_video, m.text_states(masked_ids, attn, types), attn, types, video_keep, text_keep)
+        masked_video = m.video_tokens(self._hide(frames, mask))
+        masked_states = m.text_states({**text, "input_ids": masked_ids})
+        fused = m.fuse(masked_video, masked_states, attn, types, video_keep, text_keep)
         n_video = masked_video.shape[1]
         mvm_mask = mask.flatten(1) & video_keep[:, None]
         out["mvm"] = mvm_loss(m.mvm_head(fused[:, 1 : 1 + n_video]), self._mvm_target(frames), mvm_mask,
@@ -348,9 +313,16 @@ class VideoFusionPretrain(pl.LightningModule):
         logits = m.mtm_head(fused[:, 1 + n_video :][chosen])[None]
         out["mtm"] = mtm_loss(logits, labels[chosen][None])
         out["mtm_acc"] = mtm_accuracy(logits.detach(), labels[chosen][None])
-        out["loss"] = sum(self.loss_weights[k] * out[k] for k in LOSSES)
-        out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), has_text
+        weights = self.objective_weights() if dropout else self.loss_weights
+        out["loss"] = sum(weights[k] * out[k] for k in LOSSES)
+        out["v_emb"], out["t_emb"], out["has_text"] = v_emb.detach(), t_emb.detach(), vtc_valid
         return out
+
+    def objective_weights(self) -> dict[str, float]:
+        """The objectives' weights at this step: VTC's from the start, the others ramped in over ``loss_ramp``."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        progress = self.global_step / total if total and total != float("inf") else 1.0
+        return objective_weights(self.loss_weights, progress, self.hparams.loss_ramp)
 
     def _same(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         """Which samples show the same thing (``vtm_exclude``), from the batch's titles, labels and tag sets."""

@@ -3,7 +3,7 @@
 ALBEF/ALPRO retrieval: embed every video and text once (standalone VTC embeddings), shortlist by similarity, and
 re-score only the shortlist with the cross-modal VTM head, so the O(N²) cross-encoder of VIOLET is needed for
 k·N pairs instead of N². Ranks come from the index's shortlist (exact up to its length; see
-:func:`~mmpretrain.video.metrics.ranks_from_topk`).
+:func:`~mmpretrain.video.eval.metrics.ranks_from_topk`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from mmpretrain.retrieval import build_index
-from mmpretrain.video.manifest import VideoRecord
-from mmpretrain.video.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks
-from mmpretrain.video.text import join_ocr, same_content
+from mmpretrain.video.eval.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks, tag_agreement
+from mmpretrain.video.io.manifest import VideoRecord
+from mmpretrain.video.train.text import join_ocr, same_content
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import VideoEncoder
@@ -62,7 +62,8 @@ def video_text_retrieval(
 
     Args:
         encoder: a :class:`VideoEncoder` (its VTC embeddings are used whatever its ``embedding`` setting).
-        records: the held-out videos; those without title or OCR are galleries only, never queries.
+        records: the held-out videos; a title is a query (without the record's OCR, as a user types it); videos
+            without a title are galleries only.
         ks: recall cut-offs. shortlist: how many hits the index returns per query (ranks are exact up to it).
         rerank_k: how many of the text→video shortlist the VTM head re-scores (0: no re-ranking).
         index_key: the FAISS index over the gallery (``Flat``: exact; any factory string or ``auto``).
@@ -70,21 +71,23 @@ def video_text_retrieval(
 
     Returns:
         ``{"t2v": {...}, "v2t": {...}, "t2v_rerank": {...}, "vtm_accuracy": float, "vtm_accuracy_hard": float,
-        "queries": n, "videos": n}``. VTM accuracy is balanced over each video's own text and one other text (a
+        "queries": n, "videos": n}``, and ``t2v_tags`` when records carry tags: per tag, the share of queries whose
+        top-1 video shares it with the query's own (:func:`~mmpretrain.video.eval.metrics.tag_agreement`).
+        VTM accuracy is balanced over each video's own text and one other text (a
         random one, seeded; ``_hard``: the most VTC-similar one), a match when the VTM probability exceeds 0.5; the
         other text never shows the same thing (same label, tag set or normalized title, as in training).
     """
     texts = [r.title or "" for r in records]
     ocr = [join_ocr(list(r.ocr)) for r in records]
-    queries = np.array([bool(t or o) for t, o in zip(texts, ocr)])
+    queries = np.array([bool(t.strip()) for t in texts])
     if queries.sum() == 0:
-        raise ValueError("no record has a title or OCR text: nothing to query with")
+        raise ValueError("no record has a title: nothing to query with")
     mode, encoder.embedding = encoder.embedding, "vtc"
     try:
         videos = encoder.encode_videos([r.video for r in records], batch_size=batch_size)
     finally:
         encoder.embedding = mode
-    text_emb = encoder.encode_texts(texts, ocr=ocr)[queries]
+    text_emb = encoder.encode_texts(texts)[queries]  # a query is what a user types: no OCR
     rows = np.flatnonzero(queries)
     k = min(len(records), max(shortlist, max(ks), rerank_k))
     t2v_ids, t2v_scores = _shortlist(videos, text_emb, k, index_key)
@@ -95,6 +98,8 @@ def video_text_retrieval(
         "t2v": retrieval_metrics_from_ranks(ranks_from_topk(t2v_ids, rows), ks),
         "v2t": retrieval_metrics_from_ranks(ranks_from_topk(v2t_ids, np.arange(len(rows))), ks),
     }
+    if any(r.tags for r in records):
+        result["t2v_tags"] = tag_agreement([records[i].tags for i in rows], [records[i].tags for i in t2v_ids[:, 0]])
     clips = _ClipCache(encoder, records)
     sim = videos[rows] @ text_emb.T
     same_thing = same_content([texts[i] for i in rows], [records[i].label for i in rows],
@@ -107,7 +112,7 @@ def video_text_retrieval(
     if rerank_k > 0:
         head = min(rerank_k, k)
         vtm = np.stack([
-            _vtm(encoder, clips, t2v_ids[q, :head], [texts[row]] * head, [ocr[row]] * head)
+            _vtm(encoder, clips, t2v_ids[q, :head], [texts[row]] * head, [""] * head)
             for q, row in enumerate(rows)
         ])  # fmt: skip
         reranked, _ = rerank_topk(t2v_ids[:, :head], t2v_scores[:, :head], vtm)

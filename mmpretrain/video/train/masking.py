@@ -1,7 +1,7 @@
 """Masks for masked video and masked text modelling, with all randomness drawn from an explicit generator.
 
 Video masks live on the token grid of the video encoder, shape (batch, frames, height, width); `mask.flatten(1)`
-matches the (frame, row, column) token order of `mmpretrain.video.losses.patchify_pixels`. Every frame has exactly
+matches the (frame, row, column) token order of `mmpretrain.video.train.losses.patchify_pixels`. Every frame has exactly
 `round(ratio * height * width)` masked tokens, so batches have a fixed number of visible tokens.
 """
 

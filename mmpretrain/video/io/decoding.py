@@ -482,7 +482,7 @@ def decode_clip(
     Args:
         path: the video file, or its bytes (a WebDataset sample): decoded in memory by the same path.
         sample: presentation time of every frame (float64 seconds from the first, sorted; its length is the frame
-            count) -> frame indices (see `mmpretrain.video.sampling.make_sampler`).
+            count) -> frame indices (see `mmpretrain.video.io.sampling.make_sampler`).
         size: (height, width) of the upright output to resize to while decoding; None keeps the stored size.
         backend: "decord" or "auto" (decord, PyAV for the files decord cannot read or count) or "pyav".
         pyav_mode: "seek" (to the keyframe before each wanted frame; best with short GOPs), "full" (decode in
