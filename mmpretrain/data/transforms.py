@@ -9,14 +9,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from mmpretrain.data.color import fast_twin
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# one home for the ImageNet statistics: timm's, whose pretrained weights define them (the hub uses the same)
+IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 # torchvision interpolation names a checkpoint's preprocessing may ask for
 INTERPOLATIONS: tuple[str, ...] = tuple(mode.value for mode in T.InterpolationMode)
 

@@ -11,11 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from mmpretrain.errors import ConfigError, MissingPathError
 
 FORMATS = ("mmpretrain", "moby-official", "timm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's ImageNet statistics, the one home the data transforms use too
+IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "image_size": 224,
     "mean": list(IMAGENET_MEAN),
