@@ -108,7 +108,7 @@ def test_a_full_disk_leaves_the_earlier_shards_and_index_untouched(tmp_path: Pat
 def test_repeated_or_dotted_keys_are_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="two samples have the key 'a'"):
         write_shards(iter([{"__key__": "a", "txt": "1"}, {"__key__": "a", "txt": "2"}]), tmp_path / "x")
-    with pytest.raises(DataError, match="'a.b' holds a dot"):
+    with pytest.raises(DataError, match=r"'a\.b' holds a dot"):
         write_shards(iter([{"__key__": "a.b", "txt": "1"}]), tmp_path / "y")
     assert not list((tmp_path / "x").iterdir()) and not list((tmp_path / "y").iterdir())
 

@@ -144,18 +144,20 @@ def open_shard(url: str, stall_s: float) -> Any:
     return wds.gopen(url)
 
 
-def _describe(error: Exception, stream: Any, stall_s: float) -> str:
-    """One line on why a shard stopped; a curl exit status is spelled out."""
+def _describe(error: Exception, stream: Any, url: str, stall_s: float) -> str:
+    """One line on why a shard stopped; a command's exit status is spelled out (curl's by name)."""
     status = None
     if isinstance(stream, Pipe):
         with contextlib.suppress(subprocess.TimeoutExpired):  # the stream ended: the command has exited or will
             status = stream.proc.wait(timeout=5)
-    if status not in (None, 0, *_IGNORED_EXITS):
-        what = _CURL_EXITS.get(status, "see its message above")
-        if status == 28:
-            what = f"{what}: under {LOW_SPEED_BYTES} bytes/s for {stall_s:g} s (MMPRETRAIN_SHARD_STALL_S)"
-        return f"curl exit {status} ({what})"
-    return str(error.args[0]) if error.args else type(error).__name__
+    if status in (None, 0, *_IGNORED_EXITS):
+        return str(error.args[0]) if error.args else type(error).__name__
+    if not url.startswith(("http://", "https://")):
+        return f"command exit {status} (see its message above)"
+    what = _CURL_EXITS.get(status, "see its message above")
+    if status == 28:
+        what = f"{what}: under {LOW_SPEED_BYTES} bytes/s for {stall_s:g} s (MMPRETRAIN_SHARD_STALL_S)"
+    return f"curl exit {status} ({what})"
 
 
 def _members(stream: Any, limit: int) -> Iterator[tuple[str, bytes | None, int]]:
@@ -266,7 +268,7 @@ def read_shard(url: str, expected: int | None = None, *, max_member_bytes: int |
         if over and check == "fail":
             _count_mismatch(url, expected, expected, check, more=True)
         if error is not None:
-            detail = _describe(error, stream, stall)
+            detail = _describe(error, stream, url, stall)
             log.warning("shard %s is truncated or unreadable after %d samples: %s", url, read, detail)
             yield ShardError("truncated_shard", url, detail, None, read)
         elif rest and rest.strip(b"\0"):
