@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -60,6 +62,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failure(path: str | Path, err: OSError, needed: int | None = None) -> str:
+    """One line on why writing ``path`` failed; for a full disk, the free space there and what was needed.
+
+    Example:
+        >>> write_failure("/d/x.npy", OSError(errno.ENOSPC, "No space left on device"), needed=4096)[:40]
+        '/d/x.npy: cannot write (No space left on'
+    """
+    line = f"{path}: cannot write ({err.strerror or err})"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = Path(path).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        wanted = f"{needed} bytes are needed, " if needed is not None else ""
+        line += f": {wanted}{free} bytes are free on {folder}; free some space and rerun"
+    return line
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

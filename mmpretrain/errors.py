@@ -31,3 +31,8 @@ class PathExistsError(MMPretrainError, FileExistsError):
 
 class DataError(MMPretrainError, ValueError):
     """Input data that cannot be used as it is (empty, mislabeled, too small for the task)."""
+
+
+class WriteError(MMPretrainError, OSError):
+    """An output could not be written (a full disk, no permission): names the path, and the space needed where known.
+    Nothing half-written is left under the output's final name."""

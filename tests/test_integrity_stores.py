@@ -156,3 +156,34 @@ def test_search_never_downloads_an_encoder_a_store_names_by_url(tmp_path: Path, 
     image = next((demo_root / "val").rglob("*.png"))
     with pytest.raises(StoreError, match=rf"manifest\.json: names encoder '{url}', a URL.*pass encoder="):
         run(tmp_path, "search", f"index={tmp_path / 'idx'}", f"query={image}")
+
+
+@pytest.mark.parametrize("errno_code", [28, None])
+def test_write_store_on_a_full_disk_names_the_file_and_leaves_no_shard(tmp_path: Path, monkeypatch,
+                                                                        errno_code: int | None) -> None:
+    """np.save on a full disk: ENOSPC, or numpy's own "256000 requested and 4064 written" (no errno)."""
+    import os
+
+    from mmpretrain.errors import WriteError
+
+    real_save = np.save
+
+    def full(file, array, allow_pickle=True):
+        file.write(b"\x93NUMPY" + bytes(4058))  # a few blocks land, then the disk is full
+        if errno_code is None:
+            raise OSError("256000 requested and 4064 written")
+        raise OSError(errno_code, os.strerror(errno_code))
+
+    monkeypatch.setattr(np, "save", full)
+    store = tmp_path / "store"
+    with pytest.raises(WriteError) as info:
+        write_store(store, np.ones((500, 128), np.float32), {"id": [str(i) for i in range(500)]}, "enc", True)
+    message = str(info.value)
+    assert str(store / "embeddings-00000.npy") in message
+    if errno_code is None:
+        assert "256000 requested and 4064 written" in message
+    else:
+        assert f"{500 * 128 * 4 + 128} bytes are needed" in message and "bytes are free on" in message
+    assert os.listdir(store) == []  # no shard, no temporary, no manifest under any name
+    monkeypatch.setattr(np, "save", real_save)
+    assert len(write_store(store, np.ones((5, 4), np.float32), {"id": list("abcde")}, "enc", True)) == 5

@@ -1,4 +1,5 @@
-"""Image data: sources (folder, file list, labeled folder), robust datasets, SSL transforms, demo data."""
+"""Image data: sources (folder, file list, labeled folder, WebDataset shards), robust datasets, SSL transforms, demo
+data."""
 
 from mmpretrain.data.datamodule import (
     LabeledImageDataModule,
@@ -12,7 +13,8 @@ from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
 from mmpretrain.data.records import csv_list, read_records
-from mmpretrain.data.shards import read_error
+from mmpretrain.data.shard_samples import SampleError, ShardError, is_shard_error, read_shard
+from mmpretrain.data.shard_writer import write_shards
 from mmpretrain.data.sources import (
     ImageSource,
     InputRows,
@@ -45,13 +47,16 @@ __all__ = [
     "InputRows",
     "LabeledImageDataModule",
     "SSLImageDataModule",
+    "SampleError",
     "SampledLoaders",
+    "ShardError",
     "ViewAugment",
     "available_cpus",
     "csv_list",
     "denormalize",
     "eval_transform",
     "image_source",
+    "is_shard_error",
     "is_video_manifest",
     "labeled_folder",
     "linear_train_transform",
@@ -60,9 +65,10 @@ __all__ = [
     "loader_workers",
     "make_demo_images",
     "moby_transform",
-    "read_error",
     "read_file_list",
     "read_image_input",
     "read_records",
+    "read_shard",
     "scan_images",
+    "write_shards",
 ]

@@ -2,7 +2,8 @@
 
 A shard is a tar file whose members are grouped into samples by key: ``{key}.jpg`` + ``{key}.json`` ... Shards are
 named by a brace pattern or a list of URLs (local paths, ``https://``, ``pipe:aws s3 cp s3://b/x.tar -``) and read
-with the ``webdataset`` package, which opens the streams and groups the members.
+by `read_shard` (:mod:`mmpretrain.data.shard_samples`: member size limit, stall deadline for ``http(s)://``, the
+`ShardError` marker); ``webdataset`` opens the other streams.
 
 What "one epoch" means with N ranks, W dataloader workers and uneven shards (an exact split with padding):
 each epoch the shard list is permuted with a generator seeded by (run seed, epoch) and dealt to the N x W
@@ -13,7 +14,9 @@ out re-reads its own shards from the start, and those repeats are marked ``padde
 per epoch, each rank takes the same number of steps (DDP never waits on a rank that ran dry), and only the padding
 repeats; when the shards split evenly (equal slot loads that are a multiple of the batch) nothing repeats at all.
 The sample counts come from ``shards.json`` next to the shards
-(``scripts/make_shards.py`` writes it) or, failing that, from one read-through at start-up.
+(``mmpretrain-shards`` writes it; validated by :mod:`mmpretrain.data.shard_index`) or, failing that, from one
+read-through at start-up. Each pass over a shard is checked against its count: a stale ``shards.json`` fails the run
+naming the shard and both numbers (``MMPRETRAIN_SHARD_COUNT_CHECK=warn`` only warns).
 
 ``shards.json`` holds ``counts`` (samples per shard file) and the vocabularies of labelled shards: ``classes`` (the
 class names, index = class id; a ``.cls`` integer is an index into it) and ``tags`` (sorted). Labelled readers take
@@ -24,20 +27,18 @@ permutation and every shuffle depend only on (seed, epoch, slot).
 
 Bad samples never stop a shard: a sample that does not decode, lacks its media or caption, or has a member that
 does not parse is skipped, and the next sample carries ``failed`` and ``failed_reasons`` for `DataHealthMonitor`.
-A shard that ends early (cut off, or a member header that does not parse) is named in a warning and counted as
-``truncated_shard`` or ``corrupt_member``; the samples before the damage are kept.
+A shard that ends early (cut off, stalled, or a member header that does not parse) is named in a warning and counted
+as ``truncated_shard`` or ``corrupt_member``; the samples before the damage are kept. A member above the size limit
+is never read and counts as ``member_too_large``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import logging
 import math
 import os
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,30 +47,32 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from mmpretrain._io import write_text_atomic
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, failure_reason, load_rgb, transform_file
-from mmpretrain.errors import DataError
+from mmpretrain.data.shard_index import INDEX_FILE, read_index, shard_name
+from mmpretrain.data.shard_samples import (
+    SHARD_REASONS,
+    SampleError,
+    ShardError,
+    class_names,
+    is_shard_error,
+    read_shard,
+    sample_json,
+    sample_label,
+    vocabulary_of,
+)
+from mmpretrain.data.shard_writer import image_samples, write_shards
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "shards.json"
+__all__ = [
+    "IMAGE_KEYS", "INDEX_FILE", "SHARD_REASONS", "ImageShardDecoder", "SampleError", "ShardDataset", "ShardError",
+    "class_index", "class_names", "count_samples", "deal_shards", "expand_shards", "image_samples", "is_shard_error",
+    "read_index", "read_shard", "sample_image", "sample_json", "sample_label", "shard_counts", "shard_loader",
+    "shard_name", "shard_vocabulary", "write_shards",
+]  # fmt: skip
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-SHARD_REASONS = ("truncated_shard", "corrupt_member")
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://")
-
-
-class SampleError(Exception):
-    """A shard sample that cannot be used; ``reason`` is short so failures are counted by kind."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.reason, self.detail)
 
 
 def _is_local(url: str) -> bool:
@@ -96,65 +99,9 @@ def expand_shards(spec: str | Sequence[str], key: str = "data.shards") -> list[s
     return urls
 
 
-def shard_name(url: str) -> str:
-    """What a shard is called in ``shards.json`` and in sample names: its file name."""
-    return url.rstrip("/").rsplit("/", 1)[-1].split()[-1]
-
-
-def read_shard(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard (``__key__``, ``__url__`` and one entry per member extension), in tar order.
-
-    When the shard ends early, or cannot be read at all (a missing file, an ``https://`` shard the server refuses:
-    curl's exit status), a last pseudo-sample ``{"__error__": reason, ...}`` says why (see the module doc).
-    """
-    count, error, rest = 0, None, b""
-    try:
-        stream = wds.gopen(url)
-    except (OSError, ValueError) as err:
-        stream, error = None, err
-    try:
-        if stream is not None:
-            try:
-                files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
-                for sample in group_by_keys(files):
-                    count += 1
-                    yield sample
-                rest = stream.read()  # a tar ends in zero blocks: data after the end means a header did not parse
-                stream.close()  # a pipe (pipe:, https://) reports its command's failure here
-            except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-                error = err
-        if error is not None:
-            detail = str(error.args[0]) if error.args else type(error).__name__
-            log.warning("shard %s is truncated or unreadable after %d samples: %s", url, count, detail)
-            yield {"__error__": "truncated_shard", "__url__": url, "__detail__": detail}
-        elif rest and rest.strip(b"\0"):
-            log.warning("shard %s has a corrupt member header after %d samples; %d bytes after it are lost",
-                        url, count, len(rest))
-            yield {"__error__": "corrupt_member", "__url__": url, "__detail__": f"{len(rest)} bytes unread"}
-    finally:
-        if stream is not None:
-            with contextlib.suppress(OSError):  # a reader that stopped early ends the command; its status is moot
-                stream.close()
-
-
-def read_error(raw: dict[str, Any]) -> str | None:
-    """``"reason: detail"`` when ``raw`` is :func:`read_shard`'s note that the shard ended early, else None."""
-    return f"{raw['__error__']}: {raw['__detail__']}" if "__error__" in raw else None
-
-
 def count_samples(url: str) -> int:
     """Samples in a shard, by reading it through (for shards without a ``shards.json`` entry)."""
-    return sum(1 for s in read_shard(url) if "__error__" not in s)
-
-
-def read_index(folder: str | os.PathLike) -> dict[str, Any]:
-    """A folder's ``shards.json`` as ``{"counts": {...}, "classes": [...], "tags": [...]}`` ({} parts when absent;
-    the earlier layout, a bare ``{shard: count}`` mapping, reads as its counts)."""
-    index = Path(folder) / INDEX_FILE
-    data = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
-    if "counts" not in data:
-        data = {"counts": {k: v for k, v in data.items() if isinstance(v, int)}}
-    return data
+    return sum(1 for s in read_shard(url) if not isinstance(s, ShardError) or not s.ends_shard)
 
 
 def _local_indexes(urls: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -185,37 +132,6 @@ def shard_counts(urls: Sequence[str]) -> list[int]:
     return counts
 
 
-def _vocabulary_of(samples: Iterator[dict[str, Any]]) -> tuple[set, set]:
-    """Labels (``.cls`` integers or the ``.json`` ``label``) and tags of samples; unparseable members are skipped."""
-    labels, tags = set(), set()
-    for raw in samples:
-        if "__error__" in raw:
-            continue
-        try:
-            label = sample_label(raw)
-            meta = sample_json(raw)
-        except SampleError:
-            continue
-        if label is not None:
-            labels.add(label if isinstance(label, int) else str(label))
-        if isinstance(meta.get("tags"), list):
-            tags.update(str(t) for t in meta["tags"])
-    return labels, tags
-
-
-def class_names(labels: set, where: str) -> list[str]:
-    """Sorted class names; ``.cls`` integers without names become ``"0" .. "max"``."""
-    ints = {x for x in labels if isinstance(x, int)}
-    if ints and len(ints) != len(labels):
-        raise DataError(f"{where}: labels mix .cls integers and class names; give one kind (or a class list in "
-                        f"{INDEX_FILE})")
-    if ints:
-        if min(ints) < 0:
-            raise DataError(f"{where}: negative .cls label {min(ints)}")
-        return [str(i) for i in range(max(ints) + 1)]
-    return sorted(labels)
-
-
 def shard_vocabulary(urls: Sequence[str], key: str = "data.shards") -> dict[str, list[str]]:
     """``{"classes": [...], "tags": [...]}`` of labelled shards, for class ids and multi-hot tags.
 
@@ -234,7 +150,7 @@ def shard_vocabulary(urls: Sequence[str], key: str = "data.shards") -> dict[str,
         lists[field] = seen[0] if len(seen) == 1 else sorted({x for names in seen for x in names})
     if unlisted:
         log.info("reading %d shards for their labels and tags (%s has no class list)", len(unlisted), INDEX_FILE)
-        labels, tags = _vocabulary_of(s for url in unlisted for s in read_shard(url))
+        labels, tags = vocabulary_of(s for url in unlisted for s in read_shard(url))
         where = f"{key}={unlisted[0]}" if len(unlisted) == 1 else f"{key} ({len(unlisted)} shards)"
         names = class_names(labels, where)
         if not lists["classes"]:
@@ -352,9 +268,9 @@ class ShardDataset(IterableDataset):
             raise TypeError("an unpadded ShardDataset has no fixed length")
         return self.workers * self._slot_length()
 
-    def _raw(self, shards: list[int], rng: random.Random) -> Iterator[dict[str, Any]]:
+    def _raw(self, shards: list[int], rng: random.Random) -> Iterator[dict[str, Any] | ShardError]:
         for i in shards:
-            samples = read_shard(self.urls[i])
+            samples = read_shard(self.urls[i], self.counts[i])
             yield from _shuffled(samples, self.shuffle_buffer, rng) if self.train else samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -370,8 +286,8 @@ class ShardDataset(IterableDataset):
         while target is None or produced < target:
             good_this_pass = 0
             for raw in self._raw(shards, rng):
-                if "__error__" in raw:
-                    failed, reasons = failed + 1, [*reasons, raw["__error__"]]
+                if isinstance(raw, ShardError):
+                    failed, reasons = failed + 1, [*reasons, raw.reason]
                     continue
                 try:
                     out = self.decode(raw)
@@ -417,31 +333,6 @@ def shard_loader(
 
 
 # ----------------------------------------------------------------------------------------------- images
-
-
-def sample_label(raw: dict[str, Any]) -> Any:
-    """The label of a sample: ``.cls`` (an integer as text) or the ``label`` of its ``.json``; None when absent."""
-    if "cls" in raw:
-        text = raw["cls"].decode("utf-8").strip()
-        try:
-            return int(text)
-        except ValueError:
-            raise SampleError("corrupt_member", f"{raw['__key__']}.cls is not an integer: {text[:40]!r}") from None
-    meta = sample_json(raw)
-    return meta.get("label")
-
-
-def sample_json(raw: dict[str, Any]) -> dict[str, Any]:
-    """The ``.json`` member as a dict ({} when absent); one that does not parse is a corrupt member."""
-    if "json" not in raw:
-        return {}
-    try:
-        meta = json.loads(raw["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SampleError("corrupt_member", f"{raw['__key__']}.json: {err}") from None
-    if not isinstance(meta, dict):
-        raise SampleError("corrupt_member", f"{raw['__key__']}.json is not an object")
-    return meta
 
 
 def _image_member(raw: dict[str, Any]) -> str:
@@ -505,64 +396,3 @@ def class_index(raw: dict[str, Any], classes: dict[str, int]) -> int:
     if str(label) not in classes:
         raise SampleError("unknown_label", f"{raw['__key__']}: label {label!r} not in the class list")
     return classes[str(label)]
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def write_shards(
-    samples: Iterator[dict[str, Any]], output: str | os.PathLike, prefix: str = "shard", maxcount: int = 1000,
-    maxsize: float = 1e9, classes: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write samples (``__key__`` + members as bytes/str) to ``output/{prefix}-NNNNNN.tar`` with
-    ``webdataset.ShardWriter``, and to ``shards.json`` their counts (so readers need not count them) and vocabularies:
-    ``classes`` as given (the source's class order) or the sorted labels seen, ``tags`` sorted.
-
-    Shards written into a folder that already has some (another prefix: a train and a val split) are added to its
-    ``shards.json``; the vocabularies then hold both splits' (the union, sorted, when they differ)."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-
-    def noted(items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for sample in items:
-            yield {k: v.encode("utf-8") if isinstance(v, str) and not k.startswith("__") else v
-                   for k, v in sample.items()}
-
-    with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0,
-                         post=None, start_shard=0) as writer:
-        labels, tags = set(), set()
-        for sample in noted(samples):
-            writer.write(sample)
-            counts[shard_name(writer.fname)] = counts.get(shard_name(writer.fname), 0) + 1
-            found = _vocabulary_of(iter([sample]))
-            labels, tags = labels | found[0], tags | found[1]
-    names = list(classes) if classes is not None else class_names(labels, str(out))
-    index = read_index(out)
-    for field, values in (("classes", names), ("tags", sorted(tags))):
-        before = index.get(field)
-        index[field] = values if before in (None, [], values) else sorted(set(before) | set(values))
-    index["counts"] = {**index["counts"], **counts}
-    write_text_atomic(out / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
-    return [out / name for name in sorted(counts)]
-
-
-def image_samples(paths: Sequence[str], root: str | os.PathLike, labels: Sequence[str] | None = None,
-                  ) -> Iterator[dict[str, Any]]:
-    """Image files as shard samples: the key is the path relative to ``root`` without its extension (dots and
-    slashes replaced: WebDataset splits a member name at its first dot), the bytes are stored as they are (no
-    re-encoding), and ``.json`` keeps the relative path and the label (the class name) when known."""
-    base = Path(root)
-    for i, path in enumerate(paths):
-        file = Path(path)
-        try:
-            rel = file.relative_to(base).as_posix()
-        except ValueError:
-            rel = file.name
-        ext = file.suffix.lstrip(".").lower()
-        ext = "jpg" if ext == "jpeg" else ext
-        meta: dict[str, Any] = {"path": rel}
-        if labels is not None:
-            meta["label"] = labels[i]
-        stem = rel[: -len(file.suffix)] if file.suffix else rel
-        yield {"__key__": stem.replace(".", "_").replace("/", "__"), ext: file.read_bytes(), "json": json.dumps(meta)}

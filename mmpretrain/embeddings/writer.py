@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mmpretrain._io import sha256_file
+from mmpretrain._io import sha256_file, write_failure
 from mmpretrain.embeddings.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -37,7 +37,7 @@ from mmpretrain.embeddings.format import (
     store_error,
 )
 from mmpretrain.embeddings.reader import EmbeddingStore, open_store
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, WriteError
 
 
 def _temp_path(path: Path) -> Path:
@@ -125,14 +125,20 @@ def write_shard(
     # A rewrite must not leave the old npy (the completion mark) next to a new parquet for a moment.
     npy_path.unlink(missing_ok=True)
     tmp_parquet, tmp_npy = _temp_path(parquet_path), _temp_path(npy_path)
+    writing = parquet_path
     try:
         pq.write_table(table, tmp_parquet)
         parquet_sha = sha256_file(tmp_parquet)
         _commit(tmp_parquet, parquet_path)
+        writing = npy_path
         with open(tmp_npy, "wb") as f:
             np.save(f, array, allow_pickle=False)
         npy_sha = sha256_file(tmp_npy)
         _commit(tmp_npy, npy_path)
+    except OSError as err:  # a full disk: pyarrow and numpy raise bare OSErrors that name no file
+        parquet_path.unlink(missing_ok=True)  # without its npy the shard reads as unfinished; not left half-made
+        needed = array.nbytes + 128 if writing == npy_path else None
+        raise WriteError(store_error(root, write_failure(writing, err, needed)).args[0]) from err
     finally:
         tmp_parquet.unlink(missing_ok=True)
         tmp_npy.unlink(missing_ok=True)
@@ -266,6 +272,8 @@ def finalize_store(
     try:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         _commit(tmp, root / MANIFEST)
+    except OSError as err:
+        raise WriteError(store_error(root, write_failure(root / MANIFEST, err)).args[0]) from err
     finally:
         tmp.unlink(missing_ok=True)
     return manifest

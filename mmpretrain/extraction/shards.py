@@ -33,7 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmpretrain._io import write_text_atomic
-from mmpretrain.data import read_error
+from mmpretrain.data import ShardError
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import SampleError, read_index, read_shard, sample_image, sample_json, sample_label
 from mmpretrain.data.shards import shard_name as input_shard_name
@@ -110,6 +110,12 @@ class _SampleRows:
         columns.update(label="" if label is None else str(label), tags=json.dumps([str(t) for t in tags]))
         return self.loader(sample_image(raw, self.max_pixels))
 
+    def failed(self, error: ShardError, shard: int, pos: int) -> dict[str, Any]:
+        """The row of a sample the reader could not read (a corrupt or oversized member): failed, with its reason."""
+        empty = torch.zeros(self.loader.shape, dtype=torch.uint8)
+        return row_item(shard, pos, empty, f"{error.reason}: {error.detail}", id=str(error.key), title="", ocr="",
+                        label="", tags="[]")
+
     def __call__(self, raw: dict[str, Any], shard: int, pos: int) -> dict[str, Any]:
         key = raw["__key__"]
         columns = {"id": key, "title": "", "ocr": "", "label": "", "tags": "[]"}
@@ -136,11 +142,10 @@ class ShardExtractionDataset(IterableDataset):
     def _shard_rows(self, shard: int) -> Iterator[dict[str, Any]]:
         count, end_error, previous = 0, "", None
         for raw in read_shard(self.urls[shard]):
-            error = read_error(raw)
-            if error is not None:
-                end_error = error
+            if isinstance(raw, ShardError) and raw.ends_shard:
+                end_error = f"{raw.reason}: {raw.detail}"
                 continue
-            row = self.rows(raw, shard, count)
+            row = self.rows.failed(raw, shard, count) if isinstance(raw, ShardError) else self.rows(raw, shard, count)
             count += 1
             if previous is not None:
                 yield previous

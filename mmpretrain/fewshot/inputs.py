@@ -14,6 +14,7 @@ import numpy as np
 
 from mmpretrain.data.shards import (
     SampleError,
+    ShardError,
     class_index,
     expand_shards,
     read_shard,
@@ -141,8 +142,8 @@ class ShardImageInput:
     def _samples(self):
         for url in self.urls:
             for raw in read_shard(url):
-                if "__error__" in raw:
-                    raise DataError(f"{self.where}: shard {url} is damaged ({raw['__error__']}: {raw['__detail__']})")
+                if isinstance(raw, ShardError):
+                    raise DataError(f"{self.where}: shard {url} is damaged ({raw.reason}: {raw.detail})")
                 yield raw
 
     def _checked(self, read, raw: dict):

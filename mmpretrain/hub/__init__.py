@@ -4,11 +4,13 @@ Everything that turns a name, URL or file into timm backbone weights lives here,
 never touches the network, never unpickles untrusted code and never guesses a key layout.
 
 Modules: :mod:`~mmpretrain.hub.registry` (named checkpoints), :mod:`~mmpretrain.hub.download` (cache, fetch,
-verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :mod:`~mmpretrain.hub.formats`
-(conversion, publishing, loading, building a model from a checkpoint), :mod:`~mmpretrain.hub.schema` (what an
-embedded config may say) and :mod:`~mmpretrain.hub.errors`.
+verify), :mod:`~mmpretrain.hub.safe_load` (code-free ``torch.save`` loading), :mod:`~mmpretrain.hub.formats` (what
+each format holds, official-MoBY conversion, weight checks), :mod:`~mmpretrain.hub.loading` (any source to a
+:class:`LoadedCheckpoint`), :mod:`~mmpretrain.hub.building` (the model, strict), :mod:`~mmpretrain.hub.publishing`
+(the own format), :mod:`~mmpretrain.hub.schema` (what an embedded config may say) and :mod:`~mmpretrain.hub.errors`.
 """
 
+from mmpretrain.hub.building import build_backbone, build_model
 from mmpretrain.hub.download import cache_path, download, hub_cache_dir, verify, verify_cached
 from mmpretrain.hub.errors import (
     CheckpointConfigError,
@@ -20,22 +22,16 @@ from mmpretrain.hub.errors import (
 )
 from mmpretrain.hub.formats import CONFIG_FILE as CONFIG_FILE
 from mmpretrain.hub.formats import WEIGHTS_FILE as WEIGHTS_FILE
-from mmpretrain.hub.formats import (
-    LoadedCheckpoint,
-    build_backbone,
-    build_model,
-    convert_moby_official,
-    convert_to_published,
-    load_checkpoint,
-    publish,
-)
+from mmpretrain.hub.formats import LoadedCheckpoint, convert_moby_official, is_video
+from mmpretrain.hub.loading import load_checkpoint
 from mmpretrain.hub.moby_state import moby_training_state
+from mmpretrain.hub.publishing import convert_to_published, publish
 from mmpretrain.hub.registry import DEFAULT_PREPROCESSING as DEFAULT_PREPROCESSING
 from mmpretrain.hub.registry import FORMATS, RegistryEntry, list_pretrained, load_registry
-from mmpretrain.hub.registry import IMAGENET_MEAN as IMAGENET_MEAN
 from mmpretrain.hub.registry import IMAGENET_STD as IMAGENET_STD
 from mmpretrain.hub.safe_load import safe_torch_load
-from mmpretrain.hub.schema import check_fits, on_meta, validate_config
+from mmpretrain.hub.schema import on_meta, validate_config
+from mmpretrain.models.backbones import IMAGENET_MEAN as IMAGENET_MEAN
 
 __all__ = [
     "FORMATS",
@@ -50,11 +46,11 @@ __all__ = [
     "build_backbone",
     "build_model",
     "cache_path",
-    "check_fits",
     "convert_moby_official",
     "convert_to_published",
     "download",
     "hub_cache_dir",
+    "is_video",
     "list_pretrained",
     "load_checkpoint",
     "load_registry",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mmpretrain._io import file_lock, sha256_file, write_text_atomic
+from mmpretrain._io import file_lock, sha256_file, write_failure, write_text_atomic
 from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
 from mmpretrain.hub.registry import URL_SCHEMES, check_name, load_registry, normalize_sha256
 
@@ -196,7 +196,7 @@ def _refuse_symlinks(*paths: Path) -> None:
 def _open_part(part: Path, append: bool) -> Any:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | os.O_NOFOLLOW
     try:
-        return os.fdopen(os.open(part, flags, 0o644), "ab" if append else "wb")
+        return os.fdopen(os.open(part, flags, 0o644), "ab" if append else "wb", buffering=0)  # bytes on disk = size
     except OSError as e:
         raise DownloadError(f"{part}: cannot open the partial download without following links: {e}") from e
 
@@ -266,7 +266,10 @@ def _fetch_once(url: str, part: Path, progress: bool, deadline: float) -> None:
             kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if kind == "text/html" and not url.lower().endswith((".html", ".htm")):
                 raise DownloadError(f"{url}: the server answered with an HTML page, not the file (Content-Type {kind})")
-            write_text_atomic(_part_state(part), json.dumps({"url": url, **_validator(response.headers)}))
+            try:
+                write_text_atomic(_part_state(part), json.dumps({"url": url, **_validator(response.headers)}))
+            except OSError as e:
+                raise DownloadError(f"{url}: {write_failure(_part_state(part), e)}") from e
         length = response.headers.get("Content-Length")
         total = _content_range(response.headers.get("Content-Range"))[1] if resumed else None
         if total is None and length is not None:
@@ -288,7 +291,13 @@ def _fetch_once(url: str, part: Path, progress: bool, deadline: float) -> None:
                 if first and not resumed and _looks_like_html(chunk):
                     raise DownloadError(f"{url}: the server answered with an HTML page, not the file")
                 first = False
-                out.write(chunk)
+                try:
+                    view = memoryview(chunk)
+                    while view:  # an unbuffered write may take part of the chunk
+                        view = view[out.write(view) :]
+                except OSError as e:  # a full cache: keep the part, so a rerun resumes once there is room
+                    needed = total - part.stat().st_size if total is not None else None
+                    raise DownloadError(f"{url}: {write_failure(part, e, needed)}; the partial file is kept") from e
                 bar.update(len(chunk))
                 if time.monotonic() > deadline:
                     raise _DeadlineExceeded(f"{url}: download deadline passed at byte {out.tell()}")
@@ -360,7 +369,10 @@ def _download_to(dest: Path, url: str, label: str, sha256: str | None, options: 
             )
         os.replace(part, dest)
         _part_state(part).unlink(missing_ok=True)
-        write_sidecar(dest, actual)
+        try:
+            write_sidecar(dest, actual)  # atomic: a full disk leaves no sidecar (the next hit re-hashes), not half
+        except OSError as e:
+            raise DownloadError(f"{url}: {write_failure(sidecar_path(dest), e)}") from e
     return dest
 
 

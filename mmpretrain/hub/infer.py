@@ -20,8 +20,11 @@ from urllib.parse import urlparse
 import torch
 
 from mmpretrain._io import sha256_file
+from mmpretrain.hub.building import backbone_factory
 from mmpretrain.hub.errors import HubError
 from mmpretrain.hub.registry import RegistryEntry
+from mmpretrain.hub.schema import on_meta
+from mmpretrain.models import state_fits
 
 #: timm model names whose defaults the inferred kwargs override
 SWIN_BASE = "swin_tiny_patch4_window7_224"
@@ -102,21 +105,14 @@ def infer_architecture(
     else:
         raise HubError(f"{source}: carries no architecture and its weights are neither a Swin nor a ViT; pass "
                        "architecture='<timm name>' (mmpretrain-hub convert --arch) or load it by a registry name")
-    check_fits(arch, state, source)
+    _refuse_misfit(arch, state, source)
     return arch
 
 
-def check_fits(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> None:
+def _refuse_misfit(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise unless a headless `arch` has exactly the keys and shapes of `state` (built on the meta device: free)."""
-    import timm
-
-    with torch.device("meta"):
-        model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **arch["kwargs"])
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("head.")}
-    wrong = sorted(k for k in expected.keys() & given.keys() if expected[k] != given[k])
-    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
-    if wrong or missing or unexpected:
+    problem = state_fits(on_meta(backbone_factory(arch["name"], arch["kwargs"])), state,
+                         ignore=lambda key: key.startswith("head."))
+    if problem:
         raise HubError(f"{source}: the architecture read from its weights ({arch['name']} {arch['kwargs']}) does not "
-                       f"fit them: shapes differ for {wrong[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                       "pass architecture='<timm name>'")  # fmt: skip
+                       f"fit them: {problem}; pass architecture='<timm name>'")

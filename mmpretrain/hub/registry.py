@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("mmpretrain", "moby-official", "timm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "image_size": 224,
     "mean": list(IMAGENET_MEAN),

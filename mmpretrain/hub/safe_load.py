@@ -1,4 +1,5 @@
-"""Loading ``torch.save`` files without executing code from them (:func:`safe_torch_load`)."""
+"""Loading ``torch.save`` files without executing code from them (:func:`safe_torch_load`), and without tensors that
+claim more memory than the file holds (:func:`check_storage`)."""
 
 from __future__ import annotations
 
@@ -153,20 +154,68 @@ def _restricted_load(path: Path) -> Any:
     return obj
 
 
+def _overlaps(tensor: torch.Tensor) -> bool:
+    """True when two elements of ``tensor`` share memory (a zero stride, or strides that interleave)."""
+    span = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(tensor.stride(), tensor.shape) if sz > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def _tensors_in(obj: Any, where: str, depth: int = 0) -> Any:
+    """(key path, tensor) of every tensor in nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif depth < 32 and isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors_in(value, f"{where}.{key}" if where else str(key), depth + 1)
+    elif depth < 32 and isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from _tensors_in(value, f"{where}[{i}]", depth + 1)
+
+
+def check_storage(obj: Any, path: str | Path) -> None:
+    """Refuse a tensor whose storage holds fewer bytes than ``numel × element_size``, or whose elements overlap.
+
+    ``torch.save`` keeps a view's shape and strides, so a stride-0 view of one value keeps its full shape in a file
+    of a few bytes; a model inferred from such shapes could ask for many gigabytes. Every tensor the hub loads must
+    be backed by bytes that are really in the file.
+
+    Raises:
+        CheckpointReadError: naming ``path``, the key and both sizes.
+    """
+    for key, tensor in _tensors_in(obj, ""):
+        if tensor.numel() == 0:
+            continue
+        needed = tensor.numel() * tensor.element_size()
+        held = tensor.untyped_storage().nbytes()
+        if held < needed or _overlaps(tensor):
+            raise CheckpointReadError(
+                f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} claims {needed} bytes but its storage holds "
+                f"{held}{' with overlapping elements' if held >= needed else ''} (a stride-0 or overlapping view); "
+                "refusing it"
+            )
+
+
 def safe_torch_load(path: str | Path) -> Any:
     """Load a ``torch.save`` file without ever executing code from it.
 
     ``torch.load(weights_only=True)`` first; when it refuses a global (official MoBY files pickle a yacs config,
     Lightning checkpoints may hold other objects) a restricted unpickler reads the file again: tensors are rebuilt
-    and every non-allowlisted class or function becomes an inert :class:`_Placeholder`.
+    and every non-allowlisted class or function becomes an inert :class:`_Placeholder`. Either way every tensor
+    passes :func:`check_storage`.
     """
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointReadError(f"{path}: the file is empty (an interrupted copy or download?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         logger.info("%s: weights_only load refused (%s); using the restricted unpickler", path, str(e).split("\n")[0])
+        obj = _restricted_load(path)
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointReadError(f"{path}: cannot read as a torch checkpoint: {type(e).__name__}: {e}") from e
-    return _restricted_load(path)
+    check_storage(obj, path)
+    return obj

@@ -4,9 +4,11 @@ A config arrives inside a file of unknown origin and decides which model is buil
 it to a schema before anything is built: the architecture is a plain timm name (no ``hf-hub:`` or other scheme that
 reaches the network or disk), its keyword arguments only describe shape (no ``checkpoint_path``, ``pretrained*``
 or other switches that open files), every size lies within fixed limits, and the preprocessing numbers are finite
-with ``std > 0``. :func:`check_fits` then builds the model on the ``meta`` device (no memory) and compares every
-parameter's shape with the weights, so a tiny file cannot ask for a model of many gigabytes: the real model is only
-built once the weights' own shapes confirm its size. :func:`plain_json` turns training hyper-parameters into JSON
+with ``std > 0``. :func:`on_meta` then builds the model on the ``meta`` device (no memory) and
+:func:`mmpretrain.models.state_fits` compares every parameter's shape with the weights, so a tiny file cannot ask for
+a model of many gigabytes: the real model is only built once the weights' own shapes confirm its size (and
+:mod:`~mmpretrain.hub.safe_load` has refused weights whose storage is smaller than their shape).
+:func:`plain_json` turns training hyper-parameters into JSON
 without expanding shared references and refuses self-references.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -232,32 +234,6 @@ def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """The model ``build`` makes, on the ``meta`` device: every shape, no memory, no initialisation."""
     with torch.device("meta"):
         return build()
-
-
-def check_fits(skeleton: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str,
-               ignore: Callable[[str], bool] = lambda key: False) -> None:
-    """Refuse the model ``skeleton`` (from :func:`on_meta`) unless every weight it expects is there, same shape.
-
-    The model's size is thereby confirmed by tensors already in memory before a byte of it is allocated. Keys the
-    model lacks but ``ignore`` accepts (a classifier head of a headless model) are left to the caller.
-
-    Raises:
-        CheckpointConfigError: missing or unexpected keys or a shape mismatch, naming ``source`` and the keys.
-    """
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(k for k in set(state) - set(expected) if not ignore(k))
-    wrong = [f"{k}: weights {tuple(state[k].shape)} vs config {expected[k]}"
-             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        raise CheckpointConfigError(
-            f"{source}: weights do not fit {what} as its config describes it: missing keys {_few(missing)}, "
-            f"unexpected keys {_few(unexpected)}, shape mismatches {_few(wrong)}"
-        )
-
-
-def _few(items: Sequence[str]) -> str:
-    return f"{list(items[:10])}{' ...' if len(items) > 10 else ''}"
 
 
 def plain_json(value: Any, source: str, path: str = "training") -> Any:

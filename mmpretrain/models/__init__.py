@@ -2,6 +2,7 @@
 video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
 from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_has_batchnorm, create_backbone
+from mmpretrain.models.fit import state_fits
 from mmpretrain.models.fusion import (
     FrameTeacher,
     FusionArch,
@@ -46,6 +47,7 @@ __all__ = [
     "match_grid",
     "pool_text",
     "resolve_text_model",
+    "state_fits",
     "text_encoder_from_dict",
     "text_encoder_to_dict",
     "tokenizer_from_json",

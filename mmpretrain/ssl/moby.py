@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
-from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone
+from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone, state_fits
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
 from mmpretrain.ssl.momentum import cosine_momentum, update_momentum
@@ -130,7 +130,7 @@ class MoBY(pl.LightningModule):
         Raises:
             ValueError: ``backbone`` does not fit ``model.backbone`` / ``model.backbone_kwargs``.
         """
-        problem = _mismatch(self.backbone.state_dict(), backbone)
+        problem = state_fits(self.backbone, backbone)
         if problem:
             raise ValueError(f"model.init={source}: its backbone does not fit model.backbone={self.hparams.backbone} "
                              f"(model.backbone_kwargs={dict(self.hparams.backbone_kwargs or {})}): {problem}")
@@ -260,23 +260,12 @@ def _optimizer_settings(factory: Callable[..., torch.optim.Optimizer]) -> dict[s
     return {"_target_": f"{target.__module__}.{target.__qualname__}", **plain}
 
 
-def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
-    """What keeps ``given`` from loading strict into a module whose state is ``expected``; "" when it fits."""
-    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
-    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in given and given[k].shape != v.shape]  # fmt: skip
-    problems = [f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shapes (checkpoint vs model)", shapes))
-                if names]  # fmt: skip
-    return "; ".join(problems)
-
-
 def _load_part(module: nn.Module, prefix: str, state: Mapping[str, torch.Tensor]) -> str:
     """Load the ``prefix`` entries of ``state`` into ``module`` when they fit it exactly; say what happened."""
     part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not part:
         return "fresh (not in the checkpoint)"
-    problem = _mismatch(module.state_dict(), part)
+    problem = state_fits(module, part)
     if problem:
         return f"fresh (does not fit: {problem})"
     module.load_state_dict(part, strict=True)
