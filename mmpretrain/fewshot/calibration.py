@@ -1,0 +1,204 @@
+"""Calibrated probabilities and "none of these" from the support set alone, by leave-one-out.
+
+Each support example is scored by the classifier fitted on all the others, as a new picture of a known class would
+be. Those held-out scores fit the softmax temperature (minimum negative log-likelihood) and place the unknown
+threshold where a chosen share of known-class pictures is still accepted. An example whose class has no other
+example cannot be held out this way (its class would vanish), so it takes no part.
+
+Usage::
+
+    from mmpretrain.fewshot.calibration import calibrate
+    cal, correct = calibrate(features, codes, n_classes=5, base_mean=features.mean(0), accept_rate=0.95)
+    cal.temperature, cal.threshold
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmpretrain.errors import ConfigError
+from mmpretrain.fewshot.methods import class_means, get_method
+
+__all__ = ["Calibration", "calibrate", "choose_threshold", "fit_temperature", "leave_one_out", "prototype_similarity"]
+
+
+def prototype_similarity(
+    support: torch.Tensor, codes: torch.Tensor, query: torch.Tensor, n_classes: int, center: torch.Tensor
+) -> torch.Tensor:
+    """(E, Q, N) cosine similarity of queries to class prototypes in CL2N space (center, L2-normalise, mean,
+    normalise again), for episodes ``support`` (E, S, D) / ``codes`` (E, S) / ``query`` (E, Q, D).
+
+    The open-set score: it stays low for a picture far from every class, where softmax probabilities can still
+    be peaked. Classes without a support example in an episode get ``-inf``.
+    """
+    normed = F.normalize(support - center, dim=-1)
+    prototypes = F.normalize(class_means(normed, codes, n_classes), dim=-1)
+    similarity = F.normalize(query - center, dim=-1) @ prototypes.transpose(1, 2)
+    present = F.one_hot(codes, n_classes).sum(dim=1) > 0                      # (E, N)
+    return similarity.masked_fill(~present.unsqueeze(1), float("-inf"))
+
+
+def _scores(method: str, support: torch.Tensor, codes: torch.Tensor, query: torch.Tensor, n_classes: int,
+            base_mean: torch.Tensor | None, options: dict[str, Any]) -> torch.Tensor:
+    fn = get_method(method)
+    kwargs = dict(options)
+    if "base_mean" in inspect.signature(fn).parameters:
+        kwargs["base_mean"] = base_mean
+    return fn(support, codes, query, n_classes, **kwargs)
+
+
+def leave_one_out(
+    features: np.ndarray | torch.Tensor,
+    codes: np.ndarray | torch.Tensor,
+    n_classes: int,
+    method: str = "simpleshot",
+    base_mean: np.ndarray | torch.Tensor | None = None,
+    chunk: int = 64,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out scores of every support example: each row scored by the method fitted on the other rows.
+
+    Args:
+        features: (S, D) support embeddings. codes: (S,) class indices in ``[0, n_classes)``.
+        method / options: a few-shot method and its options (see :mod:`mmpretrain.fewshot.methods`).
+        base_mean: (D,) CL2N center (the classifier's); ``None`` centers on zero for the similarity.
+        chunk: held-out rows scored per batch of episodes (bounds memory at ``chunk · S · D`` floats).
+
+    Returns:
+        ``(scores (S, C), similarity (S,), usable (S,))``: logits, the cosine similarity to the nearest remaining
+        prototype, and whether the row's class kept another example (rows without are not scored meaningfully).
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    rows = x.shape[0]
+    if rows < 2:
+        raise ConfigError(f"leave-one-out needs at least 2 support examples, got {rows}")
+    center = torch.zeros(x.shape[1]) if base_mean is None else torch.as_tensor(np.asarray(base_mean)).float()
+    method_mean = None if base_mean is None else center
+    counts = torch.bincount(y, minlength=n_classes)
+    others = torch.arange(rows - 1).unsqueeze(0).expand(rows, -1)
+    others = others + (others >= torch.arange(rows).unsqueeze(1)).long()   # row i: every index but i
+    scores, similarity = [], []
+    with torch.no_grad():
+        for start in range(0, rows, chunk):
+            index = others[start:start + chunk]
+            support, labels, query = x[index], y[index], x[start:start + chunk].unsqueeze(1)
+            scores.append(_scores(method, support, labels, query, n_classes, method_mean, options)[:, 0])
+            similarity.append(prototype_similarity(support, labels, query, n_classes, center)[:, 0].max(dim=-1).values)
+    return torch.cat(scores).numpy(), torch.cat(similarity).numpy(), (counts[y] > 1).numpy()
+
+
+def fit_temperature(scores: np.ndarray, codes: np.ndarray, low: float = 1e-3, high: float = 1e3) -> float:
+    """The temperature ``T`` minimising the mean NLL of ``softmax(scores / T)`` on held-out rows.
+
+    The NLL is convex in ``1/T``, so a golden-section search over ``log T`` finds the minimum; rows separated
+    without error push ``T`` to ``low`` (confident), which the bounds keep finite.
+    """
+    logits = torch.as_tensor(scores, dtype=torch.float64)
+    target = torch.as_tensor(codes, dtype=torch.long)
+    if logits.shape[0] == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), target))
+
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(80):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    return math.exp((a + b) / 2)
+
+
+def choose_threshold(similarity: np.ndarray, accept_rate: float) -> float | None:
+    """The largest similarity threshold that still accepts at least ``accept_rate`` of ``similarity`` (known-class
+    held-out rows); ``None`` without rows."""
+    if not 0 < accept_rate <= 1:
+        raise ConfigError(f"accept_rate={accept_rate} must lie in (0, 1]")
+    values = np.sort(np.asarray(similarity, dtype=np.float64))
+    if values.size == 0:
+        return None
+    return float(values[math.floor((1 - accept_rate) * values.size + 1e-9)])
+
+
+@dataclass
+class Calibration:
+    """What leave-one-out calibration found, as saved in the classifier's JSON.
+
+    Attributes:
+        temperature: divides the logits before softmax.
+        threshold: nearest-prototype cosine below which a picture is "unknown" (``None``: never).
+        accept_rate: the share of known-class held-out pictures the threshold was placed to accept.
+        threshold_source: ``"leave-one-out"``, ``"manual"`` or ``"none"`` (nothing to calibrate on).
+        rows: held-out rows used. loo_accuracy: their accuracy (%). loo_accepted: share accepted at the threshold.
+        nll_before / nll_after: mean NLL at temperature 1 and at the fitted one.
+    """
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    accept_rate: float = 0.95
+    threshold_source: str = "none"
+    rows: int = 0
+    loo_accuracy: float | None = None
+    loo_accepted: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate(
+    features: np.ndarray | torch.Tensor,
+    codes: np.ndarray | torch.Tensor,
+    n_classes: int,
+    method: str = "simpleshot",
+    base_mean: np.ndarray | torch.Tensor | None = None,
+    accept_rate: float = 0.95,
+    threshold: float | None = None,
+    **options: Any,
+) -> tuple[Calibration, np.ndarray]:
+    """Leave-one-out temperature and unknown threshold for a classifier on this support set.
+
+    Args:
+        accept_rate: share of known-class pictures the threshold accepts.
+        threshold: a threshold set by hand (kept as it is; the temperature is still fitted).
+
+    Returns:
+        The calibration, and per held-out row (those whose class kept another example) whether leave-one-out
+        classified it right: the estimate of accuracy that comes with it.
+    """
+    choose_threshold([], accept_rate)  # checks accept_rate before the work
+    scores, similarity, usable = leave_one_out(features, codes, n_classes, method, base_mean, **options)
+    y = np.asarray(codes)[usable]
+    held = scores[usable]
+    result = Calibration(accept_rate=accept_rate, rows=int(usable.sum()))
+    correct = held.argmax(axis=1) == y
+    if result.rows:
+        result.temperature = fit_temperature(held, y)
+        result.loo_accuracy = float(correct.mean() * 100)
+        logits = torch.as_tensor(held, dtype=torch.float64)
+        result.nll_before = float(F.cross_entropy(logits, torch.as_tensor(y)))
+        result.nll_after = float(F.cross_entropy(logits / result.temperature, torch.as_tensor(y)))
+    if threshold is not None:
+        result.threshold, result.threshold_source = float(threshold), "manual"
+    elif result.rows:
+        result.threshold, result.threshold_source = choose_threshold(similarity[usable], accept_rate), "leave-one-out"
+    if result.threshold is not None and result.rows:
+        result.loo_accepted = float((similarity[usable] >= result.threshold).mean())
+    return result, correct
