@@ -254,3 +254,31 @@ def test_console_script_fit_and_predict(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown subcommand 'fitt'" in bad.stderr
     version = subprocess.run([*run, "--version"], **env_cwd)
     assert version.stdout.startswith("mmpretrain-fewshot ")
+
+
+def test_every_subcommand_through_the_config_on_labelled_shards(tmp_path: Path) -> None:
+    from conftest import compose_cfg
+
+    from mmpretrain.cli.fewshot import fewshot_command
+    from mmpretrain.data.shards import image_samples, write_shards
+
+    root = images(tmp_path / "pictures")
+    files = sorted(str(p) for p in root.glob("*/*.png"))
+    write_shards(image_samples(files, root, [Path(f).parent.name for f in files]), tmp_path / "shards", maxcount=5)
+    shards = f"{tmp_path}/shards/shard-{{000000..000002}}.tar"
+
+    def run(*overrides: str) -> dict:
+        return fewshot_command(compose_cfg("fewshot.yaml", list(overrides), tmp_path))
+
+    fit = run("command=fit", f"support='{shards}'", "encoder=pixels:8", f"output={tmp_path}/clf", "method=protonet")
+    assert fit["classes"] == ["class0", "class1", "class2"] and fit["estimate"]["rows"] == 12
+    pred = run("command=predict", f"classifier={tmp_path}/clf", f"input='{shards}'", f"output={tmp_path}/p.jsonl")
+    assert pred["count"] == 12 and json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["path"] is None
+    est = run("command=estimate", f"support='{shards}'", "encoder=[pixels:4,pixels:8]", "shots=[1,2]", "trials=2")
+    assert list(est["estimates"]) == ["pixels:4", "pixels:8"] and (tmp_path / "run/estimate.png").is_file()
+    sug = run("command=suggest", f"classifier={tmp_path}/clf", f"pool='{shards}'", "n=3")
+    assert sug["suggested"] == 3 and (tmp_path / "run/suggest.png").is_file()
+    exp = run("command=export", f"classifier={tmp_path}/clf", "format=torchscript", f"output={tmp_path}/c.pt")
+    assert exp["parity"]["max_difference"] <= 1e-4
+    with pytest.raises(ConfigError, match="needs classifier=<classifier folder>"):
+        run("command=predict", f"input='{shards}'", "output=x.jsonl")

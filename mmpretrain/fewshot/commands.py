@@ -25,9 +25,9 @@ from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot.encoding import open_encoder
 from mmpretrain.fewshot.holdout import SHOTS, Estimate, estimate_embeddings
 from mmpretrain.fewshot.model import FewShotModel, load_classifier
-from mmpretrain.fewshot.plots import contact_sheet, open_thumbnail, plot_estimates
+from mmpretrain.fewshot.plots import contact_sheet, plot_estimates
 from mmpretrain.fewshot.selection import margins, select
-from mmpretrain.fewshot.sources import is_store, labeled_support, read_rows
+from mmpretrain.fewshot.sources import is_store, labeled_support, open_picture, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
         ids = [str(i) for i in meta.column("id").to_pylist()]
         paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
         embeddings = store.embeddings()
+        rows = None
     else:
         rows = read_rows(pool, key="pool")
         ids, paths = rows.ids, rows.paths
@@ -160,14 +161,8 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     out = Path(output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "suggest.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    thumbs = [open_thumbnail(r["path"]) for r in records] if not rows_from_shards(pool) else [None] * len(records)
+    thumbs = rows.pictures(picked) if rows is not None else [open_picture(r["path"]) for r in records]
     contact_sheet(thumbs, [f"{r['rank']}. {r['predicted']}\nmargin {r['margin']:.2f}" for r in records],
                   out / "suggest.png")
     return records
 
-
-def rows_from_shards(source: Any) -> bool:
-    """Pictures inside shards have no file a contact sheet could open."""
-    from mmpretrain.fewshot.sources import is_shards
-
-    return is_shards(str(source))

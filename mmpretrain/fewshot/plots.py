@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
@@ -78,14 +78,3 @@ def contact_sheet(images: Sequence[Image.Image | None], captions: Sequence[str],
         sheet.save(tmp, format="PNG")
     return path
 
-
-def open_thumbnail(path: Any) -> Image.Image | None:
-    """The picture at ``path`` for a contact sheet, or None when there is no readable file."""
-    if not path:
-        return None
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except OSError:
-        return None

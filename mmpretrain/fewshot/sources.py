@@ -8,6 +8,7 @@ a list of image files, or (for ``suggest``) an embedding store made with the cla
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from mmpretrain.data.shards import SampleError, expand_shards, read_shard, sample_image
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, read_image_input
@@ -25,7 +27,7 @@ from mmpretrain.fewshot.inputs import ImageInput, ShardImageInput, StoreInput
 if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
 
-__all__ = ["ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "read_rows"]
+__all__ = ["ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "open_picture", "read_rows"]
 
 
 def is_store(source: Any) -> bool:
@@ -113,6 +115,30 @@ class ImageRows:
                 start, batch = start + size, []
         if batch:
             yield start, batch
+
+
+    def pictures(self, rows: Sequence[int]) -> list[Image.Image | None]:
+        """The pictures of some rows, in that order (for contact sheets); None where one cannot be read."""
+        if not self.shards:
+            return [open_picture(self.paths[r]) for r in rows]
+        wanted = {self.ids[r]: i for i, r in enumerate(rows)}
+        found: list[Image.Image | None] = [None] * len(rows)
+        for raw in _shard_samples(self.shards, self.where):
+            if raw["__key__"] in wanted:
+                with contextlib.suppress(SampleError):
+                    found[wanted[raw["__key__"]]] = sample_image(raw)
+        return found
+
+
+def open_picture(path: str | None) -> Image.Image | None:
+    """The RGB picture at ``path``, or None when there is none or it cannot be read (a contact sheet's grey tile)."""
+    if not path:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError:
+        return None
 
 
 def _shard_samples(urls: Sequence[str], where: str) -> Iterator[dict[str, Any]]:
