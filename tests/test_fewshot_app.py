@@ -154,6 +154,8 @@ def test_estimate_switches_to_stratified_folds_past_the_limit() -> None:
     assert report.protocol == "stratified 5-fold" and report.rows == 60 and report.accuracy > 90
     with pytest.raises(DataError, match="single picture"):
         estimate_embeddings(*clusters(3, 1))
+    with pytest.raises(ConfigError, match="method=finetune: estimate takes one of"):
+        estimate_embeddings(features, labels, method="finetune")
 
 
 def test_estimate_compares_encoders_in_one_table_and_png(tmp_path: Path) -> None:
@@ -282,3 +284,27 @@ def test_every_subcommand_through_the_config_on_labelled_shards(tmp_path: Path) 
     assert exp["parity"]["max_difference"] <= 1e-4
     with pytest.raises(ConfigError, match="needs classifier=<classifier folder>"):
         run("command=predict", f"input='{shards}'", "output=x.jsonl")
+
+
+def test_finetune_trains_a_head_that_is_saved_calibrated_and_exported(tmp_path: Path) -> None:
+    from mmpretrain.fewshot import export_classifier, run_exported
+
+    support = images(tmp_path / "support", size=32)
+    ckpt = str(tiny_checkpoint(tmp_path / "ckpt", RESNET))
+    model = fit_classifier(support, ckpt, tmp_path / "clf", method="finetune", views=2, steps=20)
+    assert model.method == "finetune" and model.head["weight"].shape == (3, model.encoder.embed_dim)
+    config = json.loads((tmp_path / "clf/classifier.json").read_text())
+    assert config["method"] == "finetune" and config["method_kwargs"] == {"views": 2, "steps": 20}
+    assert config["calibration"]["rows"] == 12 and config["estimate"]["protocol"] == "leave-one-out"
+    loaded = load_classifier(tmp_path / "clf", device="cpu")
+    files = sorted(str(p) for p in support.glob("*/*.png"))
+    np.testing.assert_allclose(loaded.predict(files).probabilities, model.predict(files).probabilities, atol=1e-6)
+    record = export_classifier(loaded, tmp_path / "clf.pt", format="torchscript")
+    x = torch.randn(2, 3, 32, 32).numpy()
+    probabilities, _ = run_exported(tmp_path / "clf.pt", x)
+    want = loaded.predict_embeddings(loaded.encoder.backbone(torch.from_numpy(x)).detach().numpy()).probabilities
+    np.testing.assert_allclose(probabilities, want, atol=1e-5)
+    assert record["method"] == "finetune"
+    with pytest.raises(ConfigError, match="takes steps, lr, scale"):
+        FewShotModel.fit(model.handle, np.zeros((2, 4, model.encoder.embed_dim)), ["a", "a", "b", "b"],
+                         method="finetune", l2=1.0)

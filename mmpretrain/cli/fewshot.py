@@ -50,7 +50,7 @@ def _fit(cfg: DictConfig) -> dict[str, Any]:
     output = _required(cfg, "output", "classifier folder to write")
     model = fit_classifier(_required(cfg, "support", "labelled pictures"), cfg.encoder, output, method=cfg.method,
                            accept_rate=cfg.accept_rate, threshold=cfg.threshold, embed_encoder=cfg.embed_encoder,
-                           batch_size=cfg.batch_size, device=cfg.device)
+                           batch_size=cfg.batch_size, device=cfg.device, views=cfg.views)
     return {"command": "fit", "output": str(output), "classes": model.classes, "method": model.method,
             "encoder": model.encoder.name, "calibration": model.calibration.to_dict(),
             "estimate": model.info.get("estimate")}

@@ -26,7 +26,10 @@ import torch.nn.functional as F
 from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot.methods import class_means, get_method
 
-__all__ = ["Calibration", "calibrate", "choose_threshold", "fit_temperature", "leave_one_out", "prototype_similarity"]
+__all__ = [
+    "Calibration", "calibrate", "calibrate_held_out", "choose_threshold", "fit_temperature", "leave_one_out",
+    "prototype_similarity",
+]
 
 
 def prototype_similarity(
@@ -180,11 +183,22 @@ def calibrate(
         threshold: a threshold set by hand (kept as it is; the temperature is still fitted).
 
     Returns:
-        The calibration, and per held-out row (those whose class kept another example) whether leave-one-out
-        classified it right: the estimate of accuracy that comes with it.
+        See :func:`calibrate_held_out`.
     """
     choose_threshold([], accept_rate)  # checks accept_rate before the work
     scores, similarity, usable = leave_one_out(features, codes, n_classes, method, base_mean, **options)
+    return calibrate_held_out(scores, similarity, usable, codes, accept_rate, threshold)
+
+
+def calibrate_held_out(scores: np.ndarray, similarity: np.ndarray, usable: np.ndarray, codes: np.ndarray | torch.Tensor,
+                       accept_rate: float = 0.95, threshold: float | None = None) -> tuple[Calibration, np.ndarray]:
+    """Temperature and threshold from held-out ``scores`` (S, C), ``similarity`` (S,) and ``usable`` (S,) rows, as
+    :func:`leave_one_out` returns them (or any held-out protocol).
+
+    Returns:
+        The calibration, and per usable row whether it was classified right: the estimate that comes with it.
+    """
+    choose_threshold([], accept_rate)
     y = np.asarray(codes)[usable]
     held = scores[usable]
     result = Calibration(accept_rate=accept_rate, rows=int(usable.sum()))

@@ -31,6 +31,7 @@ from mmpretrain._io import write_text_atomic
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.fewshot.calibration import prototype_similarity
 from mmpretrain.fewshot.encoding import EncoderHandle, open_encoder
+from mmpretrain.fewshot.head import head_scores
 from mmpretrain.fewshot.methods import get_method
 from mmpretrain.fewshot.model import UNKNOWN, FewShotModel, load_classifier
 
@@ -53,7 +54,9 @@ class _Head(nn.Module):
         self.register_buffer("center", clf.base_mean.clone())
         self.n_classes = len(model.classes)
         self.temperature = float(model.temperature)
-        self.method = get_method(model.method)
+        self.register_buffer("head_weight", None if model.head is None else model.head["weight"].clone())
+        self.head_scale = 10.0 if model.head is None else float(model.head.get("scale", 10.0))
+        self.method = get_method(clf.method)
         self.options = dict(clf.method_kwargs)
         parameters = inspect.signature(self.method).parameters
         if "base_mean" in parameters:
@@ -64,7 +67,10 @@ class _Head(nn.Module):
 
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         support, codes, query = self.support[None], self.codes[None], embeddings[None]
-        scores = self.method(support, codes, query, self.n_classes, **self.options)[0]
+        if self.head_weight is not None:
+            scores = head_scores(self.head_weight, self.head_scale, embeddings)
+        else:
+            scores = self.method(support, codes, query, self.n_classes, **self.options)[0]
         similarity = prototype_similarity(support, codes, query, self.n_classes, self.center)[0].max(dim=-1).values
         return torch.softmax(scores / self.temperature, dim=-1), similarity
 

@@ -24,7 +24,7 @@ import torch
 
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.fewshot.calibration import leave_one_out
-from mmpretrain.fewshot.methods import get_method
+from mmpretrain.fewshot.methods import METHODS, get_method
 from mmpretrain.fewshot.sampling import encode_labels
 
 __all__ = ["SHOTS", "Estimate", "bootstrap_ci", "estimate_embeddings", "held_out_predictions", "learning_curve"]
@@ -154,6 +154,9 @@ def estimate_embeddings(features: np.ndarray, labels: Sequence[Any], method: str
     Raises:
         DataError: fewer than 2 classes, or no class with 2 pictures (nothing can be held out).
     """
+    if method not in METHODS:
+        hint = " (finetune's leave-one-out estimate comes with mmpretrain-fewshot fit)" if method == "finetune" else ""
+        raise ConfigError(f"method={method}: estimate takes one of {', '.join(sorted(METHODS))}{hint}")
     features = np.asarray(features, dtype=np.float32)
     classes, codes = encode_labels([str(label) for label in labels])
     if len(classes) < 2:

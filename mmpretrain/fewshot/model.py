@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from mmpretrain import __version__
 from mmpretrain._io import atomic_path, write_text_atomic
 from mmpretrain.errors import ConfigError, DataError, MissingPathError, PathExistsError
-from mmpretrain.fewshot.calibration import Calibration, calibrate
+from mmpretrain.fewshot.calibration import Calibration, calibrate, calibrate_held_out, leave_one_out
 from mmpretrain.fewshot.classifier import FewShotClassifier
 from mmpretrain.fewshot.encoding import EncoderHandle, open_encoder, read_encoder, write_encoder
 from mmpretrain.fewshot.holdout import bootstrap_ci
@@ -48,8 +48,11 @@ ARRAYS_FILE = "classifier.safetensors"
 ENCODER_DIR = "encoder"
 CARD_FILE = "README.md"
 UNKNOWN = "unknown"
-APP_METHODS = tuple(sorted(set(METHODS) - TRANSDUCTIVE))
-"""Methods a kept classifier can use: every inductive one (a picture's answer never depends on its batch)."""
+FINETUNE = "finetune"
+APP_METHODS = tuple(sorted((set(METHODS) - TRANSDUCTIVE) | {FINETUNE}))
+"""Methods a kept classifier can use: every inductive one (a picture's answer never depends on its batch), and
+``finetune``, a cosine head trained on augmented views (:mod:`mmpretrain.fewshot.head`)."""
+_HEAD_OPTIONS = ("steps", "lr", "scale")
 
 
 @dataclass
@@ -111,11 +114,12 @@ class FewShotModel:
     """
 
     def __init__(self, handle: EncoderHandle, classifier: FewShotClassifier, calibration: Calibration,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, head: dict[str, Any] | None = None) -> None:
         self.handle = handle
         self.classifier = classifier
         self.calibration = calibration
         self.info = dict(info or {})
+        self.head = head
 
     def __repr__(self) -> str:
         return (f"FewShotModel(method={self.method!r}, classes={len(self.classes)}, encoder={self.encoder.name!r}, "
@@ -128,7 +132,7 @@ class FewShotModel:
 
     @property
     def method(self) -> str:
-        return self.classifier.method
+        return FINETUNE if self.head is not None else self.classifier.method
 
     @property
     def classes(self) -> list[str]:
@@ -155,6 +159,8 @@ class FewShotModel:
         """Fit on embeddings (raw, as ``handle.encoder.encode_images(..., normalize=False)`` gives them).
 
         Args:
+            features: (S, D) embeddings; for ``finetune``, (1 + V, S, D) views as
+                :func:`~mmpretrain.fewshot.head.embed_views` gives them.
             method: one of :data:`APP_METHODS`.
             accept_rate / threshold: see :func:`~mmpretrain.fewshot.calibration.calibrate`.
             base_mean: CL2N center; default the mean of the support embeddings.
@@ -172,17 +178,35 @@ class FewShotModel:
         classes, codes = encode_labels(labels)
         if len(classes) < 2:
             raise DataError(f"a classifier needs at least 2 classes, got {len(classes)} ({list(classes)})")
-        features = np.asarray(features, dtype=np.float32)
+        views = np.asarray(features, dtype=np.float32)
+        features = views[0] if method == FINETUNE else views
+        if method == FINETUNE and (views.ndim != 3 or views.shape[0] < 2):
+            raise ConfigError(f"method={FINETUNE} needs (1 + views, S, D) embeddings (embed_views), got {views.shape}")
         center = features.mean(axis=0) if base_mean is None else np.asarray(base_mean, dtype=np.float32)
-        classifier = FewShotClassifier(method, **method_kwargs).fit(features, labels, base_mean=center)
-        calibration, correct = calibrate(features, codes, len(classes), method, base_mean=center,
-                                         accept_rate=accept_rate, threshold=threshold, **method_kwargs)
+        head = None
+        if method == FINETUNE:
+            unknown = sorted(set(method_kwargs) - set(_HEAD_OPTIONS))
+            if unknown:
+                raise ConfigError(f"method={FINETUNE} takes {', '.join(_HEAD_OPTIONS)}, not {', '.join(unknown)}")
+            from mmpretrain.fewshot.head import held_out_head_scores, train_head
+
+            classifier = FewShotClassifier("protonet_cosine").fit(features, labels, base_mean=center)
+            _, similarity, usable = leave_one_out(features, codes, len(classes), "protonet_cosine", center)
+            tensor, targets = torch.from_numpy(views), torch.from_numpy(codes)
+            scores = held_out_head_scores(tensor, targets, len(classes), **method_kwargs)
+            calibration, correct = calibrate_held_out(scores, similarity, usable, codes, accept_rate, threshold)
+            head = {"weight": train_head(tensor, targets, len(classes), **method_kwargs), "views": views.shape[0] - 1,
+                    **method_kwargs}
+        else:
+            classifier = FewShotClassifier(method, **method_kwargs).fit(features, labels, base_mean=center)
+            calibration, correct = calibrate(features, codes, len(classes), method, base_mean=center,
+                                             accept_rate=accept_rate, threshold=threshold, **method_kwargs)
         info = dict(info or {})
         if correct.size:
             low, high = bootstrap_ci(correct)
             info["estimate"] = {"accuracy": float(correct.mean() * 100), "ci95": [low, high], "rows": int(correct.size),
                                 "protocol": "leave-one-out"}
-        return cls(handle, classifier, calibration, info)
+        return cls(handle, classifier, calibration, info, head)
 
     # ---------------------------------------------------------------------------------------------- predict
 
@@ -192,7 +216,13 @@ class FewShotModel:
 
     def predict_embeddings(self, embeddings: np.ndarray | torch.Tensor) -> Predictions:
         """Calibrated :class:`Predictions` for (N, D) raw embeddings of this classifier's encoder."""
-        scores = self.classifier.scores(embeddings)
+        if self.head is not None:
+            from mmpretrain.fewshot.head import head_scores
+
+            query = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+            scores = head_scores(self.head["weight"], self.head.get("scale", 10.0), query).numpy()
+        else:
+            scores = self.classifier.scores(embeddings)
         logits = torch.as_tensor(scores, dtype=torch.float64) / self.temperature
         probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float32)
         return Predictions(self.classes, probabilities, self.classifier.max_similarity(embeddings), self.threshold)
@@ -209,7 +239,8 @@ class FewShotModel:
         return {
             "format": FORMAT,
             "method": self.method,
-            "method_kwargs": self.classifier.method_kwargs,
+            "method_kwargs": {k: v for k, v in (self.head or {}).items() if k != "weight"} if self.head is not None
+            else self.classifier.method_kwargs,
             "classes": self.classes,
             "counts": {c: int(n) for c, n in zip(self.classes, counts)},
             "embed_dim": int(self.classifier.support_features.shape[1]),
@@ -251,6 +282,8 @@ class FewShotModel:
             clf = self.classifier
             arrays = {"support": clf.support_features.contiguous(), "codes": clf.support_codes.contiguous(),
                       "base_mean": clf.base_mean.contiguous()}
+            if self.head is not None:
+                arrays["head_weight"] = self.head["weight"].contiguous()
             with atomic_path(staging / ARRAYS_FILE) as tmp:
                 save_file(arrays, str(tmp))
             config = self.config()
@@ -295,11 +328,18 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device | None
         raise DataError(f"classifier={folder}: the encoder gives {handle.encoder.embed_dim}-d embeddings, the "
                         f"classifier holds {arrays['support'].shape[1]}-d ones")
     labels = np.asarray(config["classes"])[arrays["codes"].numpy()]
-    classifier = FewShotClassifier(config["method"], **config["method_kwargs"]).fit(
-        arrays["support"], labels, base_mean=arrays["base_mean"])
+    head = None
+    if config["method"] == FINETUNE:
+        if "head_weight" not in arrays:
+            raise DataError(f"{folder / ARRAYS_FILE}: a {FINETUNE} classifier without head_weight")
+        head = {**config["method_kwargs"], "weight": arrays["head_weight"]}
+        classifier = FewShotClassifier("protonet_cosine")
+    else:
+        classifier = FewShotClassifier(config["method"], **config["method_kwargs"])
+    classifier.fit(arrays["support"], labels, base_mean=arrays["base_mean"])
     calibration = Calibration(**config["calibration"])
     info = {key: config.get(key) for key in ("encoder", "support", "estimate", "created")}
-    return FewShotModel(handle, classifier, calibration, info)
+    return FewShotModel(handle, classifier, calibration, info, head)
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -327,7 +367,7 @@ def model_card(config: dict[str, Any]) -> str:
 
 def fit_classifier(support: Any, encoder: str | EncoderHandle | None = None, output: str | os.PathLike | None = None,
                    method: str = "simpleshot", accept_rate: float = 0.95, threshold: float | None = None,
-                   embed_encoder: bool = True, batch_size: int = 64, device: str | None = None,
+                   embed_encoder: bool = True, batch_size: int = 64, device: str | None = None, views: int = 8,
                    **method_kwargs: Any) -> FewShotModel:
     """Fit a classifier on a labelled support set, and write its folder when ``output`` is given.
 
@@ -338,6 +378,7 @@ def fit_classifier(support: Any, encoder: str | EncoderHandle | None = None, out
             default the encoder named in its manifest.
         method / accept_rate / threshold / method_kwargs: see :meth:`FewShotModel.fit`.
         embed_encoder: see :meth:`FewShotModel.save`.
+        views: ``finetune`` only: augmented views of each support picture the head trains on.
     """
     from mmpretrain.fewshot.sources import is_store, labeled_support
 
@@ -349,7 +390,15 @@ def fit_classifier(support: Any, encoder: str | EncoderHandle | None = None, out
         encoder = open_store(support, verify="none").encoder
     handle = encoder if isinstance(encoder, EncoderHandle) else open_encoder(encoder, device=device)
     data = labeled_support(support, handle.encoder, batch_size=batch_size)
-    model = FewShotModel.fit(handle, data.features, data.labels, method, accept_rate, threshold,
+    features = data.features
+    if method == FINETUNE:
+        if any(p is None for p in data.paths) or is_store(support):
+            raise ConfigError(f"method={FINETUNE} trains on augmented pictures: support= must be a folder, file list "
+                              f"or manifest of picture files, not {data.where}")
+        from mmpretrain.fewshot.head import embed_views
+
+        features = embed_views(handle.encoder, data.paths, views=views, batch_size=batch_size)
+    model = FewShotModel.fit(handle, features, data.labels, method, accept_rate, threshold,
                              info={"support": {"where": data.where, "rows": len(data.labels)}}, **method_kwargs)
     if output is not None:
         model.save(output, embed_encoder=embed_encoder)
