@@ -87,7 +87,7 @@ def test_export_refuses_a_file_beyond_the_tolerance_and_unknown_formats(tmp_path
     ckpt = str(tiny_checkpoint(tmp_path / "ckpt", SWIN))
     with pytest.raises(DataError, match="differs from PyTorch"):
         export_encoder(ckpt, tmp_path / "swin.onnx", tolerance=1e-12)
-    assert not (tmp_path / "swin.onnx").exists()
+    assert not (tmp_path / "swin.onnx").exists() and not (tmp_path / "swin.onnx.json").exists()
     with pytest.raises(ConfigError, match="format=tflite"):
         export_encoder("pixels", tmp_path / "x.tflite", format="tflite")
 

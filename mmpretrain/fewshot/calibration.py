@@ -57,6 +57,26 @@ def _scores(method: str, support: torch.Tensor, codes: torch.Tensor, query: torc
     return fn(support, codes, query, n_classes, **kwargs)
 
 
+def _held_out_index(codes: np.ndarray, balanced: bool, seed: int) -> np.ndarray:
+    """(S, R) support rows of each row's episode: every row but itself and, when ``balanced``, one seeded random
+    row of every other class that has two or more (so each class loses one, as the held-out row's class does).
+
+    Rows whose class has a single row get an arbitrary episode of the same size (they are not usable anyway).
+    """
+    rows = len(codes)
+    counts = np.bincount(codes)
+    droppable = np.flatnonzero(counts > 1) if balanced else np.empty(0, dtype=np.int64)
+    size = rows - max(1, len(droppable))
+    rng = np.random.default_rng(seed)
+    members = {c: np.flatnonzero(codes == c) for c in droppable}
+    index = np.empty((rows, size), dtype=np.int64)
+    for i, c in enumerate(codes):
+        drop = {i, *(int(rng.choice(members[k])) for k in droppable if k != c)}
+        keep = np.setdiff1d(np.arange(rows), np.fromiter(drop, dtype=np.int64), assume_unique=True)
+        index[i] = keep[:size] if len(keep) >= size else np.resize(keep, size)
+    return index
+
+
 def leave_one_out(
     features: np.ndarray | torch.Tensor,
     codes: np.ndarray | torch.Tensor,
@@ -64,15 +84,23 @@ def leave_one_out(
     method: str = "simpleshot",
     base_mean: np.ndarray | torch.Tensor | None = None,
     chunk: int = 64,
+    balanced: bool = True,
+    seed: int = 0,
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Held-out scores of every support example: each row scored by the method fitted on the other rows.
+    """Held-out scores of every support example: each row scored by the method fitted without it.
+
+    Balanced (the default): every other class also leaves one (seeded random) row out of the episode, so the
+    held-out row's class is not the only one with a shot less. Nearest-centroid scores favour classes with more
+    shots (a mean of fewer pictures lies farther from everything), which would make plain leave-one-out
+    pessimistic; balanced, it measures the (shots - 1) classifier the learning curve measures.
 
     Args:
         features: (S, D) support embeddings. codes: (S,) class indices in ``[0, n_classes)``.
         method / options: a few-shot method and its options (see :mod:`mmpretrain.fewshot.methods`).
         base_mean: (D,) CL2N center (the classifier's); ``None`` centers on zero for the similarity.
         chunk: held-out rows scored per batch of episodes (bounds memory at ``chunk · S · D`` floats).
+        balanced / seed: leave one row of every class out with the held-out one, chosen with ``seed``.
 
     Returns:
         ``(scores (S, C), similarity (S,), usable (S,))``: logits, the cosine similarity to the nearest remaining
@@ -86,8 +114,7 @@ def leave_one_out(
     center = torch.zeros(x.shape[1]) if base_mean is None else torch.as_tensor(np.asarray(base_mean)).float()
     method_mean = None if base_mean is None else center
     counts = torch.bincount(y, minlength=n_classes)
-    others = torch.arange(rows - 1).unsqueeze(0).expand(rows, -1)
-    others = others + (others >= torch.arange(rows).unsqueeze(1)).long()   # row i: every index but i
+    others = torch.from_numpy(_held_out_index(y.numpy(), balanced, seed))
     scores, similarity = [], []
     with torch.no_grad():
         for start in range(0, rows, chunk):

@@ -133,25 +133,29 @@ def _export(module: nn.Module, handle: EncoderHandle, output: str | os.PathLike,
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt} is not one of {'|'.join(FORMATS)}")
     path = Path(output).expanduser()
-    module = module.eval().cpu()
-    size = handle.encoder.transform.image_size
-    example = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    _write(module, example, path, fmt, outputs)
-    check = torch.randn(batch + 1, 3, size, size, generator=torch.Generator().manual_seed(1))  # another batch size
-    with torch.no_grad():
-        expected = module(check)
+    device = next(module.parameters(), torch.empty(0)).device
+    module = module.eval().cpu()  # traced on the CPU, so the file runs anywhere; moved back below
+    try:
+        size = handle.encoder.transform.image_size
+        example = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        _write(module, example, path, fmt, outputs)
+        check = torch.randn(batch + 1, 3, size, size, generator=torch.Generator().manual_seed(1))  # another size
+        with torch.no_grad():
+            expected = module(check)
+    finally:
+        module.to(device)
     expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     got = run_exported(path, check.numpy())
     diff = max(float(np.abs(g - e).max() / max(1.0, float(np.abs(e).max()))) for g, e in zip(got, expected))
+    if not diff <= tolerance:
+        path.unlink(missing_ok=True)
+        raise DataError(f"output={path}: the exported {fmt} file differs from PyTorch by {diff:.3g} (tolerance "
+                        f"{tolerance:g}); the file was removed")
     record = {"format": fmt, "file": path.name, "preprocessing": _preprocessing(handle), "outputs": outputs,
               "encoder": {"name": handle.encoder.name, "spec": handle.spec, "random_init": handle.random_init},
               **extra, "parity": {"batch": batch + 1, "max_difference": diff, "tolerance": tolerance,
                                   "measure": "max |exported - pytorch| / max(1, max |pytorch|) over every output"}}
     write_text_atomic(path.with_name(path.name + ".json"), json.dumps(record, indent=2) + "\n")
-    if not diff <= tolerance:
-        path.unlink(missing_ok=True)
-        raise DataError(f"output={path}: the exported {fmt} file differs from PyTorch by {diff:.3g} (tolerance "
-                        f"{tolerance:g}); the file was removed")
     log.info("exported %s (max difference from PyTorch %.3g)", path, diff)
     return record
 

@@ -31,17 +31,23 @@ def plot_estimates(estimates: Sequence[Estimate], path: str | os.PathLike) -> Pa
     names = [e.encoder for e in estimates]
     low = [e.accuracy - e.ci95[0] for e in estimates]
     high = [e.ci95[1] - e.accuracy for e in estimates]
-    bars.barh(range(len(estimates)), [e.accuracy for e in estimates], xerr=[low, high], capsize=4, color="#4c72b0")
+    bars.barh(range(len(estimates)), [e.accuracy for e in estimates], xerr=[low, high], capsize=4,
+              color=[f"C{i}" for i in range(len(estimates))])
     bars.set_yticks(range(len(estimates)), [n if len(n) < 28 else n[:25] + "…" for n in names], fontsize="small")
     bars.invert_yaxis()
     bars.set_xlim(0, 100)
     bars.set_xlabel(f"held-out accuracy (%) ± 95% CI ({estimates[0].protocol})" if estimates else "accuracy (%)")
     bars.grid(alpha=0.3, axis="x")
-    for e in estimates:
+    colors = [f"C{i}" for i in range(len(estimates))]
+    for e, color in zip(estimates, colors):
         if e.curve:
             curves.errorbar([p["shots"] for p in e.curve], [p["accuracy"] for p in e.curve],
-                            yerr=[p["ci95"] for p in e.curve], marker="o", capsize=3, label=e.encoder[:30])
+                            yerr=[p["ci95"] for p in e.curve], marker="o", capsize=3, label=e.encoder[:30],
+                            color=color)
+    shots = sorted({p["shots"] for e in estimates for p in e.curve})
     curves.set_xscale("log")
+    curves.set_xticks(shots, [str(k) for k in shots])
+    curves.minorticks_off()
     curves.set_xlabel("pictures per class")
     curves.set_ylabel("accuracy (%)")
     curves.grid(alpha=0.3)
