@@ -170,6 +170,8 @@ def test_estimate_compares_encoders_in_one_table_and_png(tmp_path: Path) -> None
     table = (tmp_path / "out/estimate.md").read_text()
     assert "pixels:8" in table and "2-shot" in table
     assert Image.open(tmp_path / "out/estimate.png").size[0] > 500
+    with pytest.raises(ConfigError, match="needs encoder="):
+        estimate(support, [], tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------- the folder

@@ -96,6 +96,9 @@ def estimate(support: Any, encoders: Sequence[str], output: str | os.PathLike | 
     """
     if not encoders and not is_store(support):
         raise ConfigError("estimate needs encoder=[<spec>,...] (a checkpoint, timm:<model>, random:<spec>, pixels)")
+    if encoders and is_store(support):
+        raise ConfigError(f"support={support} is an embedding store: it holds one encoder's embeddings, which are "
+                          "estimated as they are; leave encoder= out, or give labelled pictures to compare encoders")
     results = []
     for spec in encoders or [None]:
         handle = open_encoder(spec, device=device) if spec is not None else None

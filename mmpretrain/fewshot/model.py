@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from mmpretrain.fewshot.encoding import EncoderHandle, open_encoder, read_encode
 from mmpretrain.fewshot.holdout import bootstrap_ci
 from mmpretrain.fewshot.methods import METHODS, TRANSDUCTIVE
 from mmpretrain.fewshot.sampling import encode_labels
+
+if TYPE_CHECKING:
+    from mmpretrain.encoders import ImageEncoder
 
 __all__ = ["APP_METHODS", "UNKNOWN", "FewShotModel", "Predictions", "fit_classifier", "load_classifier"]
 
@@ -126,7 +129,7 @@ class FewShotModel:
                 f"temperature={self.temperature:.4g}, threshold={self.threshold})")
 
     @property
-    def encoder(self):
+    def encoder(self) -> ImageEncoder:
         """The :class:`~mmpretrain.encoders.ImageEncoder` pictures are embedded with."""
         return self.handle.encoder
 
