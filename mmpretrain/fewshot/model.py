@@ -169,7 +169,8 @@ class FewShotModel:
             base_mean: CL2N center; default the mean of the support embeddings.
 
         Raises:
-            ConfigError: an unknown or transductive method, fewer than 2 classes, a class named ``unknown``.
+            ConfigError: an unknown or transductive method, options ``finetune`` does not take.
+            DataError: fewer than 2 classes, or a class named ``unknown``.
         """
         if method not in APP_METHODS:
             why = " (transductive: an answer would depend on the other pictures of its batch)" \
@@ -186,21 +187,11 @@ class FewShotModel:
         if method == FINETUNE and (views.ndim != 3 or views.shape[0] < 2):
             raise ConfigError(f"method={FINETUNE} needs (1 + views, S, D) embeddings (embed_views), got {views.shape}")
         center = features.mean(axis=0) if base_mean is None else np.asarray(base_mean, dtype=np.float32)
-        head = None
         if method == FINETUNE:
-            unknown = sorted(set(method_kwargs) - set(_HEAD_OPTIONS))
-            if unknown:
-                raise ConfigError(f"method={FINETUNE} takes {', '.join(_HEAD_OPTIONS)}, not {', '.join(unknown)}")
-            from mmpretrain.fewshot.head import held_out_head_scores, train_head
-
-            classifier = FewShotClassifier("protonet_cosine").fit(features, labels, base_mean=center)
-            _, similarity, usable = leave_one_out(features, codes, len(classes), "protonet_cosine", center)
-            tensor, targets = torch.from_numpy(views), torch.from_numpy(codes)
-            scores = held_out_head_scores(tensor, targets, len(classes), **method_kwargs)
-            calibration, correct = calibrate_held_out(scores, similarity, usable, codes, accept_rate, threshold)
-            head = {"weight": train_head(tensor, targets, len(classes), **method_kwargs), "views": views.shape[0] - 1,
-                    **method_kwargs}
+            classifier, calibration, correct, head = _fit_head(views, labels, codes, center, accept_rate, threshold,
+                                                               method_kwargs)
         else:
+            head = None
             classifier = FewShotClassifier(method, **method_kwargs).fit(features, labels, base_mean=center)
             calibration, correct = calibrate(features, codes, len(classes), method, base_mean=center,
                                              accept_rate=accept_rate, threshold=threshold, **method_kwargs)
@@ -302,6 +293,29 @@ class FewShotModel:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
+
+
+def _fit_head(views: np.ndarray, labels: list[str], codes: np.ndarray, center: np.ndarray, accept_rate: float,
+              threshold: float | None, options: dict[str, Any],
+              ) -> tuple[FewShotClassifier, Calibration, np.ndarray, dict[str, Any]]:
+    """``finetune``: the head trained on every view, calibrated by retraining it without each picture's views.
+
+    A cosine nearest-centroid classifier on the un-augmented views keeps the support embeddings, so the unknown
+    threshold (nearest-prototype similarity) means what it means for every other method.
+    """
+    unknown = sorted(set(options) - set(_HEAD_OPTIONS))
+    if unknown:
+        raise ConfigError(f"method={FINETUNE} takes {', '.join(_HEAD_OPTIONS)}, not {', '.join(unknown)}")
+    from mmpretrain.fewshot.head import held_out_head_scores, train_head
+
+    n_classes = int(codes.max()) + 1
+    classifier = FewShotClassifier("protonet_cosine").fit(views[0], labels, base_mean=center)
+    _, similarity, usable = leave_one_out(views[0], codes, n_classes, "protonet_cosine", center)
+    tensor, targets = torch.from_numpy(views), torch.from_numpy(codes)
+    scores = held_out_head_scores(tensor, targets, n_classes, **options)
+    calibration, correct = calibrate_held_out(scores, similarity, usable, codes, accept_rate, threshold)
+    head = {"weight": train_head(tensor, targets, n_classes, **options), "views": views.shape[0] - 1, **options}
+    return classifier, calibration, correct, head
 
 
 def load_classifier(folder: str | os.PathLike, device: str | torch.device | None = None) -> FewShotModel:
