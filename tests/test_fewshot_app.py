@@ -327,3 +327,26 @@ def test_balanced_leave_one_out_drops_one_picture_of_every_class() -> None:
     features, labels = clusters(3, 4)
     _, _, usable = leave_one_out(features, np.searchsorted(np.unique(labels), labels), 3)
     assert usable.all()
+
+
+def test_every_command_in_the_user_guide_composes(tmp_path: Path) -> None:
+    """The guide's commands name real subcommands and keys (composed as the console script would)."""
+    import shlex
+
+    from conftest import compose_cfg
+
+    from mmpretrain.cli.fewshot import COMMANDS
+    from mmpretrain.cli.hub import _export_settings
+
+    guide = Path(__file__).parents[1] / "docs" / "fewshot.md"
+    lines = [line.removeprefix("$ ") for line in guide.read_text().splitlines()
+             if line.startswith(("mmpretrain-", "$ mmpretrain-"))]
+    assert len(lines) >= 10
+    for line in lines:
+        tokens = shlex.split(line.split("#")[0])
+        if tokens[0] == "mmpretrain-hub":
+            assert tokens[1] == "export" and _export_settings(tokens[3:])["output"]
+            continue
+        assert tokens[0] == "mmpretrain-fewshot" and tokens[1] in COMMANDS, line
+        cfg = compose_cfg("fewshot.yaml", [f"command={tokens[1]}", *tokens[2:]], tmp_path)
+        assert cfg.command == tokens[1]
