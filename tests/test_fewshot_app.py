@@ -316,13 +316,14 @@ def test_balanced_leave_one_out_drops_one_picture_of_every_class() -> None:
     from mmpretrain.fewshot.calibration import _held_out_index, leave_one_out
 
     codes = np.repeat(np.arange(3), [4, 3, 1])               # the last class has a single picture
-    index = _held_out_index(codes, balanced=True, seed=0)
+    index = _held_out_index(codes, range(8), balanced=True, seed=0)
     assert index.shape == (8, 8 - 2)                          # itself, and one of the other class with two or more
     for row in range(7):
         kept = np.bincount(codes[index[row]], minlength=3)
         assert row not in index[row]
         assert kept.tolist() == [3, 2, 1]                     # every class one short (the single one kept)
-    plain = _held_out_index(codes, balanced=False, seed=0)
+    plain = _held_out_index(codes, range(8), balanced=False, seed=0)
+    np.testing.assert_array_equal(_held_out_index(codes, range(3, 5), True, 0), index[3:5])  # chunks agree
     assert plain.shape == (8, 7) and all(row not in plain[row] for row in range(8))
     features, labels = clusters(3, 4)
     _, _, usable = leave_one_out(features, np.searchsorted(np.unique(labels), labels), 3)

@@ -27,8 +27,8 @@ from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot.methods import class_means, get_method
 
 __all__ = [
-    "Calibration", "calibrate", "calibrate_held_out", "choose_threshold", "fit_temperature", "leave_one_out",
-    "prototype_similarity",
+    "Calibration", "calibrate", "calibrate_held_out", "choose_threshold", "fit_temperature", "held_out", "k_fold",
+    "leave_one_out", "prototype_similarity", "stratified_folds",
 ]
 
 
@@ -57,24 +57,36 @@ def _scores(method: str, support: torch.Tensor, codes: torch.Tensor, query: torc
     return fn(support, codes, query, n_classes, **kwargs)
 
 
-def _held_out_index(codes: np.ndarray, balanced: bool, seed: int) -> np.ndarray:
-    """(S, R) support rows of each row's episode: every row but itself and, when ``balanced``, one seeded random
-    row of every other class that has two or more (so each class loses one, as the held-out row's class does).
+def _held_out_index(codes: np.ndarray, rows: range, balanced: bool, seed: int) -> np.ndarray:
+    """(len(rows), R) support rows of each held-out row's episode: every row but itself and, when ``balanced``, one
+    seeded random row of every other class that has two or more (so each class loses one, as its class does).
 
     Rows whose class has a single row get an arbitrary episode of the same size (they are not usable anyway).
     """
-    rows = len(codes)
+    total = len(codes)
     counts = np.bincount(codes)
     droppable = np.flatnonzero(counts > 1) if balanced else np.empty(0, dtype=np.int64)
-    size = rows - max(1, len(droppable))
-    rng = np.random.default_rng(seed)
+    size = total - max(1, len(droppable))
     members = {c: np.flatnonzero(codes == c) for c in droppable}
-    index = np.empty((rows, size), dtype=np.int64)
-    for i, c in enumerate(codes):
-        drop = {i, *(int(rng.choice(members[k])) for k in droppable if k != c)}
-        keep = np.setdiff1d(np.arange(rows), np.fromiter(drop, dtype=np.int64), assume_unique=True)
-        index[i] = keep[:size] if len(keep) >= size else np.resize(keep, size)
+    index = np.empty((len(rows), size), dtype=np.int64)
+    for out, i in enumerate(rows):
+        rng = np.random.default_rng((seed, i))  # per row, so chunking does not change the episodes
+        drop = {i, *(int(rng.choice(members[k])) for k in droppable if k != codes[i])}
+        keep = np.setdiff1d(np.arange(total), np.fromiter(drop, dtype=np.int64), assume_unique=True)
+        index[out] = keep[:size] if len(keep) >= size else np.resize(keep, size)
     return index
+
+
+def stratified_folds(codes: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(S,) fold of each row: every class dealt round-robin over the folds after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(codes), dtype=np.int64)
+    offset = 0
+    for c in np.unique(codes):
+        rows = rng.permutation(np.flatnonzero(codes == c))
+        fold[rows] = (np.arange(len(rows)) + offset) % folds
+        offset += len(rows)
+    return fold
 
 
 def leave_one_out(
@@ -114,15 +126,52 @@ def leave_one_out(
     center = torch.zeros(x.shape[1]) if base_mean is None else torch.as_tensor(np.asarray(base_mean)).float()
     method_mean = None if base_mean is None else center
     counts = torch.bincount(y, minlength=n_classes)
-    others = torch.from_numpy(_held_out_index(y.numpy(), balanced, seed))
     scores, similarity = [], []
     with torch.no_grad():
         for start in range(0, rows, chunk):
-            index = others[start:start + chunk]
+            index = torch.from_numpy(_held_out_index(y.numpy(), range(start, min(rows, start + chunk)), balanced, seed))
             support, labels, query = x[index], y[index], x[start:start + chunk].unsqueeze(1)
             scores.append(_scores(method, support, labels, query, n_classes, method_mean, options)[:, 0])
             similarity.append(prototype_similarity(support, labels, query, n_classes, center)[:, 0].max(dim=-1).values)
     return torch.cat(scores).numpy(), torch.cat(similarity).numpy(), (counts[y] > 1).numpy()
+
+
+def k_fold(
+    features: np.ndarray | torch.Tensor,
+    codes: np.ndarray | torch.Tensor,
+    n_classes: int,
+    method: str = "simpleshot",
+    base_mean: np.ndarray | torch.Tensor | None = None,
+    folds: int = 10,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`leave_one_out` returns, each stratified fold scored by the method fitted on the other folds:
+    ``folds`` fits instead of one per row, for support sets too large to hold every row out alone."""
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    center = torch.zeros(x.shape[1]) if base_mean is None else torch.as_tensor(np.asarray(base_mean)).float()
+    fold = torch.from_numpy(stratified_folds(y.numpy(), folds, seed))
+    scores, similarity = torch.zeros(len(y), n_classes), torch.full((len(y),), float("-inf"))
+    usable = torch.zeros(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        for k in fold.unique():
+            train, test = fold != k, fold == k
+            support, labels, query = x[train][None], y[train][None], x[test][None]
+            scores[test] = _scores(method, support, labels, query, n_classes, None if base_mean is None else center,
+                                   options)[0]
+            similarity[test] = prototype_similarity(support, labels, query, n_classes, center)[0].max(dim=-1).values
+            usable[test] = torch.bincount(y[train], minlength=n_classes)[y[test]] > 0
+    return scores.numpy(), similarity.numpy(), usable.numpy()
+
+
+def held_out(features: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor, n_classes: int,
+             method: str = "simpleshot", base_mean: np.ndarray | torch.Tensor | None = None, loo_limit: int = 1000,
+             folds: int = 10, seed: int = 0, **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """:func:`leave_one_out` up to ``loo_limit`` rows, :func:`k_fold` past it; the fourth value names which."""
+    if len(codes) <= loo_limit:
+        return (*leave_one_out(features, codes, n_classes, method, base_mean, seed=seed, **options), "leave-one-out")
+    return (*k_fold(features, codes, n_classes, method, base_mean, folds, seed, **options), f"stratified {folds}-fold")
 
 
 def fit_temperature(scores: np.ndarray, codes: np.ndarray, low: float = 1e-3, high: float = 1e3) -> float:
@@ -203,7 +252,8 @@ def calibrate(
     threshold: float | None = None,
     **options: Any,
 ) -> tuple[Calibration, np.ndarray]:
-    """Leave-one-out temperature and unknown threshold for a classifier on this support set.
+    """Leave-one-out temperature and unknown threshold for a classifier on this support set (stratified 10-fold
+    past 1,000 pictures, see :func:`held_out`).
 
     Args:
         accept_rate: share of known-class pictures the threshold accepts.
@@ -213,7 +263,7 @@ def calibrate(
         See :func:`calibrate_held_out`.
     """
     choose_threshold([], accept_rate)  # checks accept_rate before the work
-    scores, similarity, usable = leave_one_out(features, codes, n_classes, method, base_mean, **options)
+    scores, similarity, usable, _ = held_out(features, codes, n_classes, method, base_mean, **options)
     return calibrate_held_out(scores, similarity, usable, codes, accept_rate, threshold)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mmpretrain.errors import ConfigError, DataError
-from mmpretrain.fewshot.calibration import leave_one_out
+from mmpretrain.fewshot.calibration import held_out
 from mmpretrain.fewshot.methods import METHODS, get_method
 from mmpretrain.fewshot.sampling import encode_labels
 
@@ -55,39 +55,19 @@ def _method_scores(method: str, support: np.ndarray, codes: np.ndarray, query: n
                   n_classes, **kwargs)[0].numpy()
 
 
-def _stratified_folds(codes: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """(S,) fold of each row: every class dealt round-robin over the folds after a seeded shuffle."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(codes), dtype=np.int64)
-    offset = 0
-    for c in np.unique(codes):
-        rows = rng.permutation(np.flatnonzero(codes == c))
-        fold[rows] = (np.arange(len(rows)) + offset) % folds
-        offset += len(rows)
-    return fold
-
-
 def held_out_predictions(features: np.ndarray, codes: np.ndarray, n_classes: int, method: str = "simpleshot",
                          loo_limit: int = 1000, folds: int = 10, seed: int = 0, **options: Any,
                          ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Each picture's class as predicted by the classifier fitted without it.
+    """Each picture's class as predicted by the classifier fitted without it (see
+    :func:`~mmpretrain.fewshot.calibration.held_out`).
 
     Returns:
         ``(predicted (S,), usable (S,), protocol)``: rows whose class had no other example in the fitted part are
         not usable (their class cannot be predicted at all).
     """
-    base_mean = features.mean(axis=0)
-    if len(codes) <= loo_limit:
-        scores, _, usable = leave_one_out(features, codes, n_classes, method, base_mean, **options)
-        return scores.argmax(axis=1), usable, "leave-one-out"
-    fold = _stratified_folds(codes, folds, seed)
-    predicted, usable = np.zeros(len(codes), dtype=np.int64), np.zeros(len(codes), dtype=bool)
-    for k in range(folds):
-        train, test = fold != k, fold == k
-        scores = _method_scores(method, features[train], codes[train], features[test], n_classes, base_mean, options)
-        predicted[test] = scores.argmax(axis=1)
-        usable[test] = np.bincount(codes[train], minlength=n_classes)[codes[test]] > 0
-    return predicted, usable, f"stratified {folds}-fold"
+    scores, _, usable, protocol = held_out(features, codes, n_classes, method, features.mean(axis=0), loo_limit,
+                                           folds, seed, **options)
+    return scores.argmax(axis=1), usable, protocol
 
 
 def learning_curve(features: np.ndarray, codes: np.ndarray, n_classes: int, method: str = "simpleshot",
