@@ -119,6 +119,16 @@ def test_one_picture_per_class_cannot_be_calibrated_but_a_threshold_can_be_set(p
     assert manual.threshold == 0.5 and manual.calibration.threshold_source == "manual"
 
 
+def test_random_timm_is_built_without_weights_and_saved_with_its_own() -> None:
+    handle = open_encoder("random:timm:test_resnet", device="cpu")
+    again = open_encoder("random:timm:test_resnet", device="cpu")
+    assert handle.random_init and handle.encoder.name == "random init of timm:test_resnet"
+    assert handle.weights_sha256 == again.weights_sha256        # seeded: the same floor every time
+    assert handle.config["architecture"] == {"name": "test_resnet", "kwargs": {}}
+    with pytest.raises(ConfigError, match="timm has no model 'test_resnett'"):
+        open_encoder("random:timm:test_resnett")
+
+
 def test_refused_methods_and_labels(pixels: EncoderHandle) -> None:
     support, labels = clusters(3, 3)
     with pytest.raises(ConfigError, match="transductive"):

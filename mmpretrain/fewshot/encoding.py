@@ -3,7 +3,8 @@ copy of the encoder a classifier folder carries so that loading it needs nothing
 
 Encoder specs:
     ``<name | path | URL | timm:<model>>``: a checkpoint, as :func:`mmpretrain.load_encoder` reads it.
-    ``random:<spec>``: the same architecture at a seeded random init (the floor a pretrained encoder must beat).
+    ``random:<spec>``: the same architecture at a seeded random init (the floor a pretrained encoder must beat);
+        ``random:timm:<model>`` builds timm's architecture without fetching its weights.
     ``pixels`` / ``pixels:<size>``: the grey-level pixels of the centre crop resized to ``size`` (default 32), the
         floor of any learned representation.
 
@@ -33,6 +34,7 @@ __all__ = ["EncoderHandle", "PixelBackbone", "open_encoder", "read_encoder", "wr
 
 PIXELS = "pixels"
 RANDOM = "random:"
+TIMM = "timm:"
 _CONFIG_KEY = "mmpretrain_config"  # the metadata key hub.load_checkpoint reads a safetensors file's config from
 
 
@@ -82,6 +84,24 @@ def _pixels(spec: str, device: str | torch.device | None) -> EncoderHandle:
                                          "preprocessing": preprocessing})
 
 
+def _random_timm(spec: str, name: str, device: str | torch.device | None) -> EncoderHandle:
+    """``random:timm:<model>``: timm's architecture and preprocessing at a seeded init; no weights are fetched."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"encoder={spec}: timm has no model {name!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    data = timm.data.resolve_data_config({}, model=model)
+    preprocessing = {"image_size": int(data["input_size"][-1]), "crop_pct": float(data["crop_pct"]),
+                     "interpolation": str(data["interpolation"]), "mean": [float(v) for v in data["mean"]],
+                     "std": [float(v) for v in data["std"]]}
+    label = f"random init of timm:{name}"
+    config = {"name": label, "architecture": {"name": name, "kwargs": {}}, "preprocessing": preprocessing}
+    return EncoderHandle(ImageEncoder(model.eval(), preprocessing, label, device=device), spec, config, True)
+
+
 def open_encoder(spec: str, device: str | torch.device | None = None, progress: bool = True) -> EncoderHandle:
     """Open an encoder spec (see the module docstring); video checkpoints are refused.
 
@@ -97,6 +117,8 @@ def open_encoder(spec: str, device: str | torch.device | None = None, progress: 
         return _pixels(spec, device)
     random_init = spec.startswith(RANDOM)
     source = spec[len(RANDOM):] if random_init else spec
+    if random_init and source.startswith(TIMM):
+        return _random_timm(spec, source[len(TIMM):], device)
     loaded = load_checkpoint(source, progress=progress)
     if loaded.config.get("kind") == "video":
         raise ConfigError(f"encoder={spec} is a video–text model; a few-shot image classifier needs an image encoder")
