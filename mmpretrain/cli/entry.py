@@ -33,8 +33,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                          "mmpretrain-index build store=/data/emb output=/data/idx"),
     "mmpretrain-export": ("mmpretrain.cli.export:main", "recommendation features from an embedding store",
                           "mmpretrain-export store=/data/emb output=/data/features format=parquet dim=64"),
-    "mmpretrain-hub": ("mmpretrain.cli.hub:main", "checkpoints: list|download|verify|convert|publish",
+    "mmpretrain-hub": ("mmpretrain.cli.hub:main", "checkpoints: list|download|verify|convert|publish|export",
                        "mmpretrain-hub list"),
+    "mmpretrain-fewshot": ("mmpretrain.cli.fewshot:main", "a few-shot classifier to keep: fit|predict|estimate|"
+                           "suggest|export", "mmpretrain-fewshot fit support=/data/labelled encoder=timm:resnet18 "
+                           "output=my_classifier"),
 }
 
 
@@ -99,8 +102,9 @@ def task_help(prog: str, args: Sequence[str]) -> str:
     conf = conf_dir()
     _, summary, example = COMMANDS[prog]
     name = {"mmpretrain-eval": "eval", "mmpretrain-extract": "extract", "mmpretrain-index": "index",
-            "mmpretrain-export": "export"}[prog]  # fmt: skip
-    head = f"usage: {prog} {'{build|search|eval} ' if name == 'index' else ''}key=value ...\n{summary}\n"
+            "mmpretrain-export": "export", "mmpretrain-fewshot": "fewshot"}[prog]  # fmt: skip
+    verbs = {"index": "{build|search|eval} ", "fewshot": "{fit|predict|estimate|suggest|export} "}.get(name, "")
+    head = f"usage: {prog} {verbs}key=value ...\n{summary}\n"
     lines = [head, f"keys of {name}.yaml:", *_format_keys(documented_keys(conf / f"{name}.yaml"))]
     if name == "eval":
         task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), None)
@@ -263,6 +267,7 @@ extract = console("mmpretrain-extract")
 index = console("mmpretrain-index")
 export = console("mmpretrain-export")
 hub = console("mmpretrain-hub")
+fewshot = console("mmpretrain-fewshot")
 
 
 def print_outputs(prog: str, paths: Sequence[str | os.PathLike]) -> None:

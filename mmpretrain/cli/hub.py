@@ -1,4 +1,8 @@
-"""``mmpretrain-hub``: list, download, verify, convert and publish checkpoints from the command line."""
+"""``mmpretrain-hub``: list, download, verify, convert, publish and export checkpoints from the command line.
+
+``export`` also takes the project's ``key=value`` form: ``mmpretrain-hub export timm:resnet18 format=onnx
+output=resnet18.onnx``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 from mmpretrain import hub
 from mmpretrain.cli.entry import version_line
-from mmpretrain.errors import MMPretrainError
+from mmpretrain.errors import ConfigError, MMPretrainError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +54,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--name", help="registry name (default: <experiment>_<run> from logs/<experiment>/runs/<run>/)")
     p.add_argument("--url", help="where model.safetensors will be hosted (default: its file:// URI)")
+
+    p = sub.add_parser("export", help="an encoder as one ONNX or TorchScript file (images -> embeddings), "
+                       "checked against PyTorch; its preprocessing in <output>.json")
+    p.add_argument("encoder", help="registry name, checkpoint, URL, timm:<model>, random:<spec> or pixels")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="format=onnx|torchscript output=<file> "
+                   "[tolerance=1e-4]")
     return parser
+
+
+_EXPORT_KEYS = {"format": str, "output": str, "tolerance": float}
+
+
+def _export_settings(settings: Sequence[str]) -> dict:
+    """`format=`, `output=` and `tolerance=` of `mmpretrain-hub export`, each named in its error."""
+    values: dict = {"format": "onnx", "tolerance": 1e-4}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("-").replace("-", "_")
+        if not sep or key not in _EXPORT_KEYS:
+            raise ConfigError(f"{item!r}: expected one of {', '.join(k + '=' for k in _EXPORT_KEYS)}")
+        try:
+            values[key] = _EXPORT_KEYS[key](value)
+        except ValueError:
+            raise ConfigError(f"{key}={value}: not a number") from None
+    if "output" not in values:
+        raise ConfigError("export needs output=<file.onnx|file.pt>")
+    return values
 
 
 def _print_entry(entry: dict) -> None:
@@ -94,6 +124,13 @@ def _run(args: argparse.Namespace) -> int:
                 registry=args.registry,
             )
         )
+    elif args.command == "export":
+        from mmpretrain.fewshot import export_encoder
+
+        settings = _export_settings(args.settings)
+        record = export_encoder(args.encoder, settings["output"], format=settings["format"],
+                                tolerance=settings["tolerance"])
+        print(json.dumps({"output": settings["output"], "parity": record["parity"]}))
     else:
         _print_entry(hub.publish(args.checkpoint, args.out_dir, name=args.name, url=args.url))
     return 0

@@ -74,6 +74,23 @@ class FewShotClassifier:
         """Whether queries of one predict call influence each other's predictions."""
         return self.method in TRANSDUCTIVE
 
+    @property
+    def support_features(self) -> torch.Tensor:
+        """(S, D) float32 support embeddings as fitted."""
+        self._check_fitted()
+        return self._support
+
+    @property
+    def support_codes(self) -> torch.Tensor:
+        """(S,) class index of each support row, into :attr:`classes_`."""
+        self._check_fitted()
+        return self._codes
+
+    @property
+    def base_mean(self) -> torch.Tensor | None:
+        """(D,) CL2N center given to :meth:`fit`, or None."""
+        return self._base_mean
+
     def fit(
         self,
         support_features: np.ndarray | torch.Tensor,
@@ -110,6 +127,10 @@ class FewShotClassifier:
     def predict_proba(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """(Q, C) class probabilities, columns in the order of :attr:`classes_` (rejection does not apply)."""
         return torch.softmax(self._scores(_as_matrix(features)), dim=-1).numpy()
+
+    def scores(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(Q, C) logits of the method, columns in the order of :attr:`classes_`: what a temperature divides."""
+        return self._scores(_as_matrix(features)).numpy()
 
     def predict(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """(Q,) predicted labels; rejected queries get :attr:`unknown`."""

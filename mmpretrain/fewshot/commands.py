@@ -1,0 +1,171 @@
+"""The bodies of ``mmpretrain-fewshot predict|estimate|suggest``, callable from Python with the same arguments.
+
+Usage::
+
+    from mmpretrain.fewshot import estimate, predict_files, suggest
+    predict_files("my_classifier", "new_pictures/", "preds.jsonl")
+    estimate("labelled/", ["my.ckpt", "timm:resnet18", "random:my.ckpt", "pixels"], "estimate/")
+    suggest("my_classifier", "unlabelled/", "suggest/", n=50)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmpretrain._io import atomic_path, write_text_atomic
+from mmpretrain.errors import ConfigError
+from mmpretrain.fewshot.encoding import open_encoder
+from mmpretrain.fewshot.holdout import SHOTS, Estimate, estimate_embeddings
+from mmpretrain.fewshot.model import FewShotModel, load_classifier
+from mmpretrain.fewshot.plots import contact_sheet, plot_estimates
+from mmpretrain.fewshot.selection import margins, select
+from mmpretrain.fewshot.sources import is_store, labeled_support, open_picture, read_rows
+
+log = logging.getLogger(__name__)
+
+__all__ = ["estimate", "estimate_table", "predict_files", "suggest"]
+
+
+def _model(classifier: str | os.PathLike | FewShotModel) -> FewShotModel:
+    return classifier if isinstance(classifier, FewShotModel) else load_classifier(classifier)
+
+
+def predict_files(classifier: str | os.PathLike | FewShotModel, input: Any, output: str | os.PathLike,
+                  top_k: int = 5, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Classify every picture of ``input`` and write one JSON line per picture to ``output`` (atomically).
+
+    Each line: ``{"id", "path", "labels": [{"label", "p"}, ...top_k], "predicted": class or "unknown",
+    "similarity"}``. Returns a summary: ``count``, ``unknown`` and the count per predicted class.
+    """
+    model = _model(classifier)
+    if top_k < 1:
+        raise ConfigError(f"top_k={top_k} must be at least 1")
+    rows = read_rows(input)
+    output = Path(output).expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    bar = tqdm(total=len(rows), desc="predict", unit="img", disable=not progress)
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for start, images in rows.batches(batch_size):
+            result = model.predict(images, batch_size=batch_size)
+            end = start + len(images)
+            for record in result.records(rows.ids[start:end], rows.paths[start:end], k=top_k):
+                out.write(json.dumps(record) + "\n")
+                counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
+            bar.update(len(images))
+    bar.close()
+    total = sum(counts.values())
+    if total != len(rows):
+        raise ConfigError(f"{rows.where}: {len(rows)} pictures listed but {total} read (the input changed)")
+    return {"output": str(output), "count": total, "unknown": counts.get("unknown", 0), "predicted": counts}
+
+
+def estimate_table(estimates: Sequence[Estimate]) -> str:
+    """A Markdown table: one row per encoder, accuracy and CI, then accuracy at each measured shot."""
+    shots = sorted({p["shots"] for e in estimates for p in e.curve})
+    header = ["encoder", "method", "held-out accuracy (%)", "95% CI", *[f"{k}-shot" for k in shots]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for e in estimates:
+        at = {p["shots"]: f"{p['accuracy']:.1f} ± {p['ci95']:.1f}" for p in e.curve}
+        cells = [e.encoder, e.method, f"{e.accuracy:.1f}", f"{e.ci95[0]:.1f}–{e.ci95[1]:.1f}",
+                 *[at.get(k, "-") for k in shots]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def estimate(support: Any, encoders: Sequence[str], output: str | os.PathLike | None = None,
+             method: str = "simpleshot", shots: Sequence[int] = SHOTS, trials: int = 20, seed: int = 0,
+             batch_size: int = 64, device: str | None = None, **options: Any) -> list[Estimate]:
+    """Estimate each encoder on the labelled ``support`` set (see :mod:`mmpretrain.fewshot.holdout`).
+
+    With ``output``, writes ``estimate.json`` (every figure, confusion matrices included), ``estimate.md`` (the
+    table) and ``estimate.png`` (accuracy with CI and learning curves, encoders side by side).
+
+    Args:
+        support: a labelled folder, file list, manifest, shards or an embedding store (then ``encoders`` may be
+            empty: the store's embeddings are estimated as they are).
+        encoders: encoder specs (see :mod:`mmpretrain.fewshot.encoding`).
+    """
+    if not encoders and not is_store(support):
+        raise ConfigError("estimate needs encoder=[<spec>,...] (a checkpoint, timm:<model>, random:<spec>, pixels)")
+    if encoders and is_store(support):
+        raise ConfigError(f"support={support} is an embedding store: it holds one encoder's embeddings, which are "
+                          "estimated as they are; leave encoder= out, or give labelled pictures to compare encoders")
+    results = []
+    for spec in encoders or [None]:
+        handle = open_encoder(spec, device=device) if spec is not None else None
+        data = labeled_support(support, handle.encoder if handle else None, batch_size=batch_size)
+        name = handle.encoder.name if handle else data.where
+        log.info("estimating %s on %d pictures", name, len(data.labels))
+        results.append(estimate_embeddings(data.features, data.labels, method, encoder=name, shots=shots,
+                                           trials=trials, seed=seed, random_init=bool(handle and handle.random_init),
+                                           **options))
+    if output is not None:
+        out = Path(output).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"support": str(support), "method": method, "estimates": [e.to_dict() for e in results]}
+        write_text_atomic(out / "estimate.json", json.dumps(record, indent=2) + "\n")
+        write_text_atomic(out / "estimate.md", estimate_table(results) + "\n")
+        plot_estimates(results, out / "estimate.png")
+    return results
+
+
+def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str | os.PathLike, n: int = 50,
+            weight: float = 0.5, batch_size: int = 64, progress: bool = True) -> list[dict[str, Any]]:
+    """Pick ``n`` pictures of an unlabelled ``pool`` to label next (see :mod:`mmpretrain.fewshot.selection`).
+
+    Writes ``output/suggest.jsonl`` (``rank``, ``id``, ``path``, ``predicted``, ``margin``, ``distance``, top
+    ``labels``) and ``output/suggest.png`` (a contact sheet in the same order), and returns the records.
+
+    Args:
+        pool: an unlabelled folder, file list, manifest, shards, or an embedding store made with the classifier's
+            encoder.
+    """
+    model = _model(classifier)
+    if is_store(pool):
+        from mmpretrain.embeddings import open_store
+
+        store = open_store(pool)
+        if store.dim != model.encoder.embed_dim:
+            raise ConfigError(f"pool={pool}: the store holds {store.dim}-d embeddings ({store.encoder}), the "
+                              f"classifier's encoder {model.encoder.name} gives {model.encoder.embed_dim}-d ones")
+        meta = store.metadata()
+        ids = [str(i) for i in meta.column("id").to_pylist()]
+        paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
+        embeddings = store.embeddings()
+        rows = None
+    else:
+        rows = read_rows(pool, key="pool")
+        ids, paths = rows.ids, rows.paths
+        bar = tqdm(total=len(rows), desc="embed pool", unit="img", disable=not progress)
+        parts = []
+        for _, images in rows.batches(batch_size):
+            parts.append(model.embed(images, batch_size))
+            bar.update(len(images))
+        bar.close()
+        embeddings = np.concatenate(parts)
+    result = model.predict_embeddings(embeddings)
+    margin = margins(result.probabilities)
+    clf = model.classifier
+    picked, distance = select(embeddings, margin, clf.support_features.numpy(), n, weight, clf.base_mean.numpy())
+    tops = result.top(3)
+    records = [{"rank": rank + 1, "id": ids[row], "path": paths[row], "predicted": result.predicted[row],
+                "margin": round(float(margin[row]), 6), "distance": round(float(d), 6),
+                "labels": [{"label": c, "p": round(p, 6)} for c, p in tops[row]]}
+               for rank, (row, d) in enumerate(zip(picked, distance))]
+    out = Path(output).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "suggest.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    thumbs = rows.pictures(picked) if rows is not None else [open_picture(r["path"]) for r in records]
+    contact_sheet(thumbs, [f"{r['rank']}. {r['predicted']}\nmargin {r['margin']:.2f}" for r in records],
+                  out / "suggest.png")
+    return records
+
