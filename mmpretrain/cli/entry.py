@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                           "mmpretrain-export store=/data/emb output=/data/features format=parquet dim=64"),
     "mmpretrain-hub": ("mmpretrain.cli.hub:main", "checkpoints: list|download|verify|convert|publish",
                        "mmpretrain-hub list"),
+    "mmpretrain-serve": ("mmpretrain.cli.serve:main", "an HTTP service: embed, search, classify, search page",
+                         "mmpretrain-serve encoder=moby_swin_t_300ep index=/data/idx port=8000"),
 }
 
 
@@ -242,7 +244,8 @@ def console(prog: str) -> Callable[[], Any]:
         if prog != "mmpretrain-hub" and ("--version" in args or "-V" in args):
             print(version_line(prog))
             return None
-        if prog not in ("mmpretrain-train", "mmpretrain-hub") and ("--help" in args or "-h" in args):
+        own_help = ("mmpretrain-train", "mmpretrain-hub", "mmpretrain-serve")
+        if prog not in own_help and ("--help" in args or "-h" in args):
             print(task_help(prog, args))
             return None
         module, _, function = COMMANDS[prog][0].partition(":")
@@ -258,6 +261,7 @@ extract = console("mmpretrain-extract")
 index = console("mmpretrain-index")
 export = console("mmpretrain-export")
 hub = console("mmpretrain-hub")
+serve = console("mmpretrain-serve")
 
 
 def print_outputs(prog: str, paths: Sequence[str | os.PathLike]) -> None:
