@@ -60,11 +60,12 @@ class Service:
         from mmpretrain.serve.classify import Classifier
         from mmpretrain.serve.search import Searcher, open_searchable
 
+        # the index and the classifier first: a wrong folder is refused without waiting for the encoder's weights
         searcher = None
-        if config.index:  # before the encoder: a wrong folder is refused without waiting for weights
+        if config.index:
             searcher = Searcher(open_searchable(config.index), config.thumbnail_px, config.max_pixels)
-        encoder = load_encoder(config.encoder, device=config.device)
         classifier = Classifier(config.classifier) if config.classifier else None
+        encoder = load_encoder(config.encoder, device=config.device)
         return cls(config, encoder, searcher, classifier)
 
     def _check_dims(self) -> None:
