@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mmpretrain-fewshot": ("mmpretrain.cli.fewshot:main", "a few-shot classifier to keep: fit|predict|estimate|"
                            "suggest|export", "mmpretrain-fewshot fit support=/data/labelled encoder=timm:resnet18 "
                            "output=my_classifier"),
+    "mmpretrain-serve": ("mmpretrain.cli.serve:main", "an HTTP service: embed, search, classify, search page",
+                         "mmpretrain-serve encoder=moby_swin_t_300ep index=/data/idx port=8000"),
 }
 
 
@@ -251,7 +253,8 @@ def console(prog: str) -> Callable[[], Any]:
         if prog != "mmpretrain-hub" and ("--version" in args or "-V" in args):
             print(version_line(prog))
             return None
-        if prog not in ("mmpretrain-train", "mmpretrain-hub") and ("--help" in args or "-h" in args):
+        own_help = ("mmpretrain-train", "mmpretrain-hub", "mmpretrain-serve")
+        if prog not in own_help and ("--help" in args or "-h" in args):
             print(task_help(prog, args))
             return None
         module, _, function = COMMANDS[prog][0].partition(":")
@@ -268,6 +271,7 @@ index = console("mmpretrain-index")
 export = console("mmpretrain-export")
 hub = console("mmpretrain-hub")
 fewshot = console("mmpretrain-fewshot")
+serve = console("mmpretrain-serve")
 
 
 def print_outputs(prog: str, paths: Sequence[str | os.PathLike]) -> None:
