@@ -148,7 +148,7 @@ def tiny_overrides(demo_root: Path, queue_len: int = 64, batch_size: int = 8) ->
         f"model.backbone_kwargs.num_heads=[{','.join(map(str, kw['num_heads']))}]",
         f"model.backbone_kwargs.window_size={kw['window_size']}",
         "model.proj_hidden_dim=64",
-        "model.arch.proj_dim=16",
+        "model.proj_dim=16",
         f"model.queue_len={queue_len}",
         "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1",
