@@ -10,13 +10,12 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from typing_extensions import Unpack
 
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import expand_shards
@@ -29,6 +28,9 @@ from mmpretrain.extraction.run import check_run, finish_run, launch_rank_zero, r
 from mmpretrain.extraction.shards import ShardSource
 from mmpretrain.extraction.sources import RowSource
 from mmpretrain.extraction.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["EncoderPredictor", "ExtractOptions", "ExtractionDataModule", "run_extraction", "run_shard_extraction"]
 
