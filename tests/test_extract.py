@@ -304,3 +304,21 @@ def test_a_second_run_into_the_same_store_is_refused(
     _extract(encoder, demo_root / "train", tmp_path / "store", trainer=_trainer(callbacks=[second]))
     assert len(second.raised) == 1 and "is being written by another extraction" in str(second.raised[0])
     _assert_same_store(tmp_path / "store", reference)
+
+
+def test_a_rewritten_input_file_redoes_its_shard_only(
+    reference: Path, encoder: ImageEncoder, demo_root: Path, tmp_path: Path
+) -> None:
+    """Same ids, new pixels: the shard holding the rewritten file is extracted again, the others are kept."""
+    shutil.copytree(demo_root / "train", tmp_path / "images")  # copy2 keeps sizes and mtimes: the same inputs
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    kept = {name: os.stat(store / name).st_mtime_ns for name in shard_name(0)}
+    ids = read_input(tmp_path / "images").ids
+    rewritten = tmp_path / "images" / ids[SHARD_SIZE + 3]  # in shard 1
+    rewritten.write_bytes((tmp_path / "images" / ids[0]).read_bytes())
+    _extract(encoder, tmp_path / "images", store)
+    assert {name: os.stat(store / name).st_mtime_ns for name in kept} == kept
+    _extract(encoder, tmp_path / "images", tmp_path / "fresh")
+    _assert_same_store(store, tmp_path / "fresh")
+    assert not np.allclose(open_store(store).embeddings(), open_store(reference).embeddings(), atol=1e-5)

@@ -2,12 +2,14 @@
 
 Chunk ``i`` holds input rows ``[i * shard_size, (i + 1) * shard_size)``, so the store's row order is the input's
 whatever the number of processes. Resuming is per row: a finished store shard is skipped without decoding its
-files, and rows already in part files are not run again. A file that fails to decode travels as its row's error,
-is left out of the store and listed in ``failed.jsonl``.
+files, and rows already in part files are not run again; a finished shard one of whose files was rewritten since
+(another size or modification time) is extracted again. A file that fails to decode travels as its row's error, is
+left out of the store and listed in ``failed.jsonl``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -103,6 +105,20 @@ class InputSource:
 
     def signature(self) -> dict[str, Any]:
         return {"shard_size": self.shard_size, "count": len(self.rows), "ids_sha256": self.rows.fingerprint()}
+
+    def fingerprints(self) -> list[str]:
+        """Per chunk, sha256 over its files' sizes and modification times (a file rewritten in place changes it)."""
+        found = []
+        for shard in range(len(self.names)):
+            digest = hashlib.sha256()
+            for path in self.rows.paths[slice(*self._bounds(shard))]:
+                try:
+                    stat = os.stat(path)
+                    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+                except OSError:
+                    digest.update(b"missing\n")
+            found.append(digest.hexdigest())
+        return found
 
     def prepare(self, output: Path, dtype: str) -> None:
         """Drop the parts of finished shards and merge those an interrupted run completed but did not merge."""

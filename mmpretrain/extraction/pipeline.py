@@ -10,14 +10,14 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from typing_extensions import Unpack
 
+from mmpretrain._io import write_text_atomic
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.sources import InputRows
@@ -25,10 +25,21 @@ from mmpretrain.embeddings import SUPPORTED_DTYPES, StoreError, check_id_text
 from mmpretrain.encoders import Encoder
 from mmpretrain.errors import ConfigError
 from mmpretrain.extraction.inputs import InputSource
-from mmpretrain.extraction.run import check_run, finish_run, launch_rank_zero, run_lock
+from mmpretrain.extraction.run import (
+    INPUTS_FILE,
+    check_run,
+    finish_run,
+    launch_rank_zero,
+    reopen_changed,
+    run_dir,
+    run_lock,
+)
 from mmpretrain.extraction.shards import ShardSource
 from mmpretrain.extraction.sources import RowSource
 from mmpretrain.extraction.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["EncoderPredictor", "ExtractOptions", "ExtractionDataModule", "run_extraction", "run_shard_extraction"]
 
@@ -68,7 +79,12 @@ class ExtractionDataModule(pl.LightningDataModule):
         self.dtype, self.batch_size, self.num_workers = dtype, batch_size, num_workers
 
     def prepare_data(self) -> None:
+        """Check the signature, record the inputs' fingerprints, reopen finished shards whose input changed or was
+        not read to its end, then let the source tidy the rest."""
         check_run(self.output, self.signature, self.overwrite)
+        fingerprints = self.source.fingerprints()
+        write_text_atomic(run_dir(self.output) / INPUTS_FILE, json.dumps(fingerprints) + "\n")
+        reopen_changed(self.output, fingerprints, self.source.names)
         self.source.prepare(self.output, self.dtype)
 
     def predict_dataloader(self) -> DataLoader:

@@ -4,7 +4,7 @@ Every extraction (from files or from shards) keeps its state here::
 
     .extract/lock                 held by the run writing the store; a second run is refused while it is held
     .extract/run.json             the resume signature: encoder, weights sha256, preprocessing, input, settings
-    .extract/inputs.json          shards only: each input shard's fingerprint (size + mtime, or ETag) at start
+    .extract/inputs.json          each store shard's input fingerprint at start (sizes + mtimes, or an ETag)
     .extract/parts/NNNNN/         part files of store shard N (and ``end.json`` once its input shard ended)
     .extract/failed-NNNNN.jsonl   store shard N's failed rows
     .extract/shard-NNNNN.json     what store shard N was made from (input fingerprint, read to its end or not)
@@ -170,7 +170,7 @@ def reopen_shard(output: Path, shard: int, why: str) -> None:
     shard_record(output, shard).unlink(missing_ok=True)
 
 
-def reopen_changed(output: Path, fingerprints: Sequence[Any] | None, names: Sequence[str]) -> None:
+def reopen_changed(output: Path, fingerprints: Sequence[Any], names: Sequence[str]) -> None:
     """Reopen each finished shard read only in part, or whose input's fingerprint differs from the recorded one.
 
     A fingerprint that cannot be taken now (a server that is down) is not a change: that shard is kept.
@@ -182,7 +182,7 @@ def reopen_changed(output: Path, fingerprints: Sequence[Any] | None, names: Sequ
         if not record.get("complete", True):
             reopen_shard(output, shard, f"{name} was not read to its end last time")
             continue
-        old, new = record.get("input"), fingerprints[shard] if fingerprints else None
+        old, new = record.get("input"), fingerprints[shard]
         if old is not None and new is not None and old != new:
             reopen_shard(output, shard, f"{name} changed since it was extracted ({old} -> {new})")
 

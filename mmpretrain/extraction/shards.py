@@ -32,14 +32,13 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmpretrain._io import write_text_atomic
 from mmpretrain.data import ShardError
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.shards import SampleError, read_index, read_shard, sample_image, sample_json, sample_label
 from mmpretrain.data.shards import shard_name as input_shard_name
 from mmpretrain.embeddings import find_bad_id, shard_done
 from mmpretrain.encoders import Encoder
-from mmpretrain.extraction.run import INPUTS_FILE, parts_dir, reopen_changed, run_dir
+from mmpretrain.extraction.run import parts_dir
 from mmpretrain.extraction.sources import row_item
 
 __all__ = ["ShardExtractionDataset", "ShardSource", "input_fingerprint", "is_shard_input"]
@@ -190,11 +189,11 @@ class ShardSource:
     def signature(self) -> dict[str, Any]:
         return {"input_kind": self.kind, "shards": self.urls}
 
+    def fingerprints(self) -> list[dict[str, Any] | None]:
+        return [input_fingerprint(url) for url in self.urls]
+
     def prepare(self, output: Path, dtype: str) -> None:
-        """Record the inputs' fingerprints, reopen shards that changed or ended early, drop unfinished parts."""
-        fingerprints = [input_fingerprint(url) for url in self.urls]
-        write_text_atomic(run_dir(output) / INPUTS_FILE, json.dumps(fingerprints) + "\n")
-        reopen_changed(output, fingerprints, self.names)
+        """Drop the parts of unfinished shards: each is read again from its start."""
         for shard in range(len(self.urls)):
             if not shard_done(output, shard):
                 shutil.rmtree(parts_dir(output, shard), ignore_errors=True)  # the shard is read again

@@ -40,8 +40,11 @@ class RowSource(Protocol):
     def signature(self) -> dict[str, Any]:
         """The input's part of the resume signature."""
 
+    def fingerprints(self) -> list[Any]:
+        """Per store shard, what tells that its input changed since it was extracted (None where nothing can)."""
+
     def prepare(self, output: Path, dtype: str) -> None:
-        """Tidy what an earlier run left (global rank 0, before any rank reads); reopen what must be redone."""
+        """Tidy what an earlier run left (global rank 0, before any rank reads)."""
 
     def loader(self, output: Path, world: int, rank: int, batch_size: int, num_workers: int) -> DataLoader:
         """This rank's rows still to do."""
