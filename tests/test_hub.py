@@ -26,11 +26,16 @@ from hub_support import (
     _tiny_swin,
     _training_checkpoint,
     _write_registry,
+    blob,
+    hub_env,
+    server,
 )
 
 from mmpretrain import hub
 from mmpretrain._io import sha256_file
 from mmpretrain.cli.hub import main as hub_main
+
+__all__ = ["blob", "hub_env", "server"]  # fixtures from hub_support, used by name (hub_env: autouse)
 
 # ----------------------------------------------------------------------------------------------- registry
 

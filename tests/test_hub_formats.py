@@ -24,10 +24,14 @@ from hub_support import (
     _tiny_swin,
     _training_checkpoint,
     _write_registry,
+    hub_env,
+    server,
 )
 
 from mmpretrain import hub
 from mmpretrain._io import sha256_file
+
+__all__ = ["hub_env", "server"]  # fixtures from hub_support, used by name (hub_env: autouse)
 
 # ----------------------------------------------------------------------------------------------- formats
 

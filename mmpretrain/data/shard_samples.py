@@ -166,10 +166,12 @@ def _members(stream: Any, limit: int) -> Iterator[tuple[str, bytes | None, int]]
         for info in tar:
             if not info.isreg() or _META.match(info.name):
                 continue
-            if info.size > limit:
-                yield info.name, None, info.size  # iterating on skips its data in bounded chunks
-                continue
             handle = tar.extractfile(info)
+            if info.size > limit:
+                while handle is not None and handle.read(1 << 20):  # drained in 1 MiB reads, never held whole
+                    pass
+                yield info.name, None, info.size
+                continue
             yield info.name, handle.read() if handle is not None else b"", info.size
             tar.members = []
 
