@@ -2,6 +2,7 @@
 video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
 from mmpretrain.models.backbones import backbone_has_batchnorm, create_backbone
+from mmpretrain.models.coverage import coverage_warning, unknown_token_share
 from mmpretrain.models.fusion import (
     FrameTeacher,
     VideoTextFusion,
@@ -30,6 +31,7 @@ __all__ = [
     "VideoTextFusion",
     "backbone_has_batchnorm",
     "build_video_model",
+    "coverage_warning",
     "create_backbone",
     "create_text_encoder",
     "create_tokenizer",
@@ -43,5 +45,6 @@ __all__ = [
     "tokenizer_from_json",
     "tokenizer_to_json",
     "trained_pooling",
+    "unknown_token_share",
     "video_model_config",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 # generator do not pay for Lightning and transformers. This table is the only list of them.
 _LAZY = {
     "BACKENDS": "decoding",
+    "VIDEO_EXTENSIONS": "decoding",
     "VideoDecodeError": "decoding",
     "VideoInfo": "decoding",
     "decode_clip": "decoding",
