@@ -3,6 +3,7 @@ run folders and what they record, and the warnings that catch a wrong setup (lab
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -274,3 +275,18 @@ def test_error_family() -> None:
     with pytest.raises(ConfigError):
         check_choice("x", ("y",), "k")
     assert issubclass(FailureRateError, MMPretrainError) and issubclass(FailureRateError, RuntimeError)
+
+
+def test_manifests_store_the_labels_there_are_and_name_the_video_column(tmp_path: Path) -> None:
+    from mmpretrain.data.sources import read_image_input
+
+    lines = [{"image": "a.png", "label": "cat"}, {"image": "b.png"}, {"image": "c.png", "label": "dog"}]
+    manifest = tmp_path / "images.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert read_image_input(manifest).labels == ["cat", None, "dog"], "extraction needs no label on every row"
+    with pytest.raises(ConfigError, match=r"labels=true but only 2 of 3 records have a label"):
+        read_image_input(manifest, labels=True)
+    videos = tmp_path / "videos.csv"
+    videos.write_text("file,title\nclip.mp4,a red ball\n")
+    with pytest.raises(ConfigError, match=r"videos.csv:2: missing 'image' .*video manifest names each file in 'video'"):
+        read_image_input(videos)
