@@ -189,3 +189,16 @@ def test_config_package_registers_its_resolver(tmp_path: Path) -> None:
         (tmp_path / split / "cat/a.png").write_bytes(b"")
     assert split_beside(str(tmp_path / "train"), "val") == str(tmp_path / "val")
     assert split_beside(str(tmp_path / "val" / "cat"), "val") is None and split_beside(None, "val") is None
+
+
+def test_cli_reference_lists_every_key_of_every_command() -> None:
+    """docs/cli.md keeps up with the configs: each documented key of each command and eval task appears there."""
+    from mmpretrain.cli.entry import conf_dir, documented_keys, task_keys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/cli.md").read_text()
+    conf = conf_dir()
+    keys = [k for name in ("train", "eval", "extract", "index", "export") for k, _, _ in
+            documented_keys(conf / f"{name}.yaml")]  # fmt: skip
+    keys += [k for task in conf.glob("task/*.yaml") for k, _, _ in task_keys(task)]
+    missing = sorted({k for k in keys if f"`{k}`" not in doc})
+    assert not missing, f"docs/cli.md lacks {missing}"

@@ -218,13 +218,6 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
 
 
-def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Hydra task function: a project error ends in one line on stderr and exit status 1.
 
@@ -236,11 +229,13 @@ def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+            from mmpretrain.cli.run_folder import in_sweep
+
             _STATE["started"] = True
             try:
                 return fn(*args, **kwargs)
             except (MMPretrainError, MissingMandatoryValue, InterpolationToMissingValueError) as err:
-                if _full_error() or _in_sweep():
+                if _full_error() or in_sweep():
                     raise
                 message = str(err) if isinstance(err, MMPretrainError) else missing_value_message(prog, err)
                 print(f"{prog}: error: {message}", file=sys.stderr)

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
-from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, run_outputs, short_errors
-from mmpretrain.cli.run_folder import refresh_config, write_metrics
+from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
+from mmpretrain.cli.run_folder import in_sweep, refresh_config, write_metrics
 from mmpretrain.cli.utils import (
     apply_extras,
     check_trainer,
@@ -280,7 +280,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
     metrics, _ = evaluate(cfg)
     print_outputs("mmpretrain-eval", run_outputs(cfg.paths.output_dir))
-    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=in_sweep())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,8 @@
 """What a run leaves in its folder: who made it (`run.json`: package version, git commit, command line), its
 resolved config (`config.yaml`), and nothing at all when it failed before its work started.
 
-Only a folder Hydra made for this run (`hydra.runtime.output_dir`, outside sweeps) is ever removed, and never
-one holding a checkpoint.
+Only a folder Hydra made for this run (`hydra.runtime.output_dir`) is ever removed, never a sweep trial's and
+never one holding a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain import __version__
 
-__all__ = ["RUN_FILE", "remove_failed_run", "run_folder", "run_info", "write_metrics", "write_run_files"]
+__all__ = ["RUN_FILE", "in_sweep", "remove_failed_run", "run_folder", "run_info", "write_metrics", "write_run_files"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,24 @@ def run_info() -> dict[str, Any]:
 
 
 def run_folder(cfg: DictConfig) -> Path | None:
-    """The folder Hydra created for this single run, or None (sweeps, the compose API, no Hydra)."""
+    """The folder Hydra created for this run (or sweep trial), or None (the compose API, no Hydra)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return None
-    hydra_cfg = HydraConfig.get()
-    output = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    output = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
     wanted = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    if hydra_cfg.mode == RunMode.MULTIRUN or not output or not wanted or Path(output) != Path(wanted):
+    if not output or not wanted or Path(output) != Path(wanted):
         return None
     return Path(output)
+
+
+def in_sweep() -> bool:
+    """True inside a Hydra multirun: a failed trial keeps its folder, the sweep's table names it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def write_run_files(cfg: DictConfig, folder: str | Path) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from mmpretrain.callbacks import LastCheckpoint
-from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, short_errors
-from mmpretrain.cli.run_folder import write_metrics
+from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
+from mmpretrain.cli.run_folder import in_sweep, write_metrics
 from mmpretrain.cli.utils import (
     apply_extras,
     check_trainer,
@@ -134,7 +134,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     record = {"task": cfg.task_name, "epochs": trainer.current_epoch, "steps": trainer.global_step, **final}
     write_metrics(cfg.paths.output_dir, record)
     print_outputs("mmpretrain-train", [cfg.paths.output_dir, *objects.get("checkpoints", [])])
-    value = get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+    value = get_metric_value(metrics, cfg.get("optimized_metric"), required=in_sweep())
     print(final_summary(final, trainer.current_epoch, trainer.global_step))
     return value
 

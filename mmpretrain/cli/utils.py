@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from mmpretrain.cli.run_folder import remove_failed_run, run_folder, write_run_files
+from mmpretrain.cli.run_folder import in_sweep, remove_failed_run, run_folder, write_run_files
 from mmpretrain.errors import ConfigError, MissingPathError, MMPretrainError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             raise
         finally:
             _finish_wandb()
-            if failed and folder is not None and not _STATE["working"]:
+            if failed and folder is not None and not _STATE["working"] and not in_sweep():
                 remove_failed_run(folder, OmegaConf.select(cfg, "paths.log_dir", default=None))
         return result
 
