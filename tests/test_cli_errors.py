@@ -191,7 +191,7 @@ def test_ctrl_c_names_the_checkpoint_and_ckpt_path_last(demo_root: Path, tmp_pat
     assert "  mmpretrain-train experiment=moby_demo data.root=x ckpt_path=last" in err
 
 
-def test_failed_run_leaves_nothing_and_runs_get_unique_named_folders(tmp_path: Path) -> None:
+def test_failed_run_leaves_nothing_and_runs_get_unique_named_folders(demo_root: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -205,7 +205,11 @@ def test_failed_run_leaves_nothing_and_runs_get_unique_named_folders(tmp_path: P
     assert "/logs/train/runs/" in dirs[2] and not dirs[2].endswith("_")
     run = _run([str(BIN / "mmpretrain-eval"), "task=fewshot", f"store={tmp_path}/nope", "logger=wandb"], tmp_path)
     assert run.returncode == 1 and run.stderr.strip().endswith("folder does not exist")
-    assert list(tmp_path.iterdir()) == [], "no run folder, no offline W&B run, no empty logs/"
+    assert list(tmp_path.iterdir()) == [], "no run folder, no empty logs/"
+    overrides = [o for o in tiny_overrides(demo_root, queue_len=60) if o != "logger=csv"]
+    run = _run([str(BIN / "mmpretrain-train"), *overrides, "logger=wandb"], tmp_path)  # fails as fit sets up
+    assert run.returncode == 1 and "queue_len=60 must be divisible" in run.stderr.strip().splitlines()[-1]
+    assert "W&B" in run.stdout + run.stderr and list(tmp_path.iterdir()) == [], "no offline W&B run is left"
 
 
 def test_train_help_is_curated_and_fast(tmp_path: Path) -> None:

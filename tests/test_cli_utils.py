@@ -135,8 +135,10 @@ class _Tiny(pl.LightningModule):
 
 
 def _fit(callbacks, epochs: int, ckpt_path=None) -> pl.Trainer:
+    saves = any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks)  # no default ModelCheckpoint in the cwd
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", log_every_n_steps=1)  # fmt: skip
+                         enable_model_summary=False, accelerator="cpu", log_every_n_steps=1,
+                         enable_checkpointing=saves)  # fmt: skip
     trainer.fit(_Tiny(), ckpt_path=ckpt_path)
     return trainer
 

@@ -17,6 +17,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from mmpretrain.cli.run_folder import in_sweep, remove_failed_run, run_folder, write_run_files
 from mmpretrain.errors import ConfigError, MissingPathError, MMPretrainError
@@ -35,6 +36,7 @@ def _finish_wandb() -> None:
 
 
 _STATE = {"working": False}
+_USER_ERRORS = (MMPretrainError, MissingMandatoryValue, InterpolationToMissingValueError, KeyboardInterrupt)
 
 
 def work_started() -> None:
@@ -44,7 +46,7 @@ def work_started() -> None:
 
 def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Run a task with its run record, always close W&B (so a sweep's next trial starts a fresh run), and leave
-    nothing behind when it fails before its work started.
+    nothing behind when a user's mistake stops it before its work started.
 
     The run folder gets `run.json` (version, git commit, command line) and the resolved `config.yaml` first; the
     config is printed only with `extras.print_config=true`, so a run ends with its results. The exception itself
@@ -57,19 +59,19 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
         folder = run_folder(cfg)
         if folder is not None:
             write_run_files(cfg, folder)
-        failed = True
+        early_failure = False
         try:
-            result = task(cfg)
-            failed = False
-        except Exception as err:
-            if not isinstance(err, MMPretrainError):
+            return task(cfg)
+        except BaseException as err:
+            # a user's mistake (or Ctrl-C) before the work started: nothing to keep; a bug keeps its log
+            early_failure = isinstance(err, _USER_ERRORS) and not _STATE["working"]
+            if isinstance(err, Exception) and not isinstance(err, _USER_ERRORS):
                 log.error("task failed; output dir: %s", cfg.get("paths", {}).get("output_dir"))
             raise
         finally:
             _finish_wandb()
-            if failed and folder is not None and not _STATE["working"] and not in_sweep():
+            if early_failure and folder is not None and not in_sweep():
                 remove_failed_run(folder, OmegaConf.select(cfg, "paths.log_dir", default=None))
-        return result
 
     return wrapped
 
