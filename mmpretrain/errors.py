@@ -4,6 +4,13 @@ while anything else keeps its traceback.
 
 The concrete kinds also subclass the built-in exception a caller would expect (``ValueError``,
 ``FileNotFoundError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+
+Which to raise: :class:`ConfigError` for a value the user set that cannot work (a key out of range, a choice not
+offered: :func:`mmpretrain.training.check_range` and :func:`~mmpretrain.training.check_choice` raise it),
+:class:`MissingPathError` / :class:`NotAFolderError` / :class:`PathExistsError` for paths,
+:class:`DataError` for inputs, :class:`FailureRateError` for a run that lost too much of its input. A call that
+misuses the Python API (a wrong type, an array of the wrong shape passed by code) keeps ``ValueError`` or
+``TypeError``: that is a programming error, not a setting.
 """
 
 from __future__ import annotations
@@ -36,3 +43,7 @@ class DataError(MMPretrainError, ValueError):
 class WriteError(MMPretrainError, OSError):
     """An output could not be written (a full disk, no permission): names the path, and the space needed where known.
     Nothing half-written is left under the output's final name."""
+
+
+class FailureRateError(MMPretrainError, RuntimeError):
+    """More inputs failed to read than the configured failure rate allows; the message says how to raise it."""

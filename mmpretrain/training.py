@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from mmpretrain.errors import ConfigError
+
 __all__ = [
     "NO_DECAY_KEYWORDS",
     "RankSeed",
@@ -148,9 +150,9 @@ def gather_unique(module: pl.LightningModule, index: torch.Tensor, *tensors: tor
 
 
 def check_choice(value: Any, choices: Collection[Any], key: str) -> Any:
-    """``value`` if it is one of ``choices``, else a ValueError naming the config ``key`` and the choices."""
+    """``value`` if it is one of ``choices``, else a ConfigError naming the config ``key`` and the choices."""
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is not one of {tuple(choices)}")
+        raise ConfigError(f"{key}={value!r} is not one of {tuple(choices)}")
     return value
 
 
@@ -174,7 +176,7 @@ def check_range(
         if too_low or too_high or value != value:  # value != value: NaN
             interval = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
                         f"{'inf' if high is None else high}{')' if high_open else ']'}")
-            raise ValueError(f"{key}={value} must be in {interval}")
+            raise ConfigError(f"{key}={value} must be in {interval}")
 
 
 class RankSeed(pl.Callback):

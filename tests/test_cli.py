@@ -75,11 +75,14 @@ def test_eval_knn_and_linear_on_a_training_checkpoint(demo_root: Path, tmp_path:
     ckpt = _train_tiny(demo_root, tmp_path / "train")
     common = [f"encoder={ckpt}", f"data.train_root={demo_root}/train", f"data.val_root={demo_root}/val",
               "data.num_workers=0", "data.batch_size=16", "trainer=cpu"]  # fmt: skip
-    trained, objects = evaluate(compose_cfg("eval.yaml", common, tmp_path / "knn"))
+    cfg = compose_cfg("eval.yaml", common, tmp_path / "knn")
+    trained, objects = evaluate(cfg)
     assert objects["datamodule"].hparams.image_size == 32  # preprocessing comes from the checkpoint
+    assert cfg.data.image_size == 32, "the config (config.yaml, loggers) shows the checkpoint's size, not 224"
     assert set(trained) == {"knn/top1", "knn/top5"} and 0 <= trained["knn/top1"] <= 100
     record = json.loads((tmp_path / "knn/run/metrics.json").read_text())
     assert record["knn/top1"] == trained["knn/top1"] and record["random_init"] is False
+    assert set(record["run"]) == {"version", "git_commit", "command", "started"}
     _random, objects_r = evaluate(compose_cfg("eval.yaml", [*common, "random_init=true"], tmp_path / "rand"))
     w_trained = next(objects["backbone"].parameters())
     w_random = next(objects_r["backbone"].parameters())

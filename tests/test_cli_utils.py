@@ -1,4 +1,5 @@
-"""The entry points' plumbing: atomic checkpoints, `ckpt_path=last`, W&B online/offline choice, trial table."""
+"""The entry points' plumbing: atomic checkpoints, `ckpt_path=last`, W&B online/offline choice, trial table, the
+training callbacks (last.ckpt, a log line per epoch) and the configs' resolver."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -110,3 +112,95 @@ def test_trial_table_orders_best_first() -> None:
     assert lines[0].split()[:2] == ["trial", "val/knn_top1"]
     assert lines[1].split()[:3] == ["2", "55.5000", "ok"] and lines[2].split()[:2] == ["0", "30.0000"]
     assert "failed: FloatingPointError" in lines[3] and "model.base_lr=1.0" in lines[3]
+
+
+class _Tiny(pl.LightningModule):
+    """Two batches of a linear regression per epoch: enough steps for the callbacks to act on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def _fit(callbacks, epochs: int, ckpt_path=None) -> pl.Trainer:
+    saves = any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks)  # no default ModelCheckpoint in the cwd
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", log_every_n_steps=1,
+                         enable_checkpointing=saves)  # fmt: skip
+    trainer.fit(_Tiny(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_last_checkpoint_every_n_epochs_always_at_the_end_and_resumable(tmp_path: Path) -> None:
+    from mmpretrain.callbacks import LastCheckpoint
+
+    saved = []
+
+    class Spy(pl.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            saved.append(trainer.global_step)
+
+    trainer = _fit([LastCheckpoint(tmp_path / "checkpoints", every_n_epochs=2), Spy()], epochs=3)
+    assert saved == [4, 6], "after epoch 2, then at the end of fit"
+    saved.clear()
+    _fit([LastCheckpoint(tmp_path / "every", every_n_epochs=1), Spy()], epochs=2)
+    assert saved == [2, 4], "the end of fit does not save the step its last epoch saved again"
+    last = tmp_path / "checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert utils.saved_checkpoints(trainer) == [last]
+    _fit([LastCheckpoint(tmp_path / "checkpoints", every_n_epochs=0)], epochs=5, ckpt_path=last)
+    assert torch.load(last, weights_only=False)["global_step"] == 10, "resumed at step 6, two more epochs"
+    with pytest.raises(MMPretrainError, match=r"callbacks.last_checkpoint.every_n_epochs=-1 must be in \[0, inf\]"):
+        LastCheckpoint(tmp_path, every_n_epochs=-1)
+
+
+def test_epoch_log_writes_one_line_per_epoch_and_per_n_steps(caplog) -> None:
+    from mmpretrain.callbacks import EpochLog
+
+    with caplog.at_level(logging.INFO, logger="mmpretrain"):
+        _fit([EpochLog(every_n_steps=3)], epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmpretrain.callbacks"]
+    epochs = [line for line in lines if line.startswith("epoch ") and " step " not in line]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("train/loss=" in line and "2 steps in" in line and "steps/s" in line for line in epochs)
+    steps = [line for line in lines if " step " in line]
+    assert [line.split(":")[0] for line in steps] == ["epoch 1 step 3"] and "train/loss=" in steps[0]
+
+
+def test_config_package_registers_its_resolver(tmp_path: Path) -> None:
+    """The `mmpretrain.split_beside` resolver comes with the configs, and reads folders only when resolved."""
+    import mmpretrain.conf  # noqa: F401
+
+    from mmpretrain.cli.resolvers import split_beside
+
+    assert OmegaConf.has_resolver("mmpretrain.split_beside")
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        (tmp_path / split / "cat/a.png").write_bytes(b"")
+    assert split_beside(str(tmp_path / "train"), "val") == str(tmp_path / "val")
+    assert split_beside(str(tmp_path / "val" / "cat"), "val") is None and split_beside(None, "val") is None
+
+
+def test_cli_reference_lists_every_key_of_every_command() -> None:
+    """docs/cli.md keeps up with the configs: each documented key of each command and eval task appears there."""
+    from mmpretrain.cli.entry import conf_dir, documented_keys, task_keys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/cli.md").read_text()
+    conf = conf_dir()
+    keys = [k for name in ("train", "eval", "extract", "index", "export") for k, _, _ in
+            documented_keys(conf / f"{name}.yaml")]  # fmt: skip
+    keys += [k for task in conf.glob("task/*.yaml") for k, _, _ in task_keys(task)]
+    missing = sorted({k for k in keys if f"`{k}`" not in doc})
+    assert not missing, f"docs/cli.md lacks {missing}"

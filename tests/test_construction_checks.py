@@ -6,10 +6,12 @@ import math
 
 import pytest
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.training import check_choice, check_range
 
 
 def test_check_range_bounds_and_nan() -> None:
+    """A setting out of range is the user's config: the project's ConfigError (still a ValueError)."""
     check_range({"a": 0.0, "b": 0.999, "c": None}, 0.0, 1.0, high_open=True)
     with pytest.raises(ValueError, match=r"^a=1.0 must be in \[0.0, 1.0\)$"):
         check_range({"a": 1.0}, 0.0, 1.0, high_open=True)
@@ -20,6 +22,9 @@ def test_check_range_bounds_and_nan() -> None:
     assert check_choice("hard", ("hard", "random"), "k") == "hard"
     with pytest.raises(ValueError, match=r"^k='soft' is not one of \('hard', 'random'\)$"):
         check_choice("soft", ("hard", "random"), "k")
+    for call in (lambda: check_range({"a": 2}, 0, 1), lambda: check_choice("x", ("y",), "k")):
+        with pytest.raises(ConfigError):
+            call()
 
 
 @pytest.mark.parametrize(

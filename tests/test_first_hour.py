@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mmpretrain.cli import entry, utils
+from mmpretrain import __version__
+from mmpretrain.cli import entry, quoting, utils
 from mmpretrain.errors import ConfigError, MMPretrainError
 
 BIN = Path(sys.executable).parent
@@ -42,6 +44,7 @@ def test_missing_data_folder_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert run.stderr.strip().splitlines()[-1] == f"mmpretrain-train: error: data.root={missing}: folder does not exist"
     assert "Traceback" not in run.stderr + run.stdout
     assert "config:" not in run.stdout, "the config is printed only for a run that succeeded"
+    assert not (tmp_path / "logs").exists(), "a run that failed before training leaves no run folder"
 
     full = _run([str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"data.root={missing}", "logger=csv"],
                 tmp_path, HYDRA_FULL_ERROR="1")  # fmt: skip
@@ -77,7 +80,7 @@ def test_project_errors_are_short_and_unexpected_ones_keep_their_traceback(capsy
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert utils.task_wrapper(lambda c: 7)(cfg) == 7
-    assert "config:" in caplog.text and "output_dir: out" in caplog.text, "a run that succeeded shows its config"
+    assert "config:" not in caplog.text, "the config goes into the run folder; the results stay the last lines"
 
 
 def test_store_folder_missing_says_so(tmp_path: Path) -> None:
@@ -147,7 +150,18 @@ def test_moby_demo_runs_on_a_users_flat_folder(demo_root: Path, tmp_path: Path) 
     assert "optimized_metric=val/knn_top1 was not logged" in log
     last = next((tmp_path / "logs/moby_demo/runs").glob("*/checkpoints/last.ckpt"))
     assert f"  {last}" in run.stderr.split("mmpretrain-train: outputs:")[1]
-    assert "config:" in run.stdout, "a successful run shows its config"
+    folder = last.parents[1]
+    assert "config:" not in run.stdout, "the config is written into the run folder, not printed after the results"
+    assert "data:" in (folder / "config.yaml").read_text()
+    record = json.loads((folder / "metrics.json").read_text())
+    summary = run.stdout.rsplit("final metrics after 1 epochs", 1)[1].strip().splitlines()[1:]
+    assert {line.split()[0] for line in summary} == set(record) - {"task", "epochs", "steps", "run"}
+    assert any(line.split()[0] == "train/loss" for line in summary), "the final metrics close the output"
+    assert record["run"]["version"] == __version__ and "data.root=" in record["run"]["command"]
+    assert json.loads((folder / "run.json").read_text()) == record["run"]
+    assert "Tip:" not in log, "Lightning's promotional tips are quiet"
+    epoch_lines = [line for line in (folder / "moby_demo.log").read_text().splitlines() if "epoch 1/1: " in line]
+    assert len(epoch_lines) == 1 and "train/loss=" in epoch_lines[0] and "steps/s" in epoch_lines[0]
 
 
 def test_moby_demo_knn_folders_follow_data_root(demo_root: Path, tmp_path: Path) -> None:
@@ -196,10 +210,10 @@ def test_loader_defaults_fit_the_machine(tmp_path: Path) -> None:
 def test_faiss_factory_strings_with_commas_are_taken_as_typed(tmp_path: Path) -> None:
     from conftest import compose_cfg
 
-    args = entry.quote_factory_strings(["build", "index_key=IVF128,Flat", "i2i_index_key=OPQ8_32,IVF64,PQ8", "k=1,2"])
+    args = quoting.quote_data_values(["build", "index_key=IVF128,Flat", "i2i_index_key=OPQ8_32,IVF64,PQ8", "k=1,2"])
     assert args == ["build", "index_key='IVF128,Flat'", "i2i_index_key='OPQ8_32,IVF64,PQ8'", "k=1,2"]
-    assert entry.quote_factory_strings(["-m", "index_key=Flat,HNSW32"]) == ["-m", "index_key=Flat,HNSW32"]
-    cfg = compose_cfg("index.yaml", ["command=build", *entry.quote_factory_strings(["index_key=IVF128,Flat"])],
+    assert quoting.quote_data_values(["-m", "index_key=Flat,HNSW32"]) == ["-m", "index_key=Flat,HNSW32"]
+    cfg = compose_cfg("index.yaml", ["command=build", *quoting.quote_data_values(["index_key=IVF128,Flat"])],
                       tmp_path)  # fmt: skip
     assert cfg.index_key == "IVF128,Flat"
     run = _run([str(BIN / "mmpretrain-index"), "build", f"store={tmp_path}/nope", f"output={tmp_path}/idx",

@@ -248,3 +248,31 @@ def test_a_moved_store_is_named_and_can_be_passed(tmp_path: Path, capsys) -> Non
     run(tmp_path, "search", f"index={tmp_path / 'idx'}", f"store={moved.root}", f"query={tmp_path / 'q.npy'}")
     record = moved.metadata().to_pylist()[7]
     assert capsys.readouterr().out.splitlines()[2].split()[2:] == [record["id"], record["label"], record["path"]]
+
+
+def test_text_queries_with_commas_and_chinese_work_as_typed(video_pretrained: Path, video_demo: dict[str, Path],
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """`--text "..."` and `text=...` reach the search unchanged; Chinese with the English MiniLM gets the warning."""
+    from mmpretrain.cli.extract import extract
+
+    store = tmp_path / "store"
+    extract(compose_cfg("extract.yaml", [f"encoder={video_pretrained}", f"input={video_demo['val']}",
+                                         f"output={store}", "trainer=cpu", "num_workers=0"], tmp_path))  # fmt: skip
+    run(tmp_path, "build", f"store={store}", f"output={tmp_path / 'idx'}", "index_key=Flat", "target_recall=null")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMPRETRAIN_ROOT": str(tmp_path)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    base = [str(Path(sys.executable).parent / "mmpretrain-index"), "search", f"index={tmp_path / 'idx'}", "k=2",
+            "json=true"]
+    typed = {"flag": [*base, "--text", "a red ball, moving left", "--text", "红色的球向左移动"],
+             "key": [*base, "text=红色的球向左移动, 快"]}
+    results = {}
+    for name, args in typed.items():
+        result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = (json_lines(result.stdout), result.stderr)
+    queries, log = results["flag"]
+    assert [q["query"] for q in queries] == ["a red ball, moving left", "红色的球向左移动"]
+    assert all(len(q["hits"]) == 2 for q in queries)
+    assert "are unknown to the text encoder's tokenizer" in log and "multilingual" in log
+    queries, _ = results["key"]
+    assert [q["query"] for q in queries] == ["红色的球向左移动, 快"]

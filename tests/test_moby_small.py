@@ -111,7 +111,7 @@ def test_official_moby_file_restores_every_part_and_step_zero_features_match_loa
     overrides = [*tiny_overrides(demo_root), "trainer.max_steps=1", f"model.init={path}"]
     cfg = compose_cfg("train.yaml", overrides, tmp_path)
     try:
-        with caplog.at_level(logging.INFO, logger="mmpretrain.cli.train"):
+        with caplog.at_level(logging.INFO, logger="mmpretrain"):
             train(cfg)
     finally:
         train_mod.instantiate_callbacks = original
@@ -152,7 +152,7 @@ def test_own_checkpoint_restores_parts_and_backbone_only_sources_start_heads_fre
     for src in (str(timm_file), str(published)):
         model = _tiny_moby(seed=4)
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        with caplog.at_level(logging.INFO, logger="mmpretrain.cli.train"):
+        with caplog.at_level(logging.INFO, logger="mmpretrain"):
             report = initialize_model(model, src)
         assert report["backbone"] == "restored"
         for part in ("projector", "predictor", "queue1", "queue2"):

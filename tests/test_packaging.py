@@ -3,8 +3,9 @@ so a module moved into a new subpackage cannot go missing after `pip install`.""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

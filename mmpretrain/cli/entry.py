@@ -12,11 +12,12 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmpretrain import __version__
+from mmpretrain.cli.quoting import parse_failure, quote_data_values, take_flags
 from mmpretrain.errors import MMPretrainError
 
 DISTRIBUTION = "mmpretrain-ssl"
@@ -90,6 +91,15 @@ def documented_keys(path: Path) -> list[tuple[str, str, str]]:
     return keys
 
 
+def task_keys(path: Path) -> list[tuple[str, str, str]]:
+    """`documented_keys` of a task config, spelled as set on the command line: a config in the `task` package (no
+    `@package _global_` line) holds `task.*` keys; `name` is the task itself."""
+    keys = documented_keys(path)
+    if "@package _global_" in path.read_text():
+        return keys
+    return [(f"task.{key}", default, comment) for key, default, comment in keys if key != "name"]
+
+
 def _format_keys(keys: list[tuple[str, str, str]]) -> list[str]:
     width = max((len(k) + len(v) for k, v, _ in keys), default=0) + 3
     lines = []
@@ -99,24 +109,54 @@ def _format_keys(keys: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
+#: the config groups `mmpretrain-train --help` lists, with what each chooses
+TRAIN_GROUPS = {"experiment": "the recipe (data, model, trainer settings together); the unit to copy",
+                "trainer": "where it runs", "logger": "where metrics go", "callbacks": "checkpoints and monitors",
+                "debug": "short runs to check a setup", "hparams_search": "Optuna sweeps (with -m)"}  # fmt: skip
+TRAIN_KEYS = [("data.root", "<folder>", "images to pretrain on (or data.file_list=<file>, data.shards=<tars>)"),
+              ("data.batch_size", "64", "images per process and step"),
+              ("trainer.max_epochs", "100", "epochs (the experiment sets its own)"),
+              ("trainer.devices", "auto", "GPUs or CPU processes; trainer.num_nodes for several machines"),
+              ("model.init", "null", "start from a checkpoint's weights (continued pretraining)"),
+              ("callbacks.last_checkpoint.every_n_epochs", "1", "how often last.ckpt (what ckpt_path=last resumes) "
+               "is written")]  # fmt: skip
+
+
+def _train_help(conf: Path) -> list[str]:
+    lines = ["config groups (group=<choice>):"]
+    for group, what in TRAIN_GROUPS.items():
+        choices = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+        lines.append(f"  {group:<15} {what}: {choices}")
+    return [*lines, "", "keys of train.yaml:", *_format_keys(documented_keys(conf / "train.yaml")), "",
+            "common keys (any key of the composed config can be set; --cfg job prints them all):",
+            *_format_keys(TRAIN_KEYS)]  # fmt: skip
+
+
 def task_help(prog: str, args: Sequence[str]) -> str:
     """A command's usage, its own keys (from its config file and, for eval, the chosen task) and an example."""
     conf = conf_dir()
     _, summary, example = COMMANDS[prog]
-    name = {"mmpretrain-eval": "eval", "mmpretrain-extract": "extract", "mmpretrain-index": "index",
-            "mmpretrain-export": "export", "mmpretrain-fewshot": "fewshot"}[prog]  # fmt: skip
+    name = prog.removeprefix("mmpretrain-")
     verbs = {"index": "{build|search|eval} ", "fewshot": "{fit|predict|estimate|suggest|export} "}.get(name, "")
     head = f"usage: {prog} {verbs}key=value ...\n{summary}\n"
-    lines = [head, f"keys of {name}.yaml:", *_format_keys(documented_keys(conf / f"{name}.yaml"))]
+    if name == "train":
+        lines = [head, *_train_help(conf)]
+    else:
+        lines = [head, f"keys of {name}.yaml:", *_format_keys(documented_keys(conf / f"{name}.yaml"))]
     if name == "eval":
         task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), None)
         tasks = sorted(p.stem for p in (conf / "task").glob("*.yaml"))
         if task in tasks:
-            lines += ["", f"keys of task={task}:", *_format_keys(documented_keys(conf / "task" / f"{task}.yaml"))]
+            lines += ["", f"keys of task={task}:", *_format_keys(task_keys(conf / "task" / f"{task}.yaml"))]
         else:
             lines += ["", f"tasks: {', '.join(tasks)} (`{prog} task=<name> --help` lists a task's keys)"]
         lines += ["", "data keys: data.* of the task's data group (conf/data/); trainer.* as in mmpretrain-train"]
-    lines += ["", "also: extras.print_config=true (print the config first), HYDRA_FULL_ERROR=1 (full tracebacks),",
+    if name == "index":
+        lines += ["", 'free text: --text "a red ball, moving left" (repeat for several; commas and any language '
+                  "are kept), --query <file> likewise"]
+    lines += ["", "values with braces, commas, spaces or non-ASCII characters: quote them for Hydra inside shell "
+              "quotes, e.g. 'data.shards=\"/data/shard-{000000..000009}.tar\"'",
+              "also: extras.print_config=true (print the config first), HYDRA_FULL_ERROR=1 (full tracebacks),",
               "      --cfg job (print the composed config and exit), --version", "", f"example: {example}"]
     return "\n".join(lines)
 
@@ -166,33 +206,26 @@ def override_hint(config_name: str, overrides: Sequence[str]) -> str | None:
     return f"`{full_key}` is not a key; {parent or 'the config'} has: {', '.join(sorted(keys))}"
 
 
-#: keys whose values are faiss index_factory strings, which contain commas ("IVF1024,Flat")
-FACTORY_KEYS = ("index_key", "i2i_index_key", "task.index_key")
+#: what the README test quotes composed commands with: the same rule as the console scripts
+quote_factory_strings = quote_data_values
 
 
-def quote_factory_strings(args: Sequence[str]) -> list[str]:
-    """`index_key=IVF128,Flat` as typed: Hydra reads an unquoted comma as a sweep (or refuses it as ambiguous),
-    so a factory key's value is quoted for it. Under `-m`/`--multirun` commas keep meaning a sweep."""
-    if any(a in ("-m", "--multirun") for a in args):
-        return list(args)
-    out = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") in FACTORY_KEYS and "," in value and value[:1] not in "'\"[":
-            arg = f"{key}='{value}'"
-        out.append(arg)
-    return out
+_CONFIG_FILES = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
+                 "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}  # fmt: skip
+
+
+def missing_value_message(prog: str, err: Exception) -> str:
+    """One line for a mandatory key left at `???`: the key, what it takes (its config comment) and how to set it."""
+    match = re.search(r"Missing mandatory value: ([\w.]+)", str(err))
+    key = match.group(1) if match else str(getattr(err, "full_key", "") or "the key")
+    config = _CONFIG_FILES.get(prog)
+    comment = next((c for k, _, c in documented_keys(conf_dir() / config) if k == key), "") if config else ""
+    about = f" ({comment})" if comment else ""
+    return f"{key}=??? must be set{about}: add {key}=<value> to the command ({prog} --help lists the keys)"
 
 
 def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
-
-
-def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -204,13 +237,18 @@ def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+            from mmpretrain.cli.run_folder import in_sweep
+
             _STATE["started"] = True
             try:
                 return fn(*args, **kwargs)
-            except MMPretrainError as err:
-                if _full_error() or _in_sweep():
+            except (MMPretrainError, MissingMandatoryValue, InterpolationToMissingValueError) as err:
+                if _full_error() or in_sweep():
                     raise
-                print(f"{prog}: error: {err}", file=sys.stderr)
+                message = str(err) if isinstance(err, MMPretrainError) else missing_value_message(prog, err)
+                print(f"{prog}: error: {message}", file=sys.stderr)
                 raise SystemExit(1) from None
 
         return wrapped
@@ -221,17 +259,28 @@ def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 _STATE = {"started": False}
 
 
-def run_hydra(prog: str, config_name: str, hydra_main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
-    """Answer `--version` and (for eval/extract/index/export) `--help`, then run Hydra; when Hydra refuses an
-    override, add "did you mean" for a mistyped key."""
+def run_hydra(
+    prog: str,
+    config_name: str,
+    hydra_main: Callable[[], Any],
+    argv: Sequence[str] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> Any:
+    """Answer `--version` and `--help`, quote data values for Hydra (`flags`: `--text "..."` -> `text=`), refuse an
+    override Hydra's grammar cannot read with how to quote it, then run Hydra; when Hydra refuses an override, add
+    "did you mean" for a mistyped key."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "--version" in args or "-V" in args:
         print(version_line(prog))
         return None
-    if prog != "mmpretrain-train" and ("--help" in args or "-h" in args):
+    if "--help" in args or "-h" in args:
         print(task_help(prog, args))
         return None
-    quoted = quote_factory_strings(args)
+    quoted = quote_data_values(take_flags(args, flags or {}))
+    failure = parse_failure(quoted)
+    if failure:
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        raise SystemExit(1)
     if argv is not None or quoted != args:
         sys.argv = [sys.argv[0], *quoted]
     _STATE["started"] = False
@@ -253,8 +302,7 @@ def console(prog: str) -> Callable[[], Any]:
         if prog != "mmpretrain-hub" and ("--version" in args or "-V" in args):
             print(version_line(prog))
             return None
-        own_help = ("mmpretrain-train", "mmpretrain-hub", "mmpretrain-serve")
-        if prog not in own_help and ("--help" in args or "-h" in args):
+        if prog not in ("mmpretrain-hub", "mmpretrain-serve") and ("--help" in args or "-h" in args):
             print(task_help(prog, args))
             return None
         module, _, function = COMMANDS[prog][0].partition(":")
@@ -282,8 +330,10 @@ def print_outputs(prog: str, paths: Sequence[str | os.PathLike]) -> None:
 
 
 def run_outputs(folder: str | os.PathLike) -> list[Path]:
-    """The result files a run wrote into its folder (metrics, tables, plots, predictions), not logs or configs."""
+    """The result files a run wrote into its folder (metrics, tables, plots, predictions), not logs, configs or the
+    run record (`run.json`)."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".png", ".txt"))
+    kept = (".json", ".jsonl", ".png", ".txt")
+    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix in kept and p.name != "run.json")

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
-from mmpretrain.cli.entry import _in_sweep, print_outputs, run_hydra, run_outputs, short_errors
+from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
+from mmpretrain.cli.run_folder import in_sweep, refresh_config, write_metrics
 from mmpretrain.cli.utils import (
     apply_extras,
+    check_trainer,
     get_metric_value,
+    instantiate,
     instantiate_loggers,
     log_hyperparameters,
     task_wrapper,
@@ -29,27 +32,28 @@ from mmpretrain.data import loader_pin_memory, loader_workers
 from mmpretrain.encoders import ImageEncoder, load_encoder
 from mmpretrain.errors import ConfigError
 from mmpretrain.fewshot import (
-    EpisodeResult,
     evaluate_episodes,
     get_method,
     log_results_to_wandb,
     plot_accuracy_vs_shots,
     results_table,
-    sample_episodes,
-    split_classes,
 )
-from mmpretrain.fewshot.inputs import ImageInput, LabeledInput, ShardImageInput, StoreInput
+from mmpretrain.fewshot.inputs import LabeledInput
+from mmpretrain.fewshot.records import choose_input, fewshot_record, novel_rows
 from mmpretrain.hub import build_model, load_checkpoint
-from mmpretrain.ssl import LinearProbe, extract_features, knn_accuracy
+from mmpretrain.hub.formats import is_video
+from mmpretrain.ssl import knn_evaluate, linear_evaluate
 
 log = logging.getLogger(__name__)
-
-TASKS = ("knn", "linear", "fewshot", "retrieval", "probe", "predict")
 
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checkpoint's backbone, or the same architecture at (seeded) random init, and its preprocessing."""
     loaded = load_checkpoint(source)
+    if is_video(loaded.config):
+        raise ConfigError(f"encoder={source} is a video–text model; task=knn, linear and fewshot evaluate image "
+                          "backbones: use task=retrieval (data.manifest=...), or extract a store with "
+                          "mmpretrain-extract and evaluate it with task=probe or task=fewshot store=...")
     return build_model(loaded, random_init), loaded.config["preprocessing"]
 
 
@@ -84,71 +88,12 @@ def _fewshot_encoder(cfg: DictConfig, device: str) -> ImageEncoder:
 
 
 def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
-    """Labeled rows from `store=...`, or from `encoder=...` applied to the images in `data.root=...` or in the
-    labelled shards `data.shards=...`."""
-    encoder, store, root, shards = cfg.get("encoder"), cfg.get("store"), cfg.data.get("root"), cfg.data.get("shards")
-    if root and shards:
-        raise ConfigError(f"task=fewshot: give data.root=... or data.shards=..., not both (data.root={root}, "
-                          f"data.shards={shards})")
-    if store:
-        if encoder or root or shards:
-            raise ConfigError(f"task=fewshot: give store=... or encoder=... with data.root=..., not both "
-                             f"(store={store}, encoder={encoder}, data.root={root or shards})")
-        if cfg.random_init:
-            raise ConfigError(f"random_init=true needs encoder=...: store={store} holds fixed embeddings")
-        return StoreInput(store)
-    if not encoder:
-        raise ConfigError("task=fewshot needs encoder=<checkpoint|name|path> with data.root=<labeled folder, file "
-                         "list or manifest>, or store=<embedding store with a label column>")
-    if shards:
-        shards = list(shards) if isinstance(shards, ListConfig) else str(shards)
-        return ShardImageInput(_fewshot_encoder(cfg, device), shards, batch_size=cfg.data.batch_size)
-    if not root:
-        raise ConfigError(f"task=fewshot encoder={encoder} needs data.root=<labeled folder (one subfolder per "
-                         "class), file list or manifest> or data.shards=<labelled shards> holding the images to "
-                         "evaluate on")
-    return ImageInput(_fewshot_encoder(cfg, device), root, batch_size=cfg.data.batch_size)
-
-
-def _novel_rows(cfg: DictConfig, data: LabeledInput, shots: list[int]) -> np.ndarray:
-    """Rows episodes are drawn from (all, or those outside the `n_base` base classes), after checking that they
-    can supply the episodes, so that a bad setting fails before any image is encoded."""
-    novel = np.ones(len(data.labels), dtype=bool)
-    if cfg.n_base is not None:
-        try:
-            novel = split_classes(data.labels, cfg.n_base, seed=cfg.seed)[1]
-        except ValueError as err:
-            raise ConfigError(f"{data.where}: n_base={cfg.n_base}: {err}") from err
-    try:  # the largest shot count is the one the labels may fail to supply
-        sample_episodes(data.labels[novel], cfg.n_way, max(shots), cfg.n_query, episodes=1, seed=cfg.seed)
-    except ValueError as err:
-        raise ConfigError(f"{data.where}: n_way={cfg.n_way} n_shot={shots} n_query={cfg.n_query}: {err}") from err
-    return novel
-
-
-def _fewshot_record(
-    cfg: DictConfig, data: LabeledInput, novel: np.ndarray, results: dict[str, dict[int, EpisodeResult]]
-) -> dict[str, Any]:
-    """What fewshot.json holds: the setting, the classes used, and mean/ci95/std/episodes per method and shot."""
-    summary = ("mean", "ci95", "std", "episodes")
-    return {
-        "task": "fewshot",
-        "source": data.where,
-        "encoder": data.encoder_name,
-        "random_init": bool(cfg.random_init),
-        "n_way": cfg.n_way,
-        "n_query": cfg.n_query,
-        "episodes": cfg.episodes,
-        "seed": cfg.seed,
-        "rows": int(novel.sum()),
-        "classes": len(np.unique(data.labels[novel])),
-        "n_base": cfg.n_base,
-        "base_classes": sorted(map(str, np.unique(data.labels[~novel]))),
-        "results": {
-            method: {str(shot): {key: r.to_dict()[key] for key in summary} for shot, r in by_shot.items()}
-            for method, by_shot in results.items()
-        },
-    }
+    """The labeled rows `store=`, or `encoder=` with `data.root=` / `data.shards=`, name."""
+    shards = cfg.data.get("shards")
+    return choose_input(encoder=cfg.get("encoder"), store=cfg.get("store"), root=cfg.data.get("root"),
+                        shards=list(shards) if isinstance(shards, ListConfig) else shards,
+                        random_init=bool(cfg.random_init), batch_size=cfg.data.batch_size,
+                        make_encoder=lambda: _fewshot_encoder(cfg, device))  # fmt: skip
 
 
 def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -161,7 +106,7 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             raise ConfigError(f"methods={methods}: {err}") from err
     device = _device(cfg.trainer)
     data = _fewshot_input(cfg, device)
-    novel = _novel_rows(cfg, data, shots)
+    novel = novel_rows(data, n_way=cfg.n_way, shots=shots, n_query=cfg.n_query, n_base=cfg.n_base, seed=cfg.seed)
     features = data.features()
     base_features = None if cfg.n_base is None else features[~novel]
     results = {
@@ -178,9 +123,10 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = _fewshot_record(cfg, data, novel, results)
+    settings = {key: cfg[key] for key in ("random_init", "n_way", "n_query", "episodes", "seed", "n_base")}
+    record = fewshot_record(data, novel, results, settings)
     table = results_table(results)
-    (out / "fewshot.json").write_text(json.dumps(record, indent=2))
+    record = write_metrics(out, record, "fewshot.json")
     (out / "fewshot_table.txt").write_text(table + "\n")
     if cfg.plot:
         plot_accuracy_vs_shots(results, out / "fewshot.png")
@@ -226,10 +172,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _write_record(cfg: DictConfig, record: dict[str, Any]) -> None:
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps(record))
+    print(json.dumps(write_metrics(cfg.paths.output_dir, record)))
 
 
 def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -271,13 +214,51 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor),
                         num_workers=loader_workers(cfg.data.num_workers),
                         pin_memory=loader_pin_memory(cfg.data.pin_memory))  # fmt: skip
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_checkpointing=False)
+    check_trainer(cfg.trainer)
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", devices=1, logger=False, enable_checkpointing=False)
     path = Path(cfg.task.output or Path(cfg.paths.output_dir) / "predictions.jsonl")
     count = write_predictions(trainer, module, loader, path, top_k=cfg.task.top_k)
     log.info("wrote %d predictions to %s", count, path)
     _write_record(cfg, {"task": "predict", "encoder": str(cfg.encoder), "manifest": str(cfg.data.manifest),
                         "predictions": str(path), "count": count})  # fmt: skip
     return {"predict/count": float(count)}, {"path": path}
+
+
+def _frozen_backbone(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """kNN or a linear probe of the checkpoint's backbone on a labeled train/val pair; writes metrics.json."""
+    backbone, prep = load_eval_backbone(str(cfg.encoder), bool(cfg.random_init))
+    with open_dict(cfg):  # the checkpoint's preprocessing, shown as such in config.yaml and the loggers
+        cfg.data.image_size, cfg.data.mean, cfg.data.std = prep["image_size"], list(prep["mean"]), list(prep["std"])
+        cfg.data.eval_crop_pct = prep.get("crop_pct", 0.875)
+    log.info("preprocessing of encoder=%s: data.image_size=%s data.eval_crop_pct=%s", cfg.encoder,
+             cfg.data.image_size, cfg.data.eval_crop_pct)  # fmt: skip
+    refresh_config(cfg)
+    datamodule = instantiate(cfg.data, "data")
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log_hyperparameters(cfg, loggers)
+    trainer = None
+    if cfg.task.name == "knn":
+        metrics = knn_evaluate(backbone, datamodule, _device(cfg.trainer), k=cfg.task.k,
+                               temperature=cfg.task.temperature)  # fmt: skip
+        _log_metrics(loggers, metrics)
+    else:
+        check_trainer(cfg.trainer)
+        trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, enable_checkpointing=False)
+        metrics = linear_evaluate(backbone, datamodule, trainer, cfg.task)
+    _write_record(cfg, {"task": cfg.task.name, "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
+                        **metrics})  # fmt: skip
+    return metrics, {"backbone": backbone, "datamodule": datamodule, "trainer": trainer}
+
+
+#: task name -> the function that runs it (lightning-hydra-template's shape: one entry per task config)
+TASKS: dict[str, Callable[[DictConfig], tuple[dict[str, float], dict[str, Any]]]] = {
+    "knn": _frozen_backbone,
+    "linear": _frozen_backbone,
+    "fewshot": _fewshot,
+    "retrieval": _retrieval,
+    "probe": _probe,
+    "predict": _predict,
+}
 
 
 @task_wrapper
@@ -288,54 +269,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     apply_extras(cfg)
     name = cfg.task.name
     if name not in TASKS:
-        raise ConfigError(f"task={name} is not available here; choose one of {TASKS}")
+        raise ConfigError(f"task={name} is not available here; choose one of {tuple(TASKS)}")
     pl.seed_everything(cfg.seed, workers=True)
-    if name == "fewshot":
-        return _fewshot(cfg)
-    if name == "retrieval":
-        return _retrieval(cfg)
-    if name == "probe":
-        return _probe(cfg)
-    if name == "predict":
-        return _predict(cfg)
-    backbone, prep = load_eval_backbone(str(cfg.encoder), bool(cfg.random_init))
-    datamodule = hydra.utils.instantiate(
-        cfg.data,
-        image_size=prep["image_size"],
-        mean=list(prep["mean"]),
-        std=list(prep["std"]),
-        eval_crop_pct=prep.get("crop_pct", 0.875),
-    )
-    loggers = instantiate_loggers(cfg.get("logger"))
-    log_hyperparameters(cfg, loggers)
-    if name == "knn":
-        bank_loader, query_loader = datamodule.eval_loaders()
-        device = _device(cfg.trainer)
-        bank = extract_features(backbone, bank_loader, device, progress="kNN bank (data.train_root)")
-        query = extract_features(backbone, query_loader, device, progress="kNN queries (data.val_root)")
-        scores = knn_accuracy(*bank, *query, k=cfg.task.k, temperature=cfg.task.temperature)
-        metrics = {"knn/top1": scores["top1"], "knn/top5": scores["top5"]}
-        _log_metrics(loggers, metrics)
-    else:
-        model = LinearProbe(
-            backbone,
-            datamodule.num_classes,
-            base_lr=cfg.task.base_lr,
-            lr_ref_batch=cfg.task.lr_ref_batch,
-            momentum=cfg.task.momentum,
-            weight_decay=cfg.task.weight_decay,
-            label_smoothing=cfg.task.label_smoothing,
-        )
-        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
-        trainer.fit(model, datamodule=datamodule)
-        metrics = {f"linear/{k.split('/')[-1]}": float(v) for k, v in trainer.validate(model, datamodule)[0].items()}
-    metrics = {k: float(v) for k, v in metrics.items()}
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"task": name, "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init), **metrics}
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps(record))
-    return metrics, {"backbone": backbone, "datamodule": datamodule, "trainer": trainer if name == "linear" else None}
+    return TASKS[name](cfg)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mmpretrain.conf", config_name="eval.yaml")
@@ -344,7 +280,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's entry; returns `optimized_metric` (knn/linear: top-1; fewshot: the first method at the first K)."""
     metrics, _ = evaluate(cfg)
     print_outputs("mmpretrain-eval", run_outputs(cfg.paths.output_dir))
-    return get_metric_value(metrics, cfg.get("optimized_metric"), required=_in_sweep())
+    return get_metric_value(metrics, cfg.get("optimized_metric"), required=in_sweep())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,10 +12,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
-from mmpretrain.cli.utils import apply_extras, task_wrapper
+from mmpretrain.cli.utils import apply_extras, check_trainer, instantiate, task_wrapper
 from mmpretrain.data import loader_workers
+from mmpretrain.data.sources import describe_labels
 from mmpretrain.encoders import load_encoder
 from mmpretrain.extraction import is_shard_input, read_input, run_extraction, run_shard_extraction
+from mmpretrain.models import coverage_warning
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     apply_extras(cfg)
     video = {"embedding": cfg.get("embedding"), "backend": cfg.get("backend", "decord")}
     encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last, **video)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    check_trainer(cfg.trainer)
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=False, callbacks=[])
     options = {"batch_size": cfg.batch_size, "num_workers": loader_workers(cfg.num_workers), "dtype": cfg.dtype,
                "normalize": cfg.normalize, "max_failure_rate": cfg.max_failure_rate, "overwrite": cfg.overwrite,
                "encoder_source": str(cfg.encoder)}
@@ -42,6 +45,17 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
             log.info("wrote %s", summary)
         return summary
     source = read_input(cfg.input, labels=cfg.labels)
+    if source.kind == "labeled folder":
+        line, warning = describe_labels(source.labels, f"the subfolders of input={cfg.input}")
+        log.info("%s; labels=false to ignore them", line)
+        if warning:
+            log.warning(warning)
+    processor = getattr(encoder, "processor", None)
+    if processor is not None and source.titles:
+        texts = [*source.titles, *(source.ocr or [])]
+        message = coverage_warning(processor.tokenizer, texts, f"the titles and OCR of input={cfg.input}")
+        if message:
+            log.warning(message)
     log.info("extracting %d inputs (%s %s) with %s (dim %d) into %s",
              len(source), source.kind, cfg.input, encoder.name, encoder.embed_dim, cfg.output)
     summary = run_extraction(

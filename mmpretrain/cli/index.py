@@ -23,20 +23,25 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
+from mmpretrain.cli.run_folder import write_metrics
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
 from mmpretrain.embeddings import MANIFEST, StoreError
 from mmpretrain.encoders import Encoder, load_encoder
 from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError, PathExistsError
+from mmpretrain.models import coverage_warning
 from mmpretrain.retrieval import (
     PARAMS_FILE,
     RetrievalIndex,
     build_index_from_store,
     evaluate_index,
     load_index,
+    load_query_embeddings,
     parse_memory,
     plot_recall_qps,
+    resolve_queries,
 )
+from mmpretrain.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,8 @@ COMMANDS = ("build", "search", "eval")
 USAGE = """usage: mmpretrain-index {build|search|eval} key=value ...
   mmpretrain-index build store=<embedding store> output=<index folder> [memory_budget=8GB] [index_key=auto]
   mmpretrain-index search index=<index folder> query=<image|video|folder|[a.jpg,b.jpg]|file.npy> [k=10]
-  mmpretrain-index search index=<index folder> text="a red circle moving left" [k=10] [encoder=...]
+  mmpretrain-index search index=<index folder> --text "a red circle, moving left" [k=10] [encoder=...]
   mmpretrain-index eval index=<index folder> [queries=1000|file.npy] [k=10] [sweep=true]"""
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
 SUPPORTED_QUERIES = ("supported: query=<image or video file, folder of images, list of images or videos, or .npy "
                      "file of embeddings>, or text=<text or [list of texts]> on a store of video (VTC) embeddings")
 
@@ -118,47 +122,6 @@ def _text_items(cfg: DictConfig) -> list[str]:
     return items
 
 
-def _load_npy(path: Path, key: str, dim: int) -> np.ndarray:
-    """Query embeddings from a .npy file (one vector or one row per query), refusing pickles and wrong widths."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ConfigError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
-    array = array[None, :] if array.ndim == 1 else array
-    if array.ndim != 2 or array.shape[1] != dim or not np.issubdtype(array.dtype, np.number):
-        raise ConfigError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
-                         f"{array.dtype}{array.shape}")
-    return array
-
-
-def _resolve_queries(items: list[str], dim: int) -> tuple[np.ndarray | None, list[str], str]:
-    """Embeddings from a lone .npy file (with row names), or None, the files to encode in order and their kind."""
-    images: list[str] = []
-    videos: list[str] = []
-    for item in items:
-        path = Path(item).expanduser()
-        suffix = path.suffix.lower()
-        if not path.exists():
-            raise MissingPathError(f"query={item}: no such file or folder")
-        if path.is_dir():
-            images += scan_images(path, key="query").paths
-        elif suffix == ".npy":
-            if len(items) > 1:
-                raise ConfigError(f"query={item}: a .npy file of embeddings must be the only query")
-            array = _load_npy(path, "query", dim)
-            return array, [f"{path.name}[{row}]" for row in range(len(array))], "embedding"
-        elif suffix in IMAGE_EXTENSIONS:
-            images.append(str(path))
-        elif suffix in VIDEO_EXTENSIONS:
-            videos.append(str(path))
-        else:
-            raise ConfigError(f"query={item}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}), a video "
-                             f"({', '.join(sorted(VIDEO_EXTENSIONS))}) or a .npy file; {SUPPORTED_QUERIES}")
-    if images and videos:
-        raise ConfigError(f"query={items}: mixes images and videos; an index holds one kind, query it with that kind")
-    return None, videos or images, "video" if videos else "image"
-
-
 def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> Encoder:
     """`encoder=` or the store's own encoder, checked to embed `kind` queries into the index's space."""
     _need_store(index, cfg, f"a {kind} query (for the store's encoder and normalization)")
@@ -202,6 +165,9 @@ def _encode(cfg: DictConfig, index: RetrievalIndex, items: list[str], kind: str)
         return encoder.encode_images(items, batch_size=cfg.image_batch_size, normalize=normalize)
     if kind == "video":
         return encoder.encode_videos(items, batch_size=cfg.video_batch_size, normalize=normalize)
+    message = coverage_warning(encoder.processor.tokenizer, items, f"the text queries of {encoder.name}")
+    if message:
+        log.warning(message)
     return encoder.encode_texts(items, normalize=normalize)
 
 
@@ -276,9 +242,12 @@ def _search(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("text"):
         embeddings, names = _encode(cfg, index, items, "text"), items
     else:
-        embeddings, names, kind = _resolve_queries(items, index.dim)
+        queries = resolve_queries(items, index.dim, {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS},
+                                  expand=lambda folder: scan_images(folder, key="query").paths,
+                                  supported=SUPPORTED_QUERIES)  # fmt: skip
+        embeddings, names = queries.embeddings, queries.items
         if embeddings is None:
-            embeddings = _encode(cfg, index, names, kind)
+            embeddings = _encode(cfg, index, names, queries.kind)
     scores, ids = index.search(embeddings, k=cfg.k)
     results = [{"query": name, "hits": hits} for name, hits in zip(names, _hits(index, scores, ids))]
     score_name = "score" if index.metric == "ip" else "distance"
@@ -301,7 +270,7 @@ def _eval_queries(cfg: DictConfig, index: RetrievalIndex) -> np.ndarray:
         raise ConfigError(f"queries={queries}: give a number of store rows to sample or a .npy file of embeddings")
     if not path.is_file():
         raise MissingPathError(f"queries={queries}: no such file")
-    return _load_npy(path, "queries", index.dim)
+    return load_query_embeddings(path, "queries", index.dim)
 
 
 def _eval(cfg: DictConfig) -> dict[str, Any]:
@@ -318,8 +287,7 @@ def _eval(cfg: DictConfig) -> dict[str, Any]:
             record["plot"] = str(plot_recall_qps(result["curve"], out / "recall_qps.png", result["flat_qps"], title))
         else:
             log.warning("index %s (%s) is exact: no nprobe/efSearch to sweep, so no plot", cfg.index, index.index_key)
-    (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    print(json.dumps(write_metrics(out, record, "eval.json")))
     return record
 
 
@@ -351,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     if args[0] in COMMANDS:
         args = [f"command={args[0]}", *args[1:]]
-    run_hydra("mmpretrain-index", "index.yaml", _hydra_main, args)
+    run_hydra("mmpretrain-index", "index.yaml", _hydra_main, args, flags={"--text": "text", "--query": "query"})
 
 
 if __name__ == "__main__":

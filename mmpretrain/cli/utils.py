@@ -17,38 +17,12 @@ import hydra
 import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from mmpretrain.data.sources import IMAGE_EXTENSIONS
+from mmpretrain.cli.run_folder import in_sweep, remove_failed_run, run_folder, write_run_files
 from mmpretrain.errors import ConfigError, MissingPathError, MMPretrainError
 
 log = logging.getLogger(__name__)
-
-
-def _is_labeled_folder(path: Path) -> bool:
-    """One subfolder per class holding images (the ImageFolder layout the kNN monitor reads)."""
-    return path.is_dir() and any(
-        sub.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in sub.iterdir()) for sub in path.iterdir()
-    )
-
-
-def split_beside(root: str | None, split: str) -> str | None:
-    """`<parent of root>/<split>` when that parent holds labeled `train/` and `val/` folders, else None.
-
-    The `mmpretrain.split_beside` resolver: an experiment turns its kNN monitor on for `data.root=<x>/train` with a
-    labeled `<x>/val` beside it (the demo's layout), and off for a user's folder without them, instead of failing on
-    folders the user never named.
-    """
-    if not root:
-        return None
-    parent = Path(str(root)).expanduser().parent
-    if all(_is_labeled_folder(parent / s) for s in ("train", "val")):
-        return str(parent / split)
-    return None
-
-
-if not OmegaConf.has_resolver("mmpretrain.split_beside"):
-    OmegaConf.register_new_resolver("mmpretrain.split_beside", split_beside)
 
 
 def _finish_wandb() -> None:
@@ -61,45 +35,120 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Run a task and always close W&B, even on failure, so a sweep's next trial starts a fresh run.
+_STATE = {"working": False}
+_USER_ERRORS = (MMPretrainError, MissingMandatoryValue, InterpolationToMissingValueError, KeyboardInterrupt)
 
-    The exception itself is left to the entry point (one line for the project's errors, one traceback for the
-    rest); on success the resolved config is logged unless `extras.print_config` already printed it up front.
+
+def work_started() -> None:
+    """Mark that the task's real work began (training's first step): a failure from now on keeps the run folder."""
+    _STATE["working"] = True
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a task with its run record, always close W&B (so a sweep's next trial starts a fresh run), and leave
+    nothing behind when a user's mistake stops it before its work started.
+
+    The run folder gets `run.json` (version, git commit, command line) and the resolved `config.yaml` first; the
+    config is printed only with `extras.print_config=true`, so a run ends with its results. The exception itself
+    is left to the entry point (one line for the project's errors, one traceback for the rest).
     """
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> Any:
+        _STATE["working"] = False
+        folder = run_folder(cfg)
+        if folder is not None:
+            write_run_files(cfg, folder)
+        early_failure = False
         try:
-            result = task(cfg)
-        except Exception as err:
-            if not isinstance(err, MMPretrainError):
+            return task(cfg)
+        except BaseException as err:
+            # a user's mistake (or Ctrl-C) before the work started: nothing to keep; a bug keeps its log
+            early_failure = isinstance(err, _USER_ERRORS) and not _STATE["working"]
+            if isinstance(err, Exception) and not isinstance(err, _USER_ERRORS):
                 log.error("task failed; output dir: %s", cfg.get("paths", {}).get("output_dir"))
             raise
         finally:
             _finish_wandb()
-        if (cfg.get("extras") or {}).get("print_config", False) is None:
-            log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-        return result
+            if early_failure and folder is not None and not in_sweep():
+                remove_failed_run(folder, OmegaConf.select(cfg, "paths.log_dir", default=None))
 
     return wrapped
 
 
 def apply_extras(cfg: DictConfig) -> None:
     """Optional niceties before a task: silence warnings, print the composed config up front
-    (`extras.print_config=true`; the default, null, prints it when the task succeeded)."""
+    (`extras.print_config=true`; by default it is only written into the run folder as `config.yaml`)."""
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if extras.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    quiet_lightning_tips()
+
+
+class _NoTips(logging.Filter):
+    """Drop Lightning's promotional "💡 Tip" lines (litlogger, litmodels)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+_NO_TIPS = _NoTips()
+
+
+def quiet_lightning_tips() -> None:
+    """Silence Lightning's promotional tips on its rank-zero logger (idempotent)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _NO_TIPS not in logger.filters:
+            logger.addFilter(_NO_TIPS)
+
+
+def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(node)`, with the error a constructor raises instead of Hydra's wrapper around it.
+
+    Hydra reports a range check failing in a constructor as `Error in call to target '...': ValueError(...)
+    full_key: ...`; a project error (which names its key already) or a missing mandatory value comes out as itself,
+    and Lightning's `MisconfigurationException` as a ConfigError naming `key`.
+    """
+    from hydra.errors import InstantiationException
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, MMPretrainError | MissingMandatoryValue):
+            raise cause from None
+        if isinstance(cause, MisconfigurationException):
+            raise ConfigError(f"{key}: {cause}") from cause
+        raise
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Refuse a GPU trainer on a machine without one before Lightning does, naming the fix."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu or ddp) needs a CUDA GPU and this machine "
+                          "has none: use trainer=cpu, or trainer.accelerator=auto")
+    if accelerator == "auto" and not torch.cuda.is_available() and isinstance(devices, int) and devices > 1:
+        log.warning("trainer.devices=%d on a machine without a GPU starts %d CPU processes; trainer=cpu runs one",
+                    devices, devices)
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
     """Every `_target_` entry of the callbacks group."""
     if not cfg:
         return []
-    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    entries = [(name, c) for name, c in cfg.items() if isinstance(c, DictConfig) and "_target_" in c]
+    return [instantiate(c, f"callbacks.{name}") for name, c in entries]
 
 
 def wandb_logged_in() -> bool:
@@ -129,7 +178,7 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[pl.loggers.Logger]:
                 log.info("W&B: no login found (or WANDB_MODE=offline); logging offline, sync later with `wandb sync`")
         if entry.get("save_dir"):
             Path(entry.save_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(hydra.utils.instantiate(entry, **kwargs))
+        loggers.append(instantiate(entry, "logger", **kwargs))
     return loggers
 
 
@@ -163,21 +212,12 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str | Path, task_name: str
     return ckpt_path
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every `every_n_epochs` epochs and always when fit ends, so a run shorter than the interval (or
-    stopped by `max_steps`) still leaves the checkpoint its log names and `ckpt_path=last` resumes."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
 def saved_checkpoints(trainer: pl.Trainer) -> list[Path]:
     """Every checkpoint file the trainer's checkpoint callbacks have written and still keep."""
     paths: set[Path] = set()
     for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
+        folder = getattr(callback, "dirpath", None)
+        if folder and Path(folder).is_dir():
             paths.update(Path(callback.dirpath).glob("*.ckpt"))
     return sorted(paths)
 

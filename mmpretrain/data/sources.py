@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,24 @@ def parse_labels(labels: str | bool, key: str) -> str | bool:
         return labels
     raise ConfigError(f"{key}: labels={labels!r} must be true, false or auto")
 
+_SPLIT_LIKE = re.compile(r"^(train(ing)?|val(id(ation)?)?|test(ing)?|dev|eval|holdout|split|batch|part|shard|chunk|"
+                         r"fold|subset|set|images?|data)[-_ ]?\d*$|^(batch|part|shard|chunk|fold|split)[-_ ]?\d+\b",
+                         re.IGNORECASE)  # fmt: skip
+
+
+def describe_labels(labels: list[str], origin: str) -> tuple[str, str | None]:
+    """A line naming the classes an input gave (``3 classes: batch0, batch1, batch2 — labels from subfolders``)
+    and, when most class names look like splits or batches rather than classes, a warning; else None."""
+    classes = sorted(set(labels))
+    shown = ", ".join(classes[:8]) + (f", ... ({len(classes) - 8} more)" if len(classes) > 8 else "")
+    line = f"{len(classes)} classes: {shown} — labels from {origin}"
+    odd = [name for name in classes if _SPLIT_LIKE.match(name)]
+    if not odd or 2 * len(odd) < len(classes):
+        return line, None
+    return line, (f"the class names {odd[:5]} look like splits or batches, not classes: labels from {origin} are "
+                  "probably not what you mean (point at a folder of class subfolders, or set labels=false)")
+
+
 def _read_folder(root: Path, labels: str | bool, key: str) -> InputRows:
     found = scan_images(root, key=key)
     paths = [Path(p) for p in found.paths]
@@ -274,7 +293,8 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
         where = f"{path}:{lineno}"
         image = record.get("image", record.get("path"))
         if not isinstance(image, str) or not image:
-            raise ConfigError(f"{where}: missing 'image' (the image path); keys present: {sorted(record)}")
+            raise ConfigError(f"{where}: missing 'image' (the image path; a video manifest names each file in "
+                              f"'video' on its first record); keys present: {sorted(record)}")
         file = Path(image).expanduser()
         file = file if file.is_absolute() else path.parent / file
         paths.append(str(file.absolute()))
@@ -284,8 +304,8 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
     if not paths:
         raise ConfigError(f"{key}={path}: the manifest lists no images")
     given = [n for n in names if n is not None]
-    if given and len(given) != len(names):
-        raise ConfigError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    if labels is True and len(given) != len(names):  # extraction stores the labels there are (null elsewhere)
+        raise ConfigError(f"{key}={path}: labels=true but only {len(given)} of {len(names)} records have a label")
     if labels is True and not given:
         raise ConfigError(f"{key}={path}: labels=true but no record has a 'label'")
     return InputRows(

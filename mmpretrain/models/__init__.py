@@ -2,6 +2,7 @@
 video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
 from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_has_batchnorm, create_backbone
+from mmpretrain.models.coverage import coverage_warning, unknown_token_share
 from mmpretrain.models.fit import state_fits
 from mmpretrain.models.fusion import (
     FrameTeacher,
@@ -38,6 +39,7 @@ __all__ = [
     "VideoTextFusion",
     "backbone_has_batchnorm",
     "build_video_model",
+    "coverage_warning",
     "create_backbone",
     "create_text_encoder",
     "create_tokenizer",
@@ -53,5 +55,6 @@ __all__ = [
     "tokenizer_from_json",
     "tokenizer_to_json",
     "trained_pooling",
+    "unknown_token_share",
     "video_model_config",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmpretrain._io import atomic_path, read_saved_folder
+from mmpretrain.errors import ConfigError
 
 NPZ_FILE, JSON_FILE = "projection.npz", "projection.json"
 FORMAT_NAME, FORMAT_VERSION = "mmpretrain.projection", 1
@@ -91,16 +92,18 @@ def fit_projection(sample: np.ndarray, dim: int, whiten: bool = False, eps: floa
     covariance is then the identity up to ``eps``, and near-zero axes cannot blow up.
 
     Raises:
-        ValueError: for ``dim`` outside ``1..input_dim`` or a sample too small to give ``dim`` axes variance.
+        ConfigError: for ``dim`` outside ``1..input_dim`` or a sample too small to give ``dim`` axes variance.
     """
     x = np.asarray(sample, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"sample must be (n, d), got shape {x.shape}")
     n, d = x.shape
     if not 1 <= dim <= d:
-        raise ValueError(f"dim={dim} must be between 1 and the input width {d}")
+        raise ConfigError(f"dim={dim} must be between 1 and the input width {d}: choose dim<={d}, or leave dim unset "
+                          "(no projection)")
     if n <= dim:
-        raise ValueError(f"dim={dim} needs more than {dim} rows to fit a PCA; the sample has {n}")
+        raise ConfigError(f"dim={dim} needs more than {dim} rows to fit a PCA; the sample has {n}: choose "
+                          f"dim<={n - 1}, or leave dim unset (no projection)")
     mean = x.mean(axis=0)
     centered = x - mean
     covariance = centered.T @ centered / (n - 1)

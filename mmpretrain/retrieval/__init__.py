@@ -24,8 +24,10 @@ from mmpretrain.retrieval.index import (
     build_index_from_store,
     load_index,
 )
+from mmpretrain.retrieval.queries import Queries, load_query_embeddings, resolve_queries
 
 __all__ = [
+    "Queries",
     "RetrievalIndex",
     "build_index",
     "build_index_from_store",
@@ -34,8 +36,10 @@ __all__ = [
     "evaluate_index",
     "exact_search",
     "load_index",
+    "load_query_embeddings",
     "parse_memory",
     "plot_recall_qps",
     "recall_at_k",
     "recall_qps_curve",
+    "resolve_queries",
 ]

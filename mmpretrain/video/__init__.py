@@ -14,7 +14,8 @@ from mmpretrain.video._lazy import lazy_exports
 
 # The public names, each with the subpackage that exports it: imported on first use, so decoding and the demo
 # generator do not pay for Lightning and transformers.
-_IO = ("BACKENDS", "VideoDecodeError", "VideoInfo", "decode_clip", "probe_video", "make_sampler", "segment_indices",
+_IO = ("BACKENDS", "VIDEO_EXTENSIONS", "VideoDecodeError", "VideoInfo", "decode_clip", "probe_video", "make_sampler",
+       "segment_indices",
        "stride_indices", "VideoRecord", "label_vocab", "read_video_manifest", "tag_vocab", "write_video_manifest",
        "video_input", "shard_record", "video_member",
        "FrameShards", "prepare_frames", "VideoTextDataset", "collate_videos", "VideoCollator", "VideoDataModule")

@@ -5,6 +5,7 @@ from mmpretrain.video._lazy import lazy_exports
 
 _LAZY = {
     "BACKENDS": "decoding",
+    "VIDEO_EXTENSIONS": "decoding",
     "VideoDecodeError": "decoding",
     "VideoInfo": "decoding",
     "decode_clip": "decoding",

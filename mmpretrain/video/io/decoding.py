@@ -48,6 +48,8 @@ except ImportError:  # decord has no wheels for aarch64 or macOS arm; PyAV decod
 log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav", "auto")
+#: file suffixes taken for videos where a path alone must say what it holds (search queries)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
 PYAV_MODES = ("auto", "seek", "full")
 REASONS = ("missing", "empty", "unreadable", "no_video_stream", "truncated", "decode_error")
 

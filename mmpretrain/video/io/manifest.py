@@ -189,8 +189,8 @@ def video_input(path: Path, labels: str | bool, key: str) -> InputRows:
     given = [n for n in names if n is not None]
     if labels is True and not given:
         raise ConfigError(f"{key}={path}: labels=true but no record has a 'label'")
-    if given and len(given) != len(names):
-        raise ConfigError(f"{key}={path}: {len(given)} of {len(names)} records have a label; label every one or none")
+    if labels is True and len(given) != len(names):  # extraction stores the labels there are (null elsewhere)
+        raise ConfigError(f"{key}={path}: labels=true but only {len(given)} of {len(names)} records have a label")
     return InputRows(
         root=path.parent,
         kind="video manifest",
