@@ -342,3 +342,15 @@ def test_save_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path) -> None
     index.save(tmp_path / "idx")
     index.save(tmp_path / "idx")  # replacing an earlier index is fine
     assert (tmp_path / "idx/params.json").is_file()
+
+
+def test_ids_from_a_store_metadata_column_are_accepted_and_a_table_is_named() -> None:
+    """`build_index(X, ids=store.metadata()["id"])` takes the Arrow column as it comes (several chunks included)."""
+    import pyarrow as pa
+
+    X = np.random.default_rng(0).random((5, 8), dtype=np.float32)
+    meta = pa.concat_tables([pa.table({"id": ["a", "b"]}), pa.table({"id": ["c", "d", "e"]})])
+    index = build_index(X, ids=meta["id"], index_key="Flat")
+    assert index.search(X[2:3], 1)[1][0, 0] == "c"
+    with pytest.raises(ValueError, match=r"ids must be one column of ids, e.g. store.metadata\(\)\['id'\]"):
+        build_index(X, ids=meta, index_key="Flat")

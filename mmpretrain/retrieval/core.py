@@ -71,6 +71,8 @@ def as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
     Integer ids stay int64, so ``search`` returns what went in; anything else becomes strings, refused when they
     hold NUL or a line break (which numpy, Arrow or the npy format would not give back exactly).
     """
+    if ids is not None and (hasattr(ids, "column_names") or hasattr(ids, "columns")):  # a whole table
+        raise ValueError("ids must be one column of ids, e.g. store.metadata()['id'], not a whole table")
     given = None if ids is None else np.asarray(ids)
     if given is not None and given.dtype.kind in "iu" and given.ndim == 1:
         out = given.astype(np.int64)
@@ -87,7 +89,8 @@ def as_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
     if out.size:  # int -> str casts reserve 21 characters; keep only what the longest id needs
         out = out.astype(f"<U{max(1, int(np.char.str_len(out).max()))}")
     if out.shape != (n,):
-        raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {out.shape}")
+        raise ValueError(f"ids must be 1-D with one id per vector ({n}: a list, numpy array or pyarrow/pandas "
+                         f"column), got shape {out.shape}")
     unique, counts = np.unique(out, return_counts=True)
     if len(unique) != n:
         raise ValueError(f"ids must be unique; duplicated: {unique[counts > 1][:5].tolist()}")

@@ -1,5 +1,6 @@
-"""Every `mmpretrain-*` command line in README.md composes with the shipped configs (paths aside), and every
-`mmpretrain-hub` line parses: the README cannot name a key, group option or flag the project does not have."""
+"""Every `mmpretrain-*` command line in README.md and docs/*.md composes with the shipped configs (paths aside), and
+every line of a command with its own parser parses: no document can name a key, group option or flag the project
+does not have. `python scripts/<x>.py` lines name scripts that exist."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONFIGS = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
            "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}
 
 
-def readme_commands() -> list[tuple[int, list[str]]]:
-    """(line number, tokens) of each command in the README's shell blocks, continuation lines joined, comments cut."""
+def document_commands(document: Path) -> list[tuple[int, list[str]]]:
+    """(line number, tokens) of each command in a document's shell blocks, continuation lines joined, comments cut."""
     commands, block, pending, start = [], False, "", 0
-    for number, line in enumerate(README.read_text().splitlines(), start=1):
+    for number, line in enumerate(document.read_text().splitlines(), start=1):
         if line.startswith("```"):
             block = line.strip() in ("```bash", "```sh", "```shell")
             continue
@@ -35,7 +37,7 @@ def readme_commands() -> list[tuple[int, list[str]]]:
         text = re.sub(r"<[^<>]*>", "<placeholder>", text)  # `<video ckpt>` is one placeholder, not two arguments
         for part in re.split(r"&&|;", text):
             tokens = shlex.split(part.strip())
-            if tokens and tokens[0] in (*CONFIGS, "mmpretrain-hub"):
+            if tokens and (tokens[0].startswith("mmpretrain-") or tokens[:1] == ["python"]):
                 commands.append((start, tokens))
     return commands
 
@@ -51,32 +53,54 @@ def _override(token: str) -> str | None:
     return f"{key}={value}"
 
 
-COMMANDS = readme_commands()
+COMMANDS = [(doc.relative_to(ROOT).as_posix(), line, tokens) for doc in DOCUMENTS
+            for line, tokens in document_commands(doc)]
 
 
-def test_the_readme_has_commands_of_every_kind() -> None:
-    assert {tokens[0] for _, tokens in COMMANDS} == {*CONFIGS, "mmpretrain-hub"}
+def _console_scripts() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 
 
-@pytest.mark.parametrize(("line", "tokens"), COMMANDS, ids=[f"README:{n}" for n, _ in COMMANDS])
-def test_readme_command_composes(line: int, tokens: list[str]) -> None:
+def test_the_readme_shows_every_console_script() -> None:
+    assert {tokens[0] for doc, _, tokens in COMMANDS if doc == "README.md"} >= _console_scripts()
+
+
+@pytest.mark.parametrize(("doc", "line", "tokens"), COMMANDS, ids=[f"{d}:{n}" for d, n, _ in COMMANDS])
+def test_documented_command_composes(doc: str, line: int, tokens: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from mmpretrain.cli import entry, hub
 
     prog, args = tokens[0], [t for t in tokens[1:] if t != "..."]
+    where = f"{doc}:{line}"
+    if prog == "python":
+        _check_python_line(where, args)
+        return
+    assert prog in _console_scripts(), f"{where}: {prog} is not a console script of the package"
     if prog == "mmpretrain-hub":
         hub._parser().parse_args(args)  # argparse exits on an unknown subcommand or flag
         return
     flags = [a for a in args if a.startswith("-")]
-    assert set(flags) <= {"-m", "--multirun", "--help", "--version"}, f"README:{line}: unknown flags {flags}"
+    assert set(flags) <= {"-m", "--multirun", "--help", "--version"}, f"{where}: unknown flags {flags}"
     args = [a for a in args if not a.startswith("-")]
     if prog == "mmpretrain-index":
-        assert args and args[0] in ("build", "search", "eval"), f"README:{line}: no subcommand"
+        assert args and args[0] in ("build", "search", "eval"), f"{where}: no subcommand"
         args = [f"command={args[0]}", *args[1:]]
     overrides = [o for o in map(_override, entry.quote_factory_strings(args)) if o]
-    assert len(overrides) == len(args), f"README:{line}: arguments that are not key=value: {args}"
+    assert len(overrides) == len(args), f"{where}: arguments that are not key=value: {args}"
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="mmpretrain.conf"):
         compose(CONFIGS[prog], overrides=overrides)
+
+
+def _check_python_line(where: str, args: list[str]) -> None:
+    """`python scripts/x.py ...` names a script of the checkout; `python -m mmpretrain.x` an importable module."""
+    import importlib.util
+
+    if args[:1] == ["-m"]:
+        assert importlib.util.find_spec(args[1]) is not None, f"{where}: no module {args[1]}"
+    elif args and args[0].endswith(".py"):
+        assert (ROOT / args[0]).is_file(), f"{where}: no script {args[0]}"
