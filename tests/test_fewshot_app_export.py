@@ -16,7 +16,14 @@ from test_fewshot_app import RESNET, clusters, images, tiny_checkpoint
 
 from mmpretrain.cli.hub import main as hub_main
 from mmpretrain.errors import ConfigError, DataError
-from mmpretrain.fewshot import FewShotModel, export_classifier, export_encoder, fit_classifier, suggest
+from mmpretrain.fewshot import (
+    FewShotModel,
+    export_classifier,
+    export_encoder,
+    fit_classifier,
+    predict_files,
+    suggest,
+)
 from mmpretrain.fewshot.encoding import open_encoder
 from mmpretrain.fewshot.selection import margins, select
 
@@ -143,3 +150,26 @@ def test_suggest_from_an_embedding_store(tmp_path: Path) -> None:
     write_store(tmp_path / "wide", np.zeros((2, 5), np.float32), {"id": ["a", "b"]}, encoder="other", normalized=False)
     with pytest.raises(ConfigError, match="5-d embeddings"):
         suggest(tmp_path / "clf", tmp_path / "wide", tmp_path / "out")
+
+
+def test_a_classifier_fitted_on_a_normalised_store_reads_normalised_embeddings(tmp_path: Path) -> None:
+    from mmpretrain.embeddings import write_store
+
+    support = images(tmp_path / "support", size=16)
+    files = sorted(str(p) for p in support.glob("*/*.png"))
+    handle = open_encoder("pixels:8", device="cpu")
+    rows = handle.encoder.encode_images(files, normalize=True)
+    labels = [Path(f).parent.name for f in files]
+    write_store(tmp_path / "normed", rows, {"id": files, "path": files, "label": labels}, encoder="pixels:8",
+                normalized=True)
+    model = fit_classifier(tmp_path / "normed", output=tmp_path / "clf")      # the encoder named by the store
+    assert model.normalized and json.loads((tmp_path / "clf/classifier.json").read_text())["normalized"]
+    np.testing.assert_allclose(model.embed(files[:2]), rows[:2], atol=1e-6)
+    from_images = predict_files(tmp_path / "clf", support, tmp_path / "a.jsonl", progress=False)
+    from_store = predict_files(tmp_path / "clf", tmp_path / "normed", tmp_path / "b.jsonl", progress=False)
+    assert from_images["predicted"] == from_store["predicted"] and from_store["count"] == 12
+    raw = rows * 3.0
+    write_store(tmp_path / "raw", raw, {"id": files, "label": labels}, encoder="pixels:8", normalized=False)
+    fit_classifier(tmp_path / "raw", output=tmp_path / "raw_clf")
+    with pytest.raises(ConfigError, match="L2-normalised rows"):
+        predict_files(tmp_path / "raw_clf", tmp_path / "normed", tmp_path / "c.jsonl")

@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,33 +39,64 @@ def _model(classifier: str | os.PathLike | FewShotModel) -> FewShotModel:
     return classifier if isinstance(classifier, FewShotModel) else load_classifier(classifier)
 
 
+def _store_rows(source: Any, model: FewShotModel, key: str) -> tuple[list[str], list[str | None], np.ndarray]:
+    """Ids, paths (None without a ``path`` column) and embeddings of a store, as the classifier reads them.
+
+    Raises:
+        ConfigError: embeddings of another width, or L2-normalised rows for a classifier fitted on raw ones.
+    """
+    from mmpretrain.embeddings import open_store
+
+    store = open_store(source)
+    if store.dim != model.encoder.embed_dim:
+        raise ConfigError(f"{key}={source}: the store holds {store.dim}-d embeddings ({store.encoder}), the "
+                          f"classifier's encoder {model.encoder.name} gives {model.encoder.embed_dim}-d ones")
+    if store.normalized and not model.normalized:
+        raise ConfigError(f"{key}={source}: the store holds L2-normalised rows, the classifier reads raw embeddings "
+                          "(centering comes first); extract the store with normalize=false")
+    meta = store.metadata()
+    ids = [str(i) for i in meta.column("id").to_pylist()]
+    paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
+    embeddings = store.embeddings()
+    if model.normalized and not store.normalized:
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
+    return ids, paths, embeddings
+
+
 def predict_files(classifier: str | os.PathLike | FewShotModel, input: Any, output: str | os.PathLike,
                   top_k: int = 5, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Classify every picture of ``input`` and write one JSON line per picture to ``output`` (atomically).
 
-    Each line: ``{"id", "path", "labels": [{"label", "p"}, ...top_k], "predicted": class or "unknown",
-    "similarity"}``. Returns a summary: ``count``, ``unknown`` and the count per predicted class.
+    ``input`` is a folder, file list, manifest, shards, one picture, a list of pictures, or an embedding store made
+    with the classifier's encoder. Each line: ``{"id", "path", "labels": [{"label", "p"}, ...top_k], "predicted":
+    class or "unknown", "similarity"}``. Returns a summary: ``count``, ``unknown`` and the count per predicted class.
     """
     model = _model(classifier)
     if top_k < 1:
         raise ConfigError(f"top_k={top_k} must be at least 1")
-    rows = read_rows(input)
+    if is_store(input):
+        ids, paths, embeddings = _store_rows(input, model, "input")
+        batches = ((start, embeddings[start:start + batch_size]) for start in range(0, len(ids), batch_size))
+        predict = model.predict_embeddings
+    else:
+        rows = read_rows(input)
+        ids, paths, batches = rows.ids, rows.paths, rows.batches(batch_size)
+        predict = functools.partial(model.predict, batch_size=batch_size)
     output = Path(output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    bar = tqdm(total=len(rows), desc="predict", unit="img", disable=not progress)
+    bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for start, images in rows.batches(batch_size):
-            result = model.predict(images, batch_size=batch_size)
-            end = start + len(images)
-            for record in result.records(rows.ids[start:end], rows.paths[start:end], k=top_k):
+        for start, batch in batches:
+            end = start + len(batch)
+            for record in predict(batch).records(ids[start:end], paths[start:end], k=top_k):
                 out.write(json.dumps(record) + "\n")
                 counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
-            bar.update(len(images))
+            bar.update(len(batch))
     bar.close()
     total = sum(counts.values())
-    if total != len(rows):
-        raise ConfigError(f"{rows.where}: {len(rows)} pictures listed but {total} read (the input changed)")
+    if total != len(ids):
+        raise ConfigError(f"input={input}: {len(ids)} pictures listed but {total} read (the input changed)")
     return {"output": str(output), "count": total, "unknown": counts.get("unknown", 0), "predicted": counts}
 
 
@@ -131,16 +163,7 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     """
     model = _model(classifier)
     if is_store(pool):
-        from mmpretrain.embeddings import open_store
-
-        store = open_store(pool)
-        if store.dim != model.encoder.embed_dim:
-            raise ConfigError(f"pool={pool}: the store holds {store.dim}-d embeddings ({store.encoder}), the "
-                              f"classifier's encoder {model.encoder.name} gives {model.encoder.embed_dim}-d ones")
-        meta = store.metadata()
-        ids = [str(i) for i in meta.column("id").to_pylist()]
-        paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
-        embeddings = store.embeddings()
+        ids, paths, embeddings = _store_rows(pool, model, "pool")
         rows = None
     else:
         rows = read_rows(pool, key="pool")

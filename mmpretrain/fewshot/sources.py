@@ -42,14 +42,16 @@ def is_shards(source: Any) -> bool:
 
 @dataclass
 class Labeled:
-    """A labelled support set: ``features`` (rows, dim) raw float32, one label, id and path (None: from shards or a
-    store without paths) per row, and what the rows came from."""
+    """A labelled support set: ``features`` (rows, dim) float32 (raw, or L2-normalised rows from a store made with
+    ``normalize=true``: ``normalized``), one label, id and path (None: from shards or a store without paths) per
+    row, and what the rows came from."""
 
     features: np.ndarray
     labels: np.ndarray
     ids: list[str]
     paths: list[str | None]
     where: str
+    normalized: bool = False
 
 
 def labeled_support(source: str | os.PathLike, encoder: ImageEncoder | None, key: str = "support",
@@ -74,7 +76,7 @@ def labeled_support(source: str | os.PathLike, encoder: ImageEncoder | None, key
             raise ConfigError(f"{key}={source}: the store holds {features.shape[1]}-d embeddings ({data.encoder_name}) "
                               f"but encoder={encoder.name} gives {encoder.embed_dim}-d ones")
         return Labeled(np.asarray(features, dtype=np.float32), np.asarray(data.labels).astype(str), ids, paths,
-                       data.where)
+                       data.where, bool(data.store.normalized))
     if encoder is None:
         raise ConfigError(f"{key}={source}: images need an encoder=<checkpoint, timm:<model> or pixels>")
     if is_shards(str(source)):
