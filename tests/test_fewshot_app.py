@@ -249,6 +249,7 @@ def test_predict_files_writes_one_line_per_picture(tmp_path: Path) -> None:
     assert sum(line["predicted"] == line["id"].split("/")[0] for line in lines) >= 10
 
 
+@pytest.mark.slow
 def test_console_script_fit_and_predict(tmp_path: Path) -> None:
     support = images(tmp_path / "support")
     run = [str(BIN / "mmpretrain-fewshot")]

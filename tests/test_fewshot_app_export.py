@@ -123,6 +123,8 @@ def test_selection_trades_uncertainty_against_diversity() -> None:
     assert sum(i < 5 for i in order) <= 1                    # diversity: never two of the near-copies
     assert np.all(np.diff(distance) <= 1e-6)                 # k-center: each pick covers less than the one before
     assert margins(np.array([[0.7, 0.2, 0.1]]))[0] == pytest.approx(0.5)
+    order, _ = select(pool, margin, support, n=30, weight=0.0, exclude=np.arange(25) < 3)
+    assert order.tolist() == list(range(3, 25))              # the excluded never, and no more than are left
     with pytest.raises(ConfigError, match=r"weight=2"):
         select(pool, margin, support, weight=2)
 
@@ -136,6 +138,8 @@ def test_suggest_writes_json_lines_and_a_contact_sheet(tmp_path: Path) -> None:
     assert lines == records and [r["rank"] for r in records] == [1, 2, 3, 4, 5]
     assert len({r["id"] for r in records}) == 5 and all(Path(r["path"]).is_file() for r in records)
     assert Image.open(tmp_path / "out/suggest.png").size == (960, 120)
+    again = suggest(tmp_path / "clf", support, tmp_path / "again", n=5, progress=False)
+    assert again == []                                       # every picture of the pool is already labelled
 
 
 def test_suggest_from_an_embedding_store(tmp_path: Path) -> None:

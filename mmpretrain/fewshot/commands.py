@@ -157,6 +157,8 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     Writes ``output/suggest.jsonl`` (``rank``, ``id``, ``path``, ``predicted``, ``margin``, ``distance``, top
     ``labels``) and ``output/suggest.png`` (a contact sheet in the same order), and returns the records.
 
+    Pictures the classifier was fitted on (by path) are never suggested.
+
     Args:
         pool: an unlabelled folder, file list, manifest, shards, or an embedding store made with the classifier's
             encoder.
@@ -178,7 +180,10 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     result = model.predict_embeddings(embeddings)
     margin = margins(result.probabilities)
     clf = model.classifier
-    picked, distance = select(embeddings, margin, clf.support_features.numpy(), n, weight, clf.base_mean.numpy())
+    labelled = {p for p in (model.info.get("support") or {}).get("paths") or [] if p}
+    exclude = np.array([p in labelled for p in paths], dtype=bool)
+    picked, distance = select(embeddings, margin, clf.support_features.numpy(), n, weight, clf.base_mean.numpy(),
+                              exclude)
     tops = result.top(3)
     records = [{"rank": rank + 1, "id": ids[row], "path": paths[row], "predicted": result.predicted[row],
                 "margin": round(float(margin[row]), 6), "distance": round(float(d), 6),

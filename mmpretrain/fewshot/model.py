@@ -424,7 +424,7 @@ def fit_classifier(support: Any, encoder: str | EncoderHandle | None = None, out
 
         features = embed_views(handle.encoder, data.paths, views=views, batch_size=batch_size)
     model = FewShotModel.fit(handle, features, data.labels, method, accept_rate, threshold,
-                             info={"support": {"where": data.where, "rows": len(data.labels)},
+                             info={"support": {"where": data.where, "rows": len(data.labels), "paths": data.paths},
                                    "normalized": data.normalized}, **method_kwargs)
     if output is not None:
         model.save(output, embed_encoder=embed_encoder)
