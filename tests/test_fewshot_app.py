@@ -297,6 +297,8 @@ def test_every_subcommand_through_the_config_on_labelled_shards(tmp_path: Path) 
     assert exp["parity"]["max_difference"] <= 1e-4
     with pytest.raises(ConfigError, match="needs classifier=<classifier folder>"):
         run("command=predict", f"input='{shards}'", "output=x.jsonl")
+    with pytest.raises(MissingPathError, match="shards do not exist"):
+        run("command=fit", f"support={tmp_path}/shards/nope.tar", "encoder=pixels", "output=x")
 
 
 def test_finetune_trains_a_head_that_is_saved_calibrated_and_exported(tmp_path: Path) -> None:
