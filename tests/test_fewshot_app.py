@@ -247,6 +247,13 @@ def test_predict_files_writes_one_line_per_picture(tmp_path: Path) -> None:
     assert set(lines[0]) == {"id", "path", "labels", "predicted", "similarity"} and len(lines[0]["labels"]) == 2
     assert lines[0]["id"] == "class0/0.png" and Path(lines[0]["path"]).is_file()
     assert sum(line["predicted"] == line["id"].split("/")[0] for line in lines) >= 10
+    (support / "class1/broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"1 of 13 pictures could not be read.*broken\.png"):
+        predict_files(tmp_path / "clf", support, tmp_path / "preds.jsonl", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    broken = [line for line in lines if "error" in line]
+    assert len(lines) == 13 and [b["id"] for b in broken] == ["class1/broken.png"]
+    assert "cannot read image" in broken[0]["error"] and "predicted" not in broken[0]
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path, write_text_atomic
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.fewshot.encoding import open_encoder
 from mmpretrain.fewshot.holdout import SHOTS, Estimate, estimate_embeddings
 from mmpretrain.fewshot.model import FewShotModel, load_classifier
@@ -85,19 +85,43 @@ def predict_files(classifier: str | os.PathLike | FewShotModel, input: Any, outp
     output = Path(output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+    failed: list[dict[str, Any]] = []
     bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for start, batch in batches:
             end = start + len(batch)
-            for record in predict(batch).records(ids[start:end], paths[start:end], k=top_k):
+            for record in _batch_records(predict, batch, ids[start:end], paths[start:end], top_k):
                 out.write(json.dumps(record) + "\n")
-                counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
+                if "error" in record:
+                    failed.append(record)
+                else:
+                    counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
             bar.update(len(batch))
     bar.close()
-    total = sum(counts.values())
+    total = sum(counts.values()) + len(failed)
     if total != len(ids):
         raise ConfigError(f"input={input}: {len(ids)} pictures listed but {total} read (the input changed)")
+    if failed:
+        raise DataError(f"input={input}: {len(failed)} of {total} pictures could not be read; their lines in "
+                        f"{output} carry an \"error\" (first: {failed[0]['path']}: {failed[0]['error']})")
     return {"output": str(output), "count": total, "unknown": counts.get("unknown", 0), "predicted": counts}
+
+
+def _batch_records(predict: Any, batch: Any, ids: Sequence[str], paths: Sequence[str | None], k: int,
+                   ) -> list[dict[str, Any]]:
+    """The records of a batch; when a picture cannot be read, the others one by one and an ``error`` record for it
+    (so one damaged file costs its own line, not the run's)."""
+    try:
+        return predict(batch).records(ids, paths, k=k)
+    except ConfigError:
+        records = []
+        for item, item_id, path in zip(batch, ids, paths):
+            try:
+                records += predict([item]).records([item_id], [path], k=k)
+            except ConfigError as err:
+                log.warning("%s: %s", path or item_id, err)
+                records.append({"id": item_id, "path": path, "error": str(err).removeprefix("images[0]: ")})
+        return records
 
 
 def estimate_table(estimates: Sequence[Estimate]) -> str:
