@@ -36,7 +36,7 @@ def tiny_checkpoint(folder: Path, arch: dict, size: int = 32, seed: int = 0) -> 
     """A tiny timm backbone written as an own checkpoint folder (model.safetensors + config), no download."""
     torch.manual_seed(seed)
     model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **arch["kwargs"])
-    preprocessing = {"image_size": size, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3,
+    preprocessing = {"image_size": size, "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3,
                      "std": [0.5] * 3}
     encoder = ImageEncoder(model, preprocessing, f"tiny-{arch['name']}", device="cpu")
     config = {"name": encoder.name, "architecture": arch, "preprocessing": preprocessing}

@@ -33,21 +33,26 @@ VIT = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 
 
 
 def preprocessed(record: dict, pictures: list[np.ndarray]) -> np.ndarray:
-    """The float batch the exported file takes, built from the JSON beside it (resize, crop, scale, normalise)."""
+    """The float batch the exported file takes, built from the JSON beside it as docs/fewshot.md does it."""
     pre = record["preprocessing"]
-    size, resize = pre["center_crop"], pre["resize_short_side"]
     batch = []
     for pixels in pictures:
-        image = Image.fromarray(pixels).resize((resize, resize), Image.Resampling.BILINEAR)
-        left = (resize - size) // 2
-        batch.append(np.asarray(image.crop((left, left, left + size, left + size)), dtype=np.float32) / 255)
-    x = (np.stack(batch) - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        image = Image.fromarray(pixels)
+        short, size, crop = min(image.size), pre["resize_short_side"], pre["center_crop"]
+        w, h = (size, int(size * image.height / short)) if image.width == short else \
+            (int(size * image.width / short), size)
+        image = image.resize((w, h), getattr(Image.Resampling, pre["interpolation"].upper()))
+        left, top = round((w - crop) / 2), round((h - crop) / 2)
+        image = image.crop((left, top, left + crop, top + crop))
+        batch.append((np.asarray(image, np.float32) / 255 - pre["mean"]) / pre["std"])
+    return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def pictures(n: int = 3, size: int = 32) -> list[np.ndarray]:
+    """Random pictures of several shapes (portrait, landscape, square), so resizing and cropping are exercised."""
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(n)]
+    shapes = [(size + 7, size - 3), (size - 5, size + 12), (size, size)]
+    return [rng.integers(0, 256, size=(*shapes[i % 3], 3), dtype=np.uint8) for i in range(n)]
 
 
 @pytest.mark.parametrize("arch", [SWIN, VIT, RESNET], ids=["swin", "vit", "resnet"])
