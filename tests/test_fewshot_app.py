@@ -371,3 +371,17 @@ def test_every_command_in_the_user_guide_composes(tmp_path: Path) -> None:
         assert tokens[0] == "mmpretrain-fewshot" and tokens[1] in COMMANDS, line
         cfg = compose_cfg("fewshot.yaml", [f"command={tokens[1]}", *tokens[2:]], tmp_path)
         assert cfg.command == tokens[1]
+
+
+def test_help_lists_the_subcommands_and_every_key(capsys: pytest.CaptureFixture) -> None:
+    from mmpretrain.cli.entry import task_help
+    from mmpretrain.cli.fewshot import main
+
+    text = task_help("mmpretrain-fewshot", [])
+    assert text.startswith("usage: mmpretrain-fewshot {fit|predict|estimate|suggest|export} key=value")
+    for key in ("support=", "encoder=", "accept_rate=0.95", "classifier=", "pool=", "format=onnx", "views=8"):
+        assert f"  {key}" in text, key
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2 and "no subcommand; choose fit|predict|estimate|suggest|export" in \
+        capsys.readouterr().err
