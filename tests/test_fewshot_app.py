@@ -36,7 +36,7 @@ def tiny_checkpoint(folder: Path, arch: dict, size: int = 32, seed: int = 0) -> 
     """A tiny timm backbone written as an own checkpoint folder (model.safetensors + config), no download."""
     torch.manual_seed(seed)
     model = timm.create_model(arch["name"], pretrained=False, num_classes=0, **arch["kwargs"])
-    preprocessing = {"image_size": size, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3,
+    preprocessing = {"image_size": size, "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3,
                      "std": [0.5] * 3}
     encoder = ImageEncoder(model, preprocessing, f"tiny-{arch['name']}", device="cpu")
     config = {"name": encoder.name, "architecture": arch, "preprocessing": preprocessing}
@@ -247,8 +247,16 @@ def test_predict_files_writes_one_line_per_picture(tmp_path: Path) -> None:
     assert set(lines[0]) == {"id", "path", "labels", "predicted", "similarity"} and len(lines[0]["labels"]) == 2
     assert lines[0]["id"] == "class0/0.png" and Path(lines[0]["path"]).is_file()
     assert sum(line["predicted"] == line["id"].split("/")[0] for line in lines) >= 10
+    (support / "class1/broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"1 of 13 pictures could not be read.*broken\.png"):
+        predict_files(tmp_path / "clf", support, tmp_path / "preds.jsonl", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    broken = [line for line in lines if "error" in line]
+    assert len(lines) == 13 and [b["id"] for b in broken] == ["class1/broken.png"]
+    assert "cannot read image" in broken[0]["error"] and "predicted" not in broken[0]
 
 
+@pytest.mark.slow
 def test_console_script_fit_and_predict(tmp_path: Path) -> None:
     support = images(tmp_path / "support")
     run = [str(BIN / "mmpretrain-fewshot")]
@@ -296,6 +304,8 @@ def test_every_subcommand_through_the_config_on_labelled_shards(tmp_path: Path) 
     assert exp["parity"]["max_difference"] <= 1e-4
     with pytest.raises(ConfigError, match="needs classifier=<classifier folder>"):
         run("command=predict", f"input='{shards}'", "output=x.jsonl")
+    with pytest.raises(MissingPathError, match="shards do not exist"):
+        run("command=fit", f"support={tmp_path}/shards/nope.tar", "encoder=pixels", "output=x")
 
 
 def test_finetune_trains_a_head_that_is_saved_calibrated_and_exported(tmp_path: Path) -> None:
@@ -361,3 +371,17 @@ def test_every_command_in_the_user_guide_composes(tmp_path: Path) -> None:
         assert tokens[0] == "mmpretrain-fewshot" and tokens[1] in COMMANDS, line
         cfg = compose_cfg("fewshot.yaml", [f"command={tokens[1]}", *tokens[2:]], tmp_path)
         assert cfg.command == tokens[1]
+
+
+def test_help_lists_the_subcommands_and_every_key(capsys: pytest.CaptureFixture) -> None:
+    from mmpretrain.cli.entry import task_help
+    from mmpretrain.cli.fewshot import main
+
+    text = task_help("mmpretrain-fewshot", [])
+    assert text.startswith("usage: mmpretrain-fewshot {fit|predict|estimate|suggest|export} key=value")
+    for key in ("support=", "encoder=", "accept_rate=0.95", "classifier=", "pool=", "format=onnx", "views=8"):
+        assert f"  {key}" in text, key
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2 and "no subcommand; choose fit|predict|estimate|suggest|export" in \
+        capsys.readouterr().err

@@ -16,7 +16,14 @@ from test_fewshot_app import RESNET, clusters, images, tiny_checkpoint
 
 from mmpretrain.cli.hub import main as hub_main
 from mmpretrain.errors import ConfigError, DataError
-from mmpretrain.fewshot import FewShotModel, export_classifier, export_encoder, fit_classifier, suggest
+from mmpretrain.fewshot import (
+    FewShotModel,
+    export_classifier,
+    export_encoder,
+    fit_classifier,
+    predict_files,
+    suggest,
+)
 from mmpretrain.fewshot.encoding import open_encoder
 from mmpretrain.fewshot.selection import margins, select
 
@@ -26,21 +33,26 @@ VIT = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 
 
 
 def preprocessed(record: dict, pictures: list[np.ndarray]) -> np.ndarray:
-    """The float batch the exported file takes, built from the JSON beside it (resize, crop, scale, normalise)."""
+    """The float batch the exported file takes, built from the JSON beside it as docs/fewshot.md does it."""
     pre = record["preprocessing"]
-    size, resize = pre["center_crop"], pre["resize_short_side"]
     batch = []
     for pixels in pictures:
-        image = Image.fromarray(pixels).resize((resize, resize), Image.Resampling.BILINEAR)
-        left = (resize - size) // 2
-        batch.append(np.asarray(image.crop((left, left, left + size, left + size)), dtype=np.float32) / 255)
-    x = (np.stack(batch) - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        image = Image.fromarray(pixels)
+        short, size, crop = min(image.size), pre["resize_short_side"], pre["center_crop"]
+        w, h = (size, int(size * image.height / short)) if image.width == short else \
+            (int(size * image.width / short), size)
+        image = image.resize((w, h), getattr(Image.Resampling, pre["interpolation"].upper()))
+        left, top = round((w - crop) / 2), round((h - crop) / 2)
+        image = image.crop((left, top, left + crop, top + crop))
+        batch.append((np.asarray(image, np.float32) / 255 - pre["mean"]) / pre["std"])
+    return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def pictures(n: int = 3, size: int = 32) -> list[np.ndarray]:
+    """Random pictures of several shapes (portrait, landscape, square), so resizing and cropping are exercised."""
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(n)]
+    shapes = [(size + 7, size - 3), (size - 5, size + 12), (size, size)]
+    return [rng.integers(0, 256, size=(*shapes[i % 3], 3), dtype=np.uint8) for i in range(n)]
 
 
 @pytest.mark.parametrize("arch", [SWIN, VIT, RESNET], ids=["swin", "vit", "resnet"])
@@ -116,6 +128,8 @@ def test_selection_trades_uncertainty_against_diversity() -> None:
     assert sum(i < 5 for i in order) <= 1                    # diversity: never two of the near-copies
     assert np.all(np.diff(distance) <= 1e-6)                 # k-center: each pick covers less than the one before
     assert margins(np.array([[0.7, 0.2, 0.1]]))[0] == pytest.approx(0.5)
+    order, _ = select(pool, margin, support, n=30, weight=0.0, exclude=np.arange(25) < 3)
+    assert order.tolist() == list(range(3, 25))              # the excluded never, and no more than are left
     with pytest.raises(ConfigError, match=r"weight=2"):
         select(pool, margin, support, weight=2)
 
@@ -129,6 +143,8 @@ def test_suggest_writes_json_lines_and_a_contact_sheet(tmp_path: Path) -> None:
     assert lines == records and [r["rank"] for r in records] == [1, 2, 3, 4, 5]
     assert len({r["id"] for r in records}) == 5 and all(Path(r["path"]).is_file() for r in records)
     assert Image.open(tmp_path / "out/suggest.png").size == (960, 120)
+    again = suggest(tmp_path / "clf", support, tmp_path / "again", n=5, progress=False)
+    assert again == []                                       # every picture of the pool is already labelled
 
 
 def test_suggest_from_an_embedding_store(tmp_path: Path) -> None:
@@ -143,3 +159,26 @@ def test_suggest_from_an_embedding_store(tmp_path: Path) -> None:
     write_store(tmp_path / "wide", np.zeros((2, 5), np.float32), {"id": ["a", "b"]}, encoder="other", normalized=False)
     with pytest.raises(ConfigError, match="5-d embeddings"):
         suggest(tmp_path / "clf", tmp_path / "wide", tmp_path / "out")
+
+
+def test_a_classifier_fitted_on_a_normalised_store_reads_normalised_embeddings(tmp_path: Path) -> None:
+    from mmpretrain.embeddings import write_store
+
+    support = images(tmp_path / "support", size=16)
+    files = sorted(str(p) for p in support.glob("*/*.png"))
+    handle = open_encoder("pixels:8", device="cpu")
+    rows = handle.encoder.encode_images(files, normalize=True)
+    labels = [Path(f).parent.name for f in files]
+    write_store(tmp_path / "normed", rows, {"id": files, "path": files, "label": labels}, encoder="pixels:8",
+                normalized=True)
+    model = fit_classifier(tmp_path / "normed", output=tmp_path / "clf")      # the encoder named by the store
+    assert model.normalized and json.loads((tmp_path / "clf/classifier.json").read_text())["normalized"]
+    np.testing.assert_allclose(model.embed(files[:2]), rows[:2], atol=1e-6)
+    from_images = predict_files(tmp_path / "clf", support, tmp_path / "a.jsonl", progress=False)
+    from_store = predict_files(tmp_path / "clf", tmp_path / "normed", tmp_path / "b.jsonl", progress=False)
+    assert from_images["predicted"] == from_store["predicted"] and from_store["count"] == 12
+    raw = rows * 3.0
+    write_store(tmp_path / "raw", raw, {"id": files, "label": labels}, encoder="pixels:8", normalized=False)
+    fit_classifier(tmp_path / "raw", output=tmp_path / "raw_clf")
+    with pytest.raises(ConfigError, match="L2-normalised rows"):
+        predict_files(tmp_path / "raw_clf", tmp_path / "normed", tmp_path / "c.jsonl")

@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path, write_text_atomic
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.fewshot.encoding import open_encoder
 from mmpretrain.fewshot.holdout import SHOTS, Estimate, estimate_embeddings
 from mmpretrain.fewshot.model import FewShotModel, load_classifier
@@ -38,34 +39,89 @@ def _model(classifier: str | os.PathLike | FewShotModel) -> FewShotModel:
     return classifier if isinstance(classifier, FewShotModel) else load_classifier(classifier)
 
 
+def _store_rows(source: Any, model: FewShotModel, key: str) -> tuple[list[str], list[str | None], np.ndarray]:
+    """Ids, paths (None without a ``path`` column) and embeddings of a store, as the classifier reads them.
+
+    Raises:
+        ConfigError: embeddings of another width, or L2-normalised rows for a classifier fitted on raw ones.
+    """
+    from mmpretrain.embeddings import open_store
+
+    store = open_store(source)
+    if store.dim != model.encoder.embed_dim:
+        raise ConfigError(f"{key}={source}: the store holds {store.dim}-d embeddings ({store.encoder}), the "
+                          f"classifier's encoder {model.encoder.name} gives {model.encoder.embed_dim}-d ones")
+    if store.normalized and not model.normalized:
+        raise ConfigError(f"{key}={source}: the store holds L2-normalised rows, the classifier reads raw embeddings "
+                          "(centering comes first); extract the store with normalize=false")
+    meta = store.metadata()
+    ids = [str(i) for i in meta.column("id").to_pylist()]
+    paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
+    embeddings = store.embeddings()
+    if model.normalized and not store.normalized:
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
+    return ids, paths, embeddings
+
+
 def predict_files(classifier: str | os.PathLike | FewShotModel, input: Any, output: str | os.PathLike,
                   top_k: int = 5, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Classify every picture of ``input`` and write one JSON line per picture to ``output`` (atomically).
 
-    Each line: ``{"id", "path", "labels": [{"label", "p"}, ...top_k], "predicted": class or "unknown",
-    "similarity"}``. Returns a summary: ``count``, ``unknown`` and the count per predicted class.
+    ``input`` is a folder, file list, manifest, shards, one picture, a list of pictures, or an embedding store made
+    with the classifier's encoder. Each line: ``{"id", "path", "labels": [{"label", "p"}, ...top_k], "predicted":
+    class or "unknown", "similarity"}``. Returns a summary: ``count``, ``unknown`` and the count per predicted class.
     """
     model = _model(classifier)
     if top_k < 1:
         raise ConfigError(f"top_k={top_k} must be at least 1")
-    rows = read_rows(input)
+    if is_store(input):
+        ids, paths, embeddings = _store_rows(input, model, "input")
+        batches = ((start, embeddings[start:start + batch_size]) for start in range(0, len(ids), batch_size))
+        predict = model.predict_embeddings
+    else:
+        rows = read_rows(input)
+        ids, paths, batches = rows.ids, rows.paths, rows.batches(batch_size)
+        predict = functools.partial(model.predict, batch_size=batch_size)
     output = Path(output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    bar = tqdm(total=len(rows), desc="predict", unit="img", disable=not progress)
+    failed: list[dict[str, Any]] = []
+    bar = tqdm(total=len(ids), desc="predict", unit="img", disable=not progress)
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for start, images in rows.batches(batch_size):
-            result = model.predict(images, batch_size=batch_size)
-            end = start + len(images)
-            for record in result.records(rows.ids[start:end], rows.paths[start:end], k=top_k):
+        for start, batch in batches:
+            end = start + len(batch)
+            for record in _batch_records(predict, batch, ids[start:end], paths[start:end], top_k):
                 out.write(json.dumps(record) + "\n")
-                counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
-            bar.update(len(images))
+                if "error" in record:
+                    failed.append(record)
+                else:
+                    counts[record["predicted"]] = counts.get(record["predicted"], 0) + 1
+            bar.update(len(batch))
     bar.close()
-    total = sum(counts.values())
-    if total != len(rows):
-        raise ConfigError(f"{rows.where}: {len(rows)} pictures listed but {total} read (the input changed)")
+    total = sum(counts.values()) + len(failed)
+    if total != len(ids):
+        raise ConfigError(f"input={input}: {len(ids)} pictures listed but {total} read (the input changed)")
+    if failed:
+        raise DataError(f"input={input}: {len(failed)} of {total} pictures could not be read; their lines in "
+                        f"{output} carry an \"error\" (first: {failed[0]['path']}: {failed[0]['error']})")
     return {"output": str(output), "count": total, "unknown": counts.get("unknown", 0), "predicted": counts}
+
+
+def _batch_records(predict: Any, batch: Any, ids: Sequence[str], paths: Sequence[str | None], k: int,
+                   ) -> list[dict[str, Any]]:
+    """The records of a batch; when a picture cannot be read, the others one by one and an ``error`` record for it
+    (so one damaged file costs its own line, not the run's)."""
+    try:
+        return predict(batch).records(ids, paths, k=k)
+    except ConfigError:
+        records = []
+        for item, item_id, path in zip(batch, ids, paths):
+            try:
+                records += predict([item]).records([item_id], [path], k=k)
+            except ConfigError as err:
+                log.warning("%s: %s", path or item_id, err)
+                records.append({"id": item_id, "path": path, "error": str(err).removeprefix("images[0]: ")})
+        return records
 
 
 def estimate_table(estimates: Sequence[Estimate]) -> str:
@@ -125,22 +181,15 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     Writes ``output/suggest.jsonl`` (``rank``, ``id``, ``path``, ``predicted``, ``margin``, ``distance``, top
     ``labels``) and ``output/suggest.png`` (a contact sheet in the same order), and returns the records.
 
+    Pictures the classifier was fitted on (by path) are never suggested.
+
     Args:
         pool: an unlabelled folder, file list, manifest, shards, or an embedding store made with the classifier's
             encoder.
     """
     model = _model(classifier)
     if is_store(pool):
-        from mmpretrain.embeddings import open_store
-
-        store = open_store(pool)
-        if store.dim != model.encoder.embed_dim:
-            raise ConfigError(f"pool={pool}: the store holds {store.dim}-d embeddings ({store.encoder}), the "
-                              f"classifier's encoder {model.encoder.name} gives {model.encoder.embed_dim}-d ones")
-        meta = store.metadata()
-        ids = [str(i) for i in meta.column("id").to_pylist()]
-        paths = meta.column("path").to_pylist() if "path" in meta.column_names else [None] * len(ids)
-        embeddings = store.embeddings()
+        ids, paths, embeddings = _store_rows(pool, model, "pool")
         rows = None
     else:
         rows = read_rows(pool, key="pool")
@@ -155,7 +204,10 @@ def suggest(classifier: str | os.PathLike | FewShotModel, pool: Any, output: str
     result = model.predict_embeddings(embeddings)
     margin = margins(result.probabilities)
     clf = model.classifier
-    picked, distance = select(embeddings, margin, clf.support_features.numpy(), n, weight, clf.base_mean.numpy())
+    labelled = {p for p in (model.info.get("support") or {}).get("paths") or [] if p}
+    exclude = np.array([p in labelled for p in paths], dtype=bool)
+    picked, distance = select(embeddings, margin, clf.support_features.numpy(), n, weight, clf.base_mean.numpy(),
+                              exclude)
     tops = result.top(3)
     records = [{"rank": rank + 1, "id": ids[row], "path": paths[row], "predicted": result.predicted[row],
                 "margin": round(float(margin[row]), 6), "distance": round(float(d), 6),

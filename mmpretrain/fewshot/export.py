@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmpretrain._io import write_text_atomic
@@ -78,12 +79,14 @@ class _Head(nn.Module):
 class _Deployed(nn.Module):
     """Backbone, then the head when there is one: the whole graph that is exported."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, normalize: bool = False) -> None:
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.normalize = backbone, head, normalize
 
     def forward(self, images: torch.Tensor) -> Any:
         features = self.backbone(images)
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
         return features if self.head is None else self.head(features)
 
 
@@ -180,5 +183,5 @@ def export_classifier(classifier: str | os.PathLike | FewShotModel, output: str 
     extra = {"classes": model.classes, "threshold": model.threshold, "unknown": UNKNOWN,
              "rule": "predicted = classes[argmax(probabilities)] if similarity >= threshold else unknown",
              "method": model.method, "temperature": model.temperature}
-    return _export(_Deployed(model.encoder.backbone, _Head(model)), model.handle, output, format,
+    return _export(_Deployed(model.encoder.backbone, _Head(model), model.normalized), model.handle, output, format,
                    ["probabilities", "similarity"], extra, batch, tolerance)

@@ -204,12 +204,19 @@ class FewShotModel:
 
     # ---------------------------------------------------------------------------------------------- predict
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the classifier reads L2-normalised embeddings (fitted on a store of normalised rows)."""
+        return bool(self.info.get("normalized"))
+
     def embed(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
-        """Raw embeddings of pictures (paths, PIL images or uint8 HxWx3 arrays), what the classifier reads."""
-        return self.encoder.encode_images(images, batch_size=batch_size, normalize=False)
+        """Embeddings of pictures (paths, PIL images or uint8 HxWx3 arrays) as the classifier reads them: raw, or
+        L2-normalised when it was fitted on normalised rows (:attr:`normalized`)."""
+        return self.encoder.encode_images(images, batch_size=batch_size, normalize=self.normalized)
 
     def predict_embeddings(self, embeddings: np.ndarray | torch.Tensor) -> Predictions:
-        """Calibrated :class:`Predictions` for (N, D) raw embeddings of this classifier's encoder."""
+        """Calibrated :class:`Predictions` for (N, D) embeddings of this classifier's encoder, as :meth:`embed` gives
+        them (raw, or L2-normalised when :attr:`normalized`)."""
         if self.head is not None:
             from mmpretrain.fewshot.head import head_scores
 
@@ -238,6 +245,7 @@ class FewShotModel:
             "classes": self.classes,
             "counts": {c: int(n) for c, n in zip(self.classes, counts)},
             "embed_dim": int(self.classifier.support_features.shape[1]),
+            "normalized": self.normalized,
             "unknown": UNKNOWN,
             "calibration": self.calibration.to_dict(),
             "encoder": self.info.get("encoder", {"spec": self.handle.spec, "name": self.encoder.name}),
@@ -355,7 +363,7 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device | None
         classifier = FewShotClassifier(config["method"], **config["method_kwargs"])
     classifier.fit(arrays["support"], labels, base_mean=arrays["base_mean"])
     calibration = Calibration(**config["calibration"])
-    info = {key: config.get(key) for key in ("encoder", "support", "estimate", "created")}
+    info = {key: config.get(key) for key in ("encoder", "support", "estimate", "created", "normalized")}
     return FewShotModel(handle, classifier, calibration, info, head)
 
 
@@ -416,7 +424,8 @@ def fit_classifier(support: Any, encoder: str | EncoderHandle | None = None, out
 
         features = embed_views(handle.encoder, data.paths, views=views, batch_size=batch_size)
     model = FewShotModel.fit(handle, features, data.labels, method, accept_rate, threshold,
-                             info={"support": {"where": data.where, "rows": len(data.labels)}}, **method_kwargs)
+                             info={"support": {"where": data.where, "rows": len(data.labels), "paths": data.paths},
+                                   "normalized": data.normalized}, **method_kwargs)
     if output is not None:
         model.save(output, embed_encoder=embed_encoder)
     return model

@@ -35,7 +35,7 @@ def _unit(x: np.ndarray, center: np.ndarray) -> torch.Tensor:
 
 
 def select(pool: np.ndarray, margin: np.ndarray, support: np.ndarray, n: int = 50, weight: float = 0.5,
-           center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           center: np.ndarray | None = None, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``pool`` to label next, in the order picked, and each pick's distance to what was already covered.
 
     Args:
@@ -44,6 +44,7 @@ def select(pool: np.ndarray, margin: np.ndarray, support: np.ndarray, n: int = 5
         n: pictures to pick (at most N).
         weight: share of diversity against uncertainty, in [0, 1] (0: smallest margins first; 1: pure k-center).
         center: CL2N center of the distances (default the support mean), as the classifier uses.
+        exclude: (N,) rows never to pick (pictures already labelled).
     """
     if not 0 <= weight <= 1:
         raise ConfigError(f"weight={weight} must lie in [0, 1]")
@@ -55,8 +56,8 @@ def select(pool: np.ndarray, margin: np.ndarray, support: np.ndarray, n: int = 5
     scale = float(nearest.max().clamp_min(1e-12))
     uncertainty = torch.as_tensor(1 - np.asarray(margin, dtype=np.float32))
     picked, distances = [], []
-    taken = torch.zeros(len(points), dtype=torch.bool)
-    for _ in range(min(n, len(points))):
+    taken = torch.zeros(len(points), dtype=torch.bool) if exclude is None else torch.as_tensor(exclude).bool().clone()
+    for _ in range(min(n, int((~taken).sum()))):
         score = (1 - weight) * uncertainty + weight * nearest / scale
         row = int(score.masked_fill(taken, float("-inf")).argmax())
         picked.append(row)

@@ -21,13 +21,15 @@ from PIL import Image
 from mmpretrain.data.shards import SampleError, expand_shards, read_shard, sample_image
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, read_image_input
 from mmpretrain.embeddings import MANIFEST
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import ConfigError, DataError, MissingPathError
 from mmpretrain.fewshot.inputs import ImageInput, ShardImageInput, StoreInput
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
 
-__all__ = ["ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "open_picture", "read_rows"]
+__all__ = [
+    "ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "open_picture", "read_rows", "shard_urls",
+]
 
 
 def is_store(source: Any) -> bool:
@@ -42,14 +44,16 @@ def is_shards(source: Any) -> bool:
 
 @dataclass
 class Labeled:
-    """A labelled support set: ``features`` (rows, dim) raw float32, one label, id and path (None: from shards or a
-    store without paths) per row, and what the rows came from."""
+    """A labelled support set: ``features`` (rows, dim) float32 (raw, or L2-normalised rows from a store made with
+    ``normalize=true``: ``normalized``), one label, id and path (None: from shards or a store without paths) per
+    row, and what the rows came from."""
 
     features: np.ndarray
     labels: np.ndarray
     ids: list[str]
     paths: list[str | None]
     where: str
+    normalized: bool = False
 
 
 def labeled_support(source: str | os.PathLike, encoder: ImageEncoder | None, key: str = "support",
@@ -74,10 +78,11 @@ def labeled_support(source: str | os.PathLike, encoder: ImageEncoder | None, key
             raise ConfigError(f"{key}={source}: the store holds {features.shape[1]}-d embeddings ({data.encoder_name}) "
                               f"but encoder={encoder.name} gives {encoder.embed_dim}-d ones")
         return Labeled(np.asarray(features, dtype=np.float32), np.asarray(data.labels).astype(str), ids, paths,
-                       data.where)
+                       data.where, bool(data.store.normalized))
     if encoder is None:
         raise ConfigError(f"{key}={source}: images need an encoder=<checkpoint, timm:<model> or pixels>")
     if is_shards(str(source)):
+        shard_urls(str(source), key)  # a missing shard: one line naming it, before any work
         shards = ShardImageInput(encoder, str(source), batch_size=batch_size, key=key)
         return Labeled(shards.features(), shards.labels.astype(str), list(shards.keys), [None] * len(shards.keys),
                        shards.where)
@@ -116,7 +121,6 @@ class ImageRows:
         if batch:
             yield start, batch
 
-
     def pictures(self, rows: Sequence[int]) -> list[Image.Image | None]:
         """The pictures of some rows, in that order (for contact sheets); None where one cannot be read."""
         if not self.shards:
@@ -141,6 +145,16 @@ def open_picture(path: str | None) -> Image.Image | None:
         return None
 
 
+def shard_urls(spec: str, key: str) -> list[str]:
+    """The shards a spec names (see :func:`~mmpretrain.data.shards.expand_shards`), as the project's errors."""
+    try:
+        return expand_shards(spec, key=key)
+    except FileNotFoundError as err:
+        raise MissingPathError(str(err)) from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _shard_samples(urls: Sequence[str], where: str) -> Iterator[dict[str, Any]]:
     for url in urls:
         for raw in read_shard(url):
@@ -159,14 +173,14 @@ def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], key: str 
         paths = [Path(p).expanduser() for p in source]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise ConfigError(f"{key}: {len(missing)} of {len(paths)} files do not exist (first: {missing[0]})")
+            raise MissingPathError(f"{key}: {len(missing)} of {len(paths)} files do not exist (first: {missing[0]})")
         if not paths:
             raise ConfigError(f"{key}: the list of images is empty")
         return ImageRows([p.name for p in paths], [str(p.absolute()) for p in paths], [], f"{key}=[...]")
     if Path(source).suffix.lower() in IMAGE_EXTENSIONS:
         return read_rows([source], key)
     if is_shards(str(source)):
-        urls = expand_shards(str(source), key=key)
+        urls = shard_urls(str(source), key)
         ids = [raw["__key__"] for raw in _shard_samples(urls, f"{key}={source}")]
         if not ids:
             raise ConfigError(f"{key}={source}: the shards hold no samples")
