@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpretrain import __version__
 from mmpretrain.data.shard_writer import image_samples, write_shards
 from mmpretrain.data.sources import labeled_folder, read_file_list, scan_images
 from mmpretrain.errors import MMPretrainError
@@ -65,8 +66,8 @@ def shard_pattern(output: Path, prefix: str, count: int) -> str:
     return str(output / (f"{prefix}-{{000000..{last:06d}}}.tar" if last else f"{prefix}-000000.tar"))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry of ``mmpretrain-shards``: one line per result, a short error line and exit 1 on bad input."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``mmpretrain-shards`` (also what the documentation test checks its examples against)."""
     parser = argparse.ArgumentParser(prog="mmpretrain-shards", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="image folder, file list (.txt) or video manifest (.jsonl/.csv)")
     parser.add_argument("output", type=Path, help="folder for the shards")
@@ -74,7 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
     parser.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard")
     parser.add_argument("--overwrite", action="store_true", help="replace shards with this prefix in OUTPUT")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"mmpretrain-shards {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry of ``mmpretrain-shards``: one line per result, a short error line and exit 1 on bad input."""
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:

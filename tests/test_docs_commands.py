@@ -13,7 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONFIGS = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
-           "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}
+           "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml", "mmpretrain-fewshot": "fewshot.yaml"}
+SUBCOMMANDS = {"mmpretrain-index": ("build", "search", "eval"),
+               "mmpretrain-fewshot": ("fit", "predict", "estimate", "suggest", "export")}
+GENERIC = {"...", "key=value", "[key=value", "...]"}  # a usage line's words for "any keys"
+GROUPS = {"experiment", "task", "trainer", "logger", "callbacks", "debug", "hparams_search", "data", "model"}
+FLAGS = {"mmpretrain-index": {"--text": "text", "--query": "query"}}
 
 
 def document_commands(document: Path) -> list[tuple[int, list[str]]]:
@@ -72,9 +77,11 @@ def test_documented_command_composes(doc: str, line: int, tokens: list[str]) -> 
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from mmpretrain.cli import entry, hub
+    from mmpretrain.cli import hub
+    from mmpretrain.cli.quoting import quote_data_values, take_flags
 
-    prog, args = tokens[0], [t for t in tokens[1:] if t != "..."]
+    # a usage line's `build|search|eval` stands for each subcommand: the first one is checked
+    prog, args = tokens[0], [t.split("|")[0] if "=" not in t else t for t in tokens[1:] if t not in GENERIC]
     where = f"{doc}:{line}"
     if prog == "python":
         _check_python_line(where, args)
@@ -83,13 +90,25 @@ def test_documented_command_composes(doc: str, line: int, tokens: list[str]) -> 
     if prog == "mmpretrain-hub":
         hub._parser().parse_args(args)  # argparse exits on an unknown subcommand or flag
         return
+    if prog == "mmpretrain-shards":
+        from mmpretrain.make_shards import parser
+
+        parser().parse_args(args)
+        return
+    if prog == "mmpretrain-serve":
+        from mmpretrain.serve import ServeConfig
+
+        ServeConfig.from_args([a for a in map(_override, args) if a])
+        return
+    args = take_flags(args, FLAGS.get(prog, {}))
     flags = [a for a in args if a.startswith("-")]
     assert set(flags) <= {"-m", "--multirun", "--help", "--version"}, f"{where}: unknown flags {flags}"
     args = [a for a in args if not a.startswith("-")]
-    if prog == "mmpretrain-index":
-        assert args and args[0] in ("build", "search", "eval"), f"{where}: no subcommand"
+    args = [a for a in args if not (a.partition("=")[0] in GROUPS and "<" in a)]  # `experiment=<name>`: any option
+    if prog in SUBCOMMANDS:
+        assert args and args[0] in SUBCOMMANDS[prog], f"{where}: no subcommand"
         args = [f"command={args[0]}", *args[1:]]
-    overrides = [o for o in map(_override, entry.quote_factory_strings(args)) if o]
+    overrides = [o for o in map(_override, quote_data_values(args)) if o]
     assert len(overrides) == len(args), f"{where}: arguments that are not key=value: {args}"
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="mmpretrain.conf"):

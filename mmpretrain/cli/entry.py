@@ -207,7 +207,6 @@ def override_hint(config_name: str, overrides: Sequence[str]) -> str | None:
 
 
 #: what the README test quotes composed commands with: the same rule as the console scripts
-quote_factory_strings = quote_data_values
 
 
 _CONFIG_FILES = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
