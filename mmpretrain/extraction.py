@@ -474,6 +474,7 @@ def _finalize(
                "input_kind": plan.source.kind, "inputs": total, "failed": failed,
                "preprocessing": encoder.preprocessing, "precision": encoder.dtype,
                "encoder_source": _loadable(encoder_source or encoder.name),
+               "random_init": bool(getattr(encoder, "random_init", False)),
                **({"embedding": encoder.embedding} if isinstance(encoder, VideoEncoder) else {})},
     )  # fmt: skip
     shutil.rmtree(_run_dir(output) / "parts", ignore_errors=True)

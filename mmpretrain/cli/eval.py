@@ -49,7 +49,7 @@ TASKS = ("knn", "linear", "fewshot", "retrieval", "probe", "predict")
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checkpoint's backbone, or the same architecture at (seeded) random init, and its preprocessing."""
-    loaded = load_checkpoint(source)
+    loaded = load_checkpoint(source, random_init=random_init)  # a random timm:<model> fetches nothing
     return build_model(loaded, random_init), loaded.config["preprocessing"]
 
 

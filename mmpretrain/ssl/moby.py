@@ -46,6 +46,8 @@ class MoBY(pl.LightningModule):
         base_lr / lr_ref_batch: 1e-3 per 512 images, scaled by the global batch; so are warmup_start_lr and
             min_lr, as the official code scales them.
         weight_decay / betas: AdamW settings; warmup_epochs of linear warmup, then cosine per step.
+        warmup_fraction: the warmup as a share of all optimizer steps instead (budgeted runs: ``trainer.max_steps``
+            or :class:`~mmpretrain.training.TimeBudget`, whose length in epochs depends on the set's size).
         knn_k / knn_temperature: the weighted-kNN monitor (20, 0.07).
         image_size / mean / std / interpolation / crop_pct: preprocessing, stored so an exported encoder reproduces it.
         init: the checkpoint a continued pretraining starts from, recorded here; `mmpretrain-train` loads it
@@ -69,6 +71,7 @@ class MoBY(pl.LightningModule):
         warmup_start_lr: float = 5e-7,
         min_lr: float = 5e-6,
         warmup_epochs: float = 5,
+        warmup_fraction: float | None = None,
         weight_decay: float = 0.05,
         betas: Sequence[float] = (0.9, 0.999),
         knn_k: int = 20,
@@ -92,6 +95,7 @@ class MoBY(pl.LightningModule):
                      "model.base_lr": base_lr}, 0.0, low_open=True)  # fmt: skip
         check_range({"model.warmup_start_lr": warmup_start_lr, "model.min_lr": min_lr,
                      "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay}, 0.0)  # fmt: skip
+        check_range({"model.warmup_fraction": warmup_fraction}, 0.0, 1.0, high_open=True)
         check_choice(interpolation, INTERPOLATIONS, "model.interpolation")
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone, drop_path_rate, **backbone_kwargs)
@@ -148,9 +152,10 @@ class MoBY(pl.LightningModule):
         return self.backbone(images)
 
     def current_momentum(self) -> float:
-        """EMA momentum at the trainer's global step, so a resumed run continues the schedule."""
+        """EMA momentum at the trainer's global step over its last step (a budget's), so a resumed run continues
+        the schedule."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        return cosine_momentum(self.global_step, int(total), self.hparams.momentum_start, self.hparams.momentum_end)
+        return cosine_momentum(self.global_step, total, self.hparams.momentum_start, self.hparams.momentum_end)
 
     def _encode_views(self, encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One batched pass when the encoder has no BatchNorm (Swin, ViT: identical result, faster), else two."""
@@ -238,7 +243,7 @@ class MoBY(pl.LightningModule):
         lr, start_lr, min_lr = (scaled_lr(x, batch, hp.lr_ref_batch) for x in (hp.base_lr, hp.warmup_start_lr,
                                                                                   hp.min_lr))
         optimizer = self.build_optimizer(lr, str(self.trainer.precision))
-        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr)
+        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr, hp.warmup_fraction)
 
 
 def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
