@@ -18,6 +18,7 @@ from conftest import TINY_SWIN, compose_cfg, tiny_overrides
 from hydra.utils import instantiate
 from PIL import Image
 from safetensors.torch import save_file
+from test_moby_train import _StopAfter
 from torchvision import transforms as T
 
 import mmpretrain
@@ -460,7 +461,7 @@ def test_a_time_budget_measures_its_horizon_stops_in_time_and_resumes_the_same_s
 
     first = _Schedule(_slower_after_8)
     _fit(_timed(demo_root, tmp_path / "split"), first, TimeBudget(0.5, 3, 4, clock=first.clock),
-         _StopAtEpochEnd(12))  # fmt: skip
+         _StopAfter(12))  # fmt: skip
     ckpt = tmp_path / "split/run/checkpoints/last.ckpt"
     cfg = _timed(demo_root, tmp_path / "split")
     cfg.ckpt_path = str(ckpt)
@@ -469,12 +470,3 @@ def test_a_time_budget_measures_its_horizon_stops_in_time_and_resumes_the_same_s
     assert sorted(resumed.rows) == list(range(12, 19)) and objects["trainer"].global_step == 19
     for step, row in resumed.rows.items():
         assert row == (pytest.approx(full.rows[step][0], rel=1e-12), pytest.approx(full.rows[step][1], abs=1e-12))
-
-
-class _StopAtEpochEnd(pl.Callback):
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.global_step >= self.steps:
-            trainer.should_stop = True

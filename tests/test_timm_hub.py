@@ -209,6 +209,7 @@ def test_store_manifests_and_metrics_say_which_weights_made_them(
 
     from mmpretrain.cli.eval import evaluate
     from mmpretrain.cli.extract import extract
+    from mmpretrain.cli.index import index_command
     from mmpretrain.embeddings import open_store
 
     def store(name: str, *extra: str) -> dict:
@@ -223,6 +224,13 @@ def test_store_manifests_and_metrics_say_which_weights_made_them(
 
     monkeypatch.setenv("MMPRETRAIN_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))  # nothing cached: only the random baseline can run
+    index_command(compose_cfg("index.yaml", ["command=build", f"store={tmp_path / 'random'}",
+                                             f"output={tmp_path / 'idx'}"], tmp_path / "build"))  # fmt: skip
+    image = sorted((demo_root / "val").rglob("*.png"))[5]
+    found = index_command(compose_cfg("index.yaml", ["command=search", f"index={tmp_path / 'idx'}", f"query={image}",
+                                                     "k=2"], tmp_path / "search"))  # fmt: skip
+    top = found["results"][0]["hits"][0]  # the query went through the store's random network: it finds itself
+    assert top["path"] == str(image) and top["score"] == pytest.approx(1.0, abs=1e-4)
     common = [f"encoder=timm:{MODEL}", "task=fewshot", f"data.root={demo_root}/val", "n_way=2", "n_shot=1",
               "n_query=2", "episodes=5", "methods=[protonet]", "plot=false", "trainer=cpu"]  # fmt: skip
     evaluate(compose_cfg("eval.yaml", [*common, "random_init=true"], tmp_path / "eval"))
