@@ -207,6 +207,7 @@ class ImageEncoder(_EncoderBase):
         device: where the model runs; ``None`` picks CUDA when present, else the CPU.
         dtype: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast (outputs are always float32).
         channels_last: run the model on channels-last tensors (faster convolutions on recent GPUs and CPUs).
+        random_init: the backbone is an untrained baseline; outputs (embedding stores) record it.
     """
 
     def __init__(
@@ -217,12 +218,14 @@ class ImageEncoder(_EncoderBase):
         device: str | torch.device | None = None,
         dtype: str = "fp32",
         channels_last: bool = False,
+        random_init: bool = False,
     ) -> None:
         missing = [key for key in _REQUIRED_PREPROCESSING if key not in preprocessing]
         if missing:
             raise KeyError(f"encoder {name!r}: preprocessing lacks {missing} (got {sorted(preprocessing)})")
         self.name, self.kind = name, "image"
         self._check_dtype(dtype)
+        self.random_init = random_init
         self.preprocessing = dict(preprocessing)
         self.transform = ImageTransform(
             int(preprocessing["image_size"]),
@@ -557,6 +560,7 @@ def load_encoder(
     progress: bool = True,
     embedding: str | None = None,
     backend: str = "decord",
+    random_init: bool = False,
 ) -> ImageEncoder | VideoEncoder:
     """An :class:`ImageEncoder` or :class:`VideoEncoder` from a registry name, URL, published folder/file or ``.ckpt``.
 
@@ -573,6 +577,8 @@ def load_encoder(
         cache_dir: download cache root.
         progress: show a download progress bar.
         embedding / backend: video models only: ``vtc`` or ``fused`` rows, and the decoding backend.
+        random_init: image encoders: the same architecture at a seeded random init, the baseline a trained encoder
+            is compared with (``timm:<model>`` then fetches nothing); its name and ``random_init`` say so.
 
     Example:
         A plain timm state dict needs ``architecture``; registry names, published models and training checkpoints
@@ -594,14 +600,20 @@ def load_encoder(
     """
     from mmpretrain.hub import build_model, load_checkpoint
 
-    loaded = load_checkpoint(
-        name_or_path_or_url, architecture=architecture, registry=registry, cache_dir=cache_dir, progress=progress
-    )
+    loaded = load_checkpoint(name_or_path_or_url, architecture=architecture, registry=registry, cache_dir=cache_dir,
+                             progress=progress, random_init=random_init)  # fmt: skip
     name = loaded.config.get("name") or str(name_or_path_or_url)
     if loaded.config.get("kind") == "video":
+        if random_init:
+            raise ConfigError(f"{name_or_path_or_url}: random_init=True loads image encoders only; a video model's "
+                              "random baseline is mmpretrain-eval task=retrieval random_init=true")  # fmt: skip
         return VideoEncoder(build_model(loaded), loaded.config, name, device=device, dtype=dtype,
                             embedding=embedding, backend=backend)  # fmt: skip
-    return ImageEncoder(
-        build_model(loaded), loaded.config["preprocessing"], name,
-        device=device, dtype=dtype, channels_last=channels_last,
-    )  # fmt: skip
+    rebuild = random_init and not loaded.config.get("random_init")  # a random timm:<model> is random already
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = build_model(loaded, random_init=rebuild)
+    if random_init and not name.endswith("(random init)"):
+        name = f"{name} (random init)"
+    return ImageEncoder(backbone, loaded.config["preprocessing"], name, device=device, dtype=dtype,
+                        channels_last=channels_last, random_init=random_init)  # fmt: skip

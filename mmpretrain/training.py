@@ -8,8 +8,10 @@ continues them exactly.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Collection, Iterable, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,10 +21,14 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from mmpretrain.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "NO_DECAY_KEYWORDS",
     "RankSeed",
+    "TimeBudget",
     "adamw_kernel",
+    "budget_horizon",
     "check_choice",
     "check_range",
     "gather_unique",
@@ -31,13 +37,14 @@ __all__ = [
     "scaled_lr",
     "warmup_cosine_lr",
     "warmup_cosine_schedule",
+    "warmup_steps",
 ]
 
 
 def warmup_cosine_lr(
     step: int,
-    total_steps: int,
-    warmup_steps: int,
+    total_steps: float,
+    warmup_steps: float,
     base_lr: float,
     warmup_start_lr: float,
     min_lr: float,
@@ -48,7 +55,12 @@ def warmup_cosine_lr(
     index *after* each optimizer step. So step k uses the value at t = k - 1 (step 0 the warmup start): linear from
     `warmup_start_lr` to `base_lr` over the warmup, then `min_lr + (base_lr - min_lr)·(1 + cos(π·t/total))/2` with t
     counted from the first step, warmup included (so the cosine starts a little below `base_lr`).
+
+    ``total_steps`` is ``inf`` while a time budget has not fixed its horizon yet (:class:`TimeBudget`): the lr waits
+    at `warmup_start_lr` for those few calibration steps.
     """
+    if not math.isfinite(total_steps):
+        return warmup_start_lr
     t = max(step - 1, 0)
     if warmup_steps > 0 and t < warmup_steps:
         return warmup_start_lr + (base_lr - warmup_start_lr) * t / warmup_steps
@@ -97,6 +109,19 @@ def adamw_kernel(precision: str | int) -> dict[str, bool]:
     return {"foreach": True} if "mixed" in str(precision) else {"fused": True}
 
 
+def warmup_steps(
+    total_steps: float, steps_per_epoch: int, warmup_epochs: float, warmup_fraction: float | None = None
+) -> float:
+    """Optimizer steps of linear warmup: ``warmup_fraction`` of the whole schedule when given (a budgeted run, whose
+    length in epochs depends on the set's size), else ``warmup_epochs`` epochs.
+
+    Example: ``warmup_steps(5400, 20, 5, 0.0185) == warmup_steps(5400, 20, 5) == 100``.
+    """
+    if warmup_fraction is None:
+        return int(warmup_epochs * steps_per_epoch)
+    return round(warmup_fraction * total_steps) if math.isfinite(total_steps) else math.inf
+
+
 def warmup_cosine_schedule(
     module: pl.LightningModule,
     optimizer: torch.optim.Optimizer,
@@ -104,20 +129,24 @@ def warmup_cosine_schedule(
     min_lr: float,
     warmup_epochs: float,
     warmup_start_lr: float | None = None,
+    warmup_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` return value: per-step linear warmup over ``warmup_epochs``, then cosine.
+    """Lightning's ``configure_optimizers`` return value: per-step linear warmup (see :func:`warmup_steps`), then
+    cosine down to ``min_lr`` at the trainer's last optimizer step.
 
     ``lr`` / ``min_lr`` / ``warmup_start_lr`` are already scaled (see :func:`global_batch`); the warmup starts at
-    ``warmup_start_lr`` (default ``lr / 100``). Every parameter group keeps its own ratio to ``lr``.
+    ``warmup_start_lr`` (default ``lr / 100``). Every parameter group keeps its own ratio to ``lr``. The length is
+    read from the trainer at each step, so a budget (``trainer.max_steps``, or :class:`TimeBudget` fixing it from
+    the measured step time) lays the schedule over itself.
     """
     trainer = module.trainer
-    total_steps = int(trainer.estimated_stepping_batches)
-    accumulate = trainer.accumulate_grad_batches
-    warmup_steps = int(warmup_epochs * max(trainer.num_training_batches // accumulate, 1))
+    steps_per_epoch = max(trainer.num_training_batches // trainer.accumulate_grad_batches, 1)
     start = lr / 100 if warmup_start_lr is None else warmup_start_lr
 
     def factor(step: int) -> float:
-        return warmup_cosine_lr(step, total_steps, warmup_steps, lr, start, min_lr) / lr
+        total = trainer.estimated_stepping_batches
+        warmup = warmup_steps(total, steps_per_epoch, warmup_epochs, warmup_fraction)
+        return warmup_cosine_lr(step, total, warmup, lr, start, min_lr) / lr
 
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}}
 
@@ -194,3 +223,99 @@ class RankSeed(pl.Callback):
         if self.seed is None:
             return
         pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
+
+
+def budget_horizon(step: int, elapsed_s: float, budget_s: float, seconds_per_step: float) -> int:
+    """The last optimizer step a time budget reaches: ``step`` plus the steps the time left holds at the measured
+    rate (at least ``step``: a spent budget ends now).
+
+    Example: 100 steps done in 30 s of a 300 s budget at 0.25 s a step: ``budget_horizon(100, 30, 300, 0.25) == 1180``.
+    """
+    if seconds_per_step <= 0:
+        raise ValueError(f"seconds_per_step={seconds_per_step} must be > 0")
+    return step + max(int((budget_s - elapsed_s) / seconds_per_step), 0)
+
+
+class TimeBudget(pl.Callback):
+    """``budget_minutes=N``: train for N minutes of wall time, with the lr and momentum schedules laid over them.
+
+    The schedules are functions of the step and of the trainer's last step (``trainer.max_steps``), so a time budget
+    becomes a step budget: after ``calibration_steps`` steps (the lr waits at the warmup's start meanwhile) the step
+    time is measured and ``max_steps`` set to the step the budget reaches (:func:`budget_horizon`); every
+    ``every`` steps the estimate is renewed from the mean step time since calibration began (validation,
+    checkpoints and a busier machine included), and the run stops when the budget is spent even if the estimate was
+    short. The time spent, the measurement and the horizon are saved in checkpoints, so a resumed run continues the
+    same schedule with the time left (the time the run was down is not counted). Rank 0 measures and decides; every
+    rank follows it. ``minutes=None`` does nothing (epoch or step limits).
+
+    Example: ``Trainer(max_epochs=-1, callbacks=[TimeBudget(10)])``, or ``mmpretrain-train experiment=moby_small
+    budget_minutes=10``.
+    """
+
+    def __init__(self, minutes: float | None, calibration_steps: int = 20, every: int = 50,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        if minutes is not None and not minutes > 0:
+            raise ConfigError(f"budget_minutes={minutes} must be > 0 (or null: no time budget)")
+        if calibration_steps < 1 or every < 1:
+            raise ConfigError(f"TimeBudget: calibration_steps={calibration_steps} and every={every} must be >= 1")
+        self.budget_s = None if minutes is None else 60.0 * float(minutes)
+        self.calibration_steps, self.every, self.clock = calibration_steps, every, clock
+        self.horizon: int | None = None
+        self.spent_s = 0.0  # before this fit (a resumed run)
+        self.mark: tuple[int, float] | None = None  # (step, seconds spent) where the step time is measured from
+        self._started: float | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of training spent so far, over every fit of the run."""
+        return self.spent_s + (self.clock() - self._started if self._started is not None else 0.0)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.budget_s is None or stage != "fit":
+            return
+        if trainer.max_epochs not in (-1, None) or trainer.max_steps != -1:
+            log.info("budget_minutes=%g replaces trainer.max_epochs=%s and trainer.max_steps=%s", self.budget_s / 60,
+                     trainer.max_epochs, trainer.max_steps)  # fmt: skip
+        trainer.fit_loop.max_epochs = -1
+        trainer.fit_loop.min_epochs = 0
+        trainer.fit_loop.epoch_loop.max_steps = -1  # unknown until measured: the schedules wait at their start
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.budget_s is None:
+            return
+        if self.horizon is not None:  # restored from a checkpoint
+            trainer.fit_loop.epoch_loop.max_steps = self.horizon
+        self._started = self.clock()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.budget_s is None:
+            return
+        step, elapsed = trainer.global_step, self.elapsed()
+        if self.mark is None:  # the first step pays for worker start-up: measure from its end
+            self.mark = (step, elapsed)
+            return
+        measured = step - self.mark[0]
+        horizon = None
+        if elapsed >= self.budget_s:
+            horizon = step
+        elif measured >= self.calibration_steps and (self.horizon is None or measured % self.every == 0):
+            horizon = budget_horizon(step, elapsed, self.budget_s, (elapsed - self.mark[1]) / measured)
+        horizon = trainer.strategy.broadcast(horizon, src=0)
+        if horizon is None or horizon == self.horizon:
+            return
+        if self.horizon is None:
+            log.info("budget_minutes=%g: %.3f s a step, so %d steps; the schedules are laid over them",
+                     self.budget_s / 60, (elapsed - self.mark[1]) / measured, horizon)  # fmt: skip
+        self.horizon = horizon
+        trainer.fit_loop.epoch_loop.max_steps = horizon
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"budget_s": self.budget_s, "horizon": self.horizon, "spent_s": self.elapsed(),
+                "mark": list(self.mark) if self.mark else None}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("budget_s") != self.budget_s:  # another budget on resume: measured again over the new one
+            log.info("budget_minutes changed on resume (%s s -> %s s): the horizon is measured again",
+                     state_dict.get("budget_s"), self.budget_s)  # fmt: skip
+            return
+        self.horizon, self.spent_s = state_dict["horizon"], float(state_dict["spent_s"])
+        self.mark = tuple(state_dict["mark"]) if state_dict.get("mark") else None

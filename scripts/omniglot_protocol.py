@@ -5,12 +5,13 @@ Pretrains `experiment=moby_small` without labels on Greek, Latin and Tagalog (or
 Sanskrit for the pretrained encoder, the same architecture at random init, and raw pixels (the encoder's own
 preprocessing, flattened, written to an embedding store and read back with `store=`). The 20 candidates of an
 episode are characters of one script, drawn by other people than the query, as in Lake et al. (2015). Prints a
-table and one JSON line.
+table and one JSON line (with the pretraining's steps, wall time and CPU time).
 
-    python scripts/omniglot_protocol.py /data/images_background_small2 [--checkpoint last.ckpt] [key=value ...]
+    python scripts/omniglot_protocol.py [/data/images_background_small2] [--checkpoint last.ckpt] [key=value ...]
+    python scripts/omniglot_protocol.py budget_minutes=10          # the vendored drawings, a 10-minute budget
 
-Extra `key=value` arguments go to `mmpretrain-train` (e.g. `trainer=gpu`). The data stays outside the repository:
-unzip `omniglot_background_small2.zip` anywhere.
+Extra `key=value` arguments go to `mmpretrain-train` (e.g. `trainer=gpu`, `trainer.max_steps=2000`). Without a data
+folder the drawings that ship with the package are unpacked under `--out` (:func:`mmpretrain.data.omniglot_folder`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from mmpretrain.data import labeled_folder
+from mmpretrain.data import labeled_folder, omniglot_folder
 from mmpretrain.embeddings import finalize_store, write_shard
 from mmpretrain.encoders import ImageTransform
 from mmpretrain.hub import load_checkpoint
@@ -36,13 +40,18 @@ HELD_OUT = ("Japanese_(katakana)", "Sanskrit")
 QUIET = ["extras.print_config=false"]
 
 
-def _run(args: list[str]) -> None:
+def _run(args: list[str]) -> dict[str, float]:
+    """Run one command; returns its wall and CPU seconds (user + system, its child processes included)."""
     print("$", " ".join(a for a in args if not a.startswith(("extras.", "hydra."))), flush=True)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(args, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-5000:] + done.stderr[-5000:])
         raise SystemExit(f"step failed: {' '.join(args)}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
 
 
 def _value(path: Path) -> str:
@@ -57,17 +66,21 @@ def _alphabet(data: Path, name: str) -> Path:
     return folder
 
 
-def pretrain(data: Path, out: Path, overrides: list[str]) -> Path:
-    """`experiment=moby_small` on the unlabeled images of the three pretraining alphabets; returns last.ckpt."""
+def pretrain(data: Path, out: Path, overrides: list[str]) -> tuple[Path, dict[str, float]]:
+    """`experiment=moby_small` on the unlabeled images of the three pretraining alphabets; returns last.ckpt and
+    the pretraining's optimizer steps, wall and CPU seconds."""
     file_list = out / "pretrain.txt"
     out.mkdir(parents=True, exist_ok=True)
     paths = sorted(str(p) for name in PRETRAIN for p in _alphabet(data, name).rglob("*.png"))
     file_list.write_text("\n".join(paths) + "\n")
     print(f"pretraining on {len(paths)} images of {', '.join(PRETRAIN)}")
-    _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={_value(file_list)}",
-          "logger=csv", f"hydra.run.dir={_value(out / 'train')}", "trainer.enable_progress_bar=false", *QUIET,
-          *overrides])
-    return out / "train/checkpoints/last.ckpt"
+    cost = _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={_value(file_list)}",
+                 "logger=csv", f"hydra.run.dir={_value(out / 'train')}", "trainer.enable_progress_bar=false", *QUIET,
+                 *overrides])
+    ckpt = out / "train/checkpoints/last.ckpt"
+    steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    print(f"pretrained {steps} steps in {cost['wall_s']:.0f} s wall, {cost['cpu_s']:.0f} CPU-s")
+    return ckpt, {"steps": steps, **cost}
 
 
 def pixel_store(checkpoint: Path, folder: Path, out: Path) -> Path:
@@ -97,15 +110,19 @@ def fewshot(source: list[str], folder: Path, out: Path, methods: list[str], epis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the unzipped images_background_small2 folder")
+    parser.add_argument("data", type=Path, nargs="?", default=None,
+                        help="the unzipped images_background_small2 folder (default: the drawings the package ships)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate this MoBY checkpoint, no training")
     parser.add_argument("--out", type=Path, default=Path("logs/omniglot_protocol"))
     parser.add_argument("--methods", default="protonet,simpleshot", help="few-shot methods, comma-separated")
     parser.add_argument("--episodes", type=int, default=1000)
     args, overrides = parser.parse_known_args()
-    data, out = args.data.resolve(), args.out.resolve()
+    if args.data is not None and "=" in str(args.data) and not args.data.exists():  # an override, no data folder
+        overrides, args.data = [str(args.data), *overrides], None
+    out = args.out.resolve()
+    data = args.data.resolve() if args.data else omniglot_folder(out / "omniglot")
     methods = args.methods.split(",")
-    ckpt = args.checkpoint.resolve() if args.checkpoint else pretrain(data, out, overrides)
+    ckpt, cost = (args.checkpoint.resolve(), {}) if args.checkpoint else pretrain(data, out, overrides)
     results: dict[str, dict[str, dict]] = {}
     for alphabet in HELD_OUT:
         folder = _alphabet(data, alphabet)
@@ -131,7 +148,8 @@ def main() -> None:
             summary.setdefault(alphabet, {})[method] = {k: round(v["mean"], 2) for k, v in cells.items()}
             print(f"{alphabet:<22}{method:<12}"
                   + "".join(f"{c['mean']:>9.1f} ± {c['ci95']:.1f}" for c in cells.values()))
-    print(json.dumps({"protocol": "omniglot_small2_20way_1shot", "checkpoint": str(ckpt), "accuracy": summary}))
+    print(json.dumps({"protocol": "omniglot_small2_20way_1shot", "checkpoint": str(ckpt), "overrides": overrides,
+                      "pretraining": cost, "accuracy": summary}))
 
 
 if __name__ == "__main__":

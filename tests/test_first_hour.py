@@ -278,15 +278,15 @@ def test_long_work_shows_progress(tmp_path: Path, capsys) -> None:
 
 
 def test_stock_timm_backbone_is_a_baseline_encoder(demo_root: Path, tmp_path: Path) -> None:
-    """`timm:<model>`: seeded random init when timm's weights are not cached, and through the eval CLI."""
+    """`timm:<model>` at a seeded random init when asked (`random_init`), and through the eval CLI."""
     import torch
     from conftest import compose_cfg
 
     import mmpretrain
     from mmpretrain.cli.eval import evaluate
 
-    first = mmpretrain.load_encoder("timm:test_resnet", device="cpu")
-    again = mmpretrain.load_encoder("timm:test_resnet", device="cpu")
+    first = mmpretrain.load_encoder("timm:test_resnet", device="cpu", random_init=True)
+    again = mmpretrain.load_encoder("timm:test_resnet", device="cpu", random_init=True)
     assert first.name == "timm:test_resnet (random init)" and first.embed_dim == 96
     for a, b in zip(first.backbone.state_dict().values(), again.backbone.state_dict().values()):
         torch.testing.assert_close(a, b)
@@ -294,9 +294,9 @@ def test_stock_timm_backbone_is_a_baseline_encoder(demo_root: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match=r"timm has no model 'test_resnett'; did you mean \['test_resnet'"):
         mmpretrain.load_encoder("timm:test_resnett")
 
-    cfg = compose_cfg("eval.yaml", ["encoder=timm:test_resnet", f"data.train_root={demo_root}/train",
-                                    f"data.val_root={demo_root}/val", "data.num_workers=0", "trainer=cpu",
-                                    "data.batch_size=16"], tmp_path)  # fmt: skip
+    cfg = compose_cfg("eval.yaml", ["encoder=timm:test_resnet", "random_init=true",
+                                    f"data.train_root={demo_root}/train", f"data.val_root={demo_root}/val",
+                                    "data.num_workers=0", "trainer=cpu", "data.batch_size=16"], tmp_path)  # fmt: skip
     metrics, _ = evaluate(cfg)
     assert set(metrics) == {"knn/top1", "knn/top5"} and 0 <= metrics["knn/top1"] <= 100
 

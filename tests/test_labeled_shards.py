@@ -22,7 +22,8 @@ from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.video.io.manifest import label_vocab, read_video_manifest, tag_vocab
 from mmpretrain.video.io.shards import manifest_samples
 
-ENCODER = "encoder=timm:test_resnet"  # a stock timm architecture at seeded random init: no download
+ENCODER = "encoder=timm:test_resnet"  # a stock timm architecture at seeded random init (RANDOM): no download
+RANDOM = "random_init=true"
 
 
 def _make_shards(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -69,8 +70,8 @@ def test_vocabulary_without_shards_json_is_read_from_the_samples(labeled_shards:
 
 def _eval(overrides: list[str], out: Path) -> tuple[dict, dict]:
     loaders = [] if "task=fewshot" in overrides else ["data.num_workers=0"]  # few-shot's data group has no loader
-    return evaluate(compose_cfg("eval.yaml", [ENCODER, *loaders, "trainer=cpu", "data.batch_size=16", *overrides],
-                                out))  # fmt: skip
+    return evaluate(compose_cfg("eval.yaml", [ENCODER, RANDOM, *loaders, "trainer=cpu", "data.batch_size=16",
+                                              *overrides], out))  # fmt: skip
 
 
 def test_knn_from_shards_equals_knn_from_folders(labeled_shards: dict[str, str], demo_root: Path,

@@ -1,10 +1,12 @@
 """MoBY for small data: grayscale-aware views, continued pretraining from checkpoints (official MoBY layout, own
-checkpoints, backbone-only files), seeding per rank, and the moby_small experiment."""
+checkpoints, backbone-only files), seeding per rank, and the moby_small experiment with its step and time budgets."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from conftest import TINY_SWIN, compose_cfg, tiny_overrides
 from hydra.utils import instantiate
 from PIL import Image
 from safetensors.torch import save_file
+from test_moby_train import _StopAfter
 from torchvision import transforms as T
 
 import mmpretrain
@@ -23,7 +26,8 @@ import mmpretrain.hub
 from mmpretrain.cli.train import initialize_model, train
 from mmpretrain.data import SSLImageDataModule, ViewAugment
 from mmpretrain.data.dataset import looks_grayscale
-from mmpretrain.ssl import MoBY
+from mmpretrain.ssl import MoBY, cosine_momentum
+from mmpretrain.training import TimeBudget, budget_horizon, scaled_lr, warmup_cosine_lr, warmup_steps
 
 KW = TINY_SWIN["backbone_kwargs"]
 ARCH = {"name": TINY_SWIN["backbone"], "kwargs": KW}
@@ -359,3 +363,113 @@ def test_ranks_draw_different_drop_path_masks_and_runs_reproduce(demo_root: Path
     assert len(a0) == len(a1) > 0 and any(any(row) for row in a0)
     assert a0 != a1  # rank 1 is seeded seed + 1
     assert (a0, a1) == (b0, b1)  # and the same seed reproduces both ranks
+
+
+def test_budget_schedules_are_pure_functions_of_the_step_and_the_horizon() -> None:
+    assert warmup_steps(5400, 20, 5, 0.0185) == warmup_steps(5400, 20, 5) == 100  # moby_small's 270 epochs
+    assert warmup_steps(1000, 20, 5, 0.1) == 100 and warmup_steps(math.inf, 20, 5, 0.1) == math.inf
+    base, start, end = 1e-3, 1e-5, 1e-6
+    assert {warmup_cosine_lr(k, math.inf, 10, base, start, end) for k in (0, 1, 50, 10**6)} == {start}
+    assert {cosine_momentum(k, math.inf) for k in (0, 7, 10**6)} == {0.99}  # a time budget still measuring
+    assert budget_horizon(100, 30, 300, 0.25) == 1180
+    assert budget_horizon(100, 301, 300, 0.25) == 100  # spent: end now
+    with pytest.raises(ValueError, match="seconds_per_step=0"):
+        budget_horizon(1, 0, 10, 0)
+    for minutes in (0, -5):
+        with pytest.raises(mmpretrain.errors.ConfigError, match=f"budget_minutes={minutes} must be > 0"):
+            TimeBudget(minutes)
+
+
+def test_moby_small_is_a_step_budget_and_budget_minutes_reaches_the_callback(tmp_path: Path) -> None:
+    cfg = compose_cfg("train.yaml", ["experiment=moby_small", f"data.root={tmp_path}"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.trainer.max_steps, cfg.model.warmup_fraction) == (-1, 5400, 0.0185)
+    assert instantiate(cfg.callbacks.time_budget).budget_s is None
+    timed = compose_cfg("train.yaml", ["experiment=moby_small", "budget_minutes=7.5"], tmp_path)
+    assert instantiate(timed.callbacks.time_budget).budget_s == 450
+    demo = compose_cfg("train.yaml", ["experiment=moby_demo"], tmp_path)
+    assert (demo.trainer.max_epochs, demo.trainer.max_steps, demo.model.warmup_fraction) == (60, -1, None)  # by epochs
+
+
+class _Schedule(pl.Callback):
+    """The lr and momentum each optimizer step uses, by global step; a fake clock that the steps advance."""
+
+    def __init__(self, seconds: Callable[[int], float] = lambda step: 1.0, start: float = 0.0) -> None:
+        self.rows: dict[int, tuple[float, float]] = {}
+        self.seconds, self.now = seconds, start
+
+    def clock(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.now += self.seconds(trainer.global_step)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.rows[trainer.global_step] = (lr, pl_module.current_momentum())
+
+
+def _fit(cfg, *callbacks: pl.Callback) -> dict:
+    import mmpretrain.cli.train as train_mod
+
+    original = train_mod.instantiate_callbacks
+    train_mod.instantiate_callbacks = lambda c: [*original(c), *callbacks]
+    try:
+        return train(cfg)[1]
+    finally:
+        train_mod.instantiate_callbacks = original
+
+
+def _lrs(model: MoBY) -> tuple[float, float, float]:
+    hp, batch = model.hparams, model.trainer.train_dataloader.batch_size
+    return tuple(scaled_lr(x, batch, hp.lr_ref_batch) for x in (hp.base_lr, hp.warmup_start_lr, hp.min_lr))
+
+
+def test_a_step_budget_lays_warmup_cosine_and_momentum_over_max_steps(demo_root: Path, tmp_path: Path) -> None:
+    record = _Schedule()
+    overrides = [*tiny_overrides(demo_root), "trainer.max_epochs=-1", "trainer.max_steps=10",
+                 "model.warmup_fraction=0.2", "trainer.check_val_every_n_epoch=100"]  # fmt: skip
+    objects = _fit(compose_cfg("train.yaml", overrides, tmp_path), record)
+    assert objects["trainer"].global_step == 10 and sorted(record.rows) == list(range(10))  # 1.7 epochs of 6 steps
+    base, start, end = _lrs(objects["model"])
+    for step, (lr, momentum) in record.rows.items():
+        assert lr == pytest.approx(warmup_cosine_lr(step, 10, 2, base, start, end), rel=1e-9)
+        assert momentum == pytest.approx(cosine_momentum(step, 10), abs=1e-12)
+
+
+def _timed(demo_root: Path, out: Path) -> object:
+    overrides = [*tiny_overrides(demo_root), "~callbacks.time_budget", "model.warmup_fraction=0.2",
+                 "trainer.check_val_every_n_epoch=100"]  # fmt: skip
+    return compose_cfg("train.yaml", overrides, out)
+
+
+def _slower_after_8(step: int) -> float:
+    return 1.0 if step < 8 else 2.0  # the machine gets busier: the horizon shrinks as it is measured again
+
+
+def test_a_time_budget_measures_its_horizon_stops_in_time_and_resumes_the_same_schedule(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    full = _Schedule(_slower_after_8)
+    budget = TimeBudget(0.5, calibration_steps=3, every=4, clock=full.clock)
+    objects = _fit(_timed(demo_root, tmp_path / "full"), full, budget)
+    # 8 steps of 1 s, then 2 s: the 30 s hold 8 + 11 steps; estimates at steps 4, 5, 9, 13, 17: 30, 30, 26, 21, 19
+    assert objects["trainer"].global_step == budget.horizon == 19 and budget.elapsed() == 30
+    base, start, end = _lrs(objects["model"])
+    for step in range(4):  # before the first estimate (after the 4th batch) the schedules wait at their start
+        assert full.rows[step] == (pytest.approx(start, rel=1e-9), pytest.approx(0.99))
+    # the last estimate (19, after the 17th batch) reaches the momentum of step 17 and, since Lightning steps the lr
+    # scheduler before the batch-end hooks, the lr from step 18 (step 17's lr was set with the estimate before, 21)
+    for step, lr_horizon in ((17, 21), (18, 19)):
+        lr, momentum = full.rows[step]
+        assert lr == pytest.approx(warmup_cosine_lr(step, lr_horizon, 4, base, start, end), rel=1e-9)
+        assert momentum == pytest.approx(cosine_momentum(step, 19), abs=1e-12)
+
+    first = _Schedule(_slower_after_8)
+    _fit(_timed(demo_root, tmp_path / "split"), first, TimeBudget(0.5, 3, 4, clock=first.clock),
+         _StopAfter(12))  # fmt: skip
+    ckpt = tmp_path / "split/run/checkpoints/last.ckpt"
+    cfg = _timed(demo_root, tmp_path / "split")
+    cfg.ckpt_path = str(ckpt)
+    resumed = _Schedule(_slower_after_8, start=1000.0)  # another process, another clock: only spent time counts
+    objects = _fit(cfg, resumed, TimeBudget(0.5, 3, 4, clock=resumed.clock))
+    assert sorted(resumed.rows) == list(range(12, 19)) and objects["trainer"].global_step == 19
+    for step, row in resumed.rows.items():
+        assert row == (pytest.approx(full.rows[step][0], rel=1e-12), pytest.approx(full.rows[step][1], abs=1e-12))

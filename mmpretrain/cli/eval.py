@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def load_eval_backbone(source: str, random_init: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checkpoint's backbone, or the same architecture at (seeded) random init, and its preprocessing."""
-    loaded = load_checkpoint(source)
+    loaded = load_checkpoint(source, random_init=random_init)  # a random timm:<model> fetches nothing
     if is_video(loaded.config):
         raise ConfigError(f"encoder={source} is a video–text model; task=knn, linear and fewshot evaluate image "
                           "backbones: use task=retrieval (data.manifest=...), or extract a store with "

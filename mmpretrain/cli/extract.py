@@ -31,7 +31,8 @@ def extract(cfg: DictConfig) -> dict[str, Any] | None:
     """
     apply_extras(cfg)
     video = {"embedding": cfg.get("embedding"), "backend": cfg.get("backend", "decord")}
-    encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last, **video)
+    encoder = load_encoder(cfg.encoder, device="cpu", dtype=cfg.precision, channels_last=cfg.channels_last,
+                           random_init=bool(cfg.get("random_init", False)), **video)
     check_trainer(cfg.trainer)
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=False, callbacks=[])
     options = {"batch_size": cfg.batch_size, "num_workers": loader_workers(cfg.num_workers), "dtype": cfg.dtype,

@@ -130,8 +130,9 @@ def _store_encoder(cfg: DictConfig, index: RetrievalIndex, kind: str) -> Encoder
     if not cfg.encoder and urllib.parse.urlparse(str(source)).scheme in ("http", "https"):
         raise StoreError(f"{store.root / MANIFEST}: names encoder {source!r}, a URL; a data file does not decide "
                          f"what is downloaded: pass encoder={source} yourself to fetch it")
+    random_init = not cfg.encoder and bool(store.manifest.get("extra", {}).get("random_init"))
     try:
-        encoder = load_encoder(str(source))
+        encoder = load_encoder(str(source), random_init=random_init)  # a random-init store's queries: the same
     except FileNotFoundError as exc:
         if cfg.encoder:
             raise

@@ -1,5 +1,5 @@
 """Image data: sources (folder, file list, labeled folder, WebDataset shards), robust datasets, SSL transforms, demo
-data."""
+data and real handwriting (Omniglot, vendored)."""
 
 from mmpretrain.data.datamodule import (
     LabeledImageDataModule,
@@ -12,6 +12,7 @@ from mmpretrain.data.datamodule import (
 from mmpretrain.data.dataset import ImageDataset, load_rgb
 from mmpretrain.data.demo import DEMO_CLASSES, make_demo_images
 from mmpretrain.data.health import DataHealthMonitor
+from mmpretrain.data.omniglot import OMNIGLOT_ALPHABETS, omniglot_folder
 from mmpretrain.data.records import csv_list, read_records
 from mmpretrain.data.shard_samples import SampleError, ShardError, is_shard_error, read_shard
 from mmpretrain.data.shard_writer import write_shards
@@ -40,6 +41,7 @@ __all__ = [
     "DEMO_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "OMNIGLOT_ALPHABETS",
     "DataHealthMonitor",
     "FrameNormalize",
     "ImageDataset",
@@ -65,6 +67,7 @@ __all__ = [
     "loader_workers",
     "make_demo_images",
     "moby_transform",
+    "omniglot_folder",
     "read_file_list",
     "read_image_input",
     "read_records",

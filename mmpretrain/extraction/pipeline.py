@@ -139,7 +139,8 @@ def _extract(encoder: Encoder, source: RowSource, output: Path, trainer: pl.Trai
             return None
         extra = {**source.manifest(), "preprocessing": encoder.preprocessing, **encoder.settings(),
                  "encoder_source": _loadable(encoder_source or encoder.name),
-                 "weights_sha256": signature["weights_sha256"]}
+                 "weights_sha256": signature["weights_sha256"],
+                 "random_init": bool(getattr(encoder, "random_init", False))}
         store = {"encoder": encoder.name, "dim": encoder.embed_dim, "dtype": dtype, "normalized": normalize,
                  "extra": extra}
         return finish_run(output, source.names, source.unit, max_failure_rate, store)

@@ -90,6 +90,7 @@ def load_checkpoint(
     registry: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    random_init: bool = False,
 ) -> LoadedCheckpoint:
     """Load backbone weights in timm layout, with config, from a registry name, URL, file or published folder.
 
@@ -100,17 +101,19 @@ def load_checkpoint(
 
     Args:
         name_or_path_or_url: registry name, ``http(s)://``/``file://`` URL, ``.pth``/``.ckpt``/``.safetensors``
-            file, a folder written by :func:`publish`, or ``timm:<model>``: a stock timm backbone as a baseline
-            (timm's pretrained weights when they are in the local cache, else a seeded random init; see
-            :mod:`mmpretrain.hub.stock`).
-        architecture: timm name or ``{"name", "kwargs"}`` for files that carry no config.
+            file, a folder written by :func:`publish`, or ``timm:<model>``: timm's pretrained weights, fetched into
+            the Hugging Face cache (see :mod:`mmpretrain.hub.stock`).
+        architecture: timm name or ``{"name", "kwargs"}`` for files that carry no config (and the shape a
+            ``timm:<model>`` of the same name is adapted to).
         registry: an extra registry file.
         cache_dir: download cache root.
         progress: show a download progress bar.
+        random_init: ``timm:<model>`` only: its architecture at a seeded random init, nothing fetched.
     """
     source = str(name_or_path_or_url)
     if is_stock(source):
-        config, state, weights = load_stock(source)
+        config, state, weights = load_stock(source, random_init=random_init, architecture=architecture,
+                                            progress=progress)
         return LoadedCheckpoint(config, state, source, "timm", weights)
     entries = load_registry(registry)
     config: dict[str, Any] | None = None

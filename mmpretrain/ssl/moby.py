@@ -49,6 +49,8 @@ class MoBY(pl.LightningModule):
         warmup_epochs: linear warmup, then cosine per step.
         optimizer: the optimizer without parameters and lr (the recipe's ``model.optimizer`` node with
             ``_partial_: true``; default AdamW, weight decay 0.05, betas (0.9, 0.999)), see :meth:`build_optimizer`.
+        warmup_fraction: the warmup as a share of all optimizer steps instead (budgeted runs: ``trainer.max_steps``
+            or :class:`~mmpretrain.training.TimeBudget`, whose length in epochs depends on the set's size).
         knn_k / knn_temperature: the weighted-kNN monitor (20, 0.07).
         image_size / mean / std / interpolation / crop_pct: preprocessing, stored so an exported encoder reproduces it.
         init: the checkpoint a continued pretraining starts from, recorded here; `mmpretrain-train` loads it
@@ -72,6 +74,7 @@ class MoBY(pl.LightningModule):
         warmup_start_lr: float = 5e-7,
         min_lr: float = 5e-6,
         warmup_epochs: float = 5,
+        warmup_fraction: float | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
@@ -98,6 +101,7 @@ class MoBY(pl.LightningModule):
         check_range({"model.warmup_start_lr": warmup_start_lr, "model.min_lr": min_lr,
                      "model.warmup_epochs": warmup_epochs,
                      "model.optimizer.weight_decay": self.hparams.optimizer.get("weight_decay")}, 0.0)
+        check_range({"model.warmup_fraction": warmup_fraction}, 0.0, 1.0, high_open=True)
         check_choice(interpolation, INTERPOLATIONS, "model.interpolation")
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone, drop_path_rate, **backbone_kwargs)
@@ -154,9 +158,10 @@ class MoBY(pl.LightningModule):
         return self.backbone(images)
 
     def current_momentum(self) -> float:
-        """EMA momentum at the trainer's global step, so a resumed run continues the schedule."""
+        """EMA momentum at the trainer's global step over its last step (a budget's), so a resumed run continues
+        the schedule."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        return cosine_momentum(self.global_step, int(total), self.hparams.momentum_start, self.hparams.momentum_end)
+        return cosine_momentum(self.global_step, total, self.hparams.momentum_start, self.hparams.momentum_end)
 
     def _encode_views(self, encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One batched pass when the encoder has no BatchNorm (Swin, ViT: identical result, faster), else two."""
@@ -248,7 +253,7 @@ class MoBY(pl.LightningModule):
         lr, start_lr, min_lr = (scaled_lr(x, batch, hp.lr_ref_batch) for x in (hp.base_lr, hp.warmup_start_lr,
                                                                                   hp.min_lr))
         optimizer = self.build_optimizer(lr, str(self.trainer.precision))
-        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr)
+        return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs, start_lr, hp.warmup_fraction)
 
 
 def _optimizer_settings(factory: Callable[..., torch.optim.Optimizer]) -> dict[str, Any]:

@@ -8,14 +8,17 @@ import torch
 from torch import nn
 
 
-def cosine_momentum(step: int, total_steps: int, start: float = 0.99, end: float = 1.0) -> float:
+def cosine_momentum(step: int, total_steps: float, start: float = 0.99, end: float = 1.0) -> float:
     """EMA momentum m = end - (end - start)·(cos(π·k/K) + 1)/2, rising from `start` to `end`.
 
     The official MoBY code takes k from a counter that restarts at 0 on resume; here k is the trainer's
-    global step, which is restored from the checkpoint.
+    global step, which is restored from the checkpoint. K is ``inf`` while a time budget is still measuring its
+    horizon: the momentum waits at `start`.
     """
     if total_steps <= 0:
         return end
+    if not math.isfinite(total_steps):
+        return start
     progress = min(max(step, 0), total_steps) / total_steps
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
