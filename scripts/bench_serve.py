@@ -258,12 +258,15 @@ def bench_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return r.status_code == 200 and len(r.json()["hits"]) == 10, None
 
     result = load(send, 1, args.search_seconds, 1.0)
+    floor = load(lambda session, i: (session.get(server.url + "/health", timeout=60).status_code == 200, None), 1,
+                 5.0, 1.0)
     server.stop()
     return {"bench": "serve_search", "vectors": args.vectors, "dim": dim, "index_key": index.index_key,
             "search_params": index.search_params, "k": 10, "build_s": round(build_s, 1),
             "p50_ms": round(result["p50_ms"], 2), "p99_ms": round(result["p99_ms"], 2),
             "in_process_p50_ms": round(percentile(local, 50) * 1000, 2),
-            "in_process_p99_ms": round(percentile(local, 99) * 1000, 2), "requests": result["count"],
+            "in_process_p99_ms": round(percentile(local, 99) * 1000, 2),
+            "health_p50_ms": round(floor["p50_ms"], 2), "requests": result["count"],
             "errors": sum(not ok for ok, _ in result["outcomes"]), "server_rss_mb": round(rss)}
 
 
