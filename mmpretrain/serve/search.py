@@ -63,7 +63,7 @@ class Searcher:
             ids = index.store.ids()
             self._order = np.argsort(ids, kind="stable")
             self._sorted = ids[self._order]
-            self._table = index.store.metadata(["id", *self.columns])
+            self._table = index.store.metadata(["id", *self.columns]).combine_chunks()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache
         self._lock = Lock()
