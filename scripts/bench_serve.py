@@ -6,7 +6,8 @@
   the same searches in-process.
 - ``mixed``: clients sending one bad request in ten (garbage, empty, wrong type, too many pixels, unknown route) for
   a while: no error on a good request, every bad one a 4xx, the server's resident memory before and after.
-- ``litserve``: the same one-image load against a LitServe server running the same encoder (why FastAPI).
+- ``litserve``: the same one-image load against a LitServe server running the same encoder (why FastAPI; needs
+  ``pip install litserve``, else the part says it skipped).
 
 The model is a MoBY Swin-T at 224 px with random weights built from its config (no download; throughput does not
 depend on the weight values), or ``--encoder <any source>``.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -383,7 +385,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds of each throughput run")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--vectors", type=int, default=200_000, help="indexed vectors of the search part")
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="indexed vectors of the search part")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--index-key", default="IVF1024,Flat")
     parser.add_argument("--search-seconds", type=float, default=15.0)
@@ -401,6 +403,8 @@ def main() -> None:
                 result = bench_search(args, root / "search")
             elif part == "mixed":
                 result = bench_mixed(args, encoder, paths)
+            elif importlib.util.find_spec("litserve") is None:
+                result = {"bench": "serve_framework", "skipped": "LitServe is not installed: pip install litserve"}
             else:
                 result = bench_litserve(args, encoder, paths)
             print(json.dumps(result), flush=True)
