@@ -6,7 +6,8 @@
   the same searches in-process.
 - ``mixed``: clients sending one bad request in ten (garbage, empty, wrong type, too many pixels, unknown route) for
   a while: no error on a good request, every bad one a 4xx, the server's resident memory before and after.
-- ``litserve``: the same one-image load against a LitServe server running the same encoder (why FastAPI).
+- ``litserve``: the same one-image load against a LitServe server running the same encoder (why FastAPI; needs
+  ``pip install litserve``, else the part says it skipped).
 
 The model is a MoBY Swin-T at 224 px with random weights built from its config (no download; throughput does not
 depend on the weight values), or ``--encoder <any source>``.
@@ -20,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import importlib.util
 import io
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,22 +95,24 @@ class Server:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.url = url
         deadline = time.monotonic() + timeout
-        lines = []
+        lines, ready = [], False
         for line in self.process.stderr:
             lines.append(line)
             if ready_word in line:
+                ready = True
                 if self.url is None:
                     self.url = line.split("listening on ", 1)[1].split()[0]
                 break
             if time.monotonic() > deadline:
                 break
-        if self.process.poll() is not None or self.url is None:
+        if not ready:
+            self.process.kill()
             raise SystemExit("server did not start:\n" + "".join(lines[-20:]))
         threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
         self._wait_healthy(deadline)
 
     def _wait_healthy(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 if requests.get(self.url + "/health", timeout=5).status_code == 200:
                     return
@@ -116,8 +122,14 @@ class Server:
         raise SystemExit(f"{self.url}/health never answered")
 
     def stop(self) -> int:
+        """SIGTERM, then make sure no worker process it spawned outlives it."""
+        children = _children(self.process.pid)
         self.process.terminate()
-        return self.process.wait(120)
+        code = self.process.wait(120)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return code
 
 
 def serve(encoder: str, *args: str) -> Server:
@@ -154,17 +166,15 @@ def load(send: Callable[[requests.Session, int], tuple[bool, Any]], clients: int
             "p99_ms": percentile(latencies, 99) * 1000, "outcomes": outcomes}
 
 
-def offline_rate(encoder_source: str, paths: list[Path], batch: int, seconds: float) -> float:
-    """Images per second of ``encode_images`` on the files (decoding included), in batches of ``batch``."""
-    from mmpretrain import load_encoder
-
-    encoder = load_encoder(encoder_source, device="cpu", progress=False)
+def offline_rate(encoder: Any, paths: list[Path], batch: int, seconds: float) -> tuple[float, float]:
+    """Images per wall second and per CPU second of ``encode_images`` on the files (decoding included), in batches
+    of ``batch``."""
     encoder.encode_images(paths[:batch], batch_size=batch)  # warm-up
-    done, tic = 0, time.perf_counter()
+    done, tic, cpu = 0, time.perf_counter(), own_cpu_seconds()
     while time.perf_counter() - tic < seconds:
-        encoder.encode_images(paths[:batch], batch_size=batch)
+        encoder.encode_images([paths[(done + j) % len(paths)] for j in range(batch)], batch_size=batch)
         done += batch
-    return done / (time.perf_counter() - tic)
+    return done / (time.perf_counter() - tic), done / (own_cpu_seconds() - cpu)
 
 
 def images(root: Path, count: int = 64) -> list[Path]:
@@ -175,9 +185,12 @@ def images(root: Path, count: int = 64) -> list[Path]:
 
 
 def bench_embed(args: argparse.Namespace, encoder: str, paths: list[Path]) -> dict[str, Any]:
-    offline_cpu = own_cpu_seconds()
-    offline = offline_rate(encoder, paths, args.max_batch, args.seconds)
-    offline_cpu = own_cpu_seconds() - offline_cpu
+    """Offline, served, offline again: the offline figure is the mean of the two runs around the served one, so a
+    change in the machine's load during the run falls on both sides alike."""
+    from mmpretrain import load_encoder
+
+    model = load_encoder(encoder, device="cpu", progress=False)
+    before = offline_rate(model, paths, args.max_batch, args.seconds)
     blobs = [p.read_bytes() for p in paths]
     server = serve(encoder, f"max_batch={args.max_batch}", f"max_wait_ms={args.max_wait_ms}")
     cpu0, own0 = cpu_seconds(server.process.pid), own_cpu_seconds()
@@ -190,17 +203,22 @@ def bench_embed(args: argparse.Namespace, encoder: str, paths: list[Path]) -> di
     served_cpu, client_cpu = cpu_seconds(server.process.pid) - cpu0, own_cpu_seconds() - own0
     metrics = requests.get(server.url + "/metrics", timeout=30).text
     server.stop()
-    batches = [line for line in metrics.splitlines() if line.startswith("mmpretrain_serve_batch_size_")]
-    count = float(next(v.split()[-1] for v in batches if v.startswith("mmpretrain_serve_batch_size_count")))
-    total = float(next(v.split()[-1] for v in batches if v.startswith("mmpretrain_serve_batch_size_sum")))
+    after = offline_rate(model, paths, args.max_batch, args.seconds)
+    offline, offline_per_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    samples = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("mmpretrain_serve_batch_size_")}
+    mean_batch = samples["mmpretrain_serve_batch_size_sum"] / max(samples["mmpretrain_serve_batch_size_count"], 1)
     ratio = result["rate"] / offline
+    # served images per CPU-second of the server (warm-up included, so this slightly understates the server)
+    per_cpu = (result["count"] + result["rate"] * args.warmup) / served_cpu if served_cpu else float("nan")
     return {"bench": "serve_embed", "clients": args.clients, "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "served_img_s": round(result["rate"], 2),
-            "offline_img_s": round(offline, 2), "ratio": round(ratio, 3), "p50_ms": round(result["p50_ms"], 1),
-            "p99_ms": round(result["p99_ms"], 1), "mean_batch": round(total / max(count, 1), 2),
-            "errors": sum(not ok for ok, _ in result["outcomes"]), "requests": result["count"],
-            "server_cpu_s": round(served_cpu, 1), "client_cpu_s": round(client_cpu, 1),
-            "offline_cpu_s": round(offline_cpu, 1), "seconds": args.seconds,
+            "offline_img_s": round(offline, 2), "offline_img_s_before_after": [round(before[0], 2), round(after[0], 2)],
+            "ratio": round(ratio, 3), "p50_ms": round(result["p50_ms"], 1), "p99_ms": round(result["p99_ms"], 1),
+            "mean_batch": round(mean_batch, 2), "errors": sum(not ok for ok, _ in result["outcomes"]),
+            "requests": result["count"], "served_img_per_cpu_s": round(per_cpu, 2),
+            "offline_img_per_cpu_s": round(offline_per_cpu, 2), "cpu_ratio": round(per_cpu / offline_per_cpu, 3),
+            "server_cpu_s": round(served_cpu, 1), "client_cpu_s": round(client_cpu, 1), "seconds": args.seconds,
             "meets_target": bool(ratio >= TARGET_RATIO) if args.clients >= args.max_batch else None}
 
 
@@ -242,12 +260,15 @@ def bench_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return r.status_code == 200 and len(r.json()["hits"]) == 10, None
 
     result = load(send, 1, args.search_seconds, 1.0)
+    floor = load(lambda session, i: (session.get(server.url + "/health", timeout=60).status_code == 200, None), 1,
+                 5.0, 1.0)
     server.stop()
     return {"bench": "serve_search", "vectors": args.vectors, "dim": dim, "index_key": index.index_key,
             "search_params": index.search_params, "k": 10, "build_s": round(build_s, 1),
             "p50_ms": round(result["p50_ms"], 2), "p99_ms": round(result["p99_ms"], 2),
             "in_process_p50_ms": round(percentile(local, 50) * 1000, 2),
-            "in_process_p99_ms": round(percentile(local, 99) * 1000, 2), "requests": result["count"],
+            "in_process_p99_ms": round(percentile(local, 99) * 1000, 2),
+            "health_p50_ms": round(floor["p50_ms"], 2), "requests": result["count"],
             "errors": sum(not ok for ok, _ in result["outcomes"]), "server_rss_mb": round(rss)}
 
 
@@ -298,41 +319,6 @@ def bench_mixed(args: argparse.Namespace, encoder: str, paths: list[Path]) -> di
             "rss_first_half_median_mb": round(statistics.median(samples[:half])) if half else None,
             "rss_second_half_median_mb": round(statistics.median(samples[half:])) if half else None,
             "healthy_after": alive, "p50_ms": round(result["p50_ms"], 1), "p99_ms": round(result["p99_ms"], 1)}
-
-
-def litserve_worker(encoder: str, port: int, max_batch: int, max_wait_ms: float) -> None:
-    """This script's ``--litserve-worker`` mode: the same encoder behind LitServe's batching."""
-    import litserve as ls
-    import torch
-
-    class EmbedAPI(ls.LitAPI):
-        def setup(self, device: str) -> None:
-            from mmpretrain import load_encoder
-            from mmpretrain.data import load_rgb
-
-            self.encoder, self.load_rgb = load_encoder(encoder, device="cpu", progress=False), load_rgb
-
-        def decode_request(self, request: dict) -> torch.Tensor:
-            image = self.load_rgb(io.BytesIO(base64.b64decode(request["image"])))
-            return self.encoder.preprocess([image])[0]
-
-        def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(inputs)
-
-        def predict(self, pixels: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return self.encoder.embed(pixels)
-
-        def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
-            return list(output)
-
-        def encode_response(self, row: torch.Tensor) -> dict:
-            return {"embedding": row.tolist()}
-
-    api = EmbedAPI(max_batch_size=max_batch, batch_timeout=max_wait_ms / 1000)
-    print("litserve: listening", file=sys.stderr, flush=True)
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(host="127.0.0.1", port=port,
-                                                                  generate_client_file=False, log_level="warning")
 
 
 def bench_litserve(args: argparse.Namespace, encoder: str, paths: list[Path]) -> dict[str, Any]:
@@ -386,7 +372,9 @@ def _children(pid: int) -> list[int]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--litserve-worker":
-        litserve_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+        from _litserve_api import run
+
+        run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=(*PARTS, "all"), default="all")
@@ -397,7 +385,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds of each throughput run")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--vectors", type=int, default=200_000, help="indexed vectors of the search part")
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="indexed vectors of the search part")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--index-key", default="IVF1024,Flat")
     parser.add_argument("--search-seconds", type=float, default=15.0)
@@ -415,6 +403,8 @@ def main() -> None:
                 result = bench_search(args, root / "search")
             elif part == "mixed":
                 result = bench_mixed(args, encoder, paths)
+            elif importlib.util.find_spec("litserve") is None:
+                result = {"bench": "serve_framework", "skipped": "LitServe is not installed: pip install litserve"}
             else:
                 result = bench_litserve(args, encoder, paths)
             print(json.dumps(result), flush=True)

@@ -361,5 +361,11 @@ def test_bad_configuration_is_one_line_and_exit_1(ckpt: Path, tmp_path: Path) ->
                               timeout=180)
         assert done.returncode == 1, done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("mmpretrain-serve: error:") and words in done.stderr
-    shown = subprocess.run([*serve_command(), "--help"], capture_output=True, text=True, timeout=60)
-    assert shown.returncode == 0 and "max_wait_ms=5.0" in shown.stdout and "host=127.0.0.1" in shown.stdout
+    code = ("import sys; sys.argv = ['mmpretrain-serve', '--help']; from mmpretrain.cli import entry; "
+            "entry.console('mmpretrain-serve')(); assert 'torch' not in sys.modules, 'help imported torch'")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "max_wait_ms=5.0" in shown.stdout and "host=127.0.0.1" in shown.stdout
+    version = subprocess.run([sys.executable, "-m", "mmpretrain", "serve", "--version"], capture_output=True,
+                             text=True, timeout=60)
+    assert version.stdout.startswith("mmpretrain-serve ")

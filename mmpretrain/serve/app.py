@@ -45,8 +45,9 @@ class Payload:
         self.fields, self.is_json = fields, is_json
 
     def get(self, name: str) -> Any:
+        """A single field's value (the first, where a form repeats it); None when absent."""
         values = self.fields.get(name)
-        return None if not values else values[0] if len(values) == 1 or not self.is_json else values
+        return values[0] if values else None
 
     def files(self, name: str) -> list[bytes] | None:
         """Bytes of uploaded files (multipart) or base64 strings (JSON) under ``name``; None when absent."""
@@ -66,10 +67,10 @@ class Payload:
         return blobs
 
     def texts(self, name: str) -> Any:
+        """A list field: the JSON value as sent (checked later), or every value of a repeated form field."""
         if name not in self.fields:
             return None
-        values = self.fields[name]
-        return values[0] if self.is_json and len(values) == 1 else values
+        return self.fields[name][0] if self.is_json else self.fields[name]
 
 
 async def read_payload(request: Request, max_files: int) -> Payload:

@@ -59,6 +59,7 @@ class ServeConfig:
     thumbnail_px: int = 160
 
     def __post_init__(self) -> None:
+        self.token = self.token or None  # `token=` on a command line means no token, not an empty one
         if not self.encoder:
             raise ConfigError("encoder= is required: a registry name, a checkpoint path or a URL")
         positive = ("max_batch", "max_items", "max_body_mb", "max_pixels", "max_k", "read_timeout_s",

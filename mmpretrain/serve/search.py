@@ -11,6 +11,7 @@ from threading import Lock
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from mmpretrain.data import load_rgb
@@ -54,9 +55,15 @@ class Searcher:
         self.index = index
         self.thumbnail_px, self.max_pixels = thumbnail_px, max_pixels
         self.columns: list[str] = []
+        self._table = None
         if index.store is not None:
             names = index.store.shard_metadata(0).column_names
             self.columns = [c for c in HIT_COLUMNS if c in names]
+            # An id -> row lookup built once: per request it is a binary search, not a pass over every id.
+            ids = index.store.ids()
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted = ids[self._order]
+            self._table = index.store.metadata(["id", *self.columns]).combine_chunks()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache
         self._lock = Lock()
@@ -72,19 +79,38 @@ class Searcher:
                 "metric": self.index.metric, "store": str(store.root) if store is not None else None,
                 "store_encoder": store.encoder if store is not None else None}
 
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Store rows of ids (-1 for an id the store does not hold)."""
+        ids = np.asarray(ids).astype(str)
+        if self._table is None or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._order[at], -1).astype(np.int64)
+
+    def records(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
+        """Each id's store metadata (the hit columns), None for ids the store does not hold."""
+        rows = self.rows_of(ids)
+        found = rows >= 0
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        if self._table is not None and found.any():
+            taken = self._table.take(pa.array(rows[found])).to_pylist()
+            for position, record in zip(np.flatnonzero(found), taken):
+                out[position] = record
+        return out
+
     def search(self, queries: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         """For each query row, its hits ``{"id", "score", "path", "label", "tags"...}``, best first."""
         scores, ids = self.index.search(queries, k)
-        metadata = self.index.metadata_for(ids, self.columns) if self.index.store is not None else None
         out = []
         for row in range(len(ids)):
+            keep = [col for col in range(ids.shape[1])
+                    if np.isfinite(scores[row, col]) and not (isinstance(ids[row, col], str) and ids[row, col] == "")]
+            records = self.records(ids[row, keep])
             hits = []
-            for col, (score, item) in enumerate(zip(scores[row], ids[row])):
-                if (isinstance(item, str) and item == "") or not np.isfinite(score):
-                    continue
-                hit: dict[str, Any] = {"id": str(item), "score": float(score)}
-                if metadata is not None and metadata[row][col] is not None:
-                    hit.update({c: metadata[row][col].get(c) for c in self.columns})
+            for col, record in zip(keep, records):
+                hit: dict[str, Any] = {"id": str(ids[row, col]), "score": float(scores[row, col])}
+                if record is not None:
+                    hit.update({c: record.get(c) for c in self.columns})
                 hits.append(hit)
             out.append(hits)
         return out
@@ -112,10 +138,9 @@ class Searcher:
         store = self.index.store
         if store is None or "path" not in self.columns:
             raise RequestError(404, "no_thumbnails", "the loaded index has no store with image paths")
-        try:
-            record = self.index.metadata_for([item_id], ["path"])[0]
-        except KeyError:
-            raise RequestError(404, "unknown_id", f"id {item_id!r} is not in the loaded store") from None
+        record = self.records(np.array([item_id]))[0]
+        if record is None or not record.get("path"):
+            raise RequestError(404, "unknown_id", f"id {item_id!r} is not in the loaded store")
         path = Path(record["path"])
         if not path.is_absolute():
             path = Path(store.id_source or store.root) / path

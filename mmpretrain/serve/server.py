@@ -41,6 +41,9 @@ def serve(config: ServeConfig) -> None:
     shown = f"[{host}]" if ":" in host else host
     uv = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=5,
                         timeout_graceful_shutdown=int(config.shutdown_timeout_s), server_header=False)
+    if config.token is None and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"mmpretrain-serve: warning: listening on {host} without token=: anyone who reaches this port can use "
+              "the service", file=sys.stderr, flush=True)
     print(f"mmpretrain-serve: listening on http://{shown}:{port} (docs at /docs, search page at /)",
           file=sys.stderr, flush=True)
     # uvicorn re-raises the stopping signal once it has shut down; by then every request is answered, so the signal
