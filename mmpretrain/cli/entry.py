@@ -293,6 +293,27 @@ def run_hydra(
         raise
 
 
+def run_subcommand(
+    prog: str,
+    config_name: str,
+    hydra_main: Callable[[], Any],
+    subcommands: Sequence[str],
+    usage: str,
+    argv: Sequence[str] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> Any:
+    """`prog <subcommand> key=value ...`: the subcommand becomes the override `command=`, then :func:`run_hydra`;
+    a missing or unknown subcommand ends with the choices and the usage (exit status 2)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or (args[0] not in subcommands and args[0] not in ("-h", "--help", "--version", "-V")):
+        got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
+        print(f"{prog}: {got}; choose {'|'.join(subcommands)}\n{usage}", file=sys.stderr)
+        raise SystemExit(2)
+    if args[0] in subcommands:
+        args = [f"command={args[0]}", *args[1:]]
+    return run_hydra(prog, config_name, hydra_main, args, flags)
+
+
 def console(prog: str) -> Callable[[], Any]:
     """The console-script function of `prog`: imports the command's module only when it must run."""
 

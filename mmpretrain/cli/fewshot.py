@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mmpretrain.cli.entry import print_outputs, run_hydra, short_errors
+from mmpretrain.cli.entry import print_outputs, run_subcommand, short_errors
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.errors import ConfigError
 
@@ -118,14 +117,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: the subcommand first, then Hydra overrides (and Hydra's flags, such as `--cfg job`)."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version", "-V")):
-        got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
-        print(f"mmpretrain-fewshot: {got}; choose {'|'.join(COMMANDS)}\n{USAGE}", file=sys.stderr)
-        raise SystemExit(2)
-    if args[0] in COMMANDS:
-        args = [f"command={args[0]}", *args[1:]]
-    run_hydra("mmpretrain-fewshot", "fewshot.yaml", _hydra_main, args)
+    run_subcommand("mmpretrain-fewshot", "fewshot.yaml", _hydra_main, COMMANDS, USAGE, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -22,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from mmpretrain.cli.entry import print_outputs, run_hydra, run_outputs, short_errors
+from mmpretrain.cli.entry import print_outputs, run_outputs, run_subcommand, short_errors
 from mmpretrain.cli.run_folder import write_metrics
 from mmpretrain.cli.utils import apply_extras, task_wrapper
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, scan_images
@@ -313,14 +312,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry: the subcommand first, then Hydra overrides (and Hydra's flags, such as `--cfg job`)."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version", "-V")):
-        got = f"unknown subcommand {args[0]!r}" if args else "no subcommand"
-        print(f"mmpretrain-index: {got}; choose build|search|eval\n{USAGE}", file=sys.stderr)
-        raise SystemExit(2)
-    if args[0] in COMMANDS:
-        args = [f"command={args[0]}", *args[1:]]
-    run_hydra("mmpretrain-index", "index.yaml", _hydra_main, args, flags={"--text": "text", "--query": "query"})
+    run_subcommand("mmpretrain-index", "index.yaml", _hydra_main, COMMANDS, USAGE, argv,
+                   flags={"--text": "text", "--query": "query"})
 
 
 if __name__ == "__main__":
