@@ -140,6 +140,10 @@ def warmup_cosine_schedule(
     the measured step time) lays the schedule over itself.
     """
     trainer = module.trainer
+    timed = any(isinstance(c, TimeBudget) and c.budget_s is not None for c in trainer.callbacks)
+    if not timed and not math.isfinite(trainer.estimated_stepping_batches):
+        raise ConfigError(f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps={trainer.max_steps}: the lr "
+                          "schedule needs an end; set trainer.max_steps, trainer.max_epochs or budget_minutes")
     steps_per_epoch = max(trainer.num_training_batches // trainer.accumulate_grad_batches, 1)
     start = lr / 100 if warmup_start_lr is None else warmup_start_lr
 

@@ -434,6 +434,13 @@ def test_a_step_budget_lays_warmup_cosine_and_momentum_over_max_steps(demo_root:
         assert momentum == pytest.approx(cosine_momentum(step, 10), abs=1e-12)
 
 
+def test_a_run_without_an_end_is_refused_naming_the_keys(demo_root: Path, tmp_path: Path) -> None:
+    overrides = [*tiny_overrides(demo_root), "trainer.max_epochs=-1", "trainer.max_steps=-1"]
+    with pytest.raises(mmpretrain.errors.ConfigError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1: the lr "
+                                                            r"schedule needs an end; set .* or budget_minutes"):
+        train(compose_cfg("train.yaml", overrides, tmp_path))
+
+
 def _timed(demo_root: Path, out: Path) -> object:
     overrides = [*tiny_overrides(demo_root), "~callbacks.time_budget", "model.warmup_fraction=0.2",
                  "trainer.check_val_every_n_epoch=100"]  # fmt: skip
