@@ -601,14 +601,14 @@ def load_encoder(
     from mmpretrain.hub import build_model, load_checkpoint
 
     loaded = load_checkpoint(name_or_path_or_url, architecture=architecture, registry=registry, cache_dir=cache_dir,
-                             progress=progress, random_init=random_init)  # fmt: skip
+                             progress=progress, random_init=random_init)
     name = loaded.config.get("name") or str(name_or_path_or_url)
     if loaded.config.get("kind") == "video":
         if random_init:
             raise ConfigError(f"{name_or_path_or_url}: random_init=True loads image encoders only; a video model's "
-                              "random baseline is mmpretrain-eval task=retrieval random_init=true")  # fmt: skip
+                              "random baseline is mmpretrain-eval task=retrieval random_init=true")
         return VideoEncoder(build_model(loaded), loaded.config, name, device=device, dtype=dtype,
-                            embedding=embedding, backend=backend)  # fmt: skip
+                            embedding=embedding, backend=backend)
     rebuild = random_init and not loaded.config.get("random_init")  # a random timm:<model> is random already
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -616,4 +616,4 @@ def load_encoder(
     if random_init and not name.endswith("(random init)"):
         name = f"{name} (random init)"
     return ImageEncoder(backbone, loaded.config["preprocessing"], name, device=device, dtype=dtype,
-                        channels_last=channels_last, random_init=random_init)  # fmt: skip
+                        channels_last=channels_last, random_init=random_init)

@@ -257,7 +257,7 @@ class TimeBudget(pl.Callback):
     """
 
     def __init__(self, minutes: float | None, calibration_steps: int = 20, every: int = 50,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if minutes is not None and not minutes > 0:
             raise ConfigError(f"budget_minutes={minutes} must be > 0 (or null: no time budget)")
         if calibration_steps < 1 or every < 1:
@@ -278,7 +278,7 @@ class TimeBudget(pl.Callback):
             return
         if trainer.max_epochs not in (-1, None) or trainer.max_steps != -1:
             log.info("budget_minutes=%g replaces trainer.max_epochs=%s and trainer.max_steps=%s", self.budget_s / 60,
-                     trainer.max_epochs, trainer.max_steps)  # fmt: skip
+                     trainer.max_epochs, trainer.max_steps)
         trainer.fit_loop.max_epochs = -1
         trainer.fit_loop.min_epochs = 0
         trainer.fit_loop.epoch_loop.max_steps = -1  # unknown until measured: the schedules wait at their start
@@ -308,18 +308,18 @@ class TimeBudget(pl.Callback):
             return
         if self.horizon is None:
             log.info("budget_minutes=%g: %.3f s a step, so %d steps; the schedules are laid over them",
-                     self.budget_s / 60, (elapsed - self.mark[1]) / measured, horizon)  # fmt: skip
+                     self.budget_s / 60, (elapsed - self.mark[1]) / measured, horizon)
         self.horizon = horizon
         trainer.fit_loop.epoch_loop.max_steps = horizon
 
     def state_dict(self) -> dict[str, Any]:
         return {"budget_s": self.budget_s, "horizon": self.horizon, "spent_s": self.elapsed(),
-                "mark": list(self.mark) if self.mark else None}  # fmt: skip
+                "mark": list(self.mark) if self.mark else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("budget_s") != self.budget_s:  # another budget on resume: measured again over the new one
             log.info("budget_minutes changed on resume (%s s -> %s s): the horizon is measured again",
-                     state_dict.get("budget_s"), self.budget_s)  # fmt: skip
+                     state_dict.get("budget_s"), self.budget_s)
             return
         self.horizon, self.spent_s = state_dict["horizon"], float(state_dict["spent_s"])
         self.mark = tuple(state_dict["mark"]) if state_dict.get("mark") else None

@@ -103,7 +103,7 @@ def video_pretrained(video_demo: dict[str, Path], tmp_path_factory: pytest.TempP
 
     out = tmp_path_factory.mktemp("video_pretrain")
     overrides = [*video_overrides(video_demo), "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                 "trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_epochs=1"]  # fmt: skip
+                 "trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_epochs=1"]
     train(compose_cfg("train.yaml", overrides, out))
     return out / "run/checkpoints/last.ckpt"
 

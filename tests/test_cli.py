@@ -29,7 +29,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
          str(REPO)],
         check=True, env=_env(), cwd=tmp_path_factory.mktemp("build"),
-    )  # fmt: skip
+    )
     return target
 
 
@@ -40,14 +40,14 @@ def test_installed_cli_trains_from_a_temporary_directory(installed: Path, demo_r
     where = subprocess.run(
         [sys.executable, "-c", "import mmpretrain; print(mmpretrain.__file__)"],
         capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
-    )  # fmt: skip
+    )
     assert where.stdout.startswith(str(installed))
     script = installed / "bin/mmpretrain-train"
     overrides = [o for o in tiny_overrides(demo_root) if not o.startswith("callbacks.")]
     run = subprocess.run(
         [sys.executable, str(script), *overrides, "debug=fdr"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert list((tmp_path / "logs/debug/runs").iterdir()), "run folder created under the working directory"
 
@@ -56,7 +56,7 @@ def test_unknown_experiment_on_the_command_line(tmp_path: Path) -> None:
     run = subprocess.run(
         [str(BIN / "mmpretrain-train"), "experiment=nope_not_here"], capture_output=True, text=True, env=_env(),
         cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+    )
     assert run.returncode != 0
     assert "experiment/nope_not_here" in run.stderr and "moby_swin_tiny" in run.stderr
 
@@ -74,7 +74,7 @@ def test_eval_knn_and_linear_on_a_training_checkpoint(demo_root: Path, tmp_path:
 
     ckpt = _train_tiny(demo_root, tmp_path / "train")
     common = [f"encoder={ckpt}", f"data.train_root={demo_root}/train", f"data.val_root={demo_root}/val",
-              "data.num_workers=0", "data.batch_size=16", "trainer=cpu"]  # fmt: skip
+              "data.num_workers=0", "data.batch_size=16", "trainer=cpu"]
     cfg = compose_cfg("eval.yaml", common, tmp_path / "knn")
     trained, objects = evaluate(cfg)
     assert objects["datamodule"].hparams.image_size == 32  # preprocessing comes from the checkpoint
@@ -90,7 +90,7 @@ def test_eval_knn_and_linear_on_a_training_checkpoint(demo_root: Path, tmp_path:
     linear, objects = evaluate(
         compose_cfg("eval.yaml", [*common, "task=linear", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"],
                     tmp_path / "lin")
-    )  # fmt: skip
+    )
     assert set(linear) == {"linear/top1", "linear/top5"} and 0 <= linear["linear/top1"] <= 100
     assert objects["trainer"].current_epoch == 2, "trainer.max_epochs is the probe's epochs"
 
@@ -111,7 +111,7 @@ def test_optuna_sweep_prints_trial_table(demo_root: Path, tmp_path: Path) -> Non
          "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1", "logger=wandb",
          "extras.print_config=false", "trainer.enable_progress_bar=false"],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "val/knn_top1"])

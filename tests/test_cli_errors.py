@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MMPRETRAIN_ROOT")}
     return subprocess.run(args, capture_output=True, text=True, env=full | {"WANDB_MODE": "offline", **env}, cwd=cwd,
-                          timeout=300)  # fmt: skip
+                          timeout=300)
 
 
 # ---------------------------------------------------------------------------------------------------- quoting
@@ -47,7 +47,7 @@ def test_free_text_is_taken_as_typed(value: str, tmp_path: Path) -> None:
 def test_an_override_hydra_cannot_parse_says_how_to_quote(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         entry.run_hydra("mmpretrain-train", "train.yaml", lambda: pytest.fail("Hydra ran"),
-                        ["experiment=moby_demo", "data.shards=/d/{000000..000002}.tar"])  # fmt: skip
+                        ["experiment=moby_demo", "data.shards=/d/{000000..000002}.tar"])
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -110,7 +110,7 @@ def test_knn_with_a_video_checkpoint_names_the_tasks_that_take_it(video_pretrain
     from mmpretrain.cli.eval import evaluate
 
     cfg = compose_cfg("eval.yaml", [f"encoder={video_pretrained}", f"data.train_root={tmp_path}",
-                                    f"data.val_root={tmp_path}"], tmp_path)  # fmt: skip
+                                    f"data.val_root={tmp_path}"], tmp_path)
     with pytest.raises(ConfigError, match=r"is a video–text model; task=knn, linear and fewshot .* task=retrieval"):
         evaluate(cfg)
 
@@ -141,7 +141,7 @@ def test_queue_is_checked_against_the_batch_before_training_and_the_data_set_war
         train_mod.instantiate_callbacks = original
     with caplog.at_level("WARNING", logger="mmpretrain"):
         train(compose_cfg("train.yaml", [*tiny_overrides(demo_root, queue_len=64), "trainer.max_steps=1"],
-                          tmp_path / "b"))  # fmt: skip
+                          tmp_path / "b"))
     assert "model.queue_len=64 is at least the data set's 48 images" in caplog.text
 
 
@@ -153,7 +153,7 @@ def test_export_dim_larger_than_the_store_allows_is_one_line(tmp_path: Path) -> 
     write_store(tmp_path / "store", rows, {"id": [f"i{n}" for n in range(60)]}, encoder="synthetic", normalized=False)
     for dim, fix in (("1024", "choose dim<=16"), ("12", None)):
         run = _run([str(BIN / "mmpretrain-export"), f"store={tmp_path / 'store'}", f"output={tmp_path / dim}",
-                    f"dim={dim}", "fit_sample=10"], tmp_path)  # fmt: skip
+                    f"dim={dim}", "fit_sample=10"], tmp_path)
         if fix is None:
             assert run.returncode == 1 and "needs more than 12 rows to fit a PCA; the sample has 10" in run.stderr
             continue
@@ -166,7 +166,7 @@ def test_export_dim_larger_than_the_store_allows_is_one_line(tmp_path: Path) -> 
 
 
 def test_ctrl_c_names_the_checkpoint_and_ckpt_path_last(demo_root: Path, tmp_path: Path, capsys,
-                                                        monkeypatch) -> None:  # fmt: skip
+                                                        monkeypatch) -> None:
     import mmpretrain.cli.train as train_mod
 
     class CtrlC(pl.Callback):
@@ -200,7 +200,7 @@ def test_failed_run_leaves_nothing_and_runs_get_unique_named_folders(demo_root: 
     with initialize_config_module(version_base="1.3", config_module="mmpretrain.conf"):
         dirs = [OmegaConf.select(compose(name, overrides, return_hydra_config=True), "hydra.run.dir")
                 for name, overrides in (("eval.yaml", ["task=fewshot"]), ("eval.yaml", ["task=fewshot"]),
-                                        ("train.yaml", []))]  # fmt: skip
+                                        ("train.yaml", []))]
     assert dirs[0] != dirs[1] and dirs[0].endswith("_fewshot") and "/logs/eval/runs/" in dirs[0]
     assert "/logs/train/runs/" in dirs[2] and not dirs[2].endswith("_")
     run = _run([str(BIN / "mmpretrain-eval"), "task=fewshot", f"store={tmp_path}/nope", "logger=wandb"], tmp_path)
@@ -240,7 +240,7 @@ def test_labels_from_subfolders_are_named_and_split_like_names_warned(tmp_path: 
         for i in range(2):
             Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(tmp_path / "pool" / batch / f"{i}.png")
     run = _run([str(BIN / "mmpretrain-extract"), "encoder=timm:test_resnet", f"input={tmp_path / 'pool'}",
-                f"output={tmp_path / 'store'}", "trainer=cpu", "num_workers=0"], tmp_path)  # fmt: skip
+                f"output={tmp_path / 'store'}", "trainer=cpu", "num_workers=0"], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     log = run.stdout + run.stderr
     assert "3 classes: batch0, batch1, batch2 — labels from the subfolders of input=" in log
@@ -265,7 +265,7 @@ def test_unknown_tokens_are_measured_and_warned(caplog) -> None:
 
     record = VideoRecord(id="a", video="a.mp4", title="红色的球向左移动", ocr=("向左",), label=None, tags=(), line=1)
     data = SimpleNamespace(processor=SimpleNamespace(tokenizer=tokenizer), train_records=[record],
-                           hparams=SimpleNamespace(train_manifest="titles.jsonl"))  # fmt: skip
+                           hparams=SimpleNamespace(train_manifest="titles.jsonl"))
     trainer = SimpleNamespace(datamodule=data, is_global_zero=True)
     with caplog.at_level("WARNING", logger="mmpretrain"):
         TextCoverage().setup(trainer, None, "fit")

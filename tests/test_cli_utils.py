@@ -67,7 +67,7 @@ def test_wandb_offline_without_login(tmp_path: Path, monkeypatch, caplog) -> Non
     cfg = OmegaConf.create(
         {"wandb": {"_target_": "pytorch_lightning.loggers.WandbLogger", "offline": "auto", "project": "t",
                    "save_dir": str(tmp_path / "w")}}
-    )  # fmt: skip
+    )
     caplog.set_level("INFO")
     (logger,) = utils.instantiate_loggers(cfg)
     assert logger._offline is True
@@ -138,7 +138,7 @@ def _fit(callbacks, epochs: int, ckpt_path=None) -> pl.Trainer:
     saves = any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks)  # no default ModelCheckpoint in the cwd
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", log_every_n_steps=1,
-                         enable_checkpointing=saves)  # fmt: skip
+                         enable_checkpointing=saves)
     trainer.fit(_Tiny(), ckpt_path=ckpt_path)
     return trainer
 
@@ -200,7 +200,7 @@ def test_cli_reference_lists_every_key_of_every_command() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs/cli.md").read_text()
     conf = conf_dir()
     keys = [k for name in ("train", "eval", "extract", "index", "export") for k, _, _ in
-            documented_keys(conf / f"{name}.yaml")]  # fmt: skip
+            documented_keys(conf / f"{name}.yaml")]
     keys += [k for task in conf.glob("task/*.yaml") for k, _, _ in task_keys(task)]
     missing = sorted({k for k in keys if f"`{k}`" not in doc})
     assert not missing, f"docs/cli.md lacks {missing}"

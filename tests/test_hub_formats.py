@@ -114,7 +114,7 @@ def test_registry_entry_matched_by_file_name_or_sha256(tmp_path: Path) -> None:
     renamed.write_bytes(path.read_bytes())
     registry = _write_registry(tmp_path / "reg.json", {"mine": {
         "url": "https://example.invalid/other_name.pth", "format": "moby-official", "architecture": TINY_ARCH,
-        "sha256": sha256_file(renamed)}})  # fmt: skip
+        "sha256": sha256_file(renamed)}})
     by_hash = hub.load_checkpoint(renamed, registry=registry)
     assert by_hash.config["architecture"]["kwargs"] == json.loads(json.dumps(TINY))
     _same_outputs(hub.build_backbone(by_hash), _tiny_swin())
@@ -142,7 +142,7 @@ def test_publish_load_build_roundtrip(server: _Server, tmp_path: Path) -> None:
     assert config["architecture"] == {"name": SWIN, "kwargs": json.loads(json.dumps(dict(TINY, drop_path_rate=0.2)))}
     assert config["preprocessing"] == {
         "image_size": 32, "mean": MEAN, "std": STD, "interpolation": "bilinear", "crop_pct": 0.875,
-    }  # fmt: skip
+    }
     assert config["training"]["lr"] == 1e-3 and "tokenizer" not in config
     assert entry["format"] == "mmpretrain" and entry["url"] == weights.resolve().as_uri()
 

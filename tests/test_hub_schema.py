@@ -190,7 +190,7 @@ def test_video_text_pooling_is_one_of_the_known_ones() -> None:
                          "num_attention_heads": 2, "intermediate_size": 64},
         "fusion": {"vocab_size": 100, "num_frames": 4, "width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16,
                    "mvm_dim": 24, "text_pooling": "mean"},
-    }  # fmt: skip
+    }
     config = {"kind": "video", "architecture": arch, "preprocessing": dict(PRE, num_frames=4, max_text_len=16)}
     validate_config(config, path)
     arch["fusion"]["text_pooling"] = "max"

@@ -251,13 +251,13 @@ def test_a_moved_store_is_named_and_can_be_passed(tmp_path: Path, capsys) -> Non
 
 
 def test_text_queries_with_commas_and_chinese_work_as_typed(video_pretrained: Path, video_demo: dict[str, Path],
-                                                            tmp_path: Path) -> None:  # fmt: skip
+                                                            tmp_path: Path) -> None:
     """`--text "..."` and `text=...` reach the search unchanged; Chinese with the English MiniLM gets the warning."""
     from mmpretrain.cli.extract import extract
 
     store = tmp_path / "store"
     extract(compose_cfg("extract.yaml", [f"encoder={video_pretrained}", f"input={video_demo['val']}",
-                                         f"output={store}", "trainer=cpu", "num_workers=0"], tmp_path))  # fmt: skip
+                                         f"output={store}", "trainer=cpu", "num_workers=0"], tmp_path))
     run(tmp_path, "build", f"store={store}", f"output={tmp_path / 'idx'}", "index_key=Flat", "target_recall=null")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MMPRETRAIN_ROOT": str(tmp_path)}
     env.pop("HYDRA_FULL_ERROR", None)

@@ -42,7 +42,7 @@ def labeled_shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
         _make_shards(mp, str(demo_root / "train"), str(out), "--prefix", "train", "--maxcount", "12")
         _make_shards(mp, str(demo_root / "val"), str(out), "--prefix", "val", "--maxcount", "8")
     return {"train": str(out / "train-{000000..000003}.tar"), "val": str(out / "val-{000000..000001}.tar"),
-            "folder": str(out)}  # fmt: skip
+            "folder": str(out)}
 
 
 def test_make_shards_records_the_folder_class_list(labeled_shards: dict[str, str], demo_root: Path) -> None:
@@ -71,7 +71,7 @@ def test_vocabulary_without_shards_json_is_read_from_the_samples(labeled_shards:
 def _eval(overrides: list[str], out: Path) -> tuple[dict, dict]:
     loaders = [] if "task=fewshot" in overrides else ["data.num_workers=0"]  # few-shot's data group has no loader
     return evaluate(compose_cfg("eval.yaml", [ENCODER, RANDOM, *loaders, "trainer=cpu", "data.batch_size=16",
-                                              *overrides], out))  # fmt: skip
+                                              *overrides], out))
 
 
 def test_knn_from_shards_equals_knn_from_folders(labeled_shards: dict[str, str], demo_root: Path,
@@ -87,7 +87,7 @@ def test_knn_from_shards_equals_knn_from_folders(labeled_shards: dict[str, str],
         from_shards.update(zip(batch["key"], batch["label"].tolist()))
     source = labeled_folder(demo_root / "val")
     expected = {str(Path(p).relative_to(demo_root / "val").with_suffix("")).replace("/", "__"): label
-                for p, label in zip(source.paths, source.labels)}  # fmt: skip
+                for p, label in zip(source.paths, source.labels)}
     assert from_shards == expected and datamodule.num_classes == len(source.classes)
 
 
@@ -141,7 +141,7 @@ def _finetune(task: str, video_demo, video_pretrained: Path, video_shards: dict[
         f"experiment=video_{task}_demo", "logger=csv", "trainer=cpu", "data.train_manifest=null",
         "data.val_manifest=null", f"data.shards='{video_shards['train']}'", f"data.val_shards={video_shards['val']}",
         "data.batch_size=4", "data.num_workers=0", "data.require_caption=false", f"model.pretrained={video_pretrained}",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra], out))  # fmt: skip
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra], out))
 
 
 @pytest.mark.parametrize("task", ["classify", "tagging"])

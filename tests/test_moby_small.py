@@ -37,7 +37,7 @@ HIDDEN, PROJ, QUEUE = 64, 16, 64  # tiny_overrides' heads and queue
 def _tiny_moby(seed: int = 0, **overrides) -> MoBY:
     torch.manual_seed(seed)
     kwargs = dict(backbone=TINY_SWIN["backbone"], backbone_kwargs=KW, image_size=32, proj_hidden_dim=HIDDEN,
-                  proj_dim=PROJ, queue_len=QUEUE)  # fmt: skip
+                  proj_dim=PROJ, queue_len=QUEUE)
     return MoBY(**(kwargs | overrides))
 
 
@@ -65,7 +65,7 @@ def _official_file(source: MoBY, path: Path) -> None:
     state |= _official_mlp("projector", source.projector) | _official_mlp("projector_k", source.target_projector)
     state |= _official_mlp("predictor", source.predictor)
     state |= {"queue1": source.queue1.keys.clone(), "queue2": source.queue2.keys.clone(),
-              "queue_ptr": torch.tensor([40])}  # fmt: skip
+              "queue_ptr": torch.tensor([40])}
     torch.save({"model": state, "epoch": 299}, path)
 
 
@@ -246,7 +246,7 @@ def test_affine_views_fill_corners_with_the_border_colour_and_draw_torchvision_p
     torch.manual_seed(3)
     angle, _, _, shear = T.RandomAffine.get_params([-40, 40], None, None, [-20, 20, -20, 20], [32, 32])
     expected = np.asarray(TF.affine(image, angle, [0, 0], 1.0, list(shear), T.InterpolationMode.BILINEAR,
-                                    fill=list(background)))  # fmt: skip
+                                    fill=list(background)))
     assert abs(angle) > 5 and np.array_equal(out, expected) and not np.array_equal(out, array)
     for corner in (out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]):
         assert tuple(corner) == background  # torchvision's default fill would make them black
@@ -351,7 +351,7 @@ def test_ranks_draw_different_drop_path_masks_and_runs_reproduce(demo_root: Path
              "model.drop_path_rate=0.5", "+callbacks.rank_seed._target_=mmpretrain.training.RankSeed", "seed=5",
              "+callbacks.rank_seed.seed=5"],
             out,
-        )  # fmt: skip
+        )
         original = train_mod.instantiate_callbacks
         train_mod.instantiate_callbacks = lambda c, out=out, original=original: [*original(c), _DropPathMasks(str(out))]
         try:
@@ -425,7 +425,7 @@ def _lrs(model: MoBY) -> tuple[float, float, float]:
 def test_a_step_budget_lays_warmup_cosine_and_momentum_over_max_steps(demo_root: Path, tmp_path: Path) -> None:
     record = _Schedule()
     overrides = [*tiny_overrides(demo_root), "trainer.max_epochs=-1", "trainer.max_steps=10",
-                 "model.warmup_fraction=0.2", "trainer.check_val_every_n_epoch=100"]  # fmt: skip
+                 "model.warmup_fraction=0.2", "trainer.check_val_every_n_epoch=100"]
     objects = _fit(compose_cfg("train.yaml", overrides, tmp_path), record)
     assert objects["trainer"].global_step == 10 and sorted(record.rows) == list(range(10))  # 1.7 epochs of 6 steps
     base, start, end = _lrs(objects["model"])
@@ -443,7 +443,7 @@ def test_a_run_without_an_end_is_refused_naming_the_keys(demo_root: Path, tmp_pa
 
 def _timed(demo_root: Path, out: Path) -> object:
     overrides = [*tiny_overrides(demo_root), "~callbacks.time_budget", "model.warmup_fraction=0.2",
-                 "trainer.check_val_every_n_epoch=100"]  # fmt: skip
+                 "trainer.check_val_every_n_epoch=100"]
     return compose_cfg("train.yaml", overrides, out)
 
 
@@ -471,7 +471,7 @@ def test_a_time_budget_measures_its_horizon_stops_in_time_and_resumes_the_same_s
 
     first = _Schedule(_slower_after_8)
     _fit(_timed(demo_root, tmp_path / "split"), first, TimeBudget(0.5, 3, 4, clock=first.clock),
-         _StopAfter(12))  # fmt: skip
+         _StopAfter(12))
     ckpt = tmp_path / "split/run/checkpoints/last.ckpt"
     cfg = _timed(demo_root, tmp_path / "split")
     cfg.ckpt_path = str(ckpt)

@@ -67,7 +67,7 @@ def test_fast_dev_run_swin_tiny_experiment(demo_root: Path, tmp_path: Path) -> N
 def test_mixed_precision_steps_with_gradient_clipping(demo_root: Path, tmp_path: Path, precision: str) -> None:
     """Lightning's AMP plugin refuses to clip the gradients of a fused AdamW: the optimizer must follow precision."""
     cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root), "debug=fdr", f"trainer.precision={precision}",
-                                     "trainer.gradient_clip_val=5.0"], tmp_path)  # fmt: skip
+                                     "trainer.gradient_clip_val=5.0"], tmp_path)
     metrics, objects = train(cfg)
     assert torch.isfinite(metrics["train/loss"])
     defaults = objects["trainer"].optimizers[0].defaults
@@ -199,7 +199,7 @@ def test_ddp_two_cpu_processes_enqueue_keys_from_both_ranks(demo_root: Path, tmp
          "+callbacks.ckpt._target_=pytorch_lightning.callbacks.ModelCheckpoint",
          f"+callbacks.ckpt.dirpath={tmp_path}/ckpt", "+callbacks.ckpt.save_last=true"],
         tmp_path,
-    )  # fmt: skip
+    )
     _, objects = train(cfg)
     assert objects["trainer"].world_size == 2
     state = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=True, map_location="cpu")["state_dict"]

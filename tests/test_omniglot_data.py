@@ -56,6 +56,6 @@ def test_ships_with_its_licence_and_citation_and_unpacks_from_the_command_line(t
     assert "Copyright (c) 2015 Brenden Lake" in (here / "LICENSE").read_text()
     assert "Human-level concept learning" in (here / "CITATION.bib").read_text()
     run = subprocess.run([sys.executable, "-m", "mmpretrain.data.omniglot", str(tmp_path / "o")], capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+                         text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(tmp_path / "o") and (tmp_path / "o/Tagalog/character17").is_dir()

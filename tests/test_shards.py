@@ -268,7 +268,7 @@ def test_moby_trains_from_shards(image_shards: str, demo_root: Path, tmp_path: P
     from mmpretrain.cli.train import train
 
     cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root), f"data.shards='{image_shards}'", "data.root=null",
-                                     "trainer.max_epochs=2", "data.num_workers=0"], tmp_path)  # fmt: skip
+                                     "trainer.max_epochs=2", "data.num_workers=0"], tmp_path)
     metrics, objects = train(cfg)
     assert torch.isfinite(metrics["train/loss"])
     assert objects["trainer"].global_step == 2 * 48 // 8
@@ -284,7 +284,7 @@ def test_moby_aborts_past_the_failure_rate_on_bad_shards(demo_root: Path, tmp_pa
     spec = f"{spec} {tmp_path}/shards/good-000000.tar"
     cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root), f"data.shards='{spec}'",
                                      "trainer.max_epochs=1", "data.min_attempts=4", "data.max_failure_rate=0.05",
-                                     "data.knn_train_root=null", "data.knn_val_root=null"], tmp_path)  # fmt: skip
+                                     "data.knn_train_root=null", "data.knn_val_root=null"], tmp_path)
     with pytest.raises(RuntimeError, match=r"missing_image: 1.*above data\.max_failure_rate"):
         train(cfg)
 
@@ -296,7 +296,7 @@ def test_video_model_trains_from_shards(video_shards: dict[str, str], video_demo
     assert {"mp4", "txt", "json"} <= set(sample) or {"avi", "txt", "json"} <= set(sample)
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), f"data.shards='{video_shards['train']}'",
                                      f"data.val_shards={video_shards['val']}", "trainer.max_epochs=1",
-                                     "data.max_failure_rate=0.2"], tmp_path)  # fmt: skip
+                                     "data.max_failure_rate=0.2"], tmp_path)
     metrics, objects = train(cfg)
     assert torch.isfinite(metrics["train/loss"])
     assert objects["trainer"].global_step == 18 // 4
@@ -415,7 +415,7 @@ def test_extract_video_shards_matches_the_manifest(video_pretrained: Path, video
 
     for name, source in (("shards", video_shards["val"]), ("manifest", str(video_demo["val"]))):
         extract(compose_cfg("extract.yaml", [*_extract_overrides(video_pretrained, source, tmp_path / name),
-                                             "embedding=fused"], tmp_path))  # fmt: skip
+                                             "embedding=fused"], tmp_path))
     shards, manifest = open_store(tmp_path / "shards"), open_store(tmp_path / "manifest")
     np.testing.assert_array_equal(shards.ids(), manifest.ids())
     assert shards.metadata().to_pydict()["title"] == manifest.metadata().to_pydict()["title"]
@@ -440,7 +440,7 @@ def test_moby_trains_from_shards_on_two_processes(image_shards: str, demo_root: 
 
     cfg = compose_cfg("train.yaml", [*tiny_overrides(demo_root, batch_size=4), f"data.shards='{image_shards}'",
                                      "trainer=ddp_sim", "trainer.max_epochs=2", "data.knn_train_root=null",
-                                     "data.knn_val_root=null"], tmp_path)  # fmt: skip
+                                     "data.knn_val_root=null"], tmp_path)
     metrics, _ = train(cfg)
     assert torch.isfinite(metrics["train/loss"])
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()

@@ -103,7 +103,7 @@ def test_lr_schedule_matches_timm_cosine_scheduler_stepped_after_each_iteration(
     total, warmup, base, start, end = 60, 7, 1e-3, 5e-7, 5e-6
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=end, warmup_lr_init=start, warmup_t=warmup,
-                                  cycle_limit=1, t_in_epochs=False)  # fmt: skip
+                                  cycle_limit=1, t_in_epochs=False)
     official = []
     for idx in range(total):
         official.append(optimizer.param_groups[0]["lr"])
@@ -126,7 +126,7 @@ def test_no_decay_groups_swin() -> None:
     model = timm.create_model(
         "swin_tiny_patch4_window7_224", num_classes=0, img_size=32, embed_dim=24, depths=(1, 1, 1, 1),
         num_heads=(1, 1, 1, 1), window_size=2,
-    )  # fmt: skip
+    )
     decay, no_decay = param_groups_weight_decay([model], 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}

@@ -90,12 +90,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, torc
 def hub(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Hub]:
     """A local hub on 127.0.0.1 as HF_ENDPOINT, an empty HF_HOME, online."""
     pretrained_cfg = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
-                      "interpolation": "bilinear", "classifier": "head"}  # fmt: skip
+                      "interpolation": "bilinear", "classifier": "head"}
     config = {"architecture": MODEL, "num_classes": 5, "num_features": 64, "model_args": {"img_size": 32},
               "pretrained_cfg": pretrained_cfg}  # as timm's push_to_hub writes it
     files = {f"{REPO}/model.safetensors": _safetensors(served[REPO], tmp_path / "a.safetensors"),
              f"{HUB_REPO}/model.safetensors": _safetensors(served[HUB_REPO], tmp_path / "b.safetensors"),
-             f"{HUB_REPO}/config.json": json.dumps(config).encode()}  # fmt: skip
+             f"{HUB_REPO}/config.json": json.dumps(config).encode()}
     server = _Hub(("127.0.0.1", 0), _Handler)
     server.files, server.requests = files, []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -191,13 +191,13 @@ def test_moby_continues_from_timm_weights_adapted_to_its_image_size(hub: _Hub, s
 
     torch.manual_seed(0)
     model = MoBY(backbone=MODEL, backbone_kwargs={"img_size": 32}, image_size=32, proj_hidden_dim=32, proj_dim=16,
-                 queue_len=16)  # fmt: skip
+                 queue_len=16)
     report = initialize_model(model, f"timm:{MODEL}")
     assert report["backbone"] == "restored" and report["projector"] == "fresh (not in the checkpoint)"
     path = tmp_path / "weights.safetensors"
     save_file(served[REPO], path)
     expected = timm.create_model(MODEL, pretrained=True, num_classes=0, img_size=32,
-                                 pretrained_cfg_overlay={"file": str(path)})  # fmt: skip
+                                 pretrained_cfg_overlay={"file": str(path)})
     _assert_same(model.backbone, expected.state_dict())  # timm resampled the 10x10 position grid to 2x2
     _assert_same(model.target_backbone, expected.state_dict())
 
@@ -214,7 +214,7 @@ def test_store_manifests_and_metrics_say_which_weights_made_them(
 
     def store(name: str, *extra: str) -> dict:
         overrides = [f"encoder=timm:{MODEL}", f"input={demo_root}/val", f"output={tmp_path / name}", "trainer=cpu",
-                     "trainer.enable_progress_bar=false", "num_workers=0", *extra]  # fmt: skip
+                     "trainer.enable_progress_bar=false", "num_workers=0", *extra]
         extract(compose_cfg("extract.yaml", overrides, tmp_path / f"{name}_run"))
         return open_store(tmp_path / name).manifest
 
@@ -225,14 +225,14 @@ def test_store_manifests_and_metrics_say_which_weights_made_them(
     monkeypatch.setenv("MMPRETRAIN_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))  # nothing cached: only the random baseline can run
     index_command(compose_cfg("index.yaml", ["command=build", f"store={tmp_path / 'random'}",
-                                             f"output={tmp_path / 'idx'}"], tmp_path / "build"))  # fmt: skip
+                                             f"output={tmp_path / 'idx'}"], tmp_path / "build"))
     image = sorted((demo_root / "val").rglob("*.png"))[5]
     found = index_command(compose_cfg("index.yaml", ["command=search", f"index={tmp_path / 'idx'}", f"query={image}",
-                                                     "k=2"], tmp_path / "search"))  # fmt: skip
+                                                     "k=2"], tmp_path / "search"))
     top = found["results"][0]["hits"][0]  # the query went through the store's random network: it finds itself
     assert top["path"] == str(image) and top["score"] == pytest.approx(1.0, abs=1e-4)
     common = [f"encoder=timm:{MODEL}", "task=fewshot", f"data.root={demo_root}/val", "n_way=2", "n_shot=1",
-              "n_query=2", "episodes=5", "methods=[protonet]", "plot=false", "trainer=cpu"]  # fmt: skip
+              "n_query=2", "episodes=5", "methods=[protonet]", "plot=false", "trainer=cpu"]
     evaluate(compose_cfg("eval.yaml", [*common, "random_init=true"], tmp_path / "eval"))
     record = json.loads((tmp_path / "eval/run/fewshot.json").read_text())
     assert record["random_init"] is True and record["encoder"] == f"timm:{MODEL} (random init)"

@@ -112,14 +112,14 @@ def _format_keys(keys: list[tuple[str, str, str]]) -> list[str]:
 #: the config groups `mmpretrain-train --help` lists, with what each chooses
 TRAIN_GROUPS = {"experiment": "the recipe (data, model, trainer settings together); the unit to copy",
                 "trainer": "where it runs", "logger": "where metrics go", "callbacks": "checkpoints and monitors",
-                "debug": "short runs to check a setup", "hparams_search": "Optuna sweeps (with -m)"}  # fmt: skip
+                "debug": "short runs to check a setup", "hparams_search": "Optuna sweeps (with -m)"}
 TRAIN_KEYS = [("data.root", "<folder>", "images to pretrain on (or data.file_list=<file>, data.shards=<tars>)"),
               ("data.batch_size", "64", "images per process and step"),
               ("trainer.max_epochs", "100", "epochs (the experiment sets its own)"),
               ("trainer.devices", "auto", "GPUs or CPU processes; trainer.num_nodes for several machines"),
               ("model.init", "null", "start from a checkpoint's weights (continued pretraining)"),
               ("callbacks.last_checkpoint.every_n_epochs", "1", "how often last.ckpt (what ckpt_path=last resumes) "
-               "is written")]  # fmt: skip
+               "is written")]
 
 
 def _train_help(conf: Path) -> list[str]:
@@ -129,7 +129,7 @@ def _train_help(conf: Path) -> list[str]:
         lines.append(f"  {group:<15} {what}: {choices}")
     return [*lines, "", "keys of train.yaml:", *_format_keys(documented_keys(conf / "train.yaml")), "",
             "common keys (any key of the composed config can be set; --cfg job prints them all):",
-            *_format_keys(TRAIN_KEYS)]  # fmt: skip
+            *_format_keys(TRAIN_KEYS)]
 
 
 def task_help(prog: str, args: Sequence[str]) -> str:
@@ -210,7 +210,7 @@ def override_hint(config_name: str, overrides: Sequence[str]) -> str | None:
 
 
 _CONFIG_FILES = {"mmpretrain-train": "train.yaml", "mmpretrain-eval": "eval.yaml", "mmpretrain-extract": "extract.yaml",
-                 "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}  # fmt: skip
+                 "mmpretrain-index": "index.yaml", "mmpretrain-export": "export.yaml"}
 
 
 def missing_value_message(prog: str, err: Exception) -> str:

@@ -93,7 +93,7 @@ def _fewshot_input(cfg: DictConfig, device: str) -> LabeledInput:
     return choose_input(encoder=cfg.get("encoder"), store=cfg.get("store"), root=cfg.data.get("root"),
                         shards=list(shards) if isinstance(shards, ListConfig) else shards,
                         random_init=bool(cfg.random_init), batch_size=cfg.data.batch_size,
-                        make_encoder=lambda: _fewshot_encoder(cfg, device))  # fmt: skip
+                        make_encoder=lambda: _fewshot_encoder(cfg, device))
 
 
 def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -114,7 +114,7 @@ def _fewshot(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                                   method, cfg.seed, base_features=base_features, device=device,
                                   progress=cfg.get("progress", True))
         for method in methods
-    }  # fmt: skip
+    }
     metrics = {}
     for method, by_shot in results.items():
         for shot, result in by_shot.items():
@@ -159,7 +159,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     task = cfg.task
     result = video_text_retrieval(encoder, records, ks=list(task.ks), shortlist=task.shortlist,
                                   rerank_k=task.rerank_k, index_key=task.index_key,
-                                  batch_size=cfg.data.batch_size)  # fmt: skip
+                                  batch_size=cfg.data.batch_size)
     metrics = {"retrieval/vtm_acc": result["vtm_accuracy"], "retrieval/vtm_acc_hard": result["vtm_accuracy_hard"]}
     for direction in ("t2v", "v2t", "t2v_rerank"):
         metrics |= {f"retrieval/{direction}_{k}": float(v) for k, v in result.get(direction, {}).items()}
@@ -167,7 +167,7 @@ def _retrieval(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log_hyperparameters(cfg, loggers)
     _log_metrics(loggers, metrics)
     _write_record(cfg, {"task": "retrieval", "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
-                        "manifest": str(cfg.data.manifest), **result})  # fmt: skip
+                        "manifest": str(cfg.data.manifest), **result})
     return metrics, {"encoder": encoder, "result": result}
 
 
@@ -180,7 +180,7 @@ def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from mmpretrain.video.eval.store_probe import probe_store
 
     result = probe_store(cfg.train_store, cfg.val_store, cfg.probe_task, epochs=cfg.epochs, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed, progress=True)  # fmt: skip
+                         weight_decay=cfg.weight_decay, seed=cfg.seed, progress=True)
     scalars = {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     metrics = {f"probe/{k}": v for k, v in scalars.items()}
     metrics["probe/score"] = scalars["top1" if cfg.probe_task == "classify" else "mAP"]
@@ -188,7 +188,7 @@ def _probe(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log_hyperparameters(cfg, loggers)
     _log_metrics(loggers, metrics)
     _write_record(cfg, {"task": "probe", "probe_task": cfg.probe_task, "train_store": str(cfg.train_store),
-                        "val_store": str(cfg.val_store), **scalars})  # fmt: skip
+                        "val_store": str(cfg.val_store), **scalars})
     return metrics, {"result": result}
 
 
@@ -209,18 +209,18 @@ def _predict(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     pre = config["preprocessing"]
     dataset = VideoTextDataset(read_video_manifest(cfg.data.manifest), num_frames=pre["num_frames"],
                                size=(pre["image_size"], pre["image_size"]), train=False,
-                               backend=cfg.data.backend)  # fmt: skip
+                               backend=cfg.data.backend)
     processor = TextProcessor(tokenizer_from_json(config["tokenizer"]), int(pre.get("max_text_len", 64)))
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=VideoCollator(processor),
                         num_workers=loader_workers(cfg.data.num_workers),
-                        pin_memory=loader_pin_memory(cfg.data.pin_memory))  # fmt: skip
+                        pin_memory=loader_pin_memory(cfg.data.pin_memory))
     check_trainer(cfg.trainer)
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", devices=1, logger=False, enable_checkpointing=False)
     path = Path(cfg.task.output or Path(cfg.paths.output_dir) / "predictions.jsonl")
     count = write_predictions(trainer, module, loader, path, top_k=cfg.task.top_k)
     log.info("wrote %d predictions to %s", count, path)
     _write_record(cfg, {"task": "predict", "encoder": str(cfg.encoder), "manifest": str(cfg.data.manifest),
-                        "predictions": str(path), "count": count})  # fmt: skip
+                        "predictions": str(path), "count": count})
     return {"predict/count": float(count)}, {"path": path}
 
 
@@ -231,7 +231,7 @@ def _frozen_backbone(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]
         cfg.data.image_size, cfg.data.mean, cfg.data.std = prep["image_size"], list(prep["mean"]), list(prep["std"])
         cfg.data.eval_crop_pct = prep.get("crop_pct", 0.875)
     log.info("preprocessing of encoder=%s: data.image_size=%s data.eval_crop_pct=%s", cfg.encoder,
-             cfg.data.image_size, cfg.data.eval_crop_pct)  # fmt: skip
+             cfg.data.image_size, cfg.data.eval_crop_pct)
     refresh_config(cfg)
     datamodule = instantiate(cfg.data, "data")
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -239,14 +239,14 @@ def _frozen_backbone(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]
     trainer = None
     if cfg.task.name == "knn":
         metrics = knn_evaluate(backbone, datamodule, _device(cfg.trainer), k=cfg.task.k,
-                               temperature=cfg.task.temperature)  # fmt: skip
+                               temperature=cfg.task.temperature)
         _log_metrics(loggers, metrics)
     else:
         check_trainer(cfg.trainer)
         trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, enable_checkpointing=False)
         metrics = linear_evaluate(backbone, datamodule, trainer, cfg.task)
     _write_record(cfg, {"task": cfg.task.name, "encoder": str(cfg.encoder), "random_init": bool(cfg.random_init),
-                        **metrics})  # fmt: skip
+                        **metrics})
     return metrics, {"backbone": backbone, "datamodule": datamodule, "trainer": trainer}
 
 

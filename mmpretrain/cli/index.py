@@ -221,14 +221,14 @@ def _build(cfg: DictConfig) -> dict[str, Any]:
         store, metric=cfg.metric, index_key=index_key, memory_budget=cfg.memory_budget,
         target_recall=cfg.target_recall, k_tune=cfg.k, batch_size=cfg.batch_size, use_gpu=cfg.use_gpu,
         seed=cfg.seed,
-    )  # fmt: skip
+    )
     index.save(output)
     summary = {
         "command": "build", "output": str(output), "store": str(store), "index_key": index.index_key,
         "metric": index.metric, "ntotal": index.ntotal, "dim": index.dim, "search_params": index.search_params,
         "tuned_recall": index.tuning.get("recall"), "size_bytes": _folder_bytes(output),
         "build_seconds": round(time.perf_counter() - tic, 3),
-    }  # fmt: skip
+    }
     print(json.dumps(summary))
     return summary
 
@@ -244,7 +244,7 @@ def _search(cfg: DictConfig) -> dict[str, Any]:
     else:
         queries = resolve_queries(items, index.dim, {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS},
                                   expand=lambda folder: scan_images(folder, key="query").paths,
-                                  supported=SUPPORTED_QUERIES)  # fmt: skip
+                                  supported=SUPPORTED_QUERIES)
         embeddings, names = queries.embeddings, queries.items
         if embeddings is None:
             embeddings = _encode(cfg, index, names, queries.kind)

@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=[*callbacks, QueueCheck(), _WorkStarted()],
-                                      logger=loggers or False)  # fmt: skip
+                                      logger=loggers or False)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "callbacks": callbacks}
     log_hyperparameters(cfg, loggers)
     if cfg.get("train", True):
@@ -87,7 +87,7 @@ def _check_resume(model: pl.LightningModule, ckpt_path: str) -> None:
     if not (missing or unexpected or shapes):
         return
     example = (f"{shapes[0]} is {tuple(state[shapes[0]].shape)} there, {tuple(own[shapes[0]].shape)} here" if shapes
-               else f"{(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'}")  # fmt: skip
+               else f"{(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'}")
     parts = Path(ckpt_path).resolve().parts
     origin = f" (written by experiment={parts[parts.index('runs') - 1]})" if "runs" in parts[1:] else ""
     raise ConfigError(f"ckpt_path={ckpt_path}{origin} does not fit this model: {len(missing)} weights missing, "

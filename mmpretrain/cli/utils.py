@@ -230,7 +230,7 @@ def get_metric_value(metrics: dict[str, Any], name: str | None, required: bool =
     if name not in metrics:
         message = (f"optimized_metric={name} was not logged; available: {sorted(metrics)} "
                    "(for MoBY's val/knn_top1, set data.knn_train_root and data.knn_val_root, and run at least "
-                   "trainer.check_val_every_n_epoch epochs)")  # fmt: skip
+                   "trainer.check_val_every_n_epoch epochs)")
         if required:
             raise ConfigError(message)
         log.warning(message)

@@ -49,7 +49,7 @@ _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
 _IGNORED_EXITS = (141, 23)  # SIGPIPE and curl's write error: the reader stopped early on purpose
 _CURL_EXITS = {6: "host not found", 7: "connection refused", 22: "HTTP error status", 28: "stalled or timed out",
-               52: "empty reply", 56: "connection reset"}  # fmt: skip
+               52: "empty reply", 56: "connection reset"}
 
 
 class SampleError(Exception):
@@ -130,7 +130,7 @@ def read_limits() -> tuple[int, float, str]:
     if check not in COUNT_CHECKS:
         raise ConfigError(f"MMPRETRAIN_SHARD_COUNT_CHECK={check!r} is not one of {COUNT_CHECKS}")
     return (int(_env_number("MMPRETRAIN_SHARD_MAX_MEMBER_BYTES", MAX_MEMBER_BYTES, 1)),
-            _env_number("MMPRETRAIN_SHARD_STALL_S", STALL_S, 1), check)  # fmt: skip
+            _env_number("MMPRETRAIN_SHARD_STALL_S", STALL_S, 1), check)
 
 
 def open_shard(url: str, stall_s: float) -> Any:
@@ -139,7 +139,7 @@ def open_shard(url: str, stall_s: float) -> Any:
     if url.startswith(("http://", "https://")):
         stall = str(max(1, round(stall_s)))
         command = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", stall,
-                   "--speed-limit", str(LOW_SPEED_BYTES), "--speed-time", stall, url]  # fmt: skip
+                   "--speed-limit", str(LOW_SPEED_BYTES), "--speed-time", stall, url]
         return Pipe(command, mode="rb", bufsize=1 << 16, ignore_status=list(_IGNORED_EXITS))
     return wds.gopen(url)
 

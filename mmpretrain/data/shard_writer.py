@@ -149,7 +149,7 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     index = read_index(out)
     present = sorted({p.name for p in out.glob(f"{prefix}-*.tar") if _ours(p.name, prefix)}
-                     | {name for name in index["counts"] if _ours(name, prefix)})  # fmt: skip
+                     | {name for name in index["counts"] if _ours(name, prefix)})
     if present and not overwrite:
         raise PathExistsError(f"{out} already holds shards {prefix}-*.tar ({len(present)}: {present[0]} ...); "
                               "pass --overwrite (overwrite=True) to replace them, or another --prefix / folder")

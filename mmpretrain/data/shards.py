@@ -70,7 +70,7 @@ __all__ = [
     "class_index", "class_names", "count_samples", "deal_shards", "expand_shards", "image_samples", "is_shard_error",
     "read_index", "read_shard", "sample_image", "sample_json", "sample_label", "shard_counts", "shard_loader",
     "shard_name", "shard_vocabulary", "write_shards",
-]  # fmt: skip
+]
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://")
 

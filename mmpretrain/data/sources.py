@@ -231,7 +231,7 @@ def parse_labels(labels: str | bool, key: str) -> str | bool:
 
 _SPLIT_LIKE = re.compile(r"^(train(ing)?|val(id(ation)?)?|test(ing)?|dev|eval|holdout|split|batch|part|shard|chunk|"
                          r"fold|subset|set|images?|data)[-_ ]?\d*$|^(batch|part|shard|chunk|fold|split)[-_ ]?\d+\b",
-                         re.IGNORECASE)  # fmt: skip
+                         re.IGNORECASE)
 
 
 def describe_labels(labels: list[str], origin: str) -> tuple[str, str | None]:

@@ -152,7 +152,7 @@ class InputSource:
             rows = np.concatenate([rows, np.full(world - len(rows), rows[-1])])
         return DataLoader(ExtractionDataset(self.rows, rows, self.input_loader, self.shard_size),
                           batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          pin_memory=torch.cuda.is_available())  # fmt: skip
+                          pin_memory=torch.cuda.is_available())
 
     def metadata(self, shard: int, data: dict[str, np.ndarray], good: np.ndarray) -> dict[str, list[Any]]:
         return self.rows.metadata(shard * self.shard_size + data["pos"][good])

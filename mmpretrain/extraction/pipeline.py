@@ -129,7 +129,7 @@ def _extract(encoder: Encoder, source: RowSource, output: Path, trainer: pl.Trai
         "encoder": encoder.name, "dim": encoder.embed_dim, "preprocessing": encoder.preprocessing,
         **encoder.settings(), "weights_sha256": encoder.weights_sha256(), "normalize": normalize, "dtype": dtype,
         **source.signature(),
-    }))  # fmt: skip
+    }))
     writer = StoreWriter(output, source, dtype, max_failure_rate)
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, StoreWriter)] + [writer]
     datamodule = ExtractionDataModule(output, source, signature, overwrite, dtype, batch_size, num_workers)

@@ -166,7 +166,7 @@ class StoreWriter(BasePredictionWriter):
             if keep.any():
                 _write_part(parts_dir(self.output, int(shard)), trainer.global_rank, {
                     "pos": pos[keep], "ok": ok[keep], "embeddings": embeddings[keep], "error": errors[keep],
-                    **{key: value[keep] for key, value in columns.items()}})  # fmt: skip
+                    **{key: value[keep] for key, value in columns.items()}})
             for i in np.flatnonzero(sel & ends):
                 parts_dir(self.output, int(shard)).mkdir(parents=True, exist_ok=True)
                 write_text_atomic(parts_dir(self.output, int(shard)) / _END_FILE,

@@ -70,7 +70,7 @@ def _swin(state: Mapping[str, torch.Tensor], raw: Mapping[str, Any] | None) -> d
             img_size = window * math.isqrt(int(mask.shape[0])) * patch * 2 ** int(found.group(1))
             break
     return {"embed_dim": int(embed_dim), "depths": depths, "num_heads": heads, "window_size": window,
-            "patch_size": int(patch), "img_size": int(img_size), "mlp_ratio": hidden / embed_dim}  # fmt: skip
+            "patch_size": int(patch), "img_size": int(img_size), "mlp_ratio": hidden / embed_dim}
 
 
 def _vit(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _vit(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return {"embed_dim": int(embed_dim), "depth": _count(state, r"^blocks\.(\d+)\."),
             "num_heads": max(1, int(embed_dim) // 64), "patch_size": int(patch), "img_size": int(grid * patch),
             "mlp_ratio": hidden / embed_dim, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
-            "class_token": "cls_token" in state}  # fmt: skip
+            "class_token": "cls_token" in state}
 
 
 def infer_architecture(

@@ -24,7 +24,7 @@ _OFFICIAL_MLP = {"linear_hidden.1.": "0.", "linear_hidden.2.": "1.", "linear_out
 _OFFICIAL_HEADS = {"projector": "projector", "projector_k": "target_projector", "predictor": "predictor"}
 TRAINING_PREFIXES: tuple[str, ...] = (
     "target_backbone.", "projector.", "target_projector.", "predictor.", "queue1.", "queue2.",
-)  # fmt: skip
+)
 
 
 def moby_training_state(loaded: LoadedCheckpoint) -> dict[str, torch.Tensor]:

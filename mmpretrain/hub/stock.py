@@ -70,7 +70,7 @@ def fetch_hub_file(repo: str, filenames: tuple[str, ...], source: str, progress:
             disable_progress_bars()
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache,
-                                        endpoint=endpoint, local_files_only=offline))  # fmt: skip
+                                        endpoint=endpoint, local_files_only=offline))
         except EntryNotFoundError:
             continue
         except LocalEntryNotFoundError as err:
@@ -165,7 +165,7 @@ def load_stock(
     else:
         weights = _pretrained_file(pretrained_cfg, source, progress)
         model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg=pretrained_cfg,
-                                  pretrained_cfg_overlay={"file": str(weights)}, **kwargs)  # fmt: skip
+                                  pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
         label = f"{source} (timm pretrained, {pretrained_cfg.get('tag') or pretrained_cfg.get('hf_hub_id')})"
         log.info("%s: timm's pretrained weights %s", source, weights)
     size = kwargs.get("img_size") or pretrained_cfg.get("input_size", (3, DEFAULT_PREPROCESSING["image_size"]))[-1]
@@ -178,7 +178,7 @@ def load_stock(
         "crop_pct": float(pretrained_cfg.get("crop_pct", DEFAULT_PREPROCESSING["crop_pct"])),
     }
     config = {"name": label, "architecture": {"name": name, "kwargs": kwargs}, "preprocessing": preprocessing,
-              "random_init": random_init}  # fmt: skip
+              "random_init": random_init}
     return config, model.state_dict(), weights
 
 
@@ -187,6 +187,6 @@ def _pretrained_file(pretrained_cfg: Mapping[str, Any], source: str, progress: b
     repo = pretrained_cfg.get("hf_hub_id")
     if not repo:
         raise ConfigError(f"{source}: timm has no pretrained weights on the Hugging Face hub for this model; "
-                          "random_init=true builds it at random")  # fmt: skip
+                          "random_init=true builds it at random")
     filename = pretrained_cfg.get("hf_hub_filename")
     return fetch_hub_file(str(repo), (filename,) if filename else _WEIGHT_FILES, source, progress)

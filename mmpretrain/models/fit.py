@@ -31,8 +31,8 @@ def state_fits(model: nn.Module | Mapping[str, torch.Tensor], state: Mapping[str
     common = [k for k in expected if k in state]
     untyped = [f"{k} ({type(state[k]).__name__})" for k in common if not isinstance(state[k], torch.Tensor)]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in common
-              if isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]  # fmt: skip
+              if isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
     problems = [f"{what} {_few(names)}" for what, names in
                 (("missing keys", missing), ("unexpected keys", unexpected), ("not tensors", untyped),
-                 ("shapes (checkpoint vs model)", shapes)) if names]  # fmt: skip
+                 ("shapes (checkpoint vs model)", shapes)) if names]
     return "; ".join(problems)

@@ -181,7 +181,7 @@ class FusionArch:
         for key, value, known in (("text_pooling", self.text_pooling, (*TEXT_POOLINGS, None)),
                                   ("temporal_stem", self.temporal_stem, TEMPORAL_STEMS),
                                   ("vtc_text", self.vtc_text, VTC_TEXTS),
-                                  ("space_time", self.space_time, SPACE_TIMES)):  # fmt: skip
+                                  ("space_time", self.space_time, SPACE_TIMES)):
             if value not in known:
                 raise ValueError(f"model.arch.{key}={value!r} is not one of {tuple(k for k in known if k)}")
         if self.tubelet_frames < 1 or self.tubelet_frames % 2 == 0:
@@ -310,7 +310,7 @@ class VideoTextFusion(nn.Module):
         if arch.temporal_stem == "tubelet":
             if self.image_size % self.grid:
                 raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} "
-                                 "(the tubelet stem's patch; model.arch.temporal_stem=tubelet)")  # fmt: skip
+                                 "(the tubelet stem's patch; model.arch.temporal_stem=tubelet)")
             self.temporal_stem = TubeletStem(frame_dim, self.image_size // self.grid, arch.tubelet_frames)
         self.temporal_attn = None
         self._clip = {"frames": 1}
@@ -323,7 +323,7 @@ class VideoTextFusion(nn.Module):
         self.temporal_pos = nn.Parameter(torch.zeros(1, num_frames, 1, width))
         self.type_embed = nn.Embedding(4, width)
         layer = nn.TransformerEncoderLayer(width, arch.num_heads, int(width * arch.mlp_ratio), arch.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)  # fmt: skip
+                                           activation="gelu", batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, arch.depth, norm=nn.LayerNorm(width), enable_nested_tensor=False)
         self.vtc_video = nn.Linear(width, arch.proj_dim)
         self.vtc_text = nn.Linear(text_dim, arch.proj_dim)
@@ -352,7 +352,7 @@ class VideoTextFusion(nn.Module):
         blocks = getattr(self.frame_encoder, "blocks", None)
         if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not hasattr(blocks[0], "attn"):
             raise ValueError(f"model.arch.space_time=divided needs a ViT-like frame encoder (a 'blocks' list); "
-                             f"{type(self.frame_encoder).__name__} has none")  # fmt: skip
+                             f"{type(self.frame_encoder).__name__} has none")
         dim, heads = int(self.frame_encoder.embed_dim), int(blocks[0].attn.num_heads)
         prefix = int(getattr(self.frame_encoder, "num_prefix_tokens", 0))
         self.temporal_attn = nn.ModuleList(TemporalAttention(dim, heads, self.num_frames) for _ in blocks)
@@ -399,7 +399,7 @@ class VideoTextFusion(nn.Module):
         """The text encoder's token states ``(B, L, H_text)`` of a tokenized batch (``input_ids``,
         ``attention_mask``, ``token_type_ids``)."""
         out = self.text_encoder(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                                token_type_ids=text["token_type_ids"])  # fmt: skip
+                                token_type_ids=text["token_type_ids"])
         return out.last_hidden_state
 
     def fuse(
@@ -473,7 +473,7 @@ class VideoTextFusion(nn.Module):
             length = max(int(mask.sum(1).max()), 1)
             mask = mask[:, :length]
             states = self.text_states({"input_ids": text["input_ids"][:, :length], "attention_mask": mask,
-                                       "token_type_ids": text["token_type_ids"][:, :length]})  # fmt: skip
+                                       "token_type_ids": text["token_type_ids"][:, :length]})
         elif states is None:
             states = self.text_states(text)
         return self.text_embedding(states, mask, normalize)
@@ -485,13 +485,13 @@ class VideoTextFusion(nn.Module):
         keep = text.get("has_text") if text_keep is None else text_keep
         states = self.text_states(text)
         fused = self.fuse(self.video_tokens(frames), states, text["attention_mask"], text["token_type_ids"],
-                          text_keep=None if keep is None else keep.bool())  # fmt: skip
+                          text_keep=None if keep is None else keep.bool())
         return fused[:, 0]
 
     def match(self, frames: torch.Tensor, text: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """VTM match probabilities ``(B,)`` of (clip i, text i) pairs."""
         fused = self.fuse(self.video_tokens(frames), self.text_states(text), text["attention_mask"],
-                          text["token_type_ids"])  # fmt: skip
+                          text["token_type_ids"])
         return self.match_logits(fused).float().softmax(-1)[:, 1]
 
 
@@ -521,7 +521,7 @@ def create_video_model(
     frames = create_backbone(frame_encoder, frame_drop_path, **dict(frame_encoder_kwargs or {}))
     text = create_text_encoder(text_encoder, text_pretrained, dict(text_overrides or {}) or None)
     model = VideoTextFusion(frames, text, len(tokenizer), arch, num_frames=num_frames, image_size=image_size,
-                            mvm_dim=mvm_dim)  # fmt: skip
+                            mvm_dim=mvm_dim)
     return model, tokenizer
 
 

@@ -91,13 +91,13 @@ class MoBY(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.hparams["optimizer"] = _optimizer_settings(self.optimizer_factory)
         check_range({"model.drop_path_rate": drop_path_rate, "model.target_drop_path_rate": target_drop_path_rate},
-                    0.0, 1.0, high_open=True)  # fmt: skip
+                    0.0, 1.0, high_open=True)
         check_range({"model.momentum_start": momentum_start, "model.momentum_end": momentum_end}, 0.0, 1.0)
         check_range({f"model.{k}": v for k, v in {"proj_hidden_dim": proj_hidden_dim, "proj_dim": proj_dim,
                                                    "queue_len": queue_len, "lr_ref_batch": lr_ref_batch,
                                                    "knn_k": knn_k, "image_size": image_size}.items()}, 1)
         check_range({"model.temperature": temperature, "model.knn_temperature": knn_temperature,
-                     "model.base_lr": base_lr}, 0.0, low_open=True)  # fmt: skip
+                     "model.base_lr": base_lr}, 0.0, low_open=True)
         check_range({"model.warmup_start_lr": warmup_start_lr, "model.min_lr": min_lr,
                      "model.warmup_epochs": warmup_epochs,
                      "model.optimizer.weight_decay": self.hparams.optimizer.get("weight_decay")}, 0.0)
@@ -188,7 +188,7 @@ class MoBY(pl.LightningModule):
         loss = moby_loss(
             pred_1, pred_2, key_1, key_2,
             self.queue1.keys.clone(), self.queue2.keys.clone(), self.hparams.temperature,
-        )  # fmt: skip
+        )
         return loss, key_1, key_2
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
