@@ -164,16 +164,21 @@ def _overlaps(tensor: torch.Tensor) -> bool:
     return False
 
 
-def _tensors_in(obj: Any, where: str, depth: int = 0) -> Any:
-    """(key path, tensor) of every tensor in nested dicts, lists and tuples."""
-    if isinstance(obj, torch.Tensor):
-        yield where, obj
-    elif depth < 32 and isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors_in(value, f"{where}.{key}" if where else str(key), depth + 1)
-    elif depth < 32 and isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors_in(value, f"{where}[{i}]", depth + 1)
+def _tensors_in(obj: Any) -> Any:
+    """(key path, tensor) of every tensor in nested dicts, lists and tuples. Each container is visited once (a file
+    may share one sub-object many times: walking every reference would take exponential time), and without
+    recursion (a file may nest deeper than Python's stack)."""
+    stack, seen = [("", obj)], set()
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield where, item
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, dict):
+                stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in item.items())
+            else:
+                stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
 
 
 def check_storage(obj: Any, path: str | Path) -> None:
@@ -186,7 +191,7 @@ def check_storage(obj: Any, path: str | Path) -> None:
     Raises:
         CheckpointReadError: naming ``path``, the key and both sizes.
     """
-    for key, tensor in _tensors_in(obj, ""):
+    for key, tensor in _tensors_in(obj):
         if tensor.numel() == 0:
             continue
         needed = tensor.numel() * tensor.element_size()
