@@ -348,3 +348,16 @@ def test_rerank_breaks_ties_by_first_stage_score_then_position():
 def test_bad_inputs_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_tag_agreement_counts_top1_hits_sharing_each_tag() -> None:
+    queries = [["red", "circle", "moving-up"], ["red", "square", "moving-left"], ["blue", "circle", "moving-up"]]
+    hits = [["red", "square", "moving-up"], ["red", "square", "moving-right"], ["red", "circle", "moving-down"]]
+    out = metrics.tag_agreement(queries, hits)
+    assert out["red"] == {"agreement": 1.0, "queries": 2}
+    assert out["circle"] == {"agreement": 0.5, "queries": 2}
+    assert out["moving-up"] == {"agreement": 0.5, "queries": 2}
+    assert out["blue"] == {"agreement": 0.0, "queries": 1} and out["moving-left"]["agreement"] == 0.0
+    assert list(out) == sorted(out) and "moving-right" not in out  # only the queries' own tags are scored
+    with pytest.raises(ValueError, match="3 queries but 2 hits"):
+        metrics.tag_agreement(queries, hits[:2])

@@ -371,7 +371,15 @@ def test_eval_retrieval_reranks_inside_the_shortlist_only(pretrained: Path, vide
         assert saved["t2v"] == objects["result"]["t2v"] and metrics["retrieval/t2v_R@1"] == saved["t2v"]["R@1"]
     result = runs["false"]
     records = read_video_manifest(video_demo["val"])
-    assert result["videos"] == len(records) and result["queries"] == sum(bool(r.title or r.ocr) for r in records)
+    # a query is a title, typed without the record's OCR
+    assert result["videos"] == len(records) and result["queries"] == sum(bool(r.title) for r in records)
+    # per tag: over the queries whose own clip carries it, how often the top-1 video does too
+    counts = {}
+    for record in records:
+        for tag in set(record.tags) if record.title else ():
+            counts[tag] = counts.get(tag, 0) + 1
+    assert {t: v["queries"] for t, v in result["t2v_tags"].items()} == counts
+    assert all(0 <= v["agreement"] <= 1 for v in result["t2v_tags"].values())
     for direction in ("t2v", "v2t", "t2v_rerank"):
         r = result[direction]
         assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100 and 1 <= r["MdR"] <= len(records)

@@ -1,11 +1,13 @@
 """The video–title–OCR fusion transformer (VIOLET-style) with an ALBEF/ALPRO contrastive head.
 
-Frames go through a timm ViT/Swin one at a time; its token grid (pooled to ``visual_grid`` × ``visual_grid``) gets
-spatial and temporal position embeddings. Title and OCR go through a transformers BERT. A fusion transformer
-reads ``[CLS; video tokens; text tokens]`` with type embeddings (CLS, video, title, OCR) and key-padding masks, so
-either modality may be absent: a video without text is fused alone, which is also how its standalone (VTC)
-embedding is made. Pure torch: no file or network access; :mod:`mmpretrain.video.train.module` trains it and
-:func:`mmpretrain.hub.build_model` rebuilds it from a checkpoint.
+Frames go through a timm ViT/Swin one at a time; a tubelet stem (a 3-D patch embedding over neighbouring frames)
+adds motion to each frame's token grid (pooled to ``visual_grid`` × ``visual_grid``), and ViT encoders may also
+attend across frames (divided space–time attention); the tokens get spatial and temporal position embeddings.
+Title and OCR go through a transformers BERT. A fusion transformer reads ``[CLS; video tokens; text tokens]`` with
+type embeddings (CLS, video, title, OCR) and key-padding masks, so either modality may be absent: a video without
+text is fused alone, which is also how its standalone (VTC) embedding is made. :class:`FusionArch` holds the
+architecture's keys; :func:`create_video_model` is the factory. Pure torch: no file or network access;
+:mod:`mmpretrain.video.train` trains it and :func:`mmpretrain.hub.build_model` rebuilds it from a checkpoint.
 """
 
 from __future__ import annotations
