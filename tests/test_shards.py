@@ -246,7 +246,7 @@ def test_a_corrupt_member_header_is_reported(tmp_path: Path, caplog) -> None:
     path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         samples = list(read_shard(str(path)))
-    assert samples[-1]["__error__"] == "corrupt_member" and len(samples) == 4
+    assert samples[-1].reason == "corrupt_member" and len(samples) == 4
     assert "hdr-000000.tar has a corrupt member header" in caplog.text
 
 
@@ -529,4 +529,4 @@ def test_http_shards_are_read_and_extracted(http_shards, published: Path, tmp_pa
     assert summary["count"] == 24 and summary["failed"] == 0 and summary["shards"] == 2
     assert open_store(tmp_path / "s").metadata().to_pydict()["id"] == keys
     missing = list(read_shard(f"{base}/000009.tar"))  # a 404: curl fails, the shard is reported, nothing is read
-    assert len(missing) == 1 and missing[0]["__error__"] == "truncated_shard"
+    assert len(missing) == 1 and missing[0].reason == "truncated_shard"

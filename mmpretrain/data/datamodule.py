@@ -293,7 +293,7 @@ class LabeledImageDataModule(SampledLoaders):
                 vocabularies[key] = shard_vocabulary(urls, key=f"data.{key}")["classes"]
                 if not vocabularies[key]:
                     raise DataError(f"data.{key}={hp[key]!r}: no sample has a label (a .cls member or a 'label' in "
-                                    "its .json); write labelled shards with scripts/make_shards.py from a folder with "
+                                    "its .json); write labelled shards with mmpretrain-shards from a folder with "
                                     "one subfolder per class")
             if vocabularies["shards"] != vocabularies["val_shards"]:
                 raise ConfigError(f"data.shards and data.val_shards have different classes: "

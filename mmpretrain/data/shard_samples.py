@@ -92,19 +92,6 @@ class ShardError:
         """True when nothing after this point of the shard was read."""
         return self.key is None
 
-    def _fields(self) -> dict[str, Any]:
-        return {"__error__": self.reason, "__url__": self.url, "__detail__": self.detail, "__key__": self.key}
-
-    def __contains__(self, name: str) -> bool:
-        """``"__error__" in raw`` holds for the marker only (readers written against the earlier dict marker)."""
-        return name in self._fields()
-
-    def __getitem__(self, name: str) -> Any:
-        return self._fields()[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._fields().get(name, default)
-
 
 def is_shard_error(raw: Any) -> bool:
     """True for the reader's `ShardError` marker (never for a sample, whatever its members are called)."""

@@ -127,7 +127,7 @@ def shard_counts(urls: Sequence[str]) -> list[int]:
             count, read = count_samples(url), read + 1
         counts.append(int(count))
     if read:
-        log.info("counted the samples of %d shards by reading them (write %s with scripts/make_shards.py to skip "
+        log.info("counted the samples of %d shards by reading them (write %s with mmpretrain-shards to skip "
                  "this)", read, INDEX_FILE)
     return counts
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from mmpretrain.data import ShardError
 from mmpretrain.data.shards import SampleError, expand_shards, read_shard, sample_image
 from mmpretrain.data.sources import IMAGE_EXTENSIONS, read_image_input
 from mmpretrain.embeddings import MANIFEST
@@ -158,8 +159,8 @@ def shard_urls(spec: str, key: str) -> list[str]:
 def _shard_samples(urls: Sequence[str], where: str) -> Iterator[dict[str, Any]]:
     for url in urls:
         for raw in read_shard(url):
-            if "__error__" in raw:
-                raise DataError(f"{where}: shard {url} is damaged ({raw['__error__']}: {raw['__detail__']})")
+            if isinstance(raw, ShardError):
+                raise DataError(f"{where}: shard {url} is damaged ({raw.reason}: {raw.detail})")
             yield raw
 
 

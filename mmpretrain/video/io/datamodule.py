@@ -178,7 +178,7 @@ class VideoDataModule(SampledLoaders):
             self.labels = vocabulary["classes"]
             if not self.labels:
                 raise DataError(f"data.with_labels=true but no sample of {where} has a 'label' in its .json "
-                                "(video2dataset metadata, or scripts/make_shards.py from a manifest with labels)")
+                                "(video2dataset metadata, or mmpretrain-shards from a manifest with labels)")
         if hp.with_tags:
             self.tags = vocabulary["tags"]
             if not self.tags:
