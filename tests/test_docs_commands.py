@@ -50,6 +50,8 @@ def document_commands(document: Path) -> list[tuple[int, list[str]]]:
 def _override(token: str) -> str | None:
     """A README argument as a Hydra override: optional `[k=v]` unwrapped, placeholders (`<...>`, `...`) quoted."""
     token = token[1:-1] if token.startswith("[") and token.endswith("]") and "=" in token else token
+    if token.startswith("~"):  # Hydra's delete override: `~model.backbone_kwargs`
+        return token
     if "=" not in token:
         return None
     key, value = token.split("=", 1)
