@@ -28,7 +28,7 @@ def _local_overrides(name: str, demo_root: Path, video_demo: dict[str, Path], pr
 
 
 def _arguments(value: object) -> object:
-    """A node Hydra builds (``_target_``, such as ``model.optimizer``) reaches the module as its arguments."""
+    """A node Hydra builds (``_target_``: ``model.optimizer``, ``model.arch``) reaches the module as its arguments."""
     if isinstance(value, dict) and "_target_" in value:
         return {k: v for k, v in value.items() if not k.startswith("_")}
     return value
@@ -54,8 +54,6 @@ def test_experiment_builds_its_model_and_data(name: str, demo_root, video_demo, 
     recipe = OmegaConf.to_container(cfg.model, resolve=True)
     for key, value in recipe.items():
         if not key.startswith("_"):
-            if isinstance(value, dict) and "_target_" in value:  # a nested config object (model.arch)
-                value = {k: v for k, v in value.items() if k != "_target_"}
             got = model.hparams[key]
             got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
             assert _arguments(list(got) if isinstance(got, tuple) else got) == _arguments(value), key
