@@ -11,7 +11,7 @@ import pytest
 #: modules whose docstring examples run here
 MODULES = [
     "mmpretrain.data.transforms",
-    "mmpretrain.encoders",
+    "mmpretrain.encoders.load",
     "mmpretrain.fewshot.classifier",
     "mmpretrain.fewshot.evaluate",
     "mmpretrain.recsys.export",

@@ -168,8 +168,8 @@ class _Decodes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        self.load = encoders.load_rgb
-        monkeypatch.setattr(encoders, "load_rgb", self)
+        self.load = encoders.image.load_rgb
+        monkeypatch.setattr(encoders.image, "load_rgb", self)
 
     def __call__(self, path: str, *args):
         self.paths.append(path)
