@@ -16,6 +16,7 @@ from mmpretrain.cli.extract import extract
 from mmpretrain.cli.index import index_command
 from mmpretrain.cli.train import train
 from mmpretrain.encoders import VideoEncoder, load_encoder
+from mmpretrain.errors import ConfigError
 from mmpretrain.hub import HubError, build_backbone, load_checkpoint, publish
 from mmpretrain.models import FusionArch, create_backbone, create_tokenizer, frame_token_grid
 from mmpretrain.video import TextProcessor, VideoDataModule, VideoFusionPretrain, build_pretrain, read_video_manifest
@@ -275,6 +276,9 @@ def test_video_encoder_matches_the_trained_module(pretrained: Path, video_demo: 
     assert np.isfinite(without).all() and not np.allclose(with_text, without, atol=1e-4)
     scores = fused.match_scores(clips[:3], texts[:3])
     assert scores.shape == (3,) and ((scores > 0) & (scores < 1)).all()
+    np.testing.assert_allclose(fused.match_scores(paths[:3], texts[:3]), scores, atol=1e-6)  # paths, as documented
+    with pytest.raises(ConfigError, match="3 clips but 2 texts"):
+        fused.match_scores(paths[:3], texts[:2])
 
 
 def test_published_video_model_loads_from_one_file(pretrained: Path, video_demo: dict[str, Path],

@@ -209,8 +209,19 @@ class VideoEncoder(_EncoderBase):
                 out[start:start + len(batch)] = emb.cpu().numpy()
         return out
 
-    def match_scores(self, clips: torch.Tensor, texts: Sequence[str], ocr: Sequence[Any] | None = None) -> np.ndarray:
-        """VTM match probabilities of ``(clip i, text i)`` pairs: the re-ranking score of a retrieval shortlist."""
+    def match_scores(self, clips: torch.Tensor | Sequence[Any], texts: Sequence[str],
+                     ocr: Sequence[Any] | None = None) -> np.ndarray:
+        """VTM match probabilities of ``(clip i, text i)`` pairs: the re-ranking score of a retrieval shortlist.
+
+        ``clips`` is a uint8 clip batch (from :meth:`read_clip`) or the videos themselves, as :meth:`encode_videos`
+        takes them (paths or file-like objects), one per text.
+        """
+        if not isinstance(clips, torch.Tensor):
+            if isinstance(clips, str | os.PathLike):
+                raise TypeError("clips must be a sequence of videos; wrap a single path in a list")
+            clips = torch.stack([self.read_clip(item, i) for i, item in enumerate(clips)])
+        if len(clips) != len(texts):
+            raise ConfigError(f"{len(clips)} clips but {len(texts)} texts: match_scores scores (clip i, text i) pairs")
         frames = self._frames(clips)
         text = self.processor(list(texts), list(ocr or [None] * len(texts)))
         text = {k: v.to(frames.device) for k, v in text.items()}
