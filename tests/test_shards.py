@@ -141,7 +141,8 @@ def _epoch_keys(dataset: ShardDataset, num_workers: int) -> list[tuple[int, bool
     return out
 
 
-def test_uneven_shards_are_padded_so_every_slot_has_the_same_length(tmp_path: Path) -> None:
+def test_uneven_shards_are_padded_so_every_slot_has_the_same_length(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     pattern = _numbered_shards(tmp_path, [5, 3, 4, 2])
     urls = expand_shards(pattern)
     ds = ShardDataset(urls, shard_counts(urls), _keys, batch_size=2, num_workers=2, seed=0, shuffle_buffer=4)
@@ -151,7 +152,10 @@ def test_uneven_shards_are_padded_so_every_slot_has_the_same_length(tmp_path: Pa
     assert len(seen) == len(ds) == 2 * (-(-longest // 2) * 2)
     real = [v for v, padded in seen if not padded]
     assert sorted(real) == list(range(14))  # every sample once; only the padding repeats
-    ds.set_epoch(1)
+    assert ds.padded_samples() == len(seen) - len(real) == 2  # what the epoch's log line says
+    with caplog.at_level(logging.INFO, logger="mmpretrain"):
+        ds.set_epoch(1)
+    assert "shards epoch 1: 2 padded samples on rank 0" in caplog.text
     assert [v for v, p in _epoch_keys(ds, 2) if not p] != real  # another epoch, another order
 
 

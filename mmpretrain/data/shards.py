@@ -250,6 +250,17 @@ class ShardDataset(IterableDataset):
         self.epoch = int(epoch)
         if hasattr(self.decode, "set_epoch"):
             self.decode.set_epoch(epoch)
+        padded = self.padded_samples()
+        if padded:
+            log.info("shards epoch %d: %d padded samples on rank %d (repeats, so every dataloader worker yields %d)",
+                     self.epoch, padded, self.rank, self._slot_length())
+
+    def padded_samples(self) -> int:
+        """Samples this rank repeats this epoch so that its workers yield equal, whole-batch lengths (0 unpadded)."""
+        if not self.pad:
+            return 0
+        mine = self._slots()[self.rank * self.workers:(self.rank + 1) * self.workers]
+        return len(self) - sum(self.counts[i] for shards in mine for i in shards)
 
     def _slots(self) -> list[list[int]]:
         return deal_shards(self.counts, self.world * self.workers, self.seed, self.epoch, self.train)
