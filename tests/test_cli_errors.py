@@ -239,7 +239,8 @@ def test_labels_from_subfolders_are_named_and_split_like_names_warned(tmp_path: 
         (tmp_path / "pool" / batch).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(tmp_path / "pool" / batch / f"{i}.png")
-    run = _run([str(BIN / "mmpretrain-extract"), "encoder=timm:test_resnet", f"input={tmp_path / 'pool'}",
+    run = _run([str(BIN / "mmpretrain-extract"), "encoder=timm:test_resnet", "random_init=true",
+                f"input={tmp_path / 'pool'}",
                 f"output={tmp_path / 'store'}", "trainer=cpu", "num_workers=0"], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     log = run.stdout + run.stderr
