@@ -205,6 +205,12 @@ def test_frame_encoder_starts_from_a_moby_checkpoint(tmp_path: Path) -> None:
     torch.save({"state_dict": {"backbone.x": torch.zeros(1)}, "hyper_parameters": hparams | swin}, ckpt)
     with pytest.raises(ValueError, match=r"model.frame_init=.* holds a 'swin_tiny_patch4_window7_224' backbone"):
         tiny_module(frame_init=str(ckpt))
+    at48 = {"backbone_kwargs": VIT | {"img_size": 48}, "image_size": 48}  # a moby_small checkpoint is 48 px
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in create_backbone("vit_tiny_patch16_224",
+                **(VIT | {"img_size": 48})).state_dict().items()}, "hyper_parameters": hparams | at48}, ckpt)
+    with pytest.raises(ConfigError, match=r"was trained at 48 px but model.image_size=32: add model.image_size=48"):
+        tiny_module(frame_init=str(ckpt), frame_encoder=None)
+    assert tiny_module(frame_init=str(ckpt), frame_encoder=None, image_size=48).model.frame_encoder is not None
 
 
 # ----------------------------------------------------------------------------------------------- training

@@ -64,6 +64,11 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
                              f"model.frame_encoder={name!r}")  # fmt: skip
         if name is None:
             kwargs.update(frame_encoder=arch["name"], frame_encoder_kwargs=dict(arch.get("kwargs") or {}))
+            trained = int(loaded.config["preprocessing"]["image_size"])
+            if int(kwargs.get("image_size", 224)) != trained:
+                raise ConfigError(f"model.frame_init={frame_init!r} was trained at {trained} px but "
+                                  f"model.image_size={kwargs.get('image_size', 224)}: add model.image_size={trained} "
+                                  "(the frames are read at that size)")
         frames = _backbone_state(loaded)
     source = mvm_teacher or frame_init
     if kwargs.get("mvm_target", "teacher") == "teacher" and source:
