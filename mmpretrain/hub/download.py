@@ -123,7 +123,7 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "checkpoints"
 
 
-def _offline() -> bool:
+def offline_mode() -> bool:
     truthy = {"1", "true", "yes", "on"}
     return any(os.environ.get(v, "").strip().lower() in truthy for v in ("MMPRETRAIN_OFFLINE", "HF_HUB_OFFLINE"))
 
@@ -348,7 +348,7 @@ def _download_to(dest: Path, url: str, label: str, sha256: str | None, options: 
         if _cached_ok(dest, sha256, options.verify):
             return dest
         dest.unlink()
-    if _offline():
+    if offline_mode():
         raise OfflineError(
             f"checkpoint {label!r} is not in the cache ({dest}) and offline mode is on "
             "(MMPRETRAIN_OFFLINE / HF_HUB_OFFLINE); copy the file there or unset offline mode"

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from mmpretrain.errors import ConfigError
-from mmpretrain.hub.download import _offline
+from mmpretrain.hub.download import offline_mode
 from mmpretrain.hub.errors import DownloadError, OfflineError
 from mmpretrain.hub.registry import DEFAULT_PREPROCESSING
+from mmpretrain.models import create_backbone
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def fetch_hub_file(repo: str, filenames: tuple[str, ...], source: str, progress:
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    offline, cache = _offline(), hf_cache_dir()
+    offline, cache = offline_mode(), hf_cache_dir()
     endpoint = os.environ.get("HF_ENDPOINT") or None
     repo_id, _, revision = repo.partition("@")  # timm's hf_hub_id may pin a revision
     bars_were_off = are_progress_bars_disabled()
@@ -143,7 +144,6 @@ def load_stock(
         ConfigError: timm has no such model (naming the closest ones), or it has no pretrained weights.
         OfflineError / DownloadError: see :func:`fetch_hub_file`.
     """
-    import timm
 
     name = source[len(PREFIX) :]
     pretrained_cfg: dict[str, Any] | None = None
@@ -154,18 +154,18 @@ def load_stock(
     if isinstance(architecture, Mapping) and architecture.get("name") in (name, name.split(".")[0]):
         kwargs |= dict(architecture.get("kwargs") or {})
     with torch.device("meta"):
-        skeleton = timm.create_model(name, pretrained=False, num_classes=0, pretrained_cfg=pretrained_cfg, **kwargs)
+        skeleton = create_backbone(name, pretrained_cfg=pretrained_cfg, **kwargs)
     pretrained_cfg = dict(skeleton.pretrained_cfg)
     weights = None
     if random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+            model = create_backbone(name, **kwargs)
         label = f"{source} (random init)"
     else:
         weights = _pretrained_file(pretrained_cfg, source, progress)
-        model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg=pretrained_cfg,
-                                  pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+        model = create_backbone(name, pretrained=True, pretrained_cfg=pretrained_cfg,
+                                pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
         label = f"{source} (timm pretrained, {pretrained_cfg.get('tag') or pretrained_cfg.get('hf_hub_id')})"
         log.info("%s: timm's pretrained weights %s", source, weights)
     size = kwargs.get("img_size") or pretrained_cfg.get("input_size", (3, DEFAULT_PREPROCESSING["image_size"]))[-1]
