@@ -125,3 +125,21 @@ def _check_python_line(where: str, args: list[str]) -> None:
         assert importlib.util.find_spec(args[1]) is not None, f"{where}: no module {args[1]}"
     elif args and args[0].endswith(".py"):
         assert (ROOT / args[0]).is_file(), f"{where}: no script {args[0]}"
+
+
+def test_every_link_resolves_and_every_guide_is_reachable_from_the_readme() -> None:
+    """Relative links in README.md and docs/ name files that exist, and each docs/ page is reachable by links."""
+    links: dict[Path, set[Path]] = {}
+    for doc in DOCUMENTS:
+        targets = re.findall(r"\]\(([^)#:\s]+\.md)(?:#[^)]*)?\)", doc.read_text())
+        links[doc] = {(doc.parent / target).resolve() for target in targets}
+        missing = sorted(str(p) for p in links[doc] if not p.is_file())
+        assert not missing, f"{doc.relative_to(ROOT)}: links to missing files {missing}"
+    seen, todo = set(), [ROOT / "README.md"]
+    while todo:
+        doc = todo.pop()
+        if doc not in seen:
+            seen.add(doc)
+            todo += list(links.get(doc, ()))
+    unreachable = sorted(d.relative_to(ROOT).as_posix() for d in DOCUMENTS if d not in seen)
+    assert not unreachable, f"pages no link leads to from README.md: {unreachable}"
