@@ -228,7 +228,8 @@ def test_scripts_prepare_frames_and_demo(demo, tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "prepare_frames.py"),
+            "-m",
+            "mmpretrain.cli.prepare_frames",
             str(demo["val"]),
             str(tmp_path / "frames"),
             "--num-frames",

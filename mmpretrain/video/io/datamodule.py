@@ -71,7 +71,8 @@ class VideoDataModule(SampledLoaders):
             use (fine-tuning); max_text_len / max_title_len: lengths.
         num_frames / image_size / sampling / stride: clip sampling (segment-based or fixed stride).
         backend / pyav_mode: decoding (decord with PyAV fallback, or PyAV only).
-        frames_dir / val_frames_dir: pre-extracted frame shards (``scripts/prepare_frames.py``) instead of decoding.
+        frames_dir / val_frames_dir: pre-extracted frame shards (``python -m mmpretrain.cli.prepare_frames``) instead
+            of decoding.
         crop_scale: random resized crop area range for training clips (same crop for every frame).
         with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning), or from the
             shards' ``.json`` ``label`` / ``tags`` with the class and tag lists of their ``shards.json``.

@@ -108,7 +108,7 @@ class VideoTextDataset(Dataset):
             if absent:
                 raise ValueError(
                     f"{len(absent)} videos of the manifest are not in frames directory {frames_dir} "
-                    f"(first: {absent[:3]}); run scripts/prepare_frames.py on this manifest"
+                    f"(first: {absent[:3]}); run python -m mmpretrain.cli.prepare_frames on this manifest"
                 )
 
     def __len__(self) -> int:

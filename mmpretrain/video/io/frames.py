@@ -1,6 +1,6 @@
 """Pre-extracted frame shards, so large runs keep video decoding out of the training loop.
 
-A frames directory, written by `prepare_frames` (or `scripts/prepare_frames.py`):
+A frames directory, written by `prepare_frames` (or `python -m mmpretrain.cli.prepare_frames`):
 
     manifest.json     {"format": "mmpretrain-frames", "version": 1, "num_frames": F, "size": [H, W], "count": N,
                        "failed": M, "backend": ..., "sampling": "segment-middle",
@@ -234,7 +234,7 @@ class FrameShards:
         if not path.is_file():
             raise FileNotFoundError(
                 f"{self.root} has no manifest.json: not a frames directory, or its preparation did not finish "
-                "(write one with scripts/prepare_frames.py)"
+                "(write one with python -m mmpretrain.cli.prepare_frames)"
             )
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
