@@ -54,7 +54,7 @@ def omniglot_folder(dest: str | os.PathLike) -> Path:
         return dest
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DataError(f"{dest}: exists and is not an unpacked Omniglot folder (no {_DONE}); choose an empty or "
-                        "new folder")  # fmt: skip
+                        "new folder")
     _check_zip()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -83,5 +83,5 @@ def _check_zip() -> None:
     digest = hashlib.sha256(OMNIGLOT_ZIP.read_bytes()).hexdigest()
     if digest != _SHA256:
         raise DataError(f"{OMNIGLOT_ZIP}: sha256 {digest} is not the vendored file's {_SHA256}; reinstall "
-                        "mmpretrain-ssl")  # fmt: skip
+                        "mmpretrain-ssl")
 
