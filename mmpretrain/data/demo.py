@@ -1,8 +1,14 @@
-"""A deterministic demo image set: procedural shapes whose class is the shape, never the colour.
+"""The demo's data: real handwriting split for the one-shot story, and procedural shapes for the video half.
 
-Colour, position, size, rotation and background vary at random, so a classifier must see shape. Colours come
-from a small shared palette: with a unique colour pair per image, instance discrimination (what MoBY trains)
-could be solved by colour alone and would never need to look at shape.
+:func:`omniglot_demo` splits the vendored Omniglot drawings (:func:`mmpretrain.data.omniglot.omniglot_folder`) into
+the file lists of `make demo`'s image half: unlabelled drawings of three alphabets to pretrain on, one labelled
+drawing per character of a held-out alphabet to fit on, a few more to estimate with, the rest to predict, and an
+alphabet never fitted to reject.
+
+:func:`make_demo_images` writes shapes whose class is the shape, never the colour: colour, position, size, rotation
+and background vary at random, so a classifier must see shape. Colours come from a small shared palette: with a
+unique colour pair per image, instance discrimination (what MoBY trains) could be solved by colour alone and would
+never need to look at shape. The video half's frame encoder starts from a MoBY run on them (32-px colour frames).
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from mmpretrain.data.omniglot import omniglot_folder
+from mmpretrain.errors import DataError
 
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "stripes", "ring", "star", "checker")
 
@@ -94,6 +104,89 @@ def make_demo_images(
                 rng = random.Random(seed * 10_000_019 + offset + c * 100_003 + i)
                 draw_shape(shape, size, rng).save(folder / f"{i:05d}.png")
     return root
+
+
+@dataclass(frozen=True)
+class OmniglotDemo:
+    """The image half's file lists (absolute paths; a drawing's character is the name of its folder).
+
+    Attributes:
+        pretrain: unlabelled drawings of the pretraining alphabets, one path a line.
+        support: one drawing of each known character, ``path<TAB>character``: what a one-shot classifier fits on.
+        labelled: the first ``labelled`` drawings of each known character (the support's among them),
+            ``path<TAB>character``: what the estimate is made from.
+        queries: every other drawing of the known characters, one path a line: what is predicted and measured.
+        others: a few unlabelled drawings of each pretraining character, one path a line: "anything else" that the
+            unknown threshold is placed against.
+        unknown: drawings of an alphabet that takes no part in pretraining or fitting, one path a line.
+    """
+
+    root: Path
+    known: str
+    pretrain: Path
+    support: Path
+    labelled: Path
+    queries: Path
+    others: Path
+    unknown: Path
+
+
+def omniglot_demo(
+    data: str | Path,
+    lists: str | Path,
+    pretrain: tuple[str, ...] = ("Greek", "Latin", "Tagalog"),
+    known: str = "Japanese_(katakana)",
+    unknown: str = "Sanskrit",
+    labelled: int = 3,
+    per_character: int = 5,
+    characters: int | None = None,
+) -> OmniglotDemo:
+    """Unpack the vendored Omniglot drawings under ``data`` and write the demo's file lists to ``lists``.
+
+    Drawings are taken in file order (the suffix numbers the person who drew it), so the same arguments always give
+    the same lists. ``per_character`` drawings of each pretraining and unknown character go to ``others`` and
+    ``unknown``; ``characters`` keeps the first characters of each alphabet only (a tiny demo for tests).
+
+    Example:
+        >>> split = omniglot_demo("data/omniglot", "logs/demo/omniglot")
+        >>> split.support.read_text().splitlines()[0].split("\t")[1]
+        'character01'
+
+    Raises:
+        DataError: an alphabet is not in the vendored set, or ``labelled`` leaves no drawing to predict.
+    """
+    root = omniglot_folder(data)
+    drawings = {a: _drawings(root, a, characters) for a in (*pretrain, known, unknown)}
+    if not 1 <= labelled < min(len(d) for d in drawings[known].values()):
+        raise DataError(f"labelled={labelled}: keep at least one drawing per character to fit on and one to predict")
+    out = Path(lists)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, rows: list[str]) -> Path:
+        (out / name).write_text("".join(f"{row}\n" for row in rows))
+        return out / name
+
+    chars = drawings[known]
+    return OmniglotDemo(
+        root=root,
+        known=known,
+        pretrain=write("pretrain.txt", [str(p) for a in pretrain for d in drawings[a].values() for p in d]),
+        support=write("support.tsv", [f"{d[0]}\t{c}" for c, d in chars.items()]),
+        labelled=write("labelled.tsv", [f"{p}\t{c}" for c, d in chars.items() for p in d[:labelled]]),
+        queries=write("queries.txt", [str(p) for d in chars.values() for p in d[labelled:]]),
+        others=write("others.txt", [str(p) for a in pretrain for d in drawings[a].values() for p in d[:per_character]]),
+        unknown=write("unknown.txt", [str(p) for d in drawings[unknown].values() for p in d[:per_character]]),
+    )
+
+
+def _drawings(root: Path, alphabet: str, characters: int | None) -> dict[str, list[Path]]:
+    """``{character: [drawing, ...]}`` of one alphabet, in file order."""
+    folder = root / alphabet
+    if not folder.is_dir():
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(f"{folder}: no such alphabet; choose from {names}")
+    found = sorted(p for p in folder.iterdir() if p.is_dir())[:characters]
+    return {c.name: sorted(c.glob("*.png")) for c in found}
 
 
 def main(argv: list[str] | None = None) -> None:
