@@ -313,8 +313,8 @@ def _prediction_sheet(queries: list[str], unknown: list[str], preds: dict[str, d
 def _videos(root: Path, runs: Path, moby: Path) -> None:
     """Video–text pretraining on the demo videos, then retrieval and fine-tuning against random init.
 
-    The frame encoder and the MVM teacher start from the image half's MoBY checkpoint (its architecture too) when
-    it exists; without it (``--skip-images`` on a fresh folder) the frames start at random and MVM regresses pixels.
+    The frame encoder and the MVM teacher start from the shapes' MoBY checkpoint (its architecture too), which
+    :func:`main` trains before the videos.
     """
     _section("demo videos")
     videos = _demo_videos(root)
