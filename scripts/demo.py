@@ -119,7 +119,7 @@ def _frame_init(root: Path, runs: Path, epochs: int | None) -> Path:
 
         make_demo_images(demo)
     train = [str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"paths.data_dir={root}/data",
-             f"hydra.run.dir={runs}/train", "trainer.enable_progress_bar=false", *QUIET]  # fmt: skip
+             f"hydra.run.dir={runs}/train", "trainer.enable_progress_bar=false", *QUIET]
     if epochs:
         train.append(f"trainer.max_epochs={epochs}")
     _run(train, root)
@@ -151,14 +151,14 @@ def _images(root: Path, runs: Path, steps: int, characters: int | None = None) -
     _section(f"MoBY pretraining without labels (experiment=moby_small, {steps} steps)")
     _run([str(BIN / "mmpretrain-train"), "experiment=moby_small", f"data.file_list={_q(split.pretrain)}",
           f"trainer.max_steps={steps}", "trainer.max_epochs=-1", f"hydra.run.dir={_q(out / 'train')}",
-          "trainer.enable_progress_bar=false", *QUIET], root)  # fmt: skip
+          "trainer.enable_progress_bar=false", *QUIET], root)
     ckpt = out / "train/checkpoints/last.ckpt"
     print(f"checkpoint: {ckpt}")
     encoders = {"raw pixels": "pixels:28", "random init": f"random:{ckpt}", "MoBY": str(ckpt)}
 
     _section(f"estimate on the {n['labelled']} labelled drawings: leave-one-out and the learning curve")
     _fewshot(["estimate", f"support={_q(split.labelled)}", f"encoder=[{','.join(_q(e) for e in encoders.values())}]",
-              "shots=[1,2]", f"output={_q(out / 'estimate')}"], root)  # fmt: skip
+              "shots=[1,2]", f"output={_q(out / 'estimate')}"], root)
     estimates = json.loads((out / "estimate/estimate.json").read_text())["estimates"]
     print((out / "estimate/estimate.md").read_text().strip())
 
@@ -187,7 +187,7 @@ def _images(root: Path, runs: Path, steps: int, characters: int | None = None) -
     rules = {f"keep {100 * ACCEPT_RATE:.0f}% of the {len(held)} labelled drawings not fitted on":
              float(np.quantile([similarity[p] for p in held], 1 - ACCEPT_RATE)),
              f"reject {100 * REJECT_OTHERS:.0f}% of {len(others)} drawings of the pretraining alphabets":
-             float(np.quantile([similarity[p] for p in others], REJECT_OTHERS))}  # fmt: skip
+             float(np.quantile([similarity[p] for p in others], REJECT_OTHERS))}
     print(f"{'threshold rule':<62}{'threshold':>10}{'known rejected':>16}{'Sanskrit rejected':>19}")
     for rule, value in rules.items():
         known_out = 100 * np.mean([similarity[p] < value for p in queries])
@@ -196,7 +196,7 @@ def _images(root: Path, runs: Path, steps: int, characters: int | None = None) -
     threshold = next(iter(rules.values()))
     classifier = out / "classifier"
     _fewshot(["fit", f"support={_q(split.support)}", f"encoder={_q(ckpt)}", f"threshold={threshold:.6f}",
-              f"output={_q(classifier)}"], root)  # fmt: skip
+              f"output={_q(classifier)}"], root)
     preds = _predict(classifier, _file_list(out / "lists/test.txt", queries + unknown), out / "predictions.jsonl", root)
     known_out = sum(preds[p]["predicted"] == "unknown" for p in queries)
     accepted = [p for p in queries if preds[p]["predicted"] != "unknown"]
@@ -211,7 +211,7 @@ def _images(root: Path, runs: Path, steps: int, characters: int | None = None) -
 
     _section("what to label next (margin and diversity over the drawings not yet labelled)")
     _fewshot(["suggest", f"classifier={_q(classifier)}", f"pool={_q(split.queries)}", "n=10",
-              f"output={_q(out / 'suggest')}"], root)  # fmt: skip
+              f"output={_q(out / 'suggest')}"], root)
     for line in (out / "suggest/suggest.jsonl").read_text().splitlines():
         r = json.loads(line)
         print(f"{r['rank']:>3}. {Path(r['path']).relative_to(split.root)}  predicted {r['predicted']}, "
@@ -239,7 +239,7 @@ def _fewshot(args: list[str], root: Path) -> str:
 def _predict(classifier: Path, input: Path, output: Path, root: Path) -> dict[str, dict]:
     """`mmpretrain-fewshot predict`; its records by path."""
     _fewshot(["predict", f"classifier={_q(classifier)}", f"input={_q(input)}", f"output={_q(output)}", "top_k=3"],
-             root)  # fmt: skip
+             root)
     return {r["path"]: r for r in map(json.loads, output.read_text().splitlines())}
 
 
@@ -325,7 +325,7 @@ def _videos(root: Path, runs: Path, moby: Path) -> None:
     init = ["model.frame_encoder=null", f"model.frame_init={moby}"] if moby.is_file() else []
     print(f"frame encoder and MVM teacher: {moby if init else 'random init / pixel MVM (no MoBY checkpoint)'}")
     _run([str(BIN / "mmpretrain-train"), "experiment=video_fusion_demo", f"paths.data_dir={root}/data",
-          f"hydra.run.dir={runs}/video_train", "trainer.enable_progress_bar=false", *init, *QUIET], root)  # fmt: skip
+          f"hydra.run.dir={runs}/video_train", "trainer.enable_progress_bar=false", *init, *QUIET], root)
     ckpt = runs / "video_train/checkpoints/last.ckpt"
     print(f"checkpoint: {ckpt}")
 
@@ -336,7 +336,7 @@ def _videos(root: Path, runs: Path, moby: Path) -> None:
     for label, random_init in (("random init", "true"), ("pretrained", "false")):
         _run([str(BIN / "mmpretrain-eval"), "task=retrieval", f"encoder={ckpt}", f"random_init={random_init}",
               f"data.manifest={videos}/val.jsonl", f"hydra.run.dir={runs}/video_retrieval_{random_init}", *QUIET],
-             root)  # fmt: skip
+             root)
         retrieval[label] = json.loads((runs / f"video_retrieval_{random_init}/metrics.json").read_text())
 
     _section("fine-tuning on frames alone (titles name the labels) from the pretrained checkpoint vs random init")
@@ -350,7 +350,7 @@ def _videos(root: Path, runs: Path, moby: Path) -> None:
             _run([str(BIN / "mmpretrain-train"), f"experiment={experiment}", f"model.pretrained={ckpt}",
                   f"model.random_init={random_init}", f"paths.data_dir={root}/data", "logger=csv",
                   f"data.train_manifest={frames_only['train']}", f"data.val_manifest={frames_only['val']}",
-                  f"hydra.run.dir={folder}", "trainer.enable_progress_bar=false", *QUIET], root)  # fmt: skip
+                  f"hydra.run.dir={folder}", "trainer.enable_progress_bar=false", *QUIET], root)
             finetune[(task, label)] = _best(folder / "csv/version_0/metrics.csv", metric)
 
     print(f"{'metric (' + str(counts['val']) + ' held-out videos)':<46}{'random init':>12}{'pretrained':>12}")
@@ -379,9 +379,9 @@ def _videos(root: Path, runs: Path, moby: Path) -> None:
           "trainer=cpu", "num_workers=2", "overwrite=true", f"hydra.run.dir={runs}/video_extract", *QUIET], root)
     index = runs / "video_index"
     _run([str(BIN / "mmpretrain-index"), "build", f"store={store}", f"output={index}", "index_key=Flat",
-          "target_recall=null", *QUIET], root)  # fmt: skip
+          "target_recall=null", *QUIET], root)
     print(_run([str(BIN / "mmpretrain-index"), "search", f"index={index}", "text='a red circle moving to the left'",
-                "k=5", *QUIET], root))  # fmt: skip
+                "k=5", *QUIET], root))
 
 
 def _demo_videos(root: Path) -> Path:
@@ -403,7 +403,7 @@ ABLATION: tuple[tuple[str, list[str], bool], ...] = (
     ("+ title-only VTC text", ["model.arch.vtc_text=title"], True),
     ("+ VTC first, the rest ramped in over 1/5 (the demo's recipe)", ["model.loss_ramp=0.2"], True),
     ("the demo's recipe with per_frame tokens", ["model.arch.temporal_stem=per_frame"], False),
-)  # fmt: skip
+)
 
 
 def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None, seed: int) -> None:
@@ -428,7 +428,7 @@ def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None, seed: int)
               f"hydra.run.dir={folder}/train", "trainer.enable_progress_bar=false", *row,
               *([f"trainer.max_epochs={epochs}", "trainer.check_val_every_n_epoch=1",
                  "callbacks.last_checkpoint.every_n_epochs=1"] if epochs else []),
-              *QUIET], root)  # fmt: skip
+              *QUIET], root)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         rows = [(name, "false"), ("  the same at random init", "true")]
@@ -436,7 +436,7 @@ def _ablation(root: Path, runs: Path, moby: Path, epochs: int | None, seed: int)
             out = folder / f"retrieval_{random_init}"
             _run([str(BIN / "mmpretrain-eval"), "task=retrieval", f"encoder={folder}/train/checkpoints/last.ckpt",
                   f"random_init={random_init}", f"data.manifest={videos}/val.jsonl", "task.rerank_k=0",
-                  f"hydra.run.dir={out}", *QUIET], root)  # fmt: skip
+                  f"hydra.run.dir={out}", *QUIET], root)
             r = json.loads((out / "metrics.json").read_text())
             agree = attribute_agreement(r["t2v_tags"])
             table.append(f"| {label} | {r['t2v']['R@1']:.1f} | {r['t2v']['R@5']:.1f} | {r['v2t']['R@1']:.1f} | "

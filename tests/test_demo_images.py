@@ -49,12 +49,12 @@ def test_omniglot_demo_errors(tmp_path: Path) -> None:
 def test_demo_image_half_tells_the_story(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     done = subprocess.run([sys.executable, str(ROOT / "scripts/demo.py"), "--root", str(tmp_path), "--skip-videos",
-                           "--characters", "3", "--steps", "4"], env=env, capture_output=True, text=True)  # fmt: skip
+                           "--characters", "3", "--steps", "4"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out, runs = done.stdout, tmp_path / "logs/demo/omniglot"
     for name in ("train/checkpoints/last.ckpt", "estimate/estimate.json", "estimate/estimate.png",
                  "classifier/classifier.json", "predictions.jsonl", "suggest/suggest.jsonl", "suggest/suggest.png",
-                 "classifier.onnx", "classifier.onnx.json", "predictions.png"):  # fmt: skip
+                 "classifier.onnx", "classifier.onnx.json", "predictions.png"):
         assert (runs / name).is_file(), name
     # the table: each encoder's estimate with its interval beside the measured one-shot accuracy
     for encoder in ("raw pixels", "random init", "MoBY"):

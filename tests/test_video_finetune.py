@@ -66,7 +66,7 @@ def _manifest(path: Path) -> list[dict]:
 
 def _datamodule(train_manifest: Path, val_manifest: Path, **kwargs) -> VideoDataModule:
     options = {"tokenizer": TOKENIZER, "num_frames": 4, "image_size": 32, "max_text_len": 32, "batch_size": 4,
-               "num_workers": 0, "pin_memory": False, "with_labels": True} | kwargs  # fmt: skip
+               "num_workers": 0, "pin_memory": False, "with_labels": True} | kwargs
     return VideoDataModule(str(train_manifest), str(val_manifest), **options)
 
 
@@ -214,7 +214,7 @@ def test_class_weights_by_hand() -> None:
     # 4 videos: a tag on 1 (3 negatives), on 3, on all 4 (no negative, clamped to 1)
     np.testing.assert_allclose(tag_pos_weights([1, 3, 4], 4, "inverse").numpy(), [3.0, 1 / 3, 0.25], rtol=1e-6)
     np.testing.assert_allclose(tag_pos_weights([1, 3, 4], 4, "inverse_sqrt").numpy(),
-                               np.sqrt([3.0, 1 / 3, 0.25]), rtol=1e-6)  # fmt: skip
+                               np.sqrt([3.0, 1 / 3, 0.25]), rtol=1e-6)
     with pytest.raises(ValueError, match=r"model\.class_weighting"):
         class_weights([1, 2], "balanced")
 
@@ -230,7 +230,7 @@ def test_prediction_records_and_wandb_table(tmp_path) -> None:
     rows = [{"name": "x", "ap": float("nan"), "threshold": float("inf")}, {"name": "y", "ap": 0.5, "threshold": 0.2}]
     log_report_tables([wandb, CSVLogger(tmp_path)], "val/report", rows)
     wandb.log_table.assert_called_once_with(key="val/report", columns=["name", "ap", "threshold"],
-                                            data=[["x", None, None], ["y", 0.5, 0.2]])  # fmt: skip
+                                            data=[["x", None, None], ["y", 0.5, 0.2]])
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -246,12 +246,12 @@ def test_errors_name_the_setting(pretrained, video_demo, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"model\.pretrained"):
         build_finetune()
     image = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,
-                              num_classes=0)  # fmt: skip
+                              num_classes=0)
     torch.save(image.state_dict(), tmp_path / "image.pth")
     with pytest.raises(ValueError, match=r"model\.pretrained=.*image\.pth"):
         build_finetune(pretrained=str(tmp_path / "image.pth"))
     arch = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1,
-                                                       "num_heads": 2}}  # fmt: skip
+                                                       "num_heads": 2}}
     convert_to_published(tmp_path / "image.pth", tmp_path / "published", architecture=arch)
     with pytest.raises(ValueError, match=r"model\.pretrained=.*not a video pretraining checkpoint"):
         build_finetune(pretrained=str(tmp_path / "published"))

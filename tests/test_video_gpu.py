@@ -30,7 +30,7 @@ def tiny_module() -> VideoFusionPretrain:
         num_frames=4, image_size=32, arch={"visual_grid": 4, "width": 64, "depth": 2, "num_heads": 2, "proj_dim": 32},
         max_text_len=32,
         modality_dropout={"text": 0.2, "video": 0.2}, lr=1e-3, lr_ref_batch=8, warmup_epochs=0,
-    )  # fmt: skip
+    )
 
 
 class SyntheticClips(Dataset):
@@ -43,7 +43,7 @@ class SyntheticClips(Dataset):
         g = torch.Generator().manual_seed(i)
         return {"frames": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g),
                 "title": TITLES[i % 4], "ocr": f"SALE {i}" if i % 3 else "", "index": i, "failed": 0,
-                "failed_reasons": "", "id": str(i)}  # fmt: skip
+                "failed_reasons": "", "id": str(i)}
 
 
 def test_bf16_training_on_gpu_updates_every_part() -> None:
@@ -54,7 +54,7 @@ def test_bf16_training_on_gpu_updates_every_part() -> None:
     val_loader = DataLoader(SyntheticClips(), batch_size=8, collate_fn=collate)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=6, gradient_clip_val=5.0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         val_check_interval=3, limit_val_batches=2)  # fmt: skip
+                         val_check_interval=3, limit_val_batches=2)
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert np.isfinite(float(trainer.callback_metrics["val/loss"]))  # seeded validation draws on a GPU model

@@ -115,7 +115,7 @@ def test_title_only_vtc_text_ignores_ocr(processor: TextProcessor) -> None:
         torch.testing.assert_close(m.encode_text(with_ocr), m.encode_text(title_only), rtol=1e-5, atol=1e-6)
         # by hand: the title sequence alone through the text encoder, mean-pooled, projected
         states = m.text_encoder(input_ids=title_only["input_ids"], attention_mask=title_only["attention_mask"],
-                                token_type_ids=title_only["token_type_ids"]).last_hidden_state  # fmt: skip
+                                token_type_ids=title_only["token_type_ids"]).last_hidden_state
         keep = title_only["attention_mask"].unsqueeze(-1).float()
         manual = torch.nn.functional.normalize(m.vtc_text((states * keep).sum(1) / keep.sum(1)), dim=-1)
         torch.testing.assert_close(m.encode_text(with_ocr), manual, rtol=1e-5, atol=1e-6)
@@ -136,7 +136,7 @@ def test_checkpoint_configs_rebuild_the_stem_and_old_ones_stay_per_frame() -> No
     # a config written before the stem and the title-only text existed
     old = {**config, "fusion": {k: v for k, v in config["fusion"].items()
                                 if k not in ("temporal_stem", "tubelet_frames", "vtc_text", "image_size",
-                                             "temperature")}}  # fmt: skip
+                                             "temperature")}}
     legacy = build_video_model(old)
     assert legacy.temporal_stem is None and legacy.arch.vtc_text == "all"
     assert not any(k.startswith("temporal_stem.") for k in legacy.state_dict())
@@ -195,6 +195,6 @@ def test_divided_space_time_attention_starts_as_the_image_model_and_mixes_frames
 
 def test_divided_attention_needs_a_vit(tmp_path: Path) -> None:
     swin = {"img_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2],
-            "window_size": 4}  # fmt: skip
+            "window_size": 4}
     with pytest.raises(ValueError, match=r"model.arch.space_time=divided needs a ViT-like frame encoder"):
         tiny_module(space_time="divided", frame_encoder="swin_tiny_patch4_window7_224", frame_encoder_kwargs=swin)

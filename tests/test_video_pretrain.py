@@ -36,7 +36,7 @@ def tiny_module(**overrides) -> VideoFusionPretrain:
     kwargs = dict(
         frame_encoder="vit_tiny_patch16_224", frame_encoder_kwargs=VIT, frame_drop_path=0.0, text_encoder=MINILM,
         text_pretrained=False, text_overrides=TEXT, num_frames=4, image_size=32, arch=arch, max_text_len=32,
-    )  # fmt: skip
+    )
     return build_pretrain(**(kwargs | overrides))
 
 
@@ -76,7 +76,7 @@ def test_title_and_ocr_segments_with_ocr_truncated_first(processor: TextProcesso
 
     capped = TextProcessor(tok, max_len=12, max_title_len=2)(["one two three four"], ["five"])
     assert tok.convert_ids_to_tokens(capped["input_ids"][0].tolist()) == [
-        "[CLS]", "one", "two", "[SEP]", "five", "[SEP]"]  # fmt: skip
+        "[CLS]", "one", "two", "[SEP]", "five", "[SEP]"]
 
     empty = processor(["", None, "t"], ["", None, ""])
     assert empty["has_text"].tolist() == [False, False, True]
@@ -100,7 +100,7 @@ def test_text_processor_errors(processor: TextProcessor) -> None:
         ("swin_tiny_patch4_window7_224",
          {"img_size": 32, "embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4}, (4, 4)),
     ],
-)  # fmt: skip
+)
 def test_frame_token_grid_of_vit_and_swin(name: str, kwargs: dict, grid: tuple[int, int]) -> None:
     encoder = create_backbone(name, **kwargs)
     tokens = frame_token_grid(encoder, encoder.forward_features(torch.randn(3, 3, 32, 32)))
@@ -116,11 +116,11 @@ def test_hidden_modality_is_the_same_as_leaving_it_out(processor: TextProcessor)
         states = model.text_states(text)
         alone = model.fuse(video)[:, 0]
         hidden_text = model.fuse(video, states, text["attention_mask"], text["token_type_ids"],
-                                 text_keep=torch.zeros(4, dtype=torch.bool))[:, 0]  # fmt: skip
+                                 text_keep=torch.zeros(4, dtype=torch.bool))[:, 0]
         with_text = model.fuse(video, states, text["attention_mask"], text["token_type_ids"])[:, 0]
         text_alone = model.fuse(None, states, text["attention_mask"], text["token_type_ids"])[:, 0]
         hidden_video = model.fuse(video, states, text["attention_mask"], text["token_type_ids"],
-                                  video_keep=torch.zeros(4, dtype=torch.bool))[:, 0]  # fmt: skip
+                                  video_keep=torch.zeros(4, dtype=torch.bool))[:, 0]
     torch.testing.assert_close(hidden_text, alone, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(hidden_video, text_alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(with_text, alone, atol=1e-3)
@@ -129,9 +129,9 @@ def test_hidden_modality_is_the_same_as_leaving_it_out(processor: TextProcessor)
 def test_training_step_reaches_every_part_and_never_the_teacher(processor: TextProcessor, tmp_path: Path) -> None:
     source = create_backbone("vit_tiny_patch16_224", **VIT)
     hparams = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": VIT, "image_size": 32,
-               "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}  # fmt: skip
+               "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()},
-                "hyper_parameters": hparams}, tmp_path / "moby.ckpt")  # fmt: skip
+                "hyper_parameters": hparams}, tmp_path / "moby.ckpt")
     module = tiny_module(modality_dropout={"text": 0.3, "video": 0.3}, mvm_teacher=str(tmp_path / "moby.ckpt"))
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     out = module.pretrain_step(fake_batch(processor, TITLES, OCR))
@@ -179,7 +179,7 @@ def test_masked_pixels_are_exactly_the_masked_tokens() -> None:
         ({"mvm_target": "pixels", "image_size": 30, "frame_encoder_kwargs": VIT | {"img_size": 30}},
          r"model.image_size=30 is not divisible by visual_grid=4"),
     ],
-)  # fmt: skip
+)
 def test_bad_model_settings_name_the_key(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tiny_module(**overrides)
@@ -193,10 +193,10 @@ def test_text_encoder_that_does_not_exist_names_the_key() -> None:
 def test_frame_encoder_starts_from_a_moby_checkpoint(tmp_path: Path) -> None:
     source = create_backbone("vit_tiny_patch16_224", **VIT)
     hparams = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": VIT, "image_size": 32,
-               "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}  # fmt: skip
+               "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
     ckpt = tmp_path / "moby.ckpt"
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()},
-                "hyper_parameters": hparams}, ckpt)  # fmt: skip
+                "hyper_parameters": hparams}, ckpt)
     module = tiny_module(frame_init=str(ckpt))
     for k, v in source.state_dict().items():
         torch.testing.assert_close(module.model.frame_encoder.state_dict()[k], v)
@@ -227,7 +227,7 @@ def test_demo_experiment_fast_dev_run(video_demo: dict[str, Path], tmp_path: Pat
 
 def test_missing_manifest_names_the_key(video_demo: dict[str, Path], tmp_path: Path) -> None:
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "debug=fdr",
-                                     f"data.train_manifest={tmp_path}/nope.jsonl"], tmp_path)  # fmt: skip
+                                     f"data.train_manifest={tmp_path}/nope.jsonl"], tmp_path)
     with pytest.raises(FileNotFoundError, match=r"data.train_manifest=.*nope.jsonl"):
         train(cfg)
 
@@ -238,7 +238,7 @@ def pretrained(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     tmp = tmp_path_factory.mktemp("video_ckpt")
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "trainer.max_epochs=2",
                                      "callbacks.last_checkpoint.every_n_epochs=1",
-                                     "trainer.check_val_every_n_epoch=2"], tmp)  # fmt: skip
+                                     "trainer.check_val_every_n_epoch=2"], tmp)
     train(cfg)
     return tmp / "run/checkpoints/last.ckpt"
 
@@ -296,7 +296,7 @@ def test_published_video_model_loads_from_one_file(pretrained: Path, video_demo:
     published = load_encoder(tmp_path / "pub" / "model.safetensors", device="cpu")
     np.testing.assert_allclose(published.encode_videos(paths), direct.encode_videos(paths), atol=1e-6)
     np.testing.assert_allclose(published.encode_texts(["a red circle"]), direct.encode_texts(["a red circle"]),
-                               atol=1e-6)  # fmt: skip
+                               atol=1e-6)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\0" * 100)
     with pytest.raises(ValueError, match=r"videos\[1\]: .*broken.mp4"):
@@ -308,7 +308,7 @@ def test_extract_a_video_store_and_search_it_by_text(pretrained: Path, video_dem
     store = tmp_path / "store"
     summary = extract(compose_cfg("extract.yaml", [f"encoder={pretrained}", f"input={video_demo['val']}",
                                                    f"output={store}", "trainer=cpu", "num_workers=0",
-                                                   "batch_size=4"], tmp_path))  # fmt: skip
+                                                   "batch_size=4"], tmp_path))
     records = read_video_manifest(video_demo["val"])
     assert summary["count"] == len(records) and summary["dim"] == 16
     manifest = json.loads((store / "manifest.json").read_text())
@@ -317,7 +317,7 @@ def test_extract_a_video_store_and_search_it_by_text(pretrained: Path, video_dem
     index_command(compose_cfg("index.yaml", ["command=build", *run_index], tmp_path))
     title = next(r.title for r in records if r.title)
     result = index_command(compose_cfg("index.yaml", ["command=search", f"index={tmp_path}/idx", f"text='{title}'",
-                                                      "k=3", "json=true"], tmp_path))  # fmt: skip
+                                                      "k=3", "json=true"], tmp_path))
     hits = result["results"][0]["hits"]
     assert result["results"][0]["query"] == title and len(hits) == 3
     assert {h["id"] for h in hits} <= {r.id for r in records}
@@ -351,9 +351,9 @@ def test_ddp_two_cpu_processes_gather_vtc_negatives_from_both_ranks(
     model = GatherRecorder(**{k: v for k, v in tiny_module().hparams.items()})
     model.record_dir = str(tmp_path)
     data = VideoDataModule(str(video_demo["train"]), str(video_demo["val"]), tokenizer=MINILM, max_text_len=32,
-                           num_frames=4, image_size=32, batch_size=3, num_workers=0, pin_memory=False)  # fmt: skip
+                           num_frames=4, image_size=32, batch_size=3, num_workers=0, pin_memory=False)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, limit_val_batches=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=data)
     for step in range(2):
         r0, r1 = (torch.load(tmp_path / f"rank{r}-step{step}.pt", weights_only=True) for r in (0, 1))
@@ -374,7 +374,7 @@ def test_eval_retrieval_reranks_inside_the_shortlist_only(pretrained: Path, vide
     for random_init in ("false", "true"):
         metrics, objects = evaluate(compose_cfg("eval.yaml", [
             "task=retrieval", f"encoder={pretrained}", f"data.manifest={video_demo['val']}", "task.rerank_k=5",
-            f"random_init={random_init}", "trainer=cpu", "data.batch_size=4"], tmp_path / random_init))  # fmt: skip
+            f"random_init={random_init}", "trainer=cpu", "data.batch_size=4"], tmp_path / random_init))
         runs[random_init] = objects["result"]
         weights[random_init] = objects["encoder"].model.fusion.layers[0].linear1.weight
         saved = json.loads((tmp_path / random_init / "run/metrics.json").read_text())
@@ -410,7 +410,7 @@ def test_eval_retrieval_refuses_an_image_model(tmp_path: Path, video_demo: dict[
     ckpt = training_checkpoint(tmp_path / "moby.ckpt")
     with pytest.raises(ValueError, match=r"task=retrieval needs a video–text model; encoder=.*moby.ckpt is an image"):
         evaluate(compose_cfg("eval.yaml", ["task=retrieval", f"encoder={ckpt}",
-                                           f"data.manifest={video_demo['val']}"], tmp_path))  # fmt: skip
+                                           f"data.manifest={video_demo['val']}"], tmp_path))
 
 
 def test_eval_probe_on_video_stores(pretrained: Path, video_demo: dict[str, Path], tmp_path: Path) -> None:
@@ -421,10 +421,10 @@ def test_eval_probe_on_video_stores(pretrained: Path, video_demo: dict[str, Path
         stores[split] = tmp_path / split
         extract(compose_cfg("extract.yaml", [f"encoder={pretrained}", f"input={video_demo[split]}",
                                              f"output={stores[split]}", "trainer=cpu", "num_workers=0"],
-                            tmp_path / f"x{split}"))  # fmt: skip
+                            tmp_path / f"x{split}"))
     for task, key in (("classify", "top1"), ("tagging", "mAP")):
         metrics, _ = evaluate(compose_cfg("eval.yaml", ["task=probe", f"train_store={stores['train']}",
                                                         f"val_store={stores['val']}", f"probe_task={task}",
-                                                        "epochs=50"], tmp_path / task))  # fmt: skip
+                                                        "epochs=50"], tmp_path / task))
         assert metrics["probe/score"] == metrics[f"probe/{key}"]
         assert 0 <= metrics["probe/score"] <= (100 if task == "classify" else 1)

@@ -35,9 +35,9 @@ def save_moby(path: Path, name: str, kwargs: dict, mean=(0.5,) * 3, std=(0.5,) *
     torch.manual_seed(1)
     source = create_backbone(name, **kwargs)
     hparams = {"backbone": name, "backbone_kwargs": kwargs, "image_size": 32, "mean": list(mean), "std": list(std),
-               "interpolation": "bicubic"}  # fmt: skip
+               "interpolation": "bicubic"}
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()},
-                "hyper_parameters": hparams}, path)  # fmt: skip
+                "hyper_parameters": hparams}, path)
     return source.state_dict()
 
 
@@ -54,9 +54,9 @@ def test_mean_pooling_matches_numpy_with_padding_excluded() -> None:
     padded = states.copy()
     padded[mask == 0] = 1e3  # whatever sits under padding never counts
     np.testing.assert_allclose(pool_text(torch.from_numpy(padded), torch.from_numpy(mask), "mean").numpy(), expected,
-                               rtol=1e-6, atol=1e-6)  # fmt: skip
+                               rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(pool_text(torch.from_numpy(states), torch.from_numpy(mask), "cls").numpy(),
-                                  states[:, 0])  # fmt: skip
+                                  states[:, 0])
     with pytest.raises(ValueError, match="text pooling 'max'"):
         pool_text(torch.from_numpy(states), torch.from_numpy(mask), "max")
 
@@ -268,7 +268,7 @@ def test_seeded_validation_logs_identical_metrics(video_demo: dict[str, Path], t
     runs, objects = [], None
     for name in ("a", "b"):
         cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "trainer.max_epochs=1", "seed=3",
-                                         "trainer.limit_train_batches=2"], tmp_path / name)  # fmt: skip
+                                         "trainer.limit_train_batches=2"], tmp_path / name)
         metrics, objects = train(cfg)
         runs.append({k: float(v) for k, v in metrics.items() if k.startswith("val/")})
     assert {"val/mtm", "val/mvm", "val/vtm", "val/vtc", "val/t2v_r1"} <= set(runs[0])
@@ -300,6 +300,6 @@ def test_frame_encoder_and_teacher_from_a_moby_checkpoint_of_any_architecture(tm
         tiny_module(frame_encoder=None)
 
     cfg = compose_cfg("train.yaml", [*video_overrides(video_demo), "debug=fdr", "model.frame_encoder=null",
-                                     f"model.frame_init={tmp_path / 'swin.ckpt'}"], tmp_path)  # fmt: skip
+                                     f"model.frame_init={tmp_path / 'swin.ckpt'}"], tmp_path)
     metrics, objects = train(cfg)
     assert objects["model"].teacher is not None and np.isfinite(float(metrics["train/mvm"]))

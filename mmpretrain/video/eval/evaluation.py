@@ -103,7 +103,7 @@ def video_text_retrieval(
     clips = _ClipCache(encoder, records)
     sim = videos[rows] @ text_emb.T
     same_thing = same_content([texts[i] for i in rows], [records[i].label for i in rows],
-                              [records[i].tags for i in rows]).numpy()  # fmt: skip
+                              [records[i].tags for i in rows]).numpy()
     hardest, random = _negative_texts(sim, [f"{texts[i]}\n{ocr[i]}" for i in rows], same_thing)
     pos = _vtm(encoder, clips, rows, [texts[i] for i in rows], [ocr[i] for i in rows])
     for key, negatives in (("vtm_accuracy", random), ("vtm_accuracy_hard", hardest)):
@@ -114,7 +114,7 @@ def video_text_retrieval(
         vtm = np.stack([
             _vtm(encoder, clips, t2v_ids[q, :head], [texts[row]] * head, [""] * head)
             for q, row in enumerate(rows)
-        ])  # fmt: skip
+        ])
         reranked, _ = rerank_topk(t2v_ids[:, :head], t2v_scores[:, :head], vtm)
         ranks = ranks_from_topk(np.concatenate([reranked, t2v_ids[:, head:]], axis=1), rows)
         result["t2v_rerank"] = retrieval_metrics_from_ranks(ranks, ks)
@@ -142,5 +142,5 @@ def _vtm(encoder: VideoEncoder, clips: _ClipCache, rows: Sequence[int], texts: l
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
         out.append(encoder.match_scores(torch.stack([clips[int(r)] for r in part]), texts[start:start + batch_size],
-                                        ocr[start:start + batch_size]))  # fmt: skip
+                                        ocr[start:start + batch_size]))
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)

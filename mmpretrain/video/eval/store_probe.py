@@ -126,7 +126,7 @@ def _store_targets(store: Any, where: str, column: str) -> list[Any]:
     table = store.metadata()
     if column not in table.column_names:
         raise ConfigError(f"{where}: the embedding store has no {column!r} metadata column (columns: "
-                         f"{', '.join(table.column_names)}); extract it from a manifest with {column!r}")  # fmt: skip
+                         f"{', '.join(table.column_names)}); extract it from a manifest with {column!r}")
     return table.column(column).to_pylist()
 
 
@@ -167,7 +167,7 @@ def probe_store(
     same, shown = _same_encoder(train, val)
     if not same:
         raise ConfigError(f"{wheres['train_store']} holds embeddings of {shown[0]} but {wheres['val_store']} of "
-                          f"{shown[1]}; probe stores of one encoder")  # fmt: skip
+                          f"{shown[1]}; probe stores of one encoder")
     column = "label" if task == "classify" else "tags"
     values = {key: _store_targets(store, wheres[key], column) for key, store in stores.items()}
     if task == "classify":
@@ -190,7 +190,7 @@ def probe_store(
             targets[key] = _multi_hot(part, index)
     features = {key: store.take(rows[key]) for key, store in stores.items()}
     result = linear_probe(features["train_store"], targets["train_store"], features["val_store"],
-                          targets["val_store"], task=task, num_classes=len(names), **kwargs)  # fmt: skip
+                          targets["val_store"], task=task, num_classes=len(names), **kwargs)
     return {**result, "encoder": train.encoder, "classes" if task == "classify" else "tags": names}
 
 

@@ -142,7 +142,7 @@ def tagging_report(scores: Any, targets: Any, names: Sequence[str], thresholds: 
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         rows.append({"name": str(name), "support": support, "ap": float(aps[t]), "threshold": float(thresholds[t]),
-                     "precision": precision, "recall": recall, "f1": f1})  # fmt: skip
+                     "precision": precision, "recall": recall, "f1": f1})
     return rows
 
 
@@ -175,7 +175,7 @@ def prediction_records(
     records = []
     for row, video in enumerate(ids):
         record: dict[str, Any] = {"id": str(video), key: [{field: names[j], "score": float(scores[row, j])}
-                                                          for j in order[row, :top_k]]}  # fmt: skip
+                                                          for j in order[row, :top_k]]}
         if task == "tagging" and thresholds is not None:
             record["predicted"] = [names[j] for j in order[row] if scores[row, j] >= thresholds[j]]
         records.append(record)

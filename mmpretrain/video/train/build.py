@@ -61,7 +61,7 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
         arch = loaded.config["architecture"]
         if name is not None and arch["name"] != name:
             raise ValueError(f"model.frame_init={frame_init!r} holds a {arch['name']!r} backbone but "
-                             f"model.frame_encoder={name!r}")  # fmt: skip
+                             f"model.frame_encoder={name!r}")
         if name is None:
             kwargs.update(frame_encoder=arch["name"], frame_encoder_kwargs=dict(arch.get("kwargs") or {}))
             trained = int(loaded.config["preprocessing"]["image_size"])
@@ -78,7 +78,7 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
         arch, pre = loaded.config["architecture"], loaded.config["preprocessing"]
         kwargs["teacher"] = {"name": arch["name"], "image_size": pre["image_size"], "mean": pre["mean"],
                              "std": pre["std"], "kwargs": {k: v for k, v in dict(arch.get("kwargs") or {}).items()
-                                                           if k not in ("num_classes", "pretrained")}}  # fmt: skip
+                                                           if k not in ("num_classes", "pretrained")}}
     module = VideoFusionPretrain(frame_init=frame_init, mvm_teacher=mvm_teacher, **kwargs)
     module.initialize_from(frames, teacher)
     return module
@@ -116,9 +116,9 @@ def _from_arguments(architecture: Mapping[str, Any]) -> tuple[dict[str, Any], di
 
     preprocessing = {"num_frames": model.num_frames, "image_size": model.image_size,
                      "mean": list(pre["mean"] or IMAGENET_MEAN), "std": list(pre["std"] or IMAGENET_STD),
-                     "max_text_len": int(pre["max_text_len"])}  # fmt: skip
+                     "max_text_len": int(pre["max_text_len"])}
     config = {"architecture": video_model_config(model, args["frame_encoder"], args.get("frame_encoder_kwargs")),
-              "preprocessing": preprocessing, "tokenizer": tokenizer_to_json(tokenizer)}  # fmt: skip
+              "preprocessing": preprocessing, "tokenizer": tokenizer_to_json(tokenizer)}
     return config, model.state_dict()
 
 

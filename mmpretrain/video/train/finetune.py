@@ -298,7 +298,7 @@ class VideoFinetune(pl.LightningModule):
         loss = self.loss(self(batch, keep), batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at global step {self.global_step} "
-                                     f"(epoch {self.current_epoch})")  # fmt: skip
+                                     f"(epoch {self.current_epoch})")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(keep))
         return loss
 
@@ -362,7 +362,7 @@ class VideoFinetune(pl.LightningModule):
         if not self.trainer.is_global_zero:
             return
         report = {"task": self.task, "stage": stage, "epoch": self.current_epoch, "global_step": self.global_step,
-                  "metrics": metrics, "classes" if self.task == "classify" else "tags": rows}  # fmt: skip
+                  "metrics": metrics, "classes" if self.task == "classify" else "tags": rows}
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / f"{stage}_report.json", json.dumps(json_safe(report), indent=2) + "\n")
         log_report_tables(self.loggers, f"{stage}/report", rows)

@@ -150,14 +150,14 @@ class VideoFusionPretrain(pl.LightningModule):
         check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
         check_choice(embedding, EMBEDDINGS, "model.embedding")
         check_range({"model.mvm_ratio": mvm_ratio, "model.arch.dropout": arch.dropout,
-                     "model.frame_drop_path": frame_drop_path}, 0.0, 1.0, high_open=True)  # fmt: skip
+                     "model.frame_drop_path": frame_drop_path}, 0.0, 1.0, high_open=True)
         check_range({"model.mtm_prob": mtm_prob, "model.loss_ramp": loss_ramp,
                      **{f"model.modality_dropout.{k}": v for k, v in dict(modality_dropout or {}).items()}}, 0.0, 1.0)
         check_range({"model.num_frames": num_frames, "model.image_size": image_size, "model.max_text_len": max_text_len,
                      **{f"model.arch.{k}": getattr(arch, k) for k in ("visual_grid", "width", "depth", "num_heads",
-                                                                      "proj_dim")}}, 1)  # fmt: skip
+                                                                      "proj_dim")}}, 1)
         check_range({"model.lr": lr, "model.arch.mlp_ratio": arch.mlp_ratio,
-                     "model.arch.temperature": arch.temperature}, 0.0, low_open=True)  # fmt: skip
+                     "model.arch.temperature": arch.temperature}, 0.0, low_open=True)
         check_range({"model.min_lr": min_lr, "model.warmup_epochs": warmup_epochs, "model.weight_decay": weight_decay,
                      **{f"model.loss_weights.{k}": v for k, v in dict(loss_weights or {}).items()}}, 0.0)
         self.loss_weights = {k: 1.0 for k in LOSSES} | dict(loss_weights or {})
@@ -172,16 +172,16 @@ class VideoFusionPretrain(pl.LightningModule):
         self.vtm_exclude = tuple(vtm_exclude)
         if frame_encoder is None:
             where = ("build the module with mmpretrain.video.build_pretrain, which reads it" if frame_init else
-                     "which is unset")  # fmt: skip
+                     "which is unset")
             raise ValueError(f"model.frame_encoder=null takes the architecture from model.frame_init, {where}")
         if mvm_target == "teacher" and teacher is None and (mvm_teacher or frame_init):
             raise ValueError(f"model.mvm_teacher={mvm_teacher or frame_init!r} is not loaded: build the module with "
-                             "mmpretrain.video.build_pretrain, which reads it")  # fmt: skip
+                             "mmpretrain.video.build_pretrain, which reads it")
         self.frame_arch = (frame_encoder, dict(frame_encoder_kwargs or {}))
         use_teacher = mvm_target == "teacher" and teacher is not None
         if mvm_target == "teacher" and teacher is None:
             log.info("model.mvm_teacher and model.frame_init are unset: MVM regresses per-patch normalized pixels "
-                     "(a random network's features would teach nothing)")  # fmt: skip
+                     "(a random network's features would teach nothing)")
         teacher_net = None
         if use_teacher:
             teacher_net = create_backbone(teacher["name"], 0.0, **dict(teacher.get("kwargs") or {}))
@@ -190,12 +190,12 @@ class VideoFusionPretrain(pl.LightningModule):
             frame_drop_path=frame_drop_path, text_pretrained=text_pretrained, text_overrides=text_overrides,
             num_frames=num_frames, image_size=image_size,
             mvm_dim=int(teacher_net.num_features) if use_teacher else None,
-        )  # fmt: skip
+        )
         self.grid = self.model.grid
         self.teacher = None
         if use_teacher:
             self.teacher = FrameTeacher(teacher_net, teacher["image_size"], teacher["mean"], teacher["std"], mean, std,
-                                        self.grid)  # fmt: skip
+                                        self.grid)
         self.model.train()  # transformers loads in eval mode: the text encoder's dropout must train too
         self.normalize = FrameNormalize(mean, std)
         self._val: list[tuple[torch.Tensor, ...]] = []
@@ -242,7 +242,7 @@ class VideoFusionPretrain(pl.LightningModule):
     def _frame_mask(self, batch: int, frames: int, generator: torch.Generator | None) -> torch.Tensor:
         make = blockwise_mask if self.hparams.mvm_masking == "blockwise" else random_mask
         return make(batch, frames, self.grid, self.grid, self.hparams.mvm_ratio,
-                    generator=generator, tube=self.hparams.mvm_tube)  # fmt: skip
+                    generator=generator, tube=self.hparams.mvm_tube)
 
     @staticmethod
     def _hide(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -284,7 +284,7 @@ class VideoFusionPretrain(pl.LightningModule):
         vtc_valid = has_text if m.arch.vtc_text == "all" else has_text & (((types == 0) & (attn == 1)).sum(1) > 2)
         (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, vtc_valid)
         out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
-                              valid=vtc_valid, all_valid=all_valid)  # fmt: skip
+                              valid=vtc_valid, all_valid=all_valid)
 
         same = self._same(batch)
         out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator, same)
@@ -294,7 +294,7 @@ class VideoFusionPretrain(pl.LightningModule):
         where = "cpu" if generator is not None else ids.device
         masked_ids, labels = (x.to(ids.device) for x in mask_tokens(
             ids.to(where), text["special_tokens_mask"].to(where), mask_token_id=self.tokenizer.mask_token_id,
-            vocab_size=len(self.tokenizer), prob=hp.mtm_prob, generator=generator))  # fmt: skip
+            vocab_size=len(self.tokenizer), prob=hp.mtm_prob, generator=generator))
         text_keep, video_keep = has_text.clone(), torch.ones_like(has_text)
         if dropout:
             draw = torch.rand(b, 2, generator=generator).to(frames.device)
@@ -307,7 +307,7 @@ class VideoFusionPretrain(pl.LightningModule):
         n_video = masked_video.shape[1]
         mvm_mask = mask.flatten(1) & video_keep[:, None]
         out["mvm"] = mvm_loss(m.mvm_head(fused[:, 1 : 1 + n_video]), self._mvm_target(frames), mvm_mask,
-                              loss="l1" if self.teacher is not None else "mse")  # fmt: skip
+                              loss="l1" if self.teacher is not None else "mse")
         labels = labels.masked_fill(~text_keep[:, None], IGNORE_INDEX)
         chosen = labels != IGNORE_INDEX
         logits = m.mtm_head(fused[:, 1 + n_video :][chosen])[None]

@@ -58,5 +58,5 @@ def video_param_groups(
             params = [p for p in base["params"] if part_of(names[id(p)]) == part]
             if params:
                 groups.append({"name": part + suffix, "params": params, "lr": lr * float(mult.get(part, 1.0)),
-                               "weight_decay": base["weight_decay"]})  # fmt: skip
+                               "weight_decay": base["weight_decay"]})
     return groups
