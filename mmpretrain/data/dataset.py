@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ImageDataset(Dataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
-            raise ConfigError(f"{len(paths)} paths but {len(labels)} labels")
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
         self.transform = transform

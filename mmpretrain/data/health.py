@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mmpretrain.errors import FailureRateError
+from mmpretrain.errors import ConfigError, FailureRateError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class DataHealthMonitor(pl.Callback):
 
     def __init__(self, max_failure_rate: float = 0.01, min_attempts: int = 100) -> None:
         if not 0 <= max_failure_rate <= 1:
-            raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
+            raise ConfigError(f"data.max_failure_rate={max_failure_rate} must be in [0, 1]")
         self.max_failure_rate = max_failure_rate
         self.min_attempts = min_attempts
         self.failed = 0

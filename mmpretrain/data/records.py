@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import DataError
 
 __all__ = ["RECORD_SUFFIXES", "csv_list", "read_records"]
 
@@ -26,7 +26,7 @@ def csv_list(cell: str, key: str, where: str) -> list[Any]:
         try:
             return json.loads(cell)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{where}: '{key}' looks like a JSON list but is not ({err.msg})") from None
+            raise DataError(f"{where}: '{key}' looks like a JSON list but is not ({err.msg})") from None
     return [part.strip() for part in cell.split("|") if part.strip()]
 
 
@@ -34,7 +34,7 @@ def _csv_records(path: Path, required: str | None, list_columns: Sequence[str]) 
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if required is not None and (reader.fieldnames is None or required not in reader.fieldnames):
-            raise ConfigError(f"{path}:1: the CSV header has no '{required}' column (got {reader.fieldnames})")
+            raise DataError(f"{path}:1: the CSV header has no '{required}' column (got {reader.fieldnames})")
         for row in reader:
             line = reader.line_num  # the row's last line; rows span one line unless a quoted cell holds a newline
             record = {k: v for k, v in row.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
@@ -54,9 +54,9 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{line}: invalid JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(f"{path}:{line}: invalid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{line}: expected one JSON object per line, got {type(record).__name__}")
+                raise DataError(f"{path}:{line}: expected one JSON object per line, got {type(record).__name__}")
             yield line, record
 
 
@@ -64,10 +64,10 @@ def _json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        raise DataError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     for index, record in enumerate(records, start=1):
         if not isinstance(record, dict):
-            raise ConfigError(f"{path}: item {index} of the JSON array is a {type(record).__name__}, not an object")
+            raise DataError(f"{path}: item {index} of the JSON array is a {type(record).__name__}, not an object")
         yield index, record
 
 
@@ -91,7 +91,7 @@ def read_records(
     rows; the line (or array item) numbers go into every error.
 
     Raises:
-        ValueError: invalid JSON, a record that is not an object, a CSV header without ``required``, or another
+        DataError: invalid JSON, a record that is not an object, a CSV header without ``required``, or another
             suffix, naming the file and line.
     """
     path = Path(path)
@@ -103,4 +103,4 @@ def read_records(
     elif suffix in (".jsonl", ".json"):
         yield from _json_lines(path)
     else:
-        raise ConfigError(f"{path}: unknown record format '{suffix}'; use .jsonl, .json or .csv")
+        raise DataError(f"{path}: unknown record format '{suffix}'; use .jsonl, .json or .csv")

@@ -62,6 +62,7 @@ from mmpretrain.data.shard_samples import (
     vocabulary_of,
 )
 from mmpretrain.data.shard_writer import image_samples, write_shards
+from mmpretrain.errors import ConfigError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,11 @@ def _is_local(url: str) -> bool:
 
 def expand_shards(spec: str | Sequence[str], key: str = "data.shards") -> list[str]:
     """URLs of a brace pattern (``/d/{000000..000099}.tar``), a space-separated string or a list; local shards
-    must exist, so a typo fails at start-up with the missing file rather than as an empty epoch."""
+    must exist, so a typo fails at start-up with the missing file rather than as an empty epoch.
+
+    Raises:
+        ConfigError: the spec names no shard, or one shard twice. MissingPathError: a local shard does not exist.
+    """
     if isinstance(spec, str):
         urls = wds.shardlists.expand_urls(spec) if spec.startswith("pipe:") else [
             u for part in spec.split() for u in wds.shardlists.expand_urls(part)
@@ -89,13 +94,13 @@ def expand_shards(spec: str | Sequence[str], key: str = "data.shards") -> list[s
     else:
         urls = [u for part in spec for u in wds.shardlists.expand_urls(str(part))]
     if not urls:
-        raise ValueError(f"{key}={spec!r}: names no shards")
+        raise ConfigError(f"{key}={spec!r}: names no shards")
     missing = [u for u in urls if _is_local(u) and not os.path.isfile(u)]
     if missing:
-        raise FileNotFoundError(f"{key}={spec!r}: {len(missing)} of {len(urls)} shards do not exist (first: "
+        raise MissingPathError(f"{key}={spec!r}: {len(missing)} of {len(urls)} shards do not exist (first: "
                                 f"{missing[0]})")
     if len(set(urls)) != len(urls):
-        raise ValueError(f"{key}={spec!r}: a shard is named twice")
+        raise ConfigError(f"{key}={spec!r}: a shard is named twice")
     return urls
 
 
@@ -238,11 +243,11 @@ class ShardDataset(IterableDataset):
         self.epoch = 0
         slots = world * self.workers
         if pad and len(self.urls) < slots:
-            raise ValueError(f"{key}: {len(self.urls)} shards for {world} processes x {self.workers} dataloader "
-                             "workers; every worker needs a shard (write smaller shards or use fewer workers)")
+            raise ConfigError(f"{key}: {len(self.urls)} shards for {world} processes x {self.workers} dataloader "
+                              "workers; every worker needs a shard (write smaller shards or use fewer workers)")
         if pad and sum(self.counts) < batch_size * world:
-            raise ValueError(f"{key}: {sum(self.counts)} samples, fewer than one global batch "
-                             f"(data.batch_size={batch_size} x {world} processes)")
+            raise ConfigError(f"{key}: {sum(self.counts)} samples, fewer than one global batch "
+                              f"(data.batch_size={batch_size} x {world} processes)")
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for `epoch` (Lightning calls it through the loader's sampler, see `shard_loader`); a decoder

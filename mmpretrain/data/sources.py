@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmpretrain.data.records import RECORD_SUFFIXES, read_records
-from mmpretrain.errors import ConfigError, MissingPathError, NotAFolderError
+from mmpretrain.errors import ConfigError, DataError, MissingPathError, NotAFolderError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _report(source: ImageSource, where: str, key: str) -> ImageSource:
     if source.skipped:
         log.warning("%s: skipped %d files without an image extension", where, source.skipped)
     if not source.paths:
-        raise ConfigError(f"{key}={where}: no images found ({source.skipped} non-image files skipped)")
+        raise DataError(f"{key}={where}: no images found ({source.skipped} non-image files skipped)")
     return source
 
 
@@ -108,7 +108,7 @@ def read_file_list(list_file: str | os.PathLike, key: str = "data.file_list") ->
             continue
         parts = line.split("\t")
         if len(parts) > 2:
-            raise ConfigError(f"{list_file}:{lineno}: expected 'path' or 'path<TAB>label', got {len(parts)} columns")
+            raise DataError(f"{list_file}:{lineno}: expected 'path' or 'path<TAB>label', got {len(parts)} columns")
         item = Path(parts[0])
         if not item.is_absolute():
             item = path.parent / item
@@ -119,7 +119,7 @@ def read_file_list(list_file: str | os.PathLike, key: str = "data.file_list") ->
         names.append(parts[1] if len(parts) == 2 else None)
     labeled = [n for n in names if n is not None]
     if labeled and len(labeled) != len(names):
-        raise ConfigError(f"{list_file}: some lines have a label and some do not; label every line or none")
+        raise DataError(f"{list_file}: some lines have a label and some do not; label every line or none")
     source = ImageSource(paths, skipped=skipped)
     if labeled:
         source.classes = sorted(set(labeled))
@@ -133,12 +133,12 @@ def labeled_folder(root: str | os.PathLike, key: str = "data.knn.train_root") ->
     path = _require_dir(root, key)
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ConfigError(f"{key}={root}: expected one subfolder per class, found none")
+        raise DataError(f"{key}={root}: expected one subfolder per class, found none")
     source = ImageSource([], labels=[], classes=classes)
     for label, name in enumerate(classes):
         try:
             found = scan_images(path / name, key=key)
-        except ValueError:
+        except DataError:
             log.warning("%s: class folder '%s' has no images", root, name)
             continue
         source.paths += found.paths
@@ -180,12 +180,12 @@ class InputRows:
         for name in ("ids", "labels", "tags", "titles", "ocr"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.paths):
-                raise ConfigError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
+                raise ValueError(f"{self.root}: {len(self.paths)} paths but {len(values)} {name}")
         seen: dict[str, int] = {}
         for row, item in enumerate(self.ids):
             if item in seen:
-                raise ConfigError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
-                                 f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
+                raise DataError(f"{self.root}: id {item!r} appears twice (rows {seen[item]} and {row}: "
+                                f"{self.paths[seen[item]]} and {self.paths[row]}); ids must be unique")
             seen[item] = row
 
     def __len__(self) -> int:
@@ -281,7 +281,7 @@ def _read_file_list(path: Path, labels: str | bool, key: str) -> InputRows:
 def _tags(value: Any, where: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(t, str) for t in value):
         return value
-    raise ConfigError(f"{where}: tags must be a list of strings, got {value!r}")
+    raise DataError(f"{where}: tags must be a list of strings, got {value!r}")
 
 def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
     """An image manifest: one record per image with ``image`` (or ``path``) and optional ``id``, ``label``, ``tags``.
@@ -293,8 +293,8 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
         where = f"{path}:{lineno}"
         image = record.get("image", record.get("path"))
         if not isinstance(image, str) or not image:
-            raise ConfigError(f"{where}: missing 'image' (the image path; a video manifest names each file in "
-                              f"'video' on its first record); keys present: {sorted(record)}")
+            raise DataError(f"{where}: missing 'image' (the image path; a video manifest names each file in "
+                            f"'video' on its first record); keys present: {sorted(record)}")
         file = Path(image).expanduser()
         file = file if file.is_absolute() else path.parent / file
         paths.append(str(file.absolute()))
@@ -302,7 +302,7 @@ def _read_manifest(path: Path, labels: str | bool, key: str) -> InputRows:
         names.append(None if record.get("label") is None else str(record["label"]))
         tags.append(_tags(record["tags"], where) if record.get("tags") is not None else [])
     if not paths:
-        raise ConfigError(f"{key}={path}: the manifest lists no images")
+        raise DataError(f"{key}={path}: the manifest lists no images")
     given = [n for n in names if n is not None]
     if labels is True and len(given) != len(names):  # extraction stores the labels there are (null elsewhere)
         raise ConfigError(f"{key}={path}: labels=true but only {len(given)} of {len(names)} records have a label")

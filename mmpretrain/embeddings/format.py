@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmpretrain.errors import MMPretrainError
+from mmpretrain.errors import DataError
 
 FORMAT_NAME = "mmpretrain.embeddings"
 FORMAT_VERSION = 1
@@ -23,7 +23,7 @@ SHARD_RE = re.compile(r"^(?:embeddings-(\d{5,})\.npy|metadata-(\d{5,})\.parquet)
 KNOWN_TYPES = {"id": pa.string(), "path": pa.string(), "tags": pa.list_(pa.string())}
 
 
-class StoreError(MMPretrainError, ValueError):
+class StoreError(DataError):
     """A store (or data about to be written to one) that cannot be trusted; the message names directory and file."""
 
 

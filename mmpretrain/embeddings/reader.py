@@ -239,7 +239,7 @@ class EmbeddingStore:
         """Float32 embeddings of the given global rows, in the given order; reads only those rows from disk."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1:
-            raise ConfigError(f"rows must be 1-D, got shape {rows.shape}")
+            raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
         if rows.size and (rows.min() < 0 or rows.max() >= self.count):
             bad = rows[(rows < 0) | (rows >= self.count)]
             raise IndexError(f"rows {bad[:5].tolist()} out of range [0, {self.count}) in store {self.root}")

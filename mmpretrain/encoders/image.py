@@ -15,7 +15,7 @@ from torchvision.transforms import functional as TF
 
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS, load_rgb
 from mmpretrain.encoders.base import _INTERPOLATIONS, _REQUIRED_PREPROCESSING, _batches, _EncoderBase, default_device
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 
 class ImageTransform:
@@ -74,8 +74,8 @@ def _as_pil(item: Any, index: int) -> Image.Image:
         try:
             return load_rgb(os.fspath(item))
         except Exception as err:  # PIL raises many exception types for bad files
-            raise ConfigError(f"images[{index}]: cannot read image {os.fspath(item)!r}: "
-                             f"{type(err).__name__}: {err}") from err
+            raise DataError(f"images[{index}]: cannot read image {os.fspath(item)!r}: "
+                            f"{type(err).__name__}: {err}") from err
     if isinstance(item, Image.Image):
         return item if item.mode == "RGB" else item.convert("RGB")
     if isinstance(item, np.ndarray):
@@ -88,7 +88,7 @@ def _as_pil(item: Any, index: int) -> Image.Image:
         if item.ndim == 3 and item.shape[2] in (3, 4):
             image = Image.fromarray(np.ascontiguousarray(item), mode="RGB" if item.shape[2] == 3 else "RGBA")
             return image if image.mode == "RGB" else image.convert("RGB")
-        raise ConfigError(f"images[{index}]: numpy arrays must be HxWx3 (or HxWx1, HxWx4, HxW) uint8, "
+        raise ValueError(f"images[{index}]: numpy arrays must be HxWx3 (or HxWx1, HxWx4, HxW) uint8, "
                          f"got shape {item.shape}")
     hint = "; convert tensors with t.permute(1, 2, 0).numpy() as uint8" if isinstance(item, torch.Tensor) else ""
     raise TypeError(f"images[{index}]: expected a path, a PIL image or a uint8 HWC numpy array, "
@@ -185,7 +185,7 @@ class ImageEncoder(_EncoderBase):
         what :func:`torchvision.transforms.ToTensor` and ``Normalize`` compute, at a fraction of the cost.
         """
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ConfigError(f"embed expects a (n, 3, H, W) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
+            raise ValueError(f"embed expects a (n, 3, H, W) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
         mean, std = self._mean_std(pixels.device)
         x = (pixels.float() / 255 - mean) / std
         if self.channels_last:
@@ -209,7 +209,8 @@ class ImageEncoder(_EncoderBase):
             normalize: L2-normalise the rows (for cosine / inner-product search).
 
         Raises:
-            TypeError / ValueError: an input of another type or shape, or an unreadable file, naming its index.
+            TypeError / ValueError: an input of another type or shape, naming its index.
+            DataError: an unreadable file, naming its index and path.
         """
         if isinstance(images, str | os.PathLike | Image.Image) or (isinstance(images, np.ndarray) and images.ndim < 4):
             raise TypeError(f"images must be a sequence of images, got a single {type(images).__name__}; "

@@ -14,7 +14,7 @@ from torch import nn
 from mmpretrain.data.dataset import DEFAULT_MAX_PIXELS
 from mmpretrain.data.transforms import FrameNormalize
 from mmpretrain.encoders.base import _batches, _EncoderBase, default_device
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 
 class VideoClipLoader:
@@ -128,7 +128,7 @@ class VideoEncoder(_EncoderBase):
             try:
                 return self.loader(item)
             except VideoDecodeError as err:
-                raise ConfigError(f"videos[{index}]: {err}") from err
+                raise DataError(f"videos[{index}]: {err}") from err
         if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 4 and item.shape[-1] == 3:
             clip = torch.from_numpy(np.ascontiguousarray(item)).permute(0, 3, 1, 2)
             if clip.shape[0] > self.num_frames:
@@ -164,7 +164,7 @@ class VideoEncoder(_EncoderBase):
         """One float32 row per video, in input order (see the class docstring for what the row is).
 
         Raises:
-            ValueError: an unreadable video (naming its index and file) or titles/OCR of another length.
+            DataError: an unreadable video, naming its index and file. ValueError: titles/OCR of another length.
         """
         if isinstance(paths, str | os.PathLike):
             raise TypeError("paths must be a sequence of videos; wrap a single path in a list")
@@ -172,7 +172,7 @@ class VideoEncoder(_EncoderBase):
         titles = [None] * len(items) if titles is None else list(titles)
         ocr = [None] * len(items) if ocr is None else list(ocr)
         if len(titles) != len(items) or len(ocr) != len(items):
-            raise ConfigError(f"{len(items)} videos but {len(titles)} titles and {len(ocr)} OCR entries")
+            raise ValueError(f"{len(items)} videos but {len(titles)} titles and {len(ocr)} OCR entries")
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         with torch.inference_mode():
             for start, batch in _batches(items, batch_size):
@@ -198,7 +198,7 @@ class VideoEncoder(_EncoderBase):
         items = list(texts)
         ocr = [None] * len(items) if ocr is None else list(ocr)
         if len(ocr) != len(items):
-            raise ConfigError(f"{len(items)} texts but {len(ocr)} OCR entries")
+            raise ValueError(f"{len(items)} texts but {len(ocr)} OCR entries")
         out = np.empty((len(items), self.model.embed_dim), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast(device):
@@ -221,7 +221,7 @@ class VideoEncoder(_EncoderBase):
                 raise TypeError("clips must be a sequence of videos; wrap a single path in a list")
             clips = torch.stack([self.read_clip(item, i) for i, item in enumerate(clips)])
         if len(clips) != len(texts):
-            raise ConfigError(f"{len(clips)} clips but {len(texts)} texts: match_scores scores (clip i, text i) pairs")
+            raise ValueError(f"{len(clips)} clips but {len(texts)} texts: match_scores scores (clip i, text i) pairs")
         frames = self._frames(clips)
         text = self.processor(list(texts), list(ocr or [None] * len(texts)))
         text = {k: v.to(frames.device) for k, v in text.items()}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.fewshot.methods import class_means, get_method
 
 __all__ = [
@@ -122,7 +122,7 @@ def leave_one_out(
     y = torch.as_tensor(np.asarray(codes), dtype=torch.long)
     rows = x.shape[0]
     if rows < 2:
-        raise ConfigError(f"leave-one-out needs at least 2 support examples, got {rows}")
+        raise DataError(f"leave-one-out needs at least 2 support examples, got {rows}")
     center = torch.zeros(x.shape[1]) if base_mean is None else torch.as_tensor(np.asarray(base_mean)).float()
     method_mean = None if base_mean is None else center
     counts = torch.bincount(y, minlength=n_classes)

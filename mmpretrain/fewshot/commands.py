@@ -100,7 +100,7 @@ def predict_files(classifier: str | os.PathLike | FewShotModel, input: Any, outp
     bar.close()
     total = sum(counts.values()) + len(failed)
     if total != len(ids):
-        raise ConfigError(f"input={input}: {len(ids)} pictures listed but {total} read (the input changed)")
+        raise DataError(f"input={input}: {len(ids)} pictures listed but {total} read (the input changed)")
     if failed:
         raise DataError(f"input={input}: {len(failed)} of {total} pictures could not be read; their lines in "
                         f"{output} carry an \"error\" (first: {failed[0]['path']}: {failed[0]['error']})")
@@ -113,12 +113,12 @@ def _batch_records(predict: Any, batch: Any, ids: Sequence[str], paths: Sequence
     (so one damaged file costs its own line, not the run's)."""
     try:
         return predict(batch).records(ids, paths, k=k)
-    except ConfigError:
+    except DataError:
         records = []
         for item, item_id, path in zip(batch, ids, paths):
             try:
                 records += predict([item]).records([item_id], [path], k=k)
-            except ConfigError as err:
+            except DataError as err:
                 log.warning("%s: %s", path or item_id, err)
                 records.append({"id": item_id, "path": path, "error": str(err).removeprefix("images[0]: ")})
         return records

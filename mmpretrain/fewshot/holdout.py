@@ -142,7 +142,7 @@ def estimate_embeddings(features: np.ndarray, labels: Sequence[Any], method: str
     if len(classes) < 2:
         raise DataError(f"estimating needs at least 2 classes, got {len(classes)}")
     if len(codes) != len(features):
-        raise ConfigError(f"{len(features)} embeddings but {len(codes)} labels")
+        raise ValueError(f"{len(features)} embeddings but {len(codes)} labels")
     predicted, usable, protocol = held_out_predictions(features, codes, len(classes), method, loo_limit, folds, seed,
                                                        **options)
     if not usable.any():

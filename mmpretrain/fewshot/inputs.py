@@ -23,7 +23,7 @@ from mmpretrain.data.shards import (
 )
 from mmpretrain.data.sources import read_image_input
 from mmpretrain.embeddings import open_store
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import DataError
 
 if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
@@ -55,7 +55,7 @@ class StoreInput:
 
     Raises:
         StoreError: a missing or inconsistent store (see :func:`~mmpretrain.embeddings.open_store`).
-        ValueError: the store has no ``column``, or some rows lack a label.
+        DataError: the store has no ``column``, or some rows lack a label.
     """
 
     def __init__(self, root: str | os.PathLike, column: str = "label", key: str = "store") -> None:
@@ -64,14 +64,14 @@ class StoreInput:
         self.encoder_name = self.store.encoder
         table = self.store.metadata()
         if column not in table.column_names:
-            raise ConfigError(f"{self.where}: the embedding store has no {column!r} metadata column (columns: "
-                             f"{', '.join(table.column_names)}); few-shot evaluation needs a class label per row. "
-                             "Extract it from a labeled folder, file list or manifest, or evaluate with encoder=... "
-                             "and data.root=... instead")
+            raise DataError(f"{self.where}: the embedding store has no {column!r} metadata column (columns: "
+                            f"{', '.join(table.column_names)}); few-shot evaluation needs a class label per row. "
+                            "Extract it from a labeled folder, file list or manifest, or evaluate with encoder=... "
+                            "and data.root=... instead")
         labels = table.column(column)
         if labels.null_count:
-            raise ConfigError(f"{self.where}: {labels.null_count} of {len(labels)} rows have no {column!r}; "
-                             "few-shot evaluation needs a class label on every row")
+            raise DataError(f"{self.where}: {labels.null_count} of {len(labels)} rows have no {column!r}; "
+                            "few-shot evaluation needs a class label on every row")
         self.labels = labels.to_numpy(zero_copy_only=False)
 
     def features(self) -> np.ndarray:

@@ -185,7 +185,7 @@ class FewShotModel:
         views = np.asarray(features, dtype=np.float32)
         features = views[0] if method == FINETUNE else views
         if method == FINETUNE and (views.ndim != 3 or views.shape[0] < 2):
-            raise ConfigError(f"method={FINETUNE} needs (1 + views, S, D) embeddings (embed_views), got {views.shape}")
+            raise ValueError(f"method={FINETUNE} needs (1 + views, S, D) embeddings (embed_views), got {views.shape}")
         center = features.mean(axis=0) if base_mean is None else np.asarray(base_mean, dtype=np.float32)
         if method == FINETUNE:
             classifier, calibration, correct, head = _fit_head(views, labels, codes, center, accept_rate, threshold,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mmpretrain.encoders import ImageEncoder
 
 __all__ = [
-    "ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "open_picture", "read_rows", "shard_urls",
+    "ImageRows", "Labeled", "is_shards", "is_store", "labeled_support", "open_picture", "read_rows",
 ]
 
 
@@ -83,7 +83,7 @@ def labeled_support(source: str | os.PathLike, encoder: ImageEncoder | None, key
     if encoder is None:
         raise ConfigError(f"{key}={source}: images need an encoder=<checkpoint, timm:<model> or pixels>")
     if is_shards(str(source)):
-        shard_urls(str(source), key)  # a missing shard: one line naming it, before any work
+        expand_shards(str(source), key=key)  # a missing shard: one line naming it, before any work
         shards = ShardImageInput(encoder, str(source), batch_size=batch_size, key=key)
         return Labeled(shards.features(), shards.labels.astype(str), list(shards.keys), [None] * len(shards.keys),
                        shards.where)
@@ -146,16 +146,6 @@ def open_picture(path: str | None) -> Image.Image | None:
         return None
 
 
-def shard_urls(spec: str, key: str) -> list[str]:
-    """The shards a spec names (see :func:`~mmpretrain.data.shards.expand_shards`), as the project's errors."""
-    try:
-        return expand_shards(spec, key=key)
-    except FileNotFoundError as err:
-        raise MissingPathError(str(err)) from None
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def _shard_samples(urls: Sequence[str], where: str) -> Iterator[dict[str, Any]]:
     for url in urls:
         for raw in read_shard(url):
@@ -181,10 +171,10 @@ def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], key: str 
     if Path(source).suffix.lower() in IMAGE_EXTENSIONS:
         return read_rows([source], key)
     if is_shards(str(source)):
-        urls = shard_urls(str(source), key)
+        urls = expand_shards(str(source), key=key)
         ids = [raw["__key__"] for raw in _shard_samples(urls, f"{key}={source}")]
         if not ids:
-            raise ConfigError(f"{key}={source}: the shards hold no samples")
+            raise DataError(f"{key}={source}: the shards hold no samples")
         return ImageRows(ids, [None] * len(ids), urls, f"{key}={source}")
     rows = read_image_input(source, labels="auto", key=key)
     return ImageRows(list(rows.ids), list(rows.paths), [], f"{key}={os.fspath(source)}")

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 
 from mmpretrain.embeddings import ID_FORBIDDEN, find_bad_id
-from mmpretrain.errors import MMPretrainError
+from mmpretrain.errors import DataError
 
 #: Characters that ids may never hold: NUL and every line break (one id per line in text files, one row per line
 #: in CSV files; NUL ends strings in numpy and Arrow), the store's own rule.
 LINE_BREAKS = ID_FORBIDDEN
 
 
-class FeatureError(MMPretrainError, ValueError):
+class FeatureError(DataError):
     """Features a recommender would misread (wrong length, NaN/inf, duplicate or unwritable ids); names the id."""
 
 
