@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.errors import DataError, MissingPathError
+
 _CHUNK = 1 << 20
 
 
@@ -92,13 +94,13 @@ def read_saved_folder(directory: Path, files: Iterable[str], config: str, what: 
     """The JSON object ``config`` of a saved folder (an index, a projection) after checking all ``files`` exist.
 
     Raises:
-        FileNotFoundError: a missing file, naming the folder as ``what``. ValueError: ``config`` is not valid JSON.
+        MissingPathError: a missing file, naming the folder as ``what``. DataError: ``config`` is not valid JSON.
     """
     for name in files:
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{what} {directory} is missing {name}")
+            raise MissingPathError(f"{what} {directory} is missing {name}")
     try:
         return json.loads((directory / config).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"cannot parse {directory / config}: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot parse {directory / config}: {exc}") from exc
 

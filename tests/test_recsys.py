@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmpretrain.embeddings import EmbeddingStore, write_store
+from mmpretrain.errors import ConfigError
 from mmpretrain.recsys import (
     FeatureError,
     export_features,
@@ -325,7 +326,7 @@ def test_unwritable_values_and_ids_are_refused_naming_the_item(tmp_path: Path) -
         export_features(x, tmp_path / "out", ids=ids_of(10), dtype="float16", normalize=False)
     with pytest.raises(FeatureError, match=r"item 'a\\tb': id holds '\\t'"):
         export_features(vectors(2), tmp_path / "out", ids=["ok", "a\tb"], format="easyrec")
-    with pytest.raises(FeatureError, match="separator"):
+    with pytest.raises(ConfigError, match="separator"):
         export_features(vectors(2), tmp_path / "out", ids=["a", "b"], format="easyrec", separator=".")
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 
+from mmpretrain.errors import MMPretrainError
 from mmpretrain.video.io.decoding import BACKENDS
 from mmpretrain.video.io.frames import prepare_frames
 
@@ -29,9 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    out = prepare_frames(
-        args.manifest, args.output, args.num_frames, tuple(args.size), args.backend, args.shard_size, args.workers
-    )
+    try:
+        out = prepare_frames(
+            args.manifest, args.output, args.num_frames, tuple(args.size), args.backend, args.shard_size, args.workers
+        )
+    except MMPretrainError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     meta = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     height, width = meta["size"]
     print(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmpretrain.errors import DataError
 from mmpretrain.fewshot.methods import METHODS, TRANSDUCTIVE, class_means, get_method
 from mmpretrain.fewshot.sampling import encode_labels
 
@@ -190,7 +191,7 @@ class FewShotClassifier:
         with np.load(path, allow_pickle=False) as data:
             config = json.loads(str(data["config"]))
             if config.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a saved FewShotClassifier (format {config.get('format')!r})")
+                raise DataError(f"{path} is not a saved FewShotClassifier (format {config.get('format')!r})")
             classifier = cls(config["method"], config["reject_threshold"], config["unknown"],
                              **config["method_kwargs"])
             labels = np.array(config["classes"])[data["codes"]]

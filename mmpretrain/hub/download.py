@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mmpretrain._io import file_lock, sha256_file, write_failure, write_text_atomic
+from mmpretrain.errors import ConfigError
 from mmpretrain.hub.errors import ChecksumError, DownloadError, HubError, OfflineError
 from mmpretrain.hub.registry import URL_SCHEMES, check_name, load_registry, normalize_sha256
 
@@ -473,7 +474,7 @@ def download(
             the cache, or all retries failed.
     """
     if verify not in VERIFY_MODES:
-        raise ValueError(f"verify={verify!r} is not one of {VERIFY_MODES}")
+        raise ConfigError(f"verify={verify!r} is not one of {VERIFY_MODES}")
     url, name, expected = _resolve(name_or_url, sha256, registry)
     if urllib.parse.urlparse(url).scheme == "file":
         local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))

@@ -23,7 +23,7 @@ import torch
 
 from mmpretrain.errors import ConfigError
 from mmpretrain.hub.download import offline_mode
-from mmpretrain.hub.errors import DownloadError, OfflineError
+from mmpretrain.hub.errors import CheckpointConfigError, DownloadError, OfflineError
 from mmpretrain.hub.registry import DEFAULT_PREPROCESSING
 from mmpretrain.models import create_backbone
 
@@ -104,7 +104,8 @@ def _hub_model(repo: str, source: str, progress: bool) -> tuple[str, dict[str, A
         name, pretrained_cfg = str(config["architecture"]), dict(config["pretrained_cfg"])
         model_args = dict(config.get("model_args") or {})
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"{source}: {path} is not a timm model config ({type(err).__name__}: {err})") from err
+        raise CheckpointConfigError(f"{source}: {path} is not a timm model config "
+                                    f"({type(err).__name__}: {err})") from err
     if "num_classes" in config:
         pretrained_cfg["num_classes"] = config["num_classes"]
     return name, pretrained_cfg | {"hf_hub_id": repo}, model_args  # no "source": timm would fetch again itself

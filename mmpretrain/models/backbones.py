@@ -8,6 +8,8 @@ from typing import Any
 import timm
 from torch import nn
 
+from mmpretrain.errors import ConfigError
+
 #: the normalization ImageNet-pretrained weights expect (timm's default): the one home of these numbers; data
 #: transforms, modules and the hub's default preprocessing take them from here
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -26,12 +28,12 @@ def create_backbone(
         **kwargs: architecture overrides (img_size, embed_dim, depths, ...), passed to timm.
 
     Raises:
-        ValueError: the name is not a timm model; the message suggests close names.
+        ConfigError: the name is not a timm model; the message suggests close names.
     """
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean one of {close}?" if close else "; see timm.list_models()"
-        raise ValueError(f"unknown backbone '{name}' (model.backbone){hint}")
+        raise ConfigError(f"unknown backbone '{name}' (model.backbone){hint}")
     return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path, sha256_file
+from mmpretrain.errors import ConfigError
 from mmpretrain.recsys.folder import (
     CONFIG_FILE,
     EXPORT_FILE,
@@ -82,14 +83,14 @@ def _settings(requested: dict[str, Any], out: Path, previous: dict[str, Any] | N
     merged = {**_DEFAULTS, **earlier, **given}
     fmt, dtype = merged["format"], merged["dtype"]
     if fmt not in FORMATS:
-        raise FeatureError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
     if dtype not in OUTPUT_DTYPES:
-        raise FeatureError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
     for key in ("feature_name", "id_column"):
         if not _NAME_RE.match(merged[key]):
-            raise FeatureError(f"{key}={merged[key]!r} must be a column name of letters, digits and '_'")
+            raise ConfigError(f"{key}={merged[key]!r} must be a column name of letters, digits and '_'")
     if merged["feature_name"] == merged["id_column"]:
-        raise FeatureError(f"feature_name and id_column must differ, both are {merged['feature_name']!r}")
+        raise ConfigError(f"feature_name and id_column must differ, both are {merged['feature_name']!r}")
     keys = ["format", "feature_name", "id_column", "dtype", "normalize"]
     if fmt == "easyrec":
         check_separators(merged["separator"], merged["delimiter"])
@@ -211,9 +212,9 @@ def _i2i_request(previous: dict[str, Any] | None, k: int | None, threshold: floa
         earlier = (previous or {}).get("i2i")
         return earlier["request"] if earlier else None
     if k < 0:
-        raise FeatureError(f"i2i_k must be >= 0, got {k}")
+        raise ConfigError(f"i2i_k must be >= 0, got {k}")
     if fmt not in TABLE_FORMATS:
-        raise FeatureError(f"i2i_format must be one of {TABLE_FORMATS}, got {fmt!r}")
+        raise ConfigError(f"i2i_format must be one of {TABLE_FORMATS}, got {fmt!r}")
     if k == 0:
         return None
     return {"k": k, "threshold": threshold, "format": fmt, "index_key": index_key, "target_recall": target_recall}

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mmpretrain._io import atomic_path
+from mmpretrain.errors import ConfigError
 from mmpretrain.recsys.validation import FeatureError, check_finite, check_ids
 
 FORMATS = ("parquet", "easyrec", "npy")
@@ -36,10 +37,10 @@ def check_separators(separator: str, delimiter: str, seq_separator: str | None =
         named["seq_separator"] = seq_separator
     for name, value in named.items():
         if len(value) != 1 or value in _NUMBER_CHARS or value in '"\n\r':
-            raise FeatureError(f"{name}={value!r} must be one character that cannot occur in a number or a line "
-                               f"break (e.g. ',', '|', ';', tab)")
+            raise ConfigError(f"{name}={value!r} must be one character that cannot occur in a number or a line "
+                              f"break (e.g. ',', '|', ';', tab)")
     if len(set(named.values())) != len(named):
-        raise FeatureError(f"separators must differ from each other, got {named}")
+        raise ConfigError(f"separators must differ from each other, got {named}")
 
 
 @functools.cache
@@ -134,7 +135,7 @@ def write_part(
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(values), allow_pickle=False)
         return [path, ids_path]
-    raise FeatureError(f"format must be one of {FORMATS}, got {fmt!r}")
+    raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
 def read_part(
@@ -157,7 +158,7 @@ def read_part(
         table = pacsv.read_csv(path, parse_options=options, convert_options=types)
         lists = pc.split_pattern(table.column(feature_name).combine_chunks(), separator)
     else:
-        raise FeatureError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
     ids = np.asarray(table.column(id_column).to_pylist(), dtype=str)
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
     width = dim if dim is not None else (int(lengths[0]) if len(lengths) else 0)

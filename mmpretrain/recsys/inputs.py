@@ -9,7 +9,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from mmpretrain.embeddings import EmbeddingStore, open_store
-from mmpretrain.errors import ConfigError
 from mmpretrain.recsys.validation import FeatureError, as_matrix, check_finite, check_ids
 
 Source = str | os.PathLike | EmbeddingStore | np.ndarray | Sequence[np.ndarray]
@@ -24,7 +23,7 @@ class ExportInput:
         self.forbidden = forbidden
         if isinstance(source, EmbeddingStore):
             if ids is not None:
-                raise ConfigError("ids come from the store's id column; do not pass ids with a store")
+                raise ValueError("ids come from the store's id column; do not pass ids with a store")
             self.store, self.ids, self.matrix = source, None, None
             self.dim, self.count, self.name = source.dim, source.count, str(source.root)
             self.id_source = source.id_source

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from mmpretrain._io import atomic_path
 from mmpretrain.embeddings import EmbeddingStore
+from mmpretrain.errors import ConfigError
 from mmpretrain.retrieval import Metric, RetrievalIndex, build_index
 
 TABLE_FORMATS = ("parquet", "csv")
@@ -122,8 +123,8 @@ def item_to_item(
     output = Path(output)
     table_format = table_format or output.suffix.lstrip(".")
     if table_format not in TABLE_FORMATS:
-        raise ValueError(f"neighbour table format must be one of {TABLE_FORMATS} (from the output suffix or "
-                         f"table_format), got {table_format!r}")
+        raise ConfigError(f"neighbour table format must be one of {TABLE_FORMATS} (from the output suffix or "
+                          f"table_format), got {table_format!r}")
     tic = time.perf_counter()
     if index is None:
         n = features.count if isinstance(features, EmbeddingStore) else len(features)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmpretrain._io import atomic_path, read_saved_folder
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 NPZ_FILE, JSON_FILE = "projection.npz", "projection.json"
 FORMAT_NAME, FORMAT_VERSION = "mmpretrain.projection", 1
@@ -124,15 +124,15 @@ def load_projection(path: str | os.PathLike) -> Projection:
     directory = path if path.is_dir() else path.parent
     meta = read_saved_folder(directory, (NPZ_FILE, JSON_FILE), JSON_FILE, "projection")
     if meta.get("format") != FORMAT_NAME or meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{directory / JSON_FILE} is not a projection this version reads: {meta.get('format')!r} "
+        raise DataError(f"{directory / JSON_FILE} is not a projection this version reads: {meta.get('format')!r} "
                          f"version {meta.get('version')!r}")
     with np.load(directory / NPZ_FILE, allow_pickle=False) as arrays:
         mean, components, variances = arrays["mean"], arrays["components"], arrays["variances"]
     projection = Projection(mean, components, variances, meta["kind"] == "pca_whiten", int(meta["fit_rows"]),
                             float(meta["explained_variance_ratio"]))
     if projection.fingerprint != meta["fingerprint"]:
-        raise ValueError(f"projection {directory}: {NPZ_FILE} does not match {JSON_FILE} (fingerprint "
-                         f"{projection.fingerprint} vs {meta['fingerprint']}); the files were altered or mixed up")
+        raise DataError(f"projection {directory}: {NPZ_FILE} does not match {JSON_FILE} (fingerprint "
+                        f"{projection.fingerprint} vs {meta['fingerprint']}); the files were altered or mixed up")
     return projection
 
 
@@ -145,7 +145,7 @@ def prepare_features(
     Rows of zero norm stay zero rather than becoming NaN.
     """
     if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
     out = projection.transform(x) if projection is not None else np.asarray(x, dtype=np.float32)
     if normalize:
         norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -6,6 +6,7 @@ import math
 import os
 import re
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.retrieval.core import Metric, check_metric
 
 FLAT_MAX, HNSW_MAX, IVF_FLAT_MAX = 1_000, 10_000, 1_000_000
@@ -28,10 +29,10 @@ def parse_memory(budget: int | float | str | None) -> int | None:
     else:
         match = _MEMORY_RE.match(str(budget).lower())
         if match is None or match.group(2) not in _UNITS:
-            raise ValueError(f"memory_budget {budget!r} is not a size like 8GB, 512MB, 2GiB or a byte count")
+            raise ConfigError(f"memory_budget {budget!r} is not a size like 8GB, 512MB, 2GiB or a byte count")
         value = float(match.group(1)) * _UNITS[match.group(2)]
     if value <= 0:
-        raise ValueError(f"memory_budget must be positive, got {budget!r}")
+        raise ConfigError(f"memory_budget must be positive, got {budget!r}")
     return int(value)
 
 
@@ -115,7 +116,7 @@ def choose_index_key(
         gpu: whether the index will run on GPUs.
 
     Raises:
-        ValueError: if no candidate fits, naming the smallest candidate and what it needs.
+        ConfigError: if no candidate fits ``memory_budget``, naming the smallest candidate and what it needs.
     """
     check_metric(metric)
     if n < 1 or dim < 1:
@@ -127,5 +128,5 @@ def choose_index_key(
         if size <= limit:
             return key
     smallest = min(sizes, key=sizes.get)
-    raise ValueError(f"no index for {n} x {dim} vectors fits memory_budget={memory_budget_bytes!r} ({limit:,} bytes): "
-                     f"the smallest candidate {smallest!r} needs about {sizes[smallest]:,} bytes")
+    raise ConfigError(f"no index for {n} x {dim} vectors fits memory_budget={memory_budget_bytes!r} ({limit:,} bytes): "
+                      f"the smallest candidate {smallest!r} needs about {sizes[smallest]:,} bytes")

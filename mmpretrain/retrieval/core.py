@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 
 from mmpretrain.embeddings import EmbeddingStore, check_id_text
+from mmpretrain.errors import ConfigError
 
 Metric = Literal["ip", "l2"]
 GpuChoice = bool | Literal["auto"]
@@ -25,7 +26,7 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 def check_metric(metric: str) -> int:
     """faiss metric constant for ``"ip"``/``"l2"``, refusing anything else by name."""
     if metric not in _METRICS:
-        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+        raise ConfigError(f"metric must be 'ip' or 'l2', got {metric!r}")
     return _METRICS[metric]
 
 
@@ -110,7 +111,7 @@ def resolve_gpu(use_gpu: GpuChoice) -> bool:
     if use_gpu == "auto":
         return _gpu_count() > 0
     if use_gpu and _gpu_count() == 0:
-        raise RuntimeError("use_gpu=True but faiss sees no GPU: install faiss-gpu (pip install mmpretrain[gpu])")
+        raise ConfigError("use_gpu=True but faiss sees no GPU: install faiss-gpu (pip install mmpretrain[gpu])")
     return bool(use_gpu)
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mmpretrain._io import read_saved_folder, sha256_file
 from mmpretrain.embeddings import EmbeddingStore, StoreError, open_store
-from mmpretrain.errors import ConfigError, PathExistsError
+from mmpretrain.errors import ConfigError, DataError, PathExistsError
 from mmpretrain.retrieval.choice import choose_index_key
 from mmpretrain.retrieval.core import (
     GPU_MAX_K,
@@ -67,7 +67,7 @@ class RetrievalIndex:
     ) -> None:
         """Wrap a trained, filled CPU index (and optionally its GPU clone); ``ids[i]`` is the id of faiss id ``i``."""
         if index.ntotal != len(ids):
-            raise ConfigError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
+            raise ValueError(f"index holds {index.ntotal} vectors but {len(ids)} ids were given")
         self.index = index
         self.ids = ids
         self.metric = metric
@@ -137,7 +137,7 @@ class RetrievalIndex:
                                "load_index(path, store=...)")
         array = np.asarray(ids).astype(str)
         if array.ndim not in (1, 2):
-            raise ConfigError(f"ids must be 1-D or 2-D, got shape {array.shape}")
+            raise ValueError(f"ids must be 1-D or 2-D, got shape {array.shape}")
         flat = array.reshape(-1)
         key = None if columns is None else tuple(columns)
         if key not in self._metadata:
@@ -310,9 +310,9 @@ def build_index(
     source = VectorSource(embeddings, normalize)
     store = source.store
     if store is not None and ids is not None:
-        raise ConfigError("ids come from the store's id column; do not pass ids with a store")
+        raise ValueError("ids come from the store's id column; do not pass ids with a store")
     if source.n == 0:
-        raise ConfigError("cannot index zero vectors")
+        raise DataError("cannot index zero vectors")
     array_ids = as_ids(ids, source.n) if store is None else None
     gpu = resolve_gpu(use_gpu)
     if index_key == "auto":
@@ -431,13 +431,13 @@ def load_index(
         verify: :func:`open_store` check level for a store opened here by path.
 
     Raises:
-        FileNotFoundError: naming a missing file. ValueError: for an unreadable or inconsistent index.
-        StoreError: for a store whose fingerprint differs from the one recorded at build time (both named).
+        MissingPathError: naming a missing file. StoreError: an unreadable, altered, newer or inconsistent index,
+            or a store whose fingerprint differs from the one recorded at build time (both named).
     """
     path = Path(path)
     params = read_saved_folder(path, (INDEX_FILE, IDS_FILE, PARAMS_FILE), PARAMS_FILE, "index directory")
     if params.get("format_version", 0) > FORMAT_VERSION:
-        raise ConfigError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
+        raise StoreError(f"{path / PARAMS_FILE} has format version {params['format_version']}, newer than this "
                          f"reader ({FORMAT_VERSION}); upgrade mmpretrain")
     recorded = params.get("sha256") or {}
     if not recorded:
@@ -450,10 +450,10 @@ def load_index(
     try:
         index = faiss.read_index(str(path / INDEX_FILE))
     except RuntimeError as exc:
-        raise ConfigError(f"cannot read faiss index {path / INDEX_FILE}: {exc}") from exc
+        raise StoreError(f"cannot read faiss index {path / INDEX_FILE}: {exc}") from exc
     ids = np.load(path / IDS_FILE, allow_pickle=False)
     if index.ntotal != len(ids) or index.ntotal != params["ntotal"]:
-        raise ConfigError(f"index directory {path} is inconsistent: {INDEX_FILE} holds {index.ntotal} vectors, "
+        raise StoreError(f"index directory {path} is inconsistent: {INDEX_FILE} holds {index.ntotal} vectors, "
                          f"{IDS_FILE} {len(ids)} ids, {PARAMS_FILE} says {params['ntotal']}")
     result = RetrievalIndex(
         index, ids, params["metric"], params["index_key"], params["normalize"], params["search_params"],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.errors import ConfigError, DataError, MissingPathError
 
 __all__ = ["Queries", "load_query_embeddings", "resolve_queries"]
 
@@ -40,16 +40,16 @@ def load_query_embeddings(path: str | os.PathLike, key: str, dim: int) -> np.nda
     """Query embeddings from a .npy file (one vector, or one row per query), refusing pickles and wrong widths.
 
     Raises:
-        ConfigError: not a plain numeric array of width ``dim``, naming ``key``.
+        DataError: not a plain numeric array of width ``dim``, naming ``key``.
     """
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise ConfigError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
+        raise DataError(f"{key}={path}: not a plain numeric .npy array ({exc})") from exc
     array = array[None, :] if array.ndim == 1 else array
     if array.ndim != 2 or array.shape[1] != dim or not np.issubdtype(array.dtype, np.number):
-        raise ConfigError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
-                          f"{array.dtype}{array.shape}")
+        raise DataError(f"{key}={path}: need a numeric (n, {dim}) array to match the index, got "
+                        f"{array.dtype}{array.shape}")
     return array
 
 

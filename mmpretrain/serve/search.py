@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmpretrain.data import load_rgb
 from mmpretrain.embeddings import MANIFEST, open_store
-from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.errors import DataError, MissingPathError
 from mmpretrain.retrieval import PARAMS_FILE, RetrievalIndex, build_index, load_index
 from mmpretrain.serve.inputs import RequestError
 
@@ -38,7 +38,7 @@ def open_searchable(path: str) -> RetrievalIndex:
                            progress=False)
     if not root.exists():
         raise MissingPathError(f"index={path}: no such folder")
-    raise ConfigError(f"index={path}: neither a saved index ({PARAMS_FILE}) nor an embedding store ({MANIFEST})")
+    raise DataError(f"index={path}: neither a saved index ({PARAMS_FILE}) nor an embedding store ({MANIFEST})")
 
 
 class Searcher:

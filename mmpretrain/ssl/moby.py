@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from mmpretrain.errors import ConfigError
 from mmpretrain.models import MLPHead, backbone_has_batchnorm, create_backbone, state_fits
 from mmpretrain.ssl.knn import knn_accuracy
 from mmpretrain.ssl.losses import moby_loss
@@ -132,12 +133,12 @@ class MoBY(pl.LightningModule):
             ``part -> "restored"`` or ``"fresh (why)"``, for the log.
 
         Raises:
-            ValueError: ``backbone`` does not fit ``model.backbone`` / ``model.backbone_kwargs``.
+            ConfigError: ``backbone`` does not fit ``model.backbone`` / ``model.backbone_kwargs``.
         """
         problem = state_fits(self.backbone, backbone)
         if problem:
-            raise ValueError(f"model.init={source}: its backbone does not fit model.backbone={self.hparams.backbone} "
-                             f"(model.backbone_kwargs={dict(self.hparams.backbone_kwargs or {})}): {problem}")
+            raise ConfigError(f"model.init={source}: its backbone does not fit model.backbone={self.hparams.backbone} "
+                              f"(model.backbone_kwargs={dict(self.hparams.backbone_kwargs or {})}): {problem}")
         self.backbone.load_state_dict(backbone, strict=True)
         report = {"backbone": "restored"}
         for name in ("projector", "predictor", "queue1", "queue2"):

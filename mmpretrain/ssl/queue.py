@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmpretrain.errors import ConfigError
+
 
 class KeyQueue(nn.Module):
     """Queue of L2-normalised keys stored column-wise, (dim, length), like the official MoBY `queue1/queue2`.
@@ -28,7 +30,7 @@ class KeyQueue(nn.Module):
     def check_batch(self, global_batch: int) -> None:
         """Refuse a global batch that does not divide the queue, as the official code asserts."""
         if self.length % global_batch != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.queue_len={self.length} must be divisible by the global batch size {global_batch} "
                 "(data.batch_size x devices x nodes); change one of them"
             )

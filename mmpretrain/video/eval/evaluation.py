@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mmpretrain.errors import DataError
 from mmpretrain.retrieval import build_index
 from mmpretrain.video.eval.metrics import ranks_from_topk, rerank_topk, retrieval_metrics_from_ranks, tag_agreement
 from mmpretrain.video.io.manifest import VideoRecord
@@ -81,7 +82,7 @@ def video_text_retrieval(
     ocr = [join_ocr(list(r.ocr)) for r in records]
     queries = np.array([bool(t.strip()) for t in texts])
     if queries.sum() == 0:
-        raise ValueError("no record has a title: nothing to query with")
+        raise DataError("no record has a title: nothing to query with")
     mode, encoder.embedding = encoder.embedding, "vtc"
     try:
         videos = encoder.encode_videos([r.video for r in records], batch_size=batch_size)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmpretrain.embeddings import open_store
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.video.eval.metrics import tune_thresholds
 from mmpretrain.video.eval.tasks import check_task, classification_metrics, tagging_metrics
 
@@ -28,7 +28,7 @@ __all__ = ["linear_probe", "probe_store"]
 def _features(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or not len(x):
-        raise ConfigError(f"{name} must be a non-empty (N, dim) array, got shape {x.shape}")
+        raise ValueError(f"{name} must be a non-empty (N, dim) array, got shape {x.shape}")
     return x
 
 
@@ -38,9 +38,9 @@ def _targets(x: Any, name: str, rows: int, task: str) -> np.ndarray:
     want = 1 if task == "classify" else 2
     if x.ndim != want or len(x) != rows:
         kind = "(N,) class indices" if task == "classify" else "(N, T) 0/1 tags"
-        raise ConfigError(f"{name} must be {kind} for {rows} feature rows, got shape {x.shape}")
+        raise ValueError(f"{name} must be {kind} for {rows} feature rows, got shape {x.shape}")
     if task == "classify" and (not np.issubdtype(x.dtype, np.integer) or (x < 0).any()):
-        raise ConfigError(f"{name} must be non-negative integer class indices")
+        raise ValueError(f"{name} must be non-negative integer class indices")
     return x.astype(np.int64) if task == "classify" else x.astype(np.float32)
 
 
@@ -80,14 +80,14 @@ def linear_probe(
     check_task(task, "task")
     x_train, x_val = _features(features_train, "features_train"), _features(features_val, "features_val")
     if x_train.shape[1] != x_val.shape[1]:
-        raise ConfigError(f"features_train has dim {x_train.shape[1]} but features_val has dim {x_val.shape[1]}")
+        raise ValueError(f"features_train has dim {x_train.shape[1]} but features_val has dim {x_val.shape[1]}")
     y_train = _targets(labels_train, "labels_train", len(x_train), task)
     y_val = _targets(labels_val, "labels_val", len(x_val), task)
     if task == "classify":
         outputs = int(num_classes or max(y_train.max(), y_val.max()) + 1)
     else:
         if y_train.shape[1] != y_val.shape[1]:
-            raise ConfigError(f"labels_train has {y_train.shape[1]} tags but labels_val has {y_val.shape[1]}")
+            raise ValueError(f"labels_train has {y_train.shape[1]} tags but labels_val has {y_val.shape[1]}")
         outputs = y_train.shape[1]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
@@ -125,8 +125,8 @@ def _store_targets(store: Any, where: str, column: str) -> list[Any]:
     """One metadata column of a store, with an error naming the store when it is missing."""
     table = store.metadata()
     if column not in table.column_names:
-        raise ConfigError(f"{where}: the embedding store has no {column!r} metadata column (columns: "
-                         f"{', '.join(table.column_names)}); extract it from a manifest with {column!r}")
+        raise DataError(f"{where}: the embedding store has no {column!r} metadata column (columns: "
+                        f"{', '.join(table.column_names)}); extract it from a manifest with {column!r}")
     return table.column(column).to_pylist()
 
 
@@ -178,11 +178,11 @@ def probe_store(
             rows[key] = np.array([i for i, v in enumerate(part) if v is not None], dtype=np.int64)
             targets[key] = np.array([index[str(part[i])] for i in rows[key]], dtype=np.int64)
             if not len(rows[key]):
-                raise ConfigError(f"{wheres[key]}: no row has a 'label'")
+                raise DataError(f"{wheres[key]}: no row has a 'label'")
     else:
         names = sorted({str(t) for part in values.values() for tags in part for t in tags or ()})
         if not names:
-            raise ConfigError(f"{wheres['train_store']} and {wheres['val_store']}: no row has 'tags'")
+            raise DataError(f"{wheres['train_store']} and {wheres['val_store']}: no row has 'tags'")
         index = {name: i for i, name in enumerate(names)}
         rows, targets = {}, {}
         for key, part in values.items():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.video.io.decoding import BACKENDS, PYAV_MODES, VideoDecodeError, decode_clip
 from mmpretrain.video.io.frames import FrameShards
 from mmpretrain.video.io.manifest import VideoRecord
@@ -106,7 +107,7 @@ class VideoTextDataset(Dataset):
         if self.frames is not None:
             absent = [r.id for r in self.records if not self.frames.knows(r.id)]
             if absent:
-                raise ValueError(
+                raise DataError(
                     f"{len(absent)} videos of the manifest are not in frames directory {frames_dir} "
                     f"(first: {absent[:3]}); run python -m mmpretrain.cli.prepare_frames on this manifest"
                 )
@@ -164,14 +165,14 @@ class ClipReader:
     ) -> None:
         make_sampler(num_frames, mode=sampling, stride=stride, train=train, rng=None)  # validates mode and counts
         if backend not in BACKENDS:
-            raise ValueError(f"unknown data.backend '{backend}'; choose from {', '.join(BACKENDS)}")
+            raise ConfigError(f"unknown data.backend '{backend}'; choose from {', '.join(BACKENDS)}")
         if pyav_mode not in PYAV_MODES:
-            raise ValueError(f"unknown data.pyav_mode '{pyav_mode}'; choose from {', '.join(PYAV_MODES)}")
+            raise ConfigError(f"unknown data.pyav_mode '{pyav_mode}'; choose from {', '.join(PYAV_MODES)}")
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"size must be (height, width) with positive entries, got {size}")
         low, high = crop_scale
         if not 0 < low <= high <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         self.num_frames = num_frames
         self.size = (int(size[0]), int(size[1]))
         self.train = train
@@ -214,7 +215,7 @@ class SampleVocab:
     def check(self, record: VideoRecord) -> None:
         """Refuse a record whose label is outside the class list (a typo would silently become class -1)."""
         if self.labels is not None and record.label is not None and record.label not in self.labels:
-            raise ValueError(
+            raise DataError(
                 f"video '{record.id}' (manifest line {record.line}) has label '{record.label}', not in labels"
             )
 

@@ -38,7 +38,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from mmpretrain.errors import MMPretrainError
+from mmpretrain.errors import ConfigError, MMPretrainError
 
 try:
     import decord
@@ -131,7 +131,7 @@ class _StreamIndex:
 
 def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} '{value}'; choose from {', '.join(choices)}")
+        raise ConfigError(f"unknown {name} '{value}'; choose from {', '.join(choices)}")
 
 
 def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -496,7 +496,8 @@ def decode_clip(
 
     Raises:
         VideoDecodeError: the file is missing, empty, cut off, not a video, or does not decode.
-        ValueError: bad arguments, or `sample` returned indices outside [0, frame count).
+        ConfigError: an unknown backend or PyAV mode. ValueError: a bad size, or `sample` returned indices outside
+            [0, frame count).
     """
     _check_choice(backend, BACKENDS, "video backend")
     _check_choice(pyav_mode, PYAV_MODES, "pyav_mode")

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmpretrain._io import atomic_path, sha256_file, write_text_atomic
+from mmpretrain.errors import ConfigError, DataError, MissingPathError, NotAFolderError, PathExistsError
 from mmpretrain.video.io.decoding import BACKENDS, VideoDecodeError, decode_clip
 from mmpretrain.video.io.manifest import read_video_manifest
 from mmpretrain.video.io.sampling import make_sampler
@@ -120,7 +121,7 @@ def _check_output(root: Path) -> set[str]:
     if not root.exists():
         return set()
     if not root.is_dir():
-        raise NotADirectoryError(f"frames output {root} exists and is not a directory")
+        raise NotAFolderError(f"frames output {root} exists and is not a directory")
     entries = {p.name for p in root.iterdir()}
     if not entries:
         return set()
@@ -130,7 +131,7 @@ def _check_output(root: Path) -> set[str]:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise FileExistsError(f"frames output {root} is not empty and is not a frames directory; choose another")
+        raise PathExistsError(f"frames output {root} is not empty and is not a frames directory; choose another")
     return {name for name in entries if _SHARD.fullmatch(name)}
 
 
@@ -163,9 +164,9 @@ def prepare_frames(
         the frames directory.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     if shard_size < 1 or num_frames < 1 or len(size) != 2 or min(size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"need shard_size >= 1, num_frames >= 1 and a positive (height, width); got "
             f"{shard_size}, {num_frames}, {size}"
         )
@@ -219,7 +220,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     yield line, json.loads(text)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line}: invalid JSON ({err.msg})") from None
+                    raise DataError(f"{path}:{line}: invalid JSON ({err.msg})") from None
 
 
 class FrameShards:
@@ -232,13 +233,17 @@ class FrameShards:
         self.root = Path(root)
         path = self.root / "manifest.json"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{self.root} has no manifest.json: not a frames directory, or its preparation did not finish "
                 "(write one with python -m mmpretrain.cli.prepare_frames)"
             )
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a frames manifest (format {manifest.get('format')!r}, expected {FORMAT})")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        if found != FORMAT:
+            raise DataError(f"{path}: not a frames manifest (format {found!r}, expected {FORMAT})")
         self.manifest = manifest
         self.num_frames = int(manifest["num_frames"])
         self.size = tuple(int(s) for s in manifest["size"])
@@ -248,7 +253,7 @@ class FrameShards:
         for line, entry in _jsonl(self.root / "index.jsonl"):
             vid = entry["id"]
             if vid in self._where:
-                raise ValueError(f"{self.root / 'index.jsonl'}:{line}: duplicate id '{vid}'")
+                raise DataError(f"{self.root / 'index.jsonl'}:{line}: duplicate id '{vid}'")
             self._where[vid] = (entry["shard"], int(entry["row"]))
             self._frames[vid] = entry["frames"]
             rows[entry["shard"]] = rows.get(entry["shard"], 0) + 1
@@ -263,26 +268,26 @@ class FrameShards:
         listed = {s["file"]: int(s["count"]) for s in self.manifest["shards"]}
         unlisted = sorted(set(rows) - set(listed))
         if unlisted:
-            raise ValueError(
+            raise DataError(
                 f"{self.root}: index.jsonl points to shard {unlisted[0]}, which manifest.json does not list"
             )
         expected = (self.num_frames, *self.size, 3)
         for name, count in listed.items():
             path = self.root / name
             if not path.is_file():
-                raise FileNotFoundError(f"{self.root}: shard {name} listed in manifest.json is missing")
+                raise MissingPathError(f"{self.root}: shard {name} listed in manifest.json is missing")
             array = np.load(path, mmap_mode="r")
             if array.shape != (count, *expected) or array.dtype != np.uint8:
-                raise ValueError(
+                raise DataError(
                     f"{self.root}: shard {name} holds {array.dtype} {array.shape}, manifest.json says uint8 "
                     f"{(count, *expected)}"
                 )
             if rows.get(name, 0) != count:
-                raise ValueError(
+                raise DataError(
                     f"{self.root}: shard {name} has {count} rows but index.jsonl lists {rows.get(name, 0)}"
                 )
         if len(self._where) != int(self.manifest["count"]):
-            raise ValueError(
+            raise DataError(
                 f"{self.root}: index.jsonl lists {len(self._where)} videos, manifest.json says {self.manifest['count']}"
             )
 

@@ -23,7 +23,7 @@ from typing import Any
 from mmpretrain._io import write_text_atomic
 from mmpretrain.data.records import RECORD_SUFFIXES, read_records
 from mmpretrain.data.sources import InputRows
-from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.errors import ConfigError, DataError, MissingPathError
 
 FIELDS = ("id", "video", "title", "ocr", "label", "tags")
 
@@ -52,7 +52,7 @@ def _text(value: Any, key: str, where: str, allow_int: bool = False) -> str | No
         return str(value)
     if not isinstance(value, str):
         kind = "a string or an integer" if allow_int else "a string"
-        raise ConfigError(f"{where}: '{key}' must be {kind}, got {type(value).__name__} {value!r}")
+        raise DataError(f"{where}: '{key}' must be {kind}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -63,7 +63,7 @@ def _strings(value: Any, key: str, where: str, allow_str: bool) -> tuple[str, ..
         return (value,) if value.strip() else ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         kind = "a string or a list of strings" if allow_str else "a list of strings"
-        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
+        raise DataError(f"{where}: '{key}' must be {kind}, got {value!r}")
     return tuple(v for v in value if v.strip())
 
 
@@ -80,9 +80,9 @@ def _record(entry: Mapping[str, Any], path: Path, line: int) -> VideoRecord:
     where = _where(path, line)
     video = entry.get("video")
     if video is None or video == "":
-        raise ConfigError(f"{where}: missing the required key 'video'")
+        raise DataError(f"{where}: missing the required key 'video'")
     if not isinstance(video, str):
-        raise ConfigError(f"{where}: 'video' must be a string path, got {type(video).__name__} {video!r}")
+        raise DataError(f"{where}: 'video' must be a string path, got {type(video).__name__} {video!r}")
     root = path.parent.resolve()
     resolved = (root / video).resolve()
     vid = _text(entry.get("id"), "id", where, allow_int=True) or _default_id(video, resolved, root)
@@ -101,26 +101,26 @@ def read_video_manifest(path: str | Path) -> list[VideoRecord]:
     """Read and validate a `.jsonl`/`.json` (JSON Lines) or `.csv` manifest; blank lines are skipped.
 
     Raises:
-        FileNotFoundError: no such manifest.
-        ValueError: bad JSON, a missing `video`, a wrong type, a duplicate id or no videos, naming file:line.
+        MissingPathError: no such manifest.
+        DataError: bad JSON, a missing `video`, a wrong type, a duplicate id or no videos, naming file:line.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"video manifest {path} does not exist")
     if path.suffix.lower() not in RECORD_SUFFIXES:
-        raise ConfigError(f"{path}: unknown manifest format '{path.suffix}'; use .jsonl, .json or .csv")
+        raise DataError(f"{path}: unknown manifest format '{path.suffix}'; use .jsonl, .json or .csv")
     records: list[VideoRecord] = []
     first_line: dict[str, int] = {}
     for line, entry in read_records(path, required="video", list_columns=("ocr", "tags")):
         record = _record(entry, path, line)
         if record.id in first_line:
-            raise ConfigError(
+            raise DataError(
                 f"{_where(path, line)}: duplicate id '{record.id}' (first on line {first_line[record.id]})"
             )
         first_line[record.id] = line
         records.append(record)
     if not records:
-        raise ConfigError(f"{path}: the manifest lists no videos")
+        raise DataError(f"{path}: the manifest lists no videos")
     return records
 
 
@@ -142,7 +142,7 @@ def _entry(item: VideoRecord | Mapping[str, Any], root: Path) -> dict[str, Any]:
     else:
         entry = dict(item)
         if not entry.get("video"):
-            raise ConfigError(f"every manifest entry needs a 'video', got {entry!r}")
+            raise ValueError(f"every manifest entry needs a 'video', got {entry!r}")
     return {k: v for k, v in entry.items() if v is not None}
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mmpretrain.errors import ConfigError
+
 SAMPLING_MODES = ("segment", "stride")
 
 
@@ -93,7 +95,7 @@ def stride_indices(
     _check(num_samples)
     num_frames = frame_times(frames).size
     if stride < 1:
-        raise ValueError(f"data.stride must be >= 1, got {stride}")
+        raise ConfigError(f"data.stride must be >= 1, got {stride}")
     rng = _train_rng(train, rng)
     span = (num_samples - 1) * stride + 1
     slack = num_frames - span
@@ -120,9 +122,9 @@ def make_sampler(
         rng: random source for training.
     """
     if num_frames < 1:
-        raise ValueError(f"data.num_frames must be >= 1, got {num_frames}")
+        raise ConfigError(f"data.num_frames must be >= 1, got {num_frames}")
     if mode == "segment":
         return lambda times: segment_indices(times, num_frames, train=train, rng=rng)
     if mode == "stride":
         return lambda times: stride_indices(times, num_frames, stride, train=train, rng=rng)
-    raise ValueError(f"unknown data.sampling '{mode}'; choose from {', '.join(SAMPLING_MODES)}")
+    raise ConfigError(f"unknown data.sampling '{mode}'; choose from {', '.join(SAMPLING_MODES)}")
