@@ -5,12 +5,20 @@ while anything else keeps its traceback.
 The concrete kinds also subclass the built-in exception a caller would expect (``ValueError``,
 ``FileNotFoundError``, ``RuntimeError``), so ``except ValueError`` keeps working.
 
-Which to raise: :class:`ConfigError` for a value the user set that cannot work (a key out of range, a choice not
-offered: :func:`mmpretrain.training.check_range` and :func:`~mmpretrain.training.check_choice` raise it),
-:class:`MissingPathError` / :class:`NotAFolderError` / :class:`PathExistsError` for paths,
-:class:`DataError` for inputs, :class:`FailureRateError` for a run that lost too much of its input. A call that
-misuses the Python API (a wrong type, an array of the wrong shape passed by code) keeps ``ValueError`` or
-``TypeError``: that is a programming error, not a setting.
+Which to raise, by what the user has to fix:
+
+- a key or value they typed (a key out of range, a choice not offered, two keys that contradict each other):
+  :class:`ConfigError`, naming the key (:func:`mmpretrain.training.check_range` and
+  :func:`~mmpretrain.training.check_choice` raise it);
+- a path: :class:`MissingPathError` / :class:`NotAFolderError` / :class:`PathExistsError`;
+- a file, store or data set they pointed at that is corrupt, empty or inconsistent (bad JSON on a manifest line,
+  a store without the column a task reads, an altered index): :class:`DataError`, naming the file (and line); the
+  embedding store's ``StoreError`` and the recsys ``FeatureError`` are DataErrors;
+- a run that lost too much of its input: :class:`FailureRateError`.
+
+A call that misuses the Python API (a wrong type, an array of the wrong shape, lists of different lengths passed by
+code) keeps a plain ``ValueError`` or ``TypeError``: that is a programming error, not a setting, and keeps its
+traceback.
 """
 
 from __future__ import annotations

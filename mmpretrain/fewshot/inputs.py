@@ -92,7 +92,8 @@ class ImageInput:
         key: the config key named in errors.
 
     Raises:
-        FileNotFoundError / ValueError: a missing source, or one without labels, naming ``key``.
+        MissingPathError / DataError / ConfigError: a missing source, one without images, or ``labels=true`` on
+            one without labels, naming ``key``.
     """
 
     def __init__(

@@ -143,6 +143,7 @@ def load_stock(
 
     Raises:
         ConfigError: timm has no such model (naming the closest ones), or it has no pretrained weights.
+        CheckpointConfigError: the model's config.json on the hub does not parse.
         OfflineError / DownloadError: see :func:`fetch_hub_file`.
     """
 
