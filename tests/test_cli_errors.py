@@ -17,7 +17,7 @@ import torch
 from conftest import TINY_SWIN, compose_cfg, tiny_overrides
 
 from mmpretrain.cli import entry, quoting
-from mmpretrain.errors import ConfigError, MMPretrainError
+from mmpretrain.errors import ConfigError, DataError, MMPretrainError
 
 BIN = Path(sys.executable).parent
 
@@ -293,5 +293,5 @@ def test_manifests_store_the_labels_there_are_and_name_the_video_column(tmp_path
         read_image_input(manifest, labels=True)
     videos = tmp_path / "videos.csv"
     videos.write_text("file,title\nclip.mp4,a red ball\n")
-    with pytest.raises(ConfigError, match=r"videos.csv:2: missing 'image' .*video manifest names each file in 'video'"):
+    with pytest.raises(DataError, match=r"videos.csv:2: missing 'image' .*video manifest names each file in 'video'"):
         read_image_input(videos)
