@@ -168,6 +168,11 @@ def test_chinese_checkpoint_with_a_trained_tokenizer_answers_chinese(video_demo:
     module = objects["model"]
     assert objects["datamodule"].processor.tokenizer is module.tokenizer  # one tokenizer, trained once
     ckpt = tmp_path / "train/run/checkpoints/last.ckpt"
+    # resuming learns the same vocabulary again from the same manifest, so the checkpoint's weights fit and mean it
+    again = [*overrides[:-4], "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=0"]
+    _, resumed = train(compose_cfg("train.yaml", [*again, f"ckpt_path={ckpt}"], tmp_path / "resume"))
+    assert resumed["trainer"].global_step == 4
+    assert resumed["model"].tokenizer.get_vocab() == module.tokenizer.get_vocab()
 
     encoder = load_encoder(ckpt, device="cpu")
     tokenizer = encoder.processor.tokenizer
