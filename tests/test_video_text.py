@@ -16,6 +16,7 @@ from conftest import compose_cfg, video_overrides
 from mmpretrain.errors import ConfigError, MissingPathError
 from mmpretrain.models import (
     WORD_EMBEDDINGS,
+    VideoTextFusion,
     coverage_warning,
     create_backbone,
     create_text_encoder,
@@ -88,6 +89,20 @@ def test_module_restores_from_its_hyperparameters_without_the_text_model_folder(
     with pytest.raises(ValueError, match=r"model.text_encoder=.* is not loaded: build the module with "
                                          r"mmpretrain.video.build_pretrain"):
         VideoFusionPretrain(**(dict(module.hparams) | {"text_model": None}))
+
+
+def test_pretrained_text_encoder_leaves_the_seeded_init_of_the_other_parts() -> None:
+    """Rebuilding the text encoder in the module (its init then overwritten) draws nothing from the seeded RNG: the
+    frame encoder and fusion start as when the encoder came loaded (``from_pretrained``), seeded results stay."""
+    torch.manual_seed(0)
+    frames = create_backbone("vit_tiny_patch16_224", 0.0, **VIT)
+    text = create_text_encoder(MINILM, True, {"num_hidden_layers": 1})
+    loaded = VideoTextFusion(frames, text, len(create_tokenizer(MINILM)), ARCH | {"text_pooling": "mean"},
+                             num_frames=4, image_size=32).state_dict()
+    built = tiny().model.state_dict()
+    assert built.keys() == loaded.keys()
+    for key, value in loaded.items():
+        torch.testing.assert_close(built[key], value, rtol=0, atol=0, msg=key)
 
 
 # ----------------------------------------------------------------------------------------------- trained tokenizer

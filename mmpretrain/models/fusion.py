@@ -525,7 +525,9 @@ def create_video_model(
     if arch.text_pooling is None:
         arch = replace(arch, text_pooling=text.pooling)
     frames = create_backbone(frame_encoder, frame_drop_path, **dict(frame_encoder_kwargs or {}))
-    encoder = text_encoder_from_dict(text.architecture)
+    # a pretrained encoder's random init is overwritten: drawn on a forked RNG, it leaves the parts after it as seeded
+    with torch.random.fork_rng(devices=[], enabled=text.pretrained):
+        encoder = text_encoder_from_dict(text.architecture)
     if text.state is not None:
         load_text_state(encoder, text.state)
     model = VideoTextFusion(frames, encoder, len(text.tokenizer), arch, num_frames=num_frames, image_size=image_size,

@@ -232,21 +232,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, name: str = "t
 @dataclass(frozen=True)
 class TextModel:
     """A text encoder as the builders hand it to a model: architecture (JSON), tokenizer, the pooling it was trained
-    with, and its weights (``None``: random init). :meth:`to_dict` / :meth:`from_dict` carry all but the weights in
-    a module's hyperparameters, so a checkpoint rebuilds it without the original folder."""
+    with, whether it is ``pretrained`` (its weights are loaded over the random init) and those weights (``state``,
+    when read). :meth:`to_dict` / :meth:`from_dict` carry all but the weights in a module's hyperparameters, so a
+    checkpoint rebuilds it without the original folder."""
 
     architecture: dict[str, Any]
     tokenizer: Any
     pooling: str
+    pretrained: bool = False
     state: dict[str, torch.Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": dict(self.architecture), "tokenizer": tokenizer_to_json(self.tokenizer),
-                "pooling": self.pooling}
+                "pooling": self.pooling, "pretrained": self.pretrained}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TextModel:
-        return cls(dict(data["architecture"]), tokenizer_from_json(data["tokenizer"]), str(data["pooling"]))
+        return cls(dict(data["architecture"]), tokenizer_from_json(data["tokenizer"]), str(data["pooling"]),
+                   bool(data.get("pretrained", False)))
 
     def with_tokenizer(self, tokenizer: Any) -> TextModel:
         """This encoder reading ``tokenizer``'s vocabulary: the word embeddings take its size and start at random
@@ -271,7 +274,7 @@ def read_text_model(name: str, pretrained: bool = True, overrides: Mapping[str, 
         architecture, state = text_encoder_to_dict(encoder), encoder.state_dict()
     else:
         architecture, state = _text_config(name, overrides, key).to_dict(), None
-    return TextModel(architecture, tokenizer, trained_pooling(name), state)
+    return TextModel(architecture, tokenizer, trained_pooling(name), pretrained, state)
 
 
 def load_text_state(encoder: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
