@@ -159,6 +159,8 @@ def test_tokenizer_settings_name_the_key(tmp_path: Path) -> None:
         tiny(tokenizer="train", tokenizer_corpus=None)
     with pytest.raises(MissingPathError, match=r"model.tokenizer_corpus=.*nope.jsonl' does not exist"):
         corpus_tokenizer(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(ConfigError, match=r"model.tokenizer_vocab=5 must be in \[6, inf\]"):
+        corpus_tokenizer(str(tmp_path / "nope.jsonl"), vocab_size=5)
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"video": "a.mp4"}\n')
     with pytest.raises(ConfigError, match=r"empty.jsonl' has no title or OCR"):

@@ -19,6 +19,7 @@ from mmpretrain.models.fusion import (
 )
 from mmpretrain.models.heads import MLPHead
 from mmpretrain.models.text import (
+    SPECIAL_TOKENS,
     WORD_EMBEDDINGS,
     TextModel,
     create_text_encoder,
@@ -37,6 +38,7 @@ from mmpretrain.models.text import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SPECIAL_TOKENS",
     "WORD_EMBEDDINGS",
     "FrameTeacher",
     "FusionArch",

@@ -19,13 +19,14 @@ import torch
 
 from mmpretrain.errors import ConfigError, MissingPathError
 from mmpretrain.models import (
+    SPECIAL_TOKENS,
     create_video_model,
     read_text_model,
     tokenizer_to_json,
     train_tokenizer,
     video_model_config,
 )
-from mmpretrain.training import check_choice
+from mmpretrain.training import check_choice, check_range
 from mmpretrain.video.io.manifest import read_video_manifest
 from mmpretrain.video.train.finetune import VideoFinetune
 from mmpretrain.video.train.module import TOKENIZERS, VideoFusionPretrain
@@ -133,9 +134,11 @@ def corpus_tokenizer(manifest: str | None, vocab_size: int = 8000) -> Any:
     (:func:`~mmpretrain.models.train_tokenizer`; the same manifest always gives the same vocabulary).
 
     Raises:
-        ConfigError: no manifest (WebDataset shards are not read for it), or one without titles or OCR.
+        ConfigError: no manifest (WebDataset shards are not read for it), one without titles or OCR, or a
+            ``vocab_size`` with no room beyond the special tokens.
         MissingPathError: the manifest does not exist.
     """
+    check_range({"model.tokenizer_vocab": vocab_size}, len(SPECIAL_TOKENS) + 1)
     if not manifest:
         raise ConfigError("model.tokenizer=train learns its vocabulary from the titles and OCR of "
                           "model.tokenizer_corpus (default: data.train_manifest), which is unset; shards are not read "

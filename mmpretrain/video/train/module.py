@@ -197,7 +197,6 @@ class VideoFusionPretrain(pl.LightningModule):
         check_range({"model.mtm_prob": mtm_prob, "model.loss_ramp": loss_ramp,
                      **{f"model.modality_dropout.{k}": v for k, v in dict(modality_dropout or {}).items()}}, 0.0, 1.0)
         check_range({"model.num_frames": num_frames, "model.image_size": image_size, "model.max_text_len": max_text_len,
-                     "model.tokenizer_vocab": tokenizer_vocab,
                      **{f"model.arch.{k}": getattr(arch, k) for k in ("visual_grid", "width", "depth", "num_heads",
                                                                       "proj_dim")}}, 1)
         check_range({"model.lr": lr, "model.arch.mlp_ratio": arch.mlp_ratio,
