@@ -1,11 +1,11 @@
 """Builders of the video LightningModules: where checkpoints are read, so the modules themselves read no file.
 
-The configs' ``_target_`` points here. :func:`build_pretrain` reads the text model (or trains a tokenizer on the
+The configs' ``_target_`` points here. :func:`build_pretrain` reads the text model (or learns a tokenizer from the
 training titles and OCR), loads the MoBY/timm frame initialisation and the MVM teacher, and hands their weights to
-:meth:`VideoFusionPretrain.initialize_from`; :func:`build_finetune` loads a video
-pretraining checkpoint (or builds an architecture without one) and hands the weights to
-:meth:`VideoFinetune.initialize_from`. A module restored from its own checkpoint needs neither: its hyperparameters
-describe every architecture, and the state dict holds every weight.
+:meth:`VideoFusionPretrain.initialize_from`; :func:`build_finetune` loads a video pretraining checkpoint (or builds an
+architecture without one) and hands the weights to :meth:`VideoFinetune.initialize_from`. A module restored from its
+own checkpoint needs neither: its hyperparameters describe every architecture (text encoder and tokenizer included),
+and the state dict holds every weight.
 """
 
 from __future__ import annotations
