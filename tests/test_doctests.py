@@ -14,6 +14,7 @@ MODULES = [
     "mmpretrain.encoders.load",
     "mmpretrain.fewshot.classifier",
     "mmpretrain.fewshot.evaluate",
+    "mmpretrain.models.text",
     "mmpretrain.recsys.export",
     "mmpretrain.retrieval.index",
 ]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmpretrain.encoders import VideoEncoder
 from mmpretrain.models import create_tokenizer
-from mmpretrain.video import TextProcessor, VideoCollator, VideoFusionPretrain
+from mmpretrain.video import TextProcessor, VideoCollator, VideoFusionPretrain, build_pretrain
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,7 @@ TITLES = ["a red circle moving left", "blue square slides up", "", "green cross 
 
 def tiny_module() -> VideoFusionPretrain:
     torch.manual_seed(0)
-    return VideoFusionPretrain(
+    return build_pretrain(
         frame_encoder="vit_tiny_patch16_224",
         frame_encoder_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
         frame_drop_path=0.0, text_encoder=MINILM, text_pretrained=False,

@@ -23,11 +23,11 @@ from torch import nn
 
 from mmpretrain.models.backbones import create_backbone
 from mmpretrain.models.text import (
-    create_text_encoder,
-    create_tokenizer,
+    TextModel,
+    load_text_state,
+    read_text_model,
     text_encoder_from_dict,
     text_encoder_to_dict,
-    trained_pooling,
 )
 
 TYPE_CLS, TYPE_VIDEO, TYPE_TITLE, TYPE_OCR = range(4)
@@ -499,7 +499,7 @@ class VideoTextFusion(nn.Module):
 
 def create_video_model(
     frame_encoder: str,
-    text_encoder: str,
+    text_encoder: str | TextModel,
     arch: FusionArch | Mapping[str, Any] | None = None,
     *,
     frame_encoder_kwargs: Mapping[str, Any] | None = None,
@@ -513,18 +513,26 @@ def create_video_model(
     """The models factory of the fusion model: frame encoder (timm, random init), text encoder and tokenizer
     (transformers), ``arch.text_pooling=None`` resolved to how the text model was trained.
 
+    ``text_encoder`` is a name (read here with ``text_pretrained`` / ``text_overrides``) or a
+    :class:`~mmpretrain.models.text.TextModel` already read, which builds without any file access.
+
     Returns:
         (the model, its tokenizer).
     """
     arch = FusionArch.of(arch)
-    tokenizer = create_tokenizer(text_encoder)  # first: its errors name model.text_encoder
+    text = text_encoder if isinstance(text_encoder, TextModel) else read_text_model(
+        text_encoder, text_pretrained, text_overrides)
     if arch.text_pooling is None:
-        arch = replace(arch, text_pooling=trained_pooling(text_encoder))
+        arch = replace(arch, text_pooling=text.pooling)
     frames = create_backbone(frame_encoder, frame_drop_path, **dict(frame_encoder_kwargs or {}))
-    text = create_text_encoder(text_encoder, text_pretrained, dict(text_overrides or {}) or None)
-    model = VideoTextFusion(frames, text, len(tokenizer), arch, num_frames=num_frames, image_size=image_size,
+    # a pretrained encoder's random init is overwritten: drawn on a forked RNG, it leaves the parts after it as seeded
+    with torch.random.fork_rng(devices=[], enabled=text.pretrained):
+        encoder = text_encoder_from_dict(text.architecture)
+    if text.state is not None:
+        load_text_state(encoder, text.state)
+    model = VideoTextFusion(frames, encoder, len(text.tokenizer), arch, num_frames=num_frames, image_size=image_size,
                             mvm_dim=mvm_dim)
-    return model, tokenizer
+    return model, text.tokenizer
 
 
 def video_model_config(

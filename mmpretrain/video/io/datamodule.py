@@ -21,6 +21,9 @@ from mmpretrain.video.train.text import TextProcessor
 
 log = logging.getLogger(__name__)
 
+#: ``data.tokenizer=model``: the tokenizer of the model being trained (its text model's, or a trained vocabulary)
+MODEL_TOKENIZER = "model"
+
 
 def load_tokenizer(name: str, key: str = "data.tokenizer") -> Any:
     """A tokenizer by transformers name/path/``pkg://``, or the one stored in a video checkpoint of this project.
@@ -67,9 +70,11 @@ class VideoDataModule(SampledLoaders):
 
     Args:
         train_manifest: the training manifest; val_manifest: a held-out one, else ``val_fraction`` of train.
-        tokenizer: transformers tokenizer (the model's text encoder name), or a video checkpoint whose tokenizer to
-            use (fine-tuning); max_text_len / max_title_len: lengths.
-        num_frames / image_size / sampling / stride: clip sampling (segment-based or fixed stride).
+        tokenizer: ``model`` (the tokenizer of the model this data trains, see :meth:`follow`), a transformers
+            tokenizer (name, path, ``pkg://``), or a video checkpoint whose tokenizer to use (fine-tuning);
+            max_text_len / max_title_len: lengths.
+        num_frames / image_size / sampling / stride: clip sampling (segment-based or fixed stride); ``image_size``
+            ``None``: the model's frame size (:meth:`follow`).
         backend / pyav_mode: decoding (decord with PyAV fallback, or PyAV only).
         frames_dir / val_frames_dir: pre-extracted frame shards (``python -m mmpretrain.cli.prepare_frames``) instead
             of decoding.
@@ -97,7 +102,7 @@ class VideoDataModule(SampledLoaders):
         max_text_len: int = 64,
         max_title_len: int | None = None,
         num_frames: int = 8,
-        image_size: int = 224,
+        image_size: int | None = 224,
         sampling: str = "segment",
         stride: int = 4,
         backend: str = "decord",
@@ -132,11 +137,39 @@ class VideoDataModule(SampledLoaders):
     def processor(self) -> TextProcessor:
         if self._processor is None:
             hp = self.hparams
+            if hp.tokenizer == MODEL_TOKENIZER:
+                raise ConfigError("data.tokenizer=model takes the tokenizer of the model being trained, and this data "
+                                  "module has none: train with trainer.fit(model, datamodule=...) or call "
+                                  "datamodule.follow(model), or name a tokenizer")
             self._processor = TextProcessor(load_tokenizer(hp.tokenizer), hp.max_text_len, hp.max_title_len)
         return self._processor
 
+    def follow(self, module: Any) -> None:
+        """Read the data as ``module`` does: its tokenizer when ``data.tokenizer=model`` (the text model's own, or
+        the vocabulary ``model.tokenizer=train`` learned) and its frame size when ``data.image_size`` is null
+        (``model.image_size``, or the size of ``model.frame_init``). Training calls it at setup.
+
+        Raises:
+            ConfigError: ``module`` has no tokenizer or frame size to give.
+        """
+        hp = self.hparams
+        if hp.tokenizer == MODEL_TOKENIZER:
+            tokenizer = getattr(module, "tokenizer", None)
+            if tokenizer is None:
+                raise ConfigError(f"data.tokenizer=model but {type(module).__name__} has no tokenizer; name one")
+            self._processor = TextProcessor(tokenizer, hp.max_text_len, hp.max_title_len)
+        if hp.image_size is None:
+            size = getattr(getattr(module, "model", None), "image_size", None)
+            if size is None:
+                raise ConfigError(f"data.image_size=null but {type(module).__name__} has no frame size; set it")
+            hp.image_size = int(size)
+            log.info("data.image_size=%d: the model's frame size", hp.image_size)
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and (hp.tokenizer == MODEL_TOKENIZER or hp.image_size is None):
+            self.follow(module)
         if hp.shards:
             for key in ("shards", "val_shards"):
                 if hp[key] and key not in self.shard_lists:
@@ -185,12 +218,20 @@ class VideoDataModule(SampledLoaders):
             if not self.tags:
                 raise DataError(f"data.with_tags=true but no sample of {where} has 'tags' in its .json")
 
+    def _size(self) -> tuple[int, int]:
+        size = self.hparams.image_size
+        if size is None:
+            raise ConfigError("data.image_size=null takes the frame size of the model being trained, and this data "
+                              "module has none: train with trainer.fit(model, datamodule=...) or call "
+                              "datamodule.follow(model), or set data.image_size")
+        return int(size), int(size)
+
     def dataset(self, records: Sequence[VideoRecord], train: bool, frames_dir: str | None) -> VideoTextDataset:
         hp = self.hparams
         return VideoTextDataset(
             records,
             num_frames=hp.num_frames,
-            size=(hp.image_size, hp.image_size),
+            size=self._size(),
             train=train,
             sampling=hp.sampling,
             stride=hp.stride,
@@ -207,7 +248,7 @@ class VideoDataModule(SampledLoaders):
     def shard_dataset(self, key: str, train: bool) -> ShardDataset:
         """The shards under ``data.<key>`` as clips: training crops and pads, evaluation reads each sample once."""
         hp = self.hparams
-        reader = ClipReader(hp.num_frames, (hp.image_size, hp.image_size), train, hp.sampling, hp.stride, hp.backend,
+        reader = ClipReader(hp.num_frames, self._size(), train, hp.sampling, hp.stride, hp.backend,
                             hp.pyav_mode, tuple(hp.crop_scale) if train else (1.0, 1.0))
         world, rank = self._world()
         decoder = VideoShardDecoder(reader, SampleVocab(self.labels, self.tags), hp.seed, hp.require_caption)

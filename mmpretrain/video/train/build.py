@@ -1,23 +1,38 @@
 """Builders of the video LightningModules: where checkpoints are read, so the modules themselves read no file.
 
-The configs' ``_target_`` points here. :func:`build_pretrain` loads the MoBY/timm frame initialisation and the MVM
-teacher and hands their weights to :meth:`VideoFusionPretrain.initialize_from`; :func:`build_finetune` loads a video
-pretraining checkpoint (or builds an architecture without one) and hands the weights to
-:meth:`VideoFinetune.initialize_from`. A module restored from its own checkpoint needs neither: its hyperparameters
-describe every architecture, and the state dict holds every weight.
+The configs' ``_target_`` points here. :func:`build_pretrain` reads the text model (or learns a tokenizer from the
+training titles and OCR), loads the MoBY/timm frame initialisation and the MVM teacher, and hands their weights to
+:meth:`VideoFusionPretrain.initialize_from`; :func:`build_finetune` loads a video pretraining checkpoint (or builds an
+architecture without one) and hands the weights to :meth:`VideoFinetune.initialize_from`. A module restored from its
+own checkpoint needs neither: its hyperparameters describe every architecture (text encoder and tokenizer included),
+and the state dict holds every weight.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmpretrain.errors import ConfigError
-from mmpretrain.models import create_video_model, tokenizer_to_json, video_model_config
+from mmpretrain.errors import ConfigError, MissingPathError
+from mmpretrain.models import (
+    SPECIAL_TOKENS,
+    create_video_model,
+    read_text_model,
+    tokenizer_to_json,
+    train_tokenizer,
+    video_model_config,
+)
+from mmpretrain.training import check_choice, check_range
+from mmpretrain.video.io.manifest import read_video_manifest
 from mmpretrain.video.train.finetune import VideoFinetune
-from mmpretrain.video.train.module import VideoFusionPretrain
+from mmpretrain.video.train.module import TOKENIZERS, VideoFusionPretrain
+from mmpretrain.video.train.text import manifest_texts
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_finetune", "build_pretrain"]
 
@@ -39,10 +54,22 @@ def _backbone_state(loaded: Any) -> dict[str, torch.Tensor]:
     return build_backbone(loaded).state_dict()
 
 
-def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None, **kwargs: Any) -> VideoFusionPretrain:
-    """A :class:`VideoFusionPretrain` whose frame encoder starts from ``frame_init`` and whose MVM teacher is
-    ``mvm_teacher`` (default: ``frame_init``); both anything :func:`mmpretrain.load_encoder` reads as an image
-    encoder. ``frame_encoder=None`` takes the architecture from ``frame_init``.
+def build_pretrain(
+    frame_init: str | None = None,
+    mvm_teacher: str | None = None,
+    text_encoder: str = "bert-base-uncased",
+    text_pretrained: bool = True,
+    text_overrides: Mapping[str, Any] | None = None,
+    tokenizer: str = "pretrained",
+    tokenizer_vocab: int = 8000,
+    tokenizer_corpus: str | None = None,
+    **kwargs: Any,
+) -> VideoFusionPretrain:
+    """A :class:`VideoFusionPretrain` whose text encoder is ``text_encoder`` (read here, with its tokenizer or a
+    vocabulary trained on ``tokenizer_corpus`` when ``tokenizer="train"``), whose frame encoder starts from
+    ``frame_init`` and whose MVM teacher is ``mvm_teacher`` (default: ``frame_init``); both anything
+    :func:`mmpretrain.load_encoder` reads as an image encoder. ``frame_encoder=None`` takes the architecture and,
+    unless ``image_size`` is set, the frame size from ``frame_init``.
 
     Example:
         >>> module = build_pretrain(frame_encoder="vit_tiny_patch16_224", image_size=32, num_frames=4,
@@ -53,7 +80,10 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
 
     Raises:
         ValueError: a source holds a video model, or another backbone than ``frame_encoder``, naming the key.
+        ConfigError: ``image_size`` set to another size than ``frame_init`` was trained at; ``tokenizer="train"``
+            without a manifest with text.
     """
+    check_choice(tokenizer, TOKENIZERS, "model.tokenizer")
     frames = teacher = None
     name = kwargs.get("frame_encoder", "vit_small_patch16_224")
     if frame_init:
@@ -63,12 +93,8 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
             raise ValueError(f"model.frame_init={frame_init!r} holds a {arch['name']!r} backbone but "
                              f"model.frame_encoder={name!r}")
         if name is None:
-            kwargs.update(frame_encoder=arch["name"], frame_encoder_kwargs=dict(arch.get("kwargs") or {}))
-            trained = int(loaded.config["preprocessing"]["image_size"])
-            if int(kwargs.get("image_size", 224)) != trained:
-                raise ConfigError(f"model.frame_init={frame_init!r} was trained at {trained} px but "
-                                  f"model.image_size={kwargs.get('image_size', 224)}: add model.image_size={trained} "
-                                  "(the frames are read at that size)")
+            kwargs.update(frame_encoder=arch["name"], frame_encoder_kwargs=dict(arch.get("kwargs") or {}),
+                          image_size=_trained_size(frame_init, loaded.config, kwargs.get("image_size")))
         frames = _backbone_state(loaded)
     source = mvm_teacher or frame_init
     if kwargs.get("mvm_target", "teacher") == "teacher" and source:
@@ -79,9 +105,55 @@ def build_pretrain(frame_init: str | None = None, mvm_teacher: str | None = None
         kwargs["teacher"] = {"name": arch["name"], "image_size": pre["image_size"], "mean": pre["mean"],
                              "std": pre["std"], "kwargs": {k: v for k, v in dict(arch.get("kwargs") or {}).items()
                                                            if k not in ("num_classes", "pretrained")}}
-    module = VideoFusionPretrain(frame_init=frame_init, mvm_teacher=mvm_teacher, **kwargs)
-    module.initialize_from(frames, teacher)
+    text = read_text_model(text_encoder, text_pretrained, text_overrides)
+    if tokenizer == "train":
+        text = text.with_tokenizer(corpus_tokenizer(tokenizer_corpus, tokenizer_vocab))
+    module = VideoFusionPretrain(
+        frame_init=frame_init, mvm_teacher=mvm_teacher, text_encoder=text_encoder, text_pretrained=text_pretrained,
+        text_overrides=text_overrides, tokenizer=tokenizer, tokenizer_vocab=tokenizer_vocab,
+        tokenizer_corpus=tokenizer_corpus, text_model=text.to_dict(), **kwargs,
+    )
+    module.initialize_from(frames, teacher, text.state)
     return module
+
+
+def _trained_size(frame_init: str, config: Mapping[str, Any], image_size: int | None) -> int:
+    """The frame side ``frame_init`` was trained at, which ``model.image_size`` (when set) must be."""
+    trained = int(config["preprocessing"]["image_size"])
+    if image_size is None:
+        log.info("model.image_size=%d: the size model.frame_init=%s was trained at", trained, frame_init)
+    elif int(image_size) != trained:
+        raise ConfigError(f"model.frame_init={frame_init!r} was trained at {trained} px but "
+                          f"model.image_size={image_size}: add model.image_size={trained}, or model.image_size=null to "
+                          "follow the checkpoint (the frames are read at that size)")
+    return trained
+
+
+def corpus_tokenizer(manifest: str | None, vocab_size: int = 8000) -> Any:
+    """``model.tokenizer=train``: a WordPiece tokenizer learned from the titles and OCR of a video manifest
+    (:func:`~mmpretrain.models.train_tokenizer`; the same manifest always gives the same vocabulary).
+
+    Raises:
+        ConfigError: no manifest (WebDataset shards are not read for it), one without titles or OCR, or a
+            ``vocab_size`` with no room beyond the special tokens.
+        MissingPathError: the manifest does not exist.
+    """
+    check_range({"model.tokenizer_vocab": vocab_size}, len(SPECIAL_TOKENS) + 1)
+    if not manifest:
+        raise ConfigError("model.tokenizer=train learns its vocabulary from the titles and OCR of "
+                          "model.tokenizer_corpus (default: data.train_manifest), which is unset; shards are not read "
+                          "for it: name a video manifest with the training titles")
+    if not Path(manifest).is_file():
+        raise MissingPathError(f"model.tokenizer_corpus={manifest!r} does not exist (the manifest model.tokenizer="
+                               "train learns its vocabulary from)")
+    texts = manifest_texts(read_video_manifest(manifest))
+    if not texts:
+        raise ConfigError(f"model.tokenizer=train: model.tokenizer_corpus={manifest!r} has no title or OCR to learn "
+                          "a vocabulary from")
+    tokenizer = train_tokenizer(texts, vocab_size, name=f"WordPiece trained on {Path(manifest).name}")
+    log.info("model.tokenizer=train: a %d-token WordPiece vocabulary from %d titles and OCR of %s (the text "
+             "encoder's word embeddings start at random init)", len(tokenizer), len(texts), manifest)
+    return tokenizer
 
 
 def _load_pretrained(source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -12,11 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
+from mmpretrain.errors import ConfigError
 from mmpretrain.models import (
+    WORD_EMBEDDINGS,
     FrameTeacher,
     FusionArch,
+    TextModel,
     create_backbone,
     create_video_model,
+    load_text_state,
+    tokenizer_from_json,
     tokenizer_to_json,
     video_model_config,
 )
@@ -51,6 +56,29 @@ MVM_TARGETS = ("teacher", "pixels")
 MASKINGS = ("blockwise", "random")
 VTM_NEGATIVES = ("hard", "random")
 EMBEDDINGS = ("vtc", "fused")
+#: pretrained: the text model's own vocabulary; train: a WordPiece vocabulary learned from the training titles and OCR
+TOKENIZERS = ("pretrained", "train")
+#: frame side when neither model.image_size nor the frame encoder's img_size says one
+DEFAULT_IMAGE_SIZE = 224
+
+
+def frame_size(frame_kwargs: Mapping[str, Any] | None, image_size: int | None) -> tuple[dict[str, Any], int]:
+    """The frame encoder's kwargs and the frame side, which must agree: ``image_size`` when set, else the kwargs'
+    ``img_size``, else 224; an ``img_size`` of ``None`` (interpolated from ``model.image_size=null``) takes it.
+
+    Raises:
+        ConfigError: both set to different sizes, naming both keys.
+    """
+    kwargs = dict(frame_kwargs or {})
+    declared = kwargs.get("img_size")
+    declared = declared[0] if isinstance(declared, (list, tuple)) and len(set(declared)) == 1 else declared
+    if image_size is not None and declared is not None and int(declared) != int(image_size):
+        raise ConfigError(f"model.image_size={image_size} but model.frame_encoder_kwargs.img_size={declared}: "
+                          "the frames are read at one size; set both alike (or leave model.image_size null)")
+    size = int(image_size if image_size is not None else declared if declared is not None else DEFAULT_IMAGE_SIZE)
+    if "img_size" in kwargs:
+        kwargs["img_size"] = size
+    return kwargs, size
 
 
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -72,14 +100,22 @@ class VideoFusionPretrain(pl.LightningModule):
     text still embeds well. VTC leads: the other objectives' weights ramp in over the first ``loss_ramp`` of
     training (:func:`~mmpretrain.video.train.losses.objective_weights`).
 
-    The constructor reads no file: :func:`build_pretrain` (the configs' target) loads ``frame_init`` and
-    ``mvm_teacher`` and hands the weights to :meth:`initialize_from`; a checkpoint restores them with the rest.
+    The constructor reads no file: :func:`build_pretrain` (the configs' target) reads the text model (``text_model``:
+    its architecture and tokenizer, saved in the hyperparameters), ``frame_init`` and ``mvm_teacher``, and hands the
+    weights to :meth:`initialize_from`; a checkpoint restores them with the rest, without the original files.
 
     Args:
         frame_encoder / frame_encoder_kwargs / frame_drop_path: timm ViT/Swin for the frames.
         text_encoder / text_pretrained / text_overrides: transformers model (hub name, path, ``pkg://``), whether to
-            load its weights, config overrides (e.g. ``num_hidden_layers``).
-        num_frames / image_size: clip length and frame side.
+            load its weights, config overrides (e.g. ``num_hidden_layers``); read by :func:`build_pretrain`.
+        tokenizer / tokenizer_vocab / tokenizer_corpus: ``pretrained`` (the text model's vocabulary) or ``train`` (a
+            WordPiece vocabulary of at most ``tokenizer_vocab`` tokens learned by :func:`build_pretrain` from the
+            titles and OCR of the ``tokenizer_corpus`` manifest; the word embeddings then start at random init and
+            learn at the ``fusion`` rate, the text layers keep their weights and the ``text`` rate).
+        text_model: the text encoder's architecture, tokenizer and pooling (:class:`~mmpretrain.models.TextModel`
+            ``.to_dict()``), filled by :func:`build_pretrain`.
+        num_frames / image_size: clip length and frame side (``None``: ``frame_encoder_kwargs["img_size"]``, else
+            224; :func:`build_pretrain` fills it from ``frame_init`` when ``frame_encoder`` is ``None``).
         arch: the fusion model (:class:`~mmpretrain.models.FusionArch` or its mapping, ``model.arch``).
         mvm_target: ``teacher`` (frozen image-model features, L1) or ``pixels`` (per-patch normalized pixels, MSE).
         teacher: the MVM teacher's architecture and preprocessing (``name``, ``kwargs``, ``image_size``, ``mean``,
@@ -111,8 +147,12 @@ class VideoFusionPretrain(pl.LightningModule):
         text_encoder: str = "bert-base-uncased",
         text_pretrained: bool = True,
         text_overrides: dict[str, Any] | None = None,
+        tokenizer: str = "pretrained",
+        tokenizer_vocab: int = 8000,
+        tokenizer_corpus: str | None = None,
+        text_model: Mapping[str, Any] | None = None,
         num_frames: int = 8,
-        image_size: int = 224,
+        image_size: int | None = None,
         arch: FusionArch | Mapping[str, Any] | None = None,
         mvm_target: str = "teacher",
         teacher: Mapping[str, Any] | None = None,
@@ -143,8 +183,11 @@ class VideoFusionPretrain(pl.LightningModule):
         super().__init__()
         fusion = FusionArch.of(arch)
         arch = asdict(fusion)  # saved as plain JSON: checkpoints are read with weights_only, hparams.yaml by yaml
-        self.save_hyperparameters()
+        # loggers get the composed config; the hyperparameters hold the tokenizer (hundreds of kB) for checkpoints
+        self.save_hyperparameters(logger=False)
         arch = fusion
+        check_choice(tokenizer, TOKENIZERS, "model.tokenizer")
+        frame_kwargs, image_size = frame_size(frame_encoder_kwargs, image_size)
         check_choice(mvm_target, MVM_TARGETS, "model.mvm_target")
         check_choice(mvm_masking, MASKINGS, "model.mvm_masking")
         check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
@@ -177,7 +220,10 @@ class VideoFusionPretrain(pl.LightningModule):
         if mvm_target == "teacher" and teacher is None and (mvm_teacher or frame_init):
             raise ValueError(f"model.mvm_teacher={mvm_teacher or frame_init!r} is not loaded: build the module with "
                              "mmpretrain.video.build_pretrain, which reads it")
-        self.frame_arch = (frame_encoder, dict(frame_encoder_kwargs or {}))
+        if text_model is None:
+            raise ValueError(f"model.text_encoder={text_encoder!r} is not loaded: build the module with "
+                             "mmpretrain.video.build_pretrain, which reads it")
+        self.frame_arch = (frame_encoder, frame_kwargs)
         use_teacher = mvm_target == "teacher" and teacher is not None
         if mvm_target == "teacher" and teacher is None:
             log.info("model.mvm_teacher and model.frame_init are unset: MVM regresses per-patch normalized pixels "
@@ -186,9 +232,8 @@ class VideoFusionPretrain(pl.LightningModule):
         if use_teacher:
             teacher_net = create_backbone(teacher["name"], 0.0, **dict(teacher.get("kwargs") or {}))
         self.model, self.tokenizer = create_video_model(
-            frame_encoder, text_encoder, arch, frame_encoder_kwargs=frame_encoder_kwargs,
-            frame_drop_path=frame_drop_path, text_pretrained=text_pretrained, text_overrides=text_overrides,
-            num_frames=num_frames, image_size=image_size,
+            frame_encoder, TextModel.from_dict(text_model), arch, frame_encoder_kwargs=frame_kwargs,
+            frame_drop_path=frame_drop_path, num_frames=num_frames, image_size=image_size,
             mvm_dim=int(teacher_net.num_features) if use_teacher else None,
         )
         self.grid = self.model.grid
@@ -201,14 +246,18 @@ class VideoFusionPretrain(pl.LightningModule):
         self._val: list[tuple[torch.Tensor, ...]] = []
 
     def initialize_from(self, frames: Mapping[str, torch.Tensor] | None = None,
-                        teacher: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Load pretrained frame-encoder and MVM-teacher weights (strict); a pretrained frame encoder starts with
-        a zero tubelet stem, so step 0 sees exactly the image model's tokens."""
+                        teacher: Mapping[str, torch.Tensor] | None = None,
+                        text: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Load pretrained frame-encoder and MVM-teacher weights (strict) and text-encoder weights (all but the word
+        embeddings of a trained vocabulary); a pretrained frame encoder starts with a zero tubelet stem, so step 0
+        sees exactly the image model's tokens."""
         if frames is not None:
             self.model.frame_encoder.load_state_dict(frames, strict=True)
             self.model.zero_temporal_stem()
         if teacher is not None:
             self.teacher.backbone.load_state_dict(teacher, strict=True)
+        if text is not None:
+            load_text_state(self.model.text_encoder, text)
 
     # ------------------------------------------------------------------------------------------- pieces
 
@@ -227,7 +276,7 @@ class VideoFusionPretrain(pl.LightningModule):
             "architecture": video_model_config(self.model, *self.frame_arch),
             "preprocessing": {
                 "num_frames": int(hp.num_frames),
-                "image_size": int(hp.image_size),
+                "image_size": int(self.model.image_size),
                 "mean": [float(x) for x in hp.mean],
                 "std": [float(x) for x in hp.std],
                 "max_text_len": int(hp.max_text_len),
@@ -238,6 +287,15 @@ class VideoFusionPretrain(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["video_model"] = self.export_config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume with another vocabulary of the same size (the weights would load and mean other tokens):
+        e.g. ``model.tokenizer=train`` learned again from a changed ``model.tokenizer_corpus``."""
+        saved = (checkpoint.get("video_model") or {}).get("tokenizer")
+        if saved and tokenizer_from_json(saved).get_vocab() != self.tokenizer.get_vocab():
+            raise ConfigError("the checkpoint was trained with another tokenizer than this model's (model.tokenizer="
+                              "train on a changed model.tokenizer_corpus, or another model.text_encoder): resume with "
+                              "the text settings and manifest it was trained with")
 
     def _frame_mask(self, batch: int, frames: int, generator: torch.Generator | None) -> torch.Tensor:
         make = blockwise_mask if self.hparams.mvm_masking == "blockwise" else random_mask
@@ -419,6 +477,7 @@ class VideoFusionPretrain(pl.LightningModule):
         hp = self.hparams
         batch = global_batch(self)
         lr, min_lr = scaled_lr(hp.lr, batch, hp.lr_ref_batch), scaled_lr(hp.min_lr, batch, hp.lr_ref_batch)
-        groups = video_param_groups(self.model, lr, hp.weight_decay, hp.lr_mult)
+        fresh = (f"text_encoder.{WORD_EMBEDDINGS}",) if hp.tokenizer == "train" else ()
+        groups = video_param_groups(self.model, lr, hp.weight_decay, hp.lr_mult, fresh=fresh)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), **adamw_kernel(self.trainer.precision))
         return warmup_cosine_schedule(self, optimizer, lr, min_lr, hp.warmup_epochs)

@@ -20,8 +20,11 @@ LR_PARTS = ("text", "frames", "fusion")
 VIDEO_NO_DECAY = ("embeddings.", "type_embed", "temporal_pos", "spatial_pos", "temperature", "time_embed")
 
 
-def part_of(name: str) -> str:
-    """Which ``model.lr_mult`` part a :class:`VideoTextFusion` parameter belongs to."""
+def part_of(name: str, fresh: tuple[str, ...] = ()) -> str:
+    """Which ``model.lr_mult`` part a :class:`VideoTextFusion` parameter belongs to; names starting with one of
+    ``fresh`` (weights of a pretrained part that start at random init) learn with the new parts, as ``fusion``."""
+    if fresh and name.startswith(fresh):
+        return "fusion"
     if name.startswith("text_encoder."):
         return "text"
     if name.startswith(("frame_encoder.", "temporal_stem.", "temporal_attn.")):
@@ -35,9 +38,11 @@ def video_param_groups(
     weight_decay: float,
     lr_mult: Mapping[str, float] | None = None,
     extra_no_decay: Iterable[str] = (),
+    fresh: Iterable[str] = (),
 ) -> list[dict]:
     """Param groups ``{"name": "<part>" or "<part>/no_decay", "params", "lr", "weight_decay"}`` of a
-    :class:`VideoTextFusion`: lr = ``lr * lr_mult[part]`` (1 when unset); empty groups are left out.
+    :class:`VideoTextFusion`: lr = ``lr * lr_mult[part]`` (1 when unset); empty groups are left out. ``fresh``:
+    parameter-name prefixes that learn as ``fusion`` (e.g. word embeddings re-initialised for a trained vocabulary).
 
     Raises:
         ValueError: an unknown part or a negative multiplier, naming ``model.lr_mult``.
@@ -50,12 +55,13 @@ def video_param_groups(
     if bad:
         raise ValueError(f"model.lr_mult must be >= 0, got {bad}")
     names = {id(p): n for n, p in model.named_parameters()}
+    fresh = tuple(fresh)
     groups = []
     decayed, exempt = param_groups_weight_decay([model], weight_decay, (*VIDEO_NO_DECAY, *extra_no_decay))
     for base in (decayed, exempt):
         suffix = "" if base is decayed else "/no_decay"
         for part in LR_PARTS:
-            params = [p for p in base["params"] if part_of(names[id(p)]) == part]
+            params = [p for p in base["params"] if part_of(names[id(p)], fresh) == part]
             if params:
                 groups.append({"name": part + suffix, "params": params, "lr": lr * float(mult.get(part, 1.0)),
                                "weight_decay": base["weight_decay"]})

@@ -26,6 +26,12 @@ def join_ocr(ocr: str | Sequence[str] | None) -> str:
     return " ".join(str(part).strip() for part in ocr if str(part).strip())
 
 
+def manifest_texts(records: Sequence[Any]) -> list[str]:
+    """The non-empty titles and joined OCR of video records, in order: the corpus a trained tokenizer learns."""
+    texts = (text for r in records for text in ((r.title or "").strip(), join_ocr(r.ocr)))
+    return [text for text in texts if text]
+
+
 def normalize_title(title: str | None) -> str:
     """A title with case, accents' width forms, spaces and punctuation folded: "A red circle!" == "a  red, circle"."""
     folded = unicodedata.normalize("NFKC", title or "").casefold()
