@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mmpretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FrameNormalize
+from mmpretrain.errors import ConfigError
 from mmpretrain.models import (
     FrameTeacher,
     FusionArch,
@@ -192,6 +193,13 @@ class VideoFusionPretrain(pl.LightningModule):
             mvm_dim=int(teacher_net.num_features) if use_teacher else None,
         )
         self.grid = self.model.grid
+        side = self.model.frame_token_side
+        if side is not None and side < self.grid:
+            raise ConfigError(
+                f"model.frame_encoder {self.frame_arch[0]!r} outputs {side}x{side} tokens per {image_size}-px frame "
+                f"but model.arch.visual_grid={self.grid}: its tokens would be copies that say nothing of where things "
+                f"are or how they move; use a frame encoder with stride <= {image_size // self.grid} at this size "
+                "(e.g. a ViT with that patch_size), a larger model.image_size, or a smaller model.arch.visual_grid")
         self.teacher = None
         if use_teacher:
             self.teacher = FrameTeacher(teacher_net, teacher["image_size"], teacher["mean"], teacher["std"], mean, std,
