@@ -16,11 +16,11 @@ handwriting (vendored, MIT licence):
 
 Videos:
 
-6. MoBY on generated shapes (`experiment=moby_demo`, 32 px) as the frame encoder's init; writes the demo videos
-   (moving shapes with titles and rendered OCR, H.264 MP4 and MPEG-4 AVI), pretrains the video–text model
-   (`experiment=video_fusion_demo`: MVM, MTM, VTM, VTC), and compares it with random init on held-out text↔video
-   retrieval (VTC, then VTM re-ranking), classification and tagging fine-tuning; then searches a video store by
-   text.
+6. MoBY on generated shapes (`experiment=moby_frames_demo`, a tiny ViT at 32 px) as the frame encoder's init;
+   writes the demo videos (moving shapes with titles and rendered OCR, H.264 MP4 and MPEG-4 AVI), pretrains the
+   video–text model (`experiment=video_fusion_demo`: MVM, MTM, VTM, VTC), and compares it with random init on
+   held-out text↔video retrieval (VTC, then VTM re-ranking), classification and tagging fine-tuning; then searches
+   a video store by text.
 
 Every step runs through the console entry point a user would call; each half prints its wall time and CPU time.
 """
@@ -109,16 +109,17 @@ def _timed(name: str, step: Callable[[], T]) -> T:
 
 
 def _frame_init(root: Path, runs: Path, epochs: int | None) -> Path:
-    """The video half's frame encoder init: MoBY (`experiment=moby_demo`, 32 px, window 4) on the demo shapes,
-    coloured like the demo videos' frames (the Omniglot encoder sees grey 48-px drawings)."""
+    """The video half's frame encoder init: MoBY (`experiment=moby_frames_demo`: the video model's tiny ViT, 4×4
+    tokens per 32-px frame) on the demo shapes, coloured like the demo videos' frames (the Omniglot encoder sees
+    grey 48-px drawings)."""
     ckpt = runs / "train/checkpoints/last.ckpt"
-    _section("video frame init: MoBY on the demo shapes (experiment=moby_demo)")
+    _section("video frame init: MoBY on the demo shapes (experiment=moby_frames_demo)")
     demo = root / "data/demo"
     if not (demo / "val").is_dir():
         from mmpretrain.data import make_demo_images
 
         make_demo_images(demo)
-    train = [str(BIN / "mmpretrain-train"), "experiment=moby_demo", f"paths.data_dir={root}/data",
+    train = [str(BIN / "mmpretrain-train"), "experiment=moby_frames_demo", f"paths.data_dir={root}/data",
              f"hydra.run.dir={runs}/train", "trainer.enable_progress_bar=false", *QUIET]
     if epochs:
         train.append(f"trainer.max_epochs={epochs}")
