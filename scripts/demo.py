@@ -399,11 +399,10 @@ def _demo_videos(root: Path) -> Path:
 # row is the recipe before the motion work; the cumulative rows end at the demo's recipe.
 ABLATION: tuple[tuple[str, list[str], bool], ...] = (
     ("per-frame tokens, title+OCR VTC text, constant weights", ["model.arch.temporal_stem=per_frame",
-                                                               "model.arch.vtc_text=all", "model.loss_ramp=0",
-                                                               "model.vtc_memory=0"], True),
-    ("+ tubelet stem, title-only VTC text, the rest ramped in over 1/5", [
-        "model.arch.temporal_stem=tubelet", "model.arch.vtc_text=title", "model.loss_ramp=0.2"], True),
-    ("+ VTC memory of 128 pairs from 1/5 on (the demo's recipe)", ["model.vtc_memory=128"], True),
+                                                               "model.arch.vtc_text=all", "model.loss_ramp=0"], True),
+    ("+ tubelet stem", ["model.arch.temporal_stem=tubelet"], True),
+    ("+ title-only VTC text, the rest ramped in over 1/5 (the demo's recipe)", [
+        "model.arch.vtc_text=title", "model.loss_ramp=0.2"], True),
     ("the demo's recipe with per_frame tokens", ["model.arch.temporal_stem=per_frame"], False),
 )
 
