@@ -176,7 +176,8 @@ class VideoFusionPretrain(pl.LightningModule):
         self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
         same_content([], keys=vtm_exclude)  # validates the keys now, not at the first step
         self.vtm_exclude = tuple(vtm_exclude)
-        same_content([], keys=vtc_exclude)
+        for key in vtc_exclude:
+            check_choice(key, CONTENT_KEYS, "model.vtc_exclude")
         self.vtc_exclude = tuple(vtc_exclude)
         if frame_encoder is None:
             where = ("build the module with mmpretrain.video.build_pretrain, which reads it" if frame_init else
