@@ -35,8 +35,8 @@ def _arguments(value: object) -> object:
 
 
 def test_every_experiment_is_swept() -> None:
-    assert {"moby_demo", "moby_swin_tiny", "video_fusion_demo", "video_fusion_pretrain", "video_classify",
-            "video_tagging"} <= set(EXPERIMENTS)
+    assert {"moby_demo", "moby_frames_demo", "moby_swin_tiny", "video_fusion_demo", "video_fusion_pretrain",
+            "video_classify", "video_tagging"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -69,3 +69,18 @@ def test_experiment_builds_its_model_and_data(name: str, demo_root, video_demo, 
     else:
         assert batch["frames"].shape == (2, int(cfg.data.num_frames), 3, size, size)
         assert batch["frames"].dtype == torch.uint8
+
+
+def test_moby_frames_demo_is_the_video_demos_frame_encoder(tmp_path) -> None:
+    """A ViT recipe on top of the Swin one: the Swin keys set to null are dropped, and the encoder gives the video
+    demo's 4x4 token grid per 32-px frame (moby_demo's Swin ends in one token)."""
+    from mmpretrain.models import create_backbone
+
+    cfg = compose_cfg("train.yaml", ["experiment=moby_frames_demo"], tmp_path)
+    video = compose_cfg("train.yaml", ["experiment=video_fusion_demo"], tmp_path)
+    kwargs = OmegaConf.to_container(cfg.model.backbone_kwargs, resolve=True)
+    assert cfg.model.backbone == video.model.frame_encoder
+    assert {k: v for k, v in kwargs.items() if v is not None} == OmegaConf.to_container(
+        video.model.frame_encoder_kwargs, resolve=True)
+    encoder = create_backbone(cfg.model.backbone, **kwargs)
+    assert encoder.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 1 + 16, 48)  # class token + 4x4

@@ -389,3 +389,24 @@ def test_objective_weights_ramp_all_but_vtc_linearly() -> None:
     assert objective_weights(base, 0.05, 0.2, first=("vtc", "mvm"))["mvm"] == 1.0
     with pytest.raises(ValueError, match=r"model.loss_ramp=-0.1 must be >= 0"):
         objective_weights(base, 0.5, -0.1)
+
+
+def test_vtc_same_content_pairs_are_not_negatives() -> None:
+    """A column flagged as the same thing leaves the row's softmax (an independent loop agrees); the row's own
+    positive stays whatever the mask says; with gathered columns the mask is laid out like them."""
+    v, t = _embeddings(4, 8, 7)
+    same = torch.eye(4, dtype=torch.bool)
+    same[0, 2] = same[2, 0] = True
+    loss = vtc_loss(v, t, 0.1, same=same)
+    want = []
+    for i in range(4):
+        keep = [j for j in range(4) if not (same[i, j] and j != i)]
+        v2t, t2v = (v[i] @ t[keep].T).numpy() / 0.1, (t[i] @ v[keep].T).numpy() / 0.1
+        want.append((_np_ce(v2t, keep.index(i)) + _np_ce(t2v, keep.index(i))) / 2)
+    assert loss.item() == pytest.approx(np.mean(want), rel=1e-5)
+    assert vtc_loss(v, t, 0.1, same=torch.eye(4, dtype=torch.bool)).item() == pytest.approx(vtc_loss(v, t, 0.1).item())
+    assert vtc_loss(v, t, 0.1, same=torch.ones(4, 4, dtype=torch.bool)).item() == pytest.approx(0.0, abs=1e-6)
+    local = vtc_loss(v[2:], t[2:], 0.1, all_video=v, all_text=t, offset=2, same=same[2:])
+    assert local.item() == pytest.approx(np.mean(want[2:]), rel=1e-5)
+    with pytest.raises(ValueError, match="same must have shape"):
+        vtc_loss(v, t, 0.1, same=same[:2])

@@ -176,6 +176,11 @@ def test_masked_pixels_are_exactly_the_masked_tokens() -> None:
         ({"mvm_masking": "attention"}, r"model.mvm_masking='attention'"),
         ({"loss_weights": {"itc": 1.0}}, r"model.loss_weights has unknown objectives \['itc'\]"),
         ({"embedding": "mean"}, r"model.embedding='mean'"),
+        ({"vtc_exclude": ["colour"]}, r"model.vtc_exclude='colour' is not one of"),
+        ({"frame_encoder": "swin_tiny_patch4_window7_224",
+          "frame_encoder_kwargs": {"img_size": 32, "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                                   "window_size": 4}},
+         r"outputs 1x1 tokens per 32-px frame but model.arch.visual_grid=4"),
         ({"mvm_target": "pixels", "image_size": 30, "frame_encoder_kwargs": VIT | {"img_size": 30}},
          r"model.image_size=30 is not divisible by visual_grid=4"),
     ],
@@ -429,3 +434,15 @@ def test_eval_probe_on_video_stores(pretrained: Path, video_demo: dict[str, Path
                                                         "epochs=50"], tmp_path / task))
         assert metrics["probe/score"] == metrics[f"probe/{key}"]
         assert 0 <= metrics["probe/score"] <= (100 if task == "classify" else 1)
+
+
+def test_vtc_does_not_push_apart_two_clips_of_one_description(processor: TextProcessor) -> None:
+    titles = ["a red circle moving left", "the red circle drifts to the left", "blue square slides up"]
+    batch = fake_batch(processor, titles, [[], [], []]) | {"title": titles, "tag_set": [["red"], ["red"], ["blue"]]}
+    spared = tiny_module().eval()
+    plain = tiny_module(vtc_exclude=[]).eval()
+    # rows 0 and 1 share a tag set: with the default they are not each other's negatives, so the loss is lower
+    assert spared.pretrain_step(batch, dropout=False)["vtc"] < plain.pretrain_step(batch, dropout=False)["vtc"]
+    alone = batch | {"tag_set": [["red"], ["green"], ["blue"]]}
+    torch.testing.assert_close(spared.pretrain_step(alone, dropout=False)["vtc"],
+                               plain.pretrain_step(alone, dropout=False)["vtc"])

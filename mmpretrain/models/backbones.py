@@ -25,7 +25,8 @@ def create_backbone(
         name: any timm architecture name, e.g. ``swin_tiny_patch4_window7_224``.
         drop_path_rate: stochastic depth; MoBY uses 0.2 online and 0.0 for the momentum encoder.
         pretrained: load timm's own weights (needs the hub, so off by default).
-        **kwargs: architecture overrides (img_size, embed_dim, depths, ...), passed to timm.
+        **kwargs: architecture overrides (img_size, embed_dim, depths, ...), passed to timm; a key set to ``None``
+            is left to timm's default, so a recipe can drop a key it inherits (a ViT recipe built on a Swin one).
 
     Raises:
         ConfigError: the name is not a timm model; the message suggests close names.
@@ -34,6 +35,7 @@ def create_backbone(
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean one of {close}?" if close else "; see timm.list_models()"
         raise ConfigError(f"unknown backbone '{name}' (model.backbone){hint}")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
 
 

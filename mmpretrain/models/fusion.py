@@ -362,6 +362,15 @@ class VideoTextFusion(nn.Module):
             block.register_forward_pre_hook(_TimeHook(temporal, self._clip, prefix))
 
     @property
+    def frame_token_side(self) -> int | None:
+        """Tokens per side of the frame encoder's own output grid at ``image_size`` (from timm's ``feature_info``
+        stride), ``None`` when the encoder does not say. Below ``grid``, pooling repeats tokens: they hold no layout."""
+        info = getattr(self.frame_encoder, "feature_info", None)
+        if not info:
+            return None
+        return max(1, self.image_size // int(info[-1]["reduction"]))
+
+    @property
     def width(self) -> int:
         return self.arch.width
 

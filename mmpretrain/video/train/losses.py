@@ -39,6 +39,7 @@ def vtc_loss(
     offset: int = 0,
     valid: torch.Tensor | None = None,
     all_valid: torch.Tensor | None = None,
+    same: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (ALBEF/ALPRO): each local pair against every gathered pair, so negatives grow with world size.
 
@@ -59,6 +60,9 @@ def vtc_loss(
             negatives for anyone (their text embedding is a placeholder). Default: `all_valid[offset:offset + B]`,
             or all True.
         all_valid: (N,) gathered `valid`; required when `valid` is given together with gathered embeddings.
+        same: (B, N) bool, True where a column shows the same thing as the local row (the same tag set or title):
+            such a column is no negative of that row (a false negative would push apart two clips of one
+            description). The row's own positive is kept whatever ``same`` says.
 
     Returns:
         Scalar loss; `0 * (video_emb.sum() + text_emb.sum())` (a zero that keeps the graph) when no row is valid.
@@ -94,6 +98,12 @@ def vtc_loss(
         return (video_emb.sum() + text_emb.sum()) * 0.0
     targets = torch.arange(offset, offset + batch, device=video_emb.device)[local_valid]
     column_ok = all_valid.unsqueeze(0)
+    if same is not None:
+        if same.shape != (batch, total):
+            raise ValueError(f"same must have shape ({batch}, {total}), got {tuple(same.shape)}")
+        own = torch.zeros_like(same, dtype=torch.bool)
+        own[torch.arange(batch), torch.arange(offset, offset + batch)] = True
+        column_ok = (column_ok & ~(same.bool() & ~own))[local_valid]
     v2t = _anchor_ce(vtc_similarity(video_emb[local_valid], all_text, temperature), targets, column_ok)
     t2v = _anchor_ce(vtc_similarity(text_emb[local_valid], all_video, temperature), targets, column_ok)
     return (v2t + t2v).mean() / 2

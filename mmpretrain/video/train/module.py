@@ -127,6 +127,10 @@ class VideoFusionPretrain(pl.LightningModule):
         mtm_prob: BERT masking probability (0.15). vtm_negatives: ``hard`` or ``random`` (in-batch).
         vtm_exclude: what makes two samples the same for VTM negatives: ``label``, ``tags`` (the same tag set),
             ``title`` (the same normalized title); identical token sequences are always excluded.
+        vtc_exclude: what makes two samples of a batch the same for VTC (``tags``, ``title``, ``label``; empty:
+            every other sample is a negative): such pairs are not pushed apart. ``label`` alone would also spare
+            clips that share only their class, which VTC must still tell apart. Compared within each process's
+            batch (with several GPUs, gathered columns from other ranks stay negatives).
         vtm_balanced: weigh VTM's positives and negatives equally (one positive to two negatives otherwise), so
             a match probability above 0.5 means a match, as retrieval evaluation and re-ranking read it.
         loss_weights: weight per objective; 0 switches one off. loss_ramp: the fraction of training over which the
@@ -165,6 +169,7 @@ class VideoFusionPretrain(pl.LightningModule):
         vtm_negatives: str = "hard",
         vtm_exclude: Sequence[str] = CONTENT_KEYS,
         vtm_balanced: bool = True,
+        vtc_exclude: Sequence[str] = ("tags", "title"),
         loss_weights: Mapping[str, float] | None = None,
         loss_ramp: float = 0.0,
         modality_dropout: Mapping[str, float] | None = None,
@@ -213,6 +218,9 @@ class VideoFusionPretrain(pl.LightningModule):
         self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
         same_content([], keys=vtm_exclude)  # validates the keys now, not at the first step
         self.vtm_exclude = tuple(vtm_exclude)
+        for key in vtc_exclude:
+            check_choice(key, CONTENT_KEYS, "model.vtc_exclude")
+        self.vtc_exclude = tuple(vtc_exclude)
         if frame_encoder is None:
             where = ("build the module with mmpretrain.video.build_pretrain, which reads it" if frame_init else
                      "which is unset")
@@ -237,6 +245,13 @@ class VideoFusionPretrain(pl.LightningModule):
             mvm_dim=int(teacher_net.num_features) if use_teacher else None,
         )
         self.grid = self.model.grid
+        side = self.model.frame_token_side
+        if side is not None and side < self.grid:
+            raise ConfigError(
+                f"model.frame_encoder {self.frame_arch[0]!r} outputs {side}x{side} tokens per {image_size}-px frame "
+                f"but model.arch.visual_grid={self.grid}: its tokens would be copies that say nothing of where things "
+                f"are or how they move; use a frame encoder with stride <= {image_size // self.grid} at this size "
+                "(e.g. a ViT with that patch_size), a larger model.image_size, or a smaller model.arch.visual_grid")
         self.teacher = None
         if use_teacher:
             self.teacher = FrameTeacher(teacher_net, teacher["image_size"], teacher["mean"], teacher["std"], mean, std,
@@ -341,10 +356,12 @@ class VideoFusionPretrain(pl.LightningModule):
         # with a title-only text vector, a video with OCR but no title has nothing to contrast with
         vtc_valid = has_text if m.arch.vtc_text == "all" else has_text & (((types == 0) & (attn == 1)).sum(1) > 2)
         (all_v, all_t, all_valid), offset = self._gather(v_emb, t_emb, vtc_valid)
+        vtc_same = self._same(batch, self.vtc_exclude) if offset == 0 and len(all_v) == b else None
         out["vtc"] = vtc_loss(v_emb, t_emb, m.temperature, all_video=all_v, all_text=all_t, offset=offset,
-                              valid=vtc_valid, all_valid=all_valid)
+                              valid=vtc_valid, all_valid=all_valid,
+                              same=None if vtc_same is None else vtc_same.to(v_emb.device))
 
-        same = self._same(batch)
+        same = self._same(batch, self.vtm_exclude)
         out["vtm"], out["vtm_acc"] = self._matching(video, states, text, v_emb, t_emb, generator, same)
 
         mask = self._frame_mask(b, t, generator).to(frames.device)
@@ -382,11 +399,11 @@ class VideoFusionPretrain(pl.LightningModule):
         progress = self.global_step / total if total and total != float("inf") else 1.0
         return objective_weights(self.loss_weights, progress, self.hparams.loss_ramp)
 
-    def _same(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """Which samples show the same thing (``vtm_exclude``), from the batch's titles, labels and tag sets."""
+    def _same(self, batch: Mapping[str, Any], keys: Sequence[str]) -> torch.Tensor | None:
+        """Which samples show the same thing by ``keys``, from the batch's titles, labels and tag sets."""
         if "title" not in batch:
             return None
-        return same_content(batch["title"], batch.get("label_name"), batch.get("tag_set"), self.vtm_exclude)
+        return same_content(batch["title"], batch.get("label_name"), batch.get("tag_set"), keys) if keys else None
 
     def _matching(
         self,
