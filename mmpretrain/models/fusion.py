@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.models.backbones import create_backbone
 from mmpretrain.models.text import (
     TextModel,
@@ -40,7 +41,7 @@ def pool_text(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) 
     if pooling == "cls":
         return states[:, 0]
     if pooling != "mean":
-        raise ValueError(f"text pooling {pooling!r} is not one of {TEXT_POOLINGS}")
+        raise ConfigError(f"model.arch.text_pooling={pooling!r} is not one of {TEXT_POOLINGS}")
     keep = attention_mask.to(states.dtype).unsqueeze(-1)
     return (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
@@ -185,11 +186,11 @@ class FusionArch:
                                   ("vtc_text", self.vtc_text, VTC_TEXTS),
                                   ("space_time", self.space_time, SPACE_TIMES)):
             if value not in known:
-                raise ValueError(f"model.arch.{key}={value!r} is not one of {tuple(k for k in known if k)}")
+                raise ConfigError(f"model.arch.{key}={value!r} is not one of {tuple(k for k in known if k)}")
         if self.tubelet_frames < 1 or self.tubelet_frames % 2 == 0:
-            raise ValueError(f"model.arch.tubelet_frames={self.tubelet_frames} must be odd and >= 1")
+            raise ConfigError(f"model.arch.tubelet_frames={self.tubelet_frames} must be odd and >= 1")
         if self.num_heads >= 1 and self.width % self.num_heads:
-            raise ValueError(f"model.arch.width={self.width} must be divisible by "
+            raise ConfigError(f"model.arch.width={self.width} must be divisible by "
                              f"model.arch.num_heads={self.num_heads}")
 
     @classmethod
@@ -204,7 +205,7 @@ class FusionArch:
         value = dict(value or {})
         unknown = sorted(set(value) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"model.arch has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
+            raise ConfigError(f"model.arch has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
         return cls(**value)
 
 
@@ -311,7 +312,7 @@ class VideoTextFusion(nn.Module):
         self.temporal_stem = None
         if arch.temporal_stem == "tubelet":
             if self.image_size % self.grid:
-                raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} "
+                raise ConfigError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} "
                                  "(the tubelet stem's patch; model.arch.temporal_stem=tubelet)")
             self.temporal_stem = TubeletStem(frame_dim, self.image_size // self.grid, arch.tubelet_frames)
         self.temporal_attn = None
@@ -335,7 +336,7 @@ class VideoTextFusion(nn.Module):
             nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, vocab_size)
         )
         if mvm_dim is None and self.image_size % self.grid:
-            raise ValueError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} (MVM pixels)")
+            raise ConfigError(f"model.image_size={image_size} is not divisible by visual_grid={self.grid} (MVM pixels)")
         mvm_dim = mvm_dim or 3 * (self.image_size // self.grid) ** 2
         self.mvm_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, mvm_dim))
         # BERT's initializer range for every learned embedding: nn.Embedding's default N(0, 1) would bury the
@@ -346,14 +347,14 @@ class VideoTextFusion(nn.Module):
     def _native_grid(self) -> int:
         grid = getattr(getattr(self.frame_encoder, "patch_embed", None), "grid_size", None)
         if grid is None:
-            raise ValueError("model.arch.visual_grid must be set for a frame encoder without patch_embed.grid_size")
+            raise ConfigError("model.arch.visual_grid must be set for a frame encoder without patch_embed.grid_size")
         return int(grid[0])
 
     def _add_temporal_attention(self) -> None:
         """One :class:`TemporalAttention` before each block of a ViT-like frame encoder (pre-forward hooks)."""
         blocks = getattr(self.frame_encoder, "blocks", None)
         if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not hasattr(blocks[0], "attn"):
-            raise ValueError(f"model.arch.space_time=divided needs a ViT-like frame encoder (a 'blocks' list); "
+            raise ConfigError(f"model.arch.space_time=divided needs a ViT-like frame encoder (a 'blocks' list); "
                              f"{type(self.frame_encoder).__name__} has none")
         dim, heads = int(self.frame_encoder.embed_dim), int(blocks[0].attn.num_heads)
         prefix = int(getattr(self.frame_encoder, "num_prefix_tokens", 0))

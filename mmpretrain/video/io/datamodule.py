@@ -181,7 +181,7 @@ class VideoDataModule(SampledLoaders):
         if self.train_records:
             return
         if not hp.train_manifest:
-            raise ValueError("set data.train_manifest (a video manifest) or data.shards (WebDataset shards)")
+            raise ConfigError("set data.train_manifest (a video manifest) or data.shards (WebDataset shards)")
         for key in ("train_manifest", "val_manifest"):
             value = hp[key]
             if value is not None and not Path(value).is_file():

@@ -43,7 +43,7 @@ def _image_checkpoint(source: str, key: str) -> Any:
 
     loaded = load_checkpoint(source, architecture=None)
     if loaded.config.get("kind") == "video":
-        raise ValueError(f"{key}={source!r} is a video model; it must be an image encoder")
+        raise ConfigError(f"{key}={source!r} is a video model; it must be an image encoder")
     return loaded
 
 
@@ -90,7 +90,7 @@ def build_pretrain(
         loaded = _image_checkpoint(frame_init, "model.frame_init")
         arch = loaded.config["architecture"]
         if name is not None and arch["name"] != name:
-            raise ValueError(f"model.frame_init={frame_init!r} holds a {arch['name']!r} backbone but "
+            raise ConfigError(f"model.frame_init={frame_init!r} holds a {arch['name']!r} backbone but "
                              f"model.frame_encoder={name!r}")
         if name is None:
             kwargs.update(frame_encoder=arch["name"], frame_encoder_kwargs=dict(arch.get("kwargs") or {}),

@@ -129,8 +129,8 @@ class VideoFinetune(pl.LightningModule):
         if backbone_lr_scale <= 0:
             raise ConfigError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0; freeze with freeze_backbone")
         if video_model is None:
-            raise ConfigError("VideoFinetune needs video_model (a video checkpoint's config): build it with "
-                              "mmpretrain.video.build_finetune, which reads model.pretrained or model.architecture")
+            raise ValueError("VideoFinetune needs video_model (a video checkpoint's config): build it with "
+                             "mmpretrain.video.build_finetune, which reads model.pretrained or model.architecture")
         other = "num_tags" if task == "classify" else "num_classes"
         if self.hparams[other] is not None:
             raise ConfigError(f"model.{other} is not used by model.task={task!r}; leave it null")

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.video.train.masking import IGNORE_INDEX
 
 _MVM_LOSSES = ("l1", "mse")
@@ -285,6 +286,6 @@ def objective_weights(
         {'vtc': 1.0, 'vtm': 0.25, 'mtm': 0.05}
     """
     if ramp < 0:
-        raise ValueError(f"model.loss_ramp={ramp} must be >= 0")
+        raise ConfigError(f"model.loss_ramp={ramp} must be >= 0")
     scale = 1.0 if ramp == 0 else min(max(progress / ramp, 0.0), 1.0)
     return {k: float(w) if k in first else float(w) * scale for k, w in weights.items()}

@@ -211,9 +211,9 @@ class VideoFusionPretrain(pl.LightningModule):
         self.loss_weights = {k: 1.0 for k in LOSSES} | dict(loss_weights or {})
         unknown = sorted(set(self.loss_weights) - set(LOSSES))
         if unknown:
-            raise ValueError(f"model.loss_weights has unknown objectives {unknown}; known: {LOSSES}")
+            raise ConfigError(f"model.loss_weights has unknown objectives {unknown}; known: {LOSSES}")
         if arch.temporal_stem == "tubelet" and not mvm_tube and self.loss_weights["mvm"] > 0:
-            raise ValueError("model.mvm_tube=false with model.arch.temporal_stem=tubelet: a cell masked in one frame "
+            raise ConfigError("model.mvm_tube=false with model.arch.temporal_stem=tubelet: a cell masked in one frame "
                              "would be read from its neighbours by the stem; keep tube masking or use per_frame")
         self.modality_dropout = {"text": 0.0, "video": 0.0} | dict(modality_dropout or {})
         same_content([], keys=vtm_exclude)  # validates the keys now, not at the first step
@@ -224,7 +224,7 @@ class VideoFusionPretrain(pl.LightningModule):
         if frame_encoder is None:
             where = ("build the module with mmpretrain.video.build_pretrain, which reads it" if frame_init else
                      "which is unset")
-            raise ValueError(f"model.frame_encoder=null takes the architecture from model.frame_init, {where}")
+            raise ConfigError(f"model.frame_encoder=null takes the architecture from model.frame_init, {where}")
         if mvm_target == "teacher" and teacher is None and (mvm_teacher or frame_init):
             raise ValueError(f"model.mvm_teacher={mvm_teacher or frame_init!r} is not loaded: build the module with "
                              "mmpretrain.video.build_pretrain, which reads it")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import nn
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.training import param_groups_weight_decay
 
 LR_PARTS = ("text", "frames", "fusion")
@@ -50,10 +51,10 @@ def video_param_groups(
     mult = dict(lr_mult or {})
     unknown = sorted(set(mult) - set(LR_PARTS))
     if unknown:
-        raise ValueError(f"model.lr_mult has unknown parts {unknown}; known: {LR_PARTS}")
+        raise ConfigError(f"model.lr_mult has unknown parts {unknown}; known: {LR_PARTS}")
     bad = {k: v for k, v in mult.items() if float(v) < 0}
     if bad:
-        raise ValueError(f"model.lr_mult must be >= 0, got {bad}")
+        raise ConfigError(f"model.lr_mult must be >= 0, got {bad}")
     names = {id(p): n for n, p in model.named_parameters()}
     fresh = tuple(fresh)
     groups = []

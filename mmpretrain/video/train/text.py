@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from mmpretrain.errors import ConfigError
+
 CONTENT_KEYS = ("label", "tags", "title")
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -53,7 +55,7 @@ def same_content(
     """
     unknown = sorted(set(keys) - set(CONTENT_KEYS))
     if unknown:
-        raise ValueError(f"model.vtm_exclude has unknown keys {unknown}; known: {CONTENT_KEYS}")
+        raise ConfigError(f"model.vtm_exclude has unknown keys {unknown}; known: {CONTENT_KEYS}")
     n = len(titles)
     columns: dict[str, list[str]] = {"title": [normalize_title(t) for t in titles]}
     if labels is not None:
@@ -85,11 +87,11 @@ class TextProcessor:
 
     def __init__(self, tokenizer: Any, max_len: int = 64, max_title_len: int | None = None) -> None:
         if max_len < 4:
-            raise ValueError(f"max_text_len={max_len} leaves no room for text after [CLS] and two [SEP]")
+            raise ConfigError(f"max_text_len={max_len} leaves no room for text after [CLS] and two [SEP]")
         missing = [t for t in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id")
                    if getattr(tokenizer, t, None) is None]
         if missing:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} lacks {missing}; use a BERT-style tokenizer")
+            raise ConfigError(f"tokenizer {type(tokenizer).__name__} lacks {missing}; use a BERT-style tokenizer")
         self.tokenizer = tokenizer
         self.max_len = int(max_len)
         self.max_title_len = max_title_len
