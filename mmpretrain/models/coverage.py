@@ -26,7 +26,9 @@ UNKNOWN_SHARE_WARNING = 0.2
 SAMPLE = 2000
 MULTILINGUAL_HINT = ("train with a text encoder whose vocabulary covers the language, e.g. "
                      "model.text_encoder=bert-base-multilingual-cased or sentence-transformers/"
-                     "paraphrase-multilingual-MiniLM-L12-v2 (Chinese: bert-base-chinese); see docs/troubleshooting.md")
+                     "paraphrase-multilingual-MiniLM-L12-v2 (Chinese: bert-base-chinese), or offline "
+                     "model.tokenizer=train (a vocabulary learned from the training titles and OCR); "
+                     "see docs/troubleshooting.md")
 
 
 def unknown_token_share(tokenizer: Any, texts: Iterable[str | None], sample: int = SAMPLE) -> tuple[float, int]:
