@@ -84,3 +84,17 @@ def test_moby_frames_demo_is_the_video_demos_frame_encoder(tmp_path) -> None:
         video.model.frame_encoder_kwargs, resolve=True)
     encoder = create_backbone(cfg.model.backbone, **kwargs)
     assert encoder.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 1 + 16, 48)  # class token + 4x4
+
+
+def test_a_moby_frames_demo_checkpoint_loads_as_an_image_encoder(tmp_path) -> None:
+    """Its null keys do not reach the checkpoint's architecture (the hub's schema would refuse them)."""
+    from mmpretrain.hub import build_backbone, load_checkpoint
+
+    cfg = compose_cfg("train.yaml", ["experiment=moby_frames_demo"], tmp_path)
+    module = hydra.utils.instantiate(cfg.model)
+    path = tmp_path / "moby.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    loaded = load_checkpoint(str(path), architecture=None)
+    assert loaded.config["architecture"]["kwargs"] == {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2,
+                                                        "num_heads": 2}
+    assert build_backbone(loaded).forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 48)

@@ -99,8 +99,9 @@ def _next_stage(match: re.Match[str]) -> str:
 
 
 def model_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Architecture kwargs without the head and weight switches, which the hub always sets itself."""
-    return {k: v for k, v in dict(kwargs or {}).items() if k not in ("num_classes", "pretrained")}
+    """Architecture kwargs without the head and weight switches, which the hub always sets itself, and without keys
+    set to ``None`` (left to timm's default, as :func:`~mmpretrain.models.create_backbone` does)."""
+    return {k: v for k, v in dict(kwargs or {}).items() if k not in ("num_classes", "pretrained") and v is not None}
 
 
 def lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
