@@ -228,3 +228,18 @@ def test_frame_size_follows_frame_init_unless_set(tmp_path: Path, caplog: pytest
     assert tiny(image_size=None).model.image_size == 32
     with pytest.raises(ConfigError, match=r"model.image_size=64 but model.frame_encoder_kwargs.img_size=32"):
         tiny(image_size=64)
+
+
+def test_a_cnn_frame_encoder_builds_from_the_vit_recipe_keys() -> None:
+    # the recipe's img_size: ${model.image_size} reaches a CNN, which has no img_size: it is dropped, not passed
+    cnn = {"img_size": 32, "output_stride": 8, "channels": [16, 24, 32, 32], "stem_width": 8}
+    module = tiny(frame_encoder="resnet10t", frame_encoder_kwargs=cnn)
+    assert module.model.frame_token_side == 4 and module.hparams.frame_encoder_kwargs["img_size"] == 32
+    frames = torch.randn(2, 4, 3, 32, 32)
+    assert module.model.frame_grid(frames).shape == (2, 4, 4, 4, 32)
+    # a ViT still gets the size: its position embedding is sized by it
+    assert tiny(image_size=48, frame_encoder_kwargs=VIT | {"img_size": None}).model.frame_encoder.patch_embed.img_size \
+        == (48, 48)
+    with pytest.raises(ConfigError, match=r"model.frame_encoder 'resnet10t' outputs 1x1 tokens per 32-px frame but "
+                                          r"model.arch.visual_grid=4"):
+        tiny(frame_encoder="resnet10t", frame_encoder_kwargs=cnn | {"output_stride": 32})

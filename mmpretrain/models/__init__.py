@@ -1,7 +1,13 @@
 """Model factories: image backbones (timm), text encoders and tokenizers (transformers), MLP heads, and the
 video–title–OCR fusion transformer built from them. Pure torch: no file or network access."""
 
-from mmpretrain.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_has_batchnorm, create_backbone
+from mmpretrain.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_has_batchnorm,
+    create_backbone,
+    fixed_input_size,
+)
 from mmpretrain.models.coverage import coverage_warning, unknown_token_share
 from mmpretrain.models.fit import state_fits
 from mmpretrain.models.fusion import (
@@ -54,6 +60,7 @@ __all__ = [
     "create_tokenizer",
     "create_video_model",
     "encode_frame_grid",
+    "fixed_input_size",
     "frame_token_grid",
     "load_text_state",
     "match_grid",

@@ -39,6 +39,13 @@ def create_backbone(
     return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
 
 
+def fixed_input_size(name: str) -> bool:
+    """True for an architecture built for one input size (ViT, Swin: ``img_size`` sizes its position embedding or
+    windows), False for one that takes any size (a CNN, which has no ``img_size`` argument)."""
+    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    return bool(getattr(cfg, "fixed_input_size", True))
+
+
 def backbone_has_batchnorm(model: nn.Module) -> bool:
     """True if any BatchNorm lives in the model: then views must be encoded separately to keep per-view stats."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

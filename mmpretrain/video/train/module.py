@@ -20,6 +20,7 @@ from mmpretrain.models import (
     TextModel,
     create_backbone,
     create_video_model,
+    fixed_input_size,
     load_text_state,
     tokenizer_from_json,
     tokenizer_to_json,
@@ -62,9 +63,12 @@ TOKENIZERS = ("pretrained", "train")
 DEFAULT_IMAGE_SIZE = 224
 
 
-def frame_size(frame_kwargs: Mapping[str, Any] | None, image_size: int | None) -> tuple[dict[str, Any], int]:
+def frame_size(frame_encoder: str, frame_kwargs: Mapping[str, Any] | None,
+               image_size: int | None) -> tuple[dict[str, Any], int]:
     """The frame encoder's kwargs and the frame side, which must agree: ``image_size`` when set, else the kwargs'
-    ``img_size``, else 224; an ``img_size`` of ``None`` (interpolated from ``model.image_size=null``) takes it.
+    ``img_size``, else 224; an ``img_size`` of ``None`` (interpolated from ``model.image_size=null``) takes it. An
+    architecture that takes any input size (a CNN) has no ``img_size`` argument: the key is dropped, so the recipe's
+    ``img_size: ${model.image_size}`` fits a CNN frame encoder as well.
 
     Raises:
         ConfigError: both set to different sizes, naming both keys.
@@ -77,7 +81,10 @@ def frame_size(frame_kwargs: Mapping[str, Any] | None, image_size: int | None) -
                           "the frames are read at one size; set both alike (or leave model.image_size null)")
     size = int(image_size if image_size is not None else declared if declared is not None else DEFAULT_IMAGE_SIZE)
     if "img_size" in kwargs:
-        kwargs["img_size"] = size
+        if fixed_input_size(frame_encoder):
+            kwargs["img_size"] = size
+        else:
+            del kwargs["img_size"]
     return kwargs, size
 
 
@@ -192,7 +199,7 @@ class VideoFusionPretrain(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         arch = fusion
         check_choice(tokenizer, TOKENIZERS, "model.tokenizer")
-        frame_kwargs, image_size = frame_size(frame_encoder_kwargs, image_size)
+        frame_kwargs, image_size = frame_size(frame_encoder, frame_encoder_kwargs, image_size)
         check_choice(mvm_target, MVM_TARGETS, "model.mvm_target")
         check_choice(mvm_masking, MASKINGS, "model.mvm_masking")
         check_choice(vtm_negatives, VTM_NEGATIVES, "model.vtm_negatives")
