@@ -230,13 +230,29 @@ def test_frame_size_follows_frame_init_unless_set(tmp_path: Path, caplog: pytest
         tiny(image_size=64)
 
 
-def test_a_cnn_frame_encoder_builds_from_the_vit_recipe_keys() -> None:
-    # the recipe's img_size: ${model.image_size} reaches a CNN, which has no img_size: it is dropped, not passed
-    cnn = {"img_size": 32, "output_stride": 8, "channels": [16, 24, 32, 32], "stem_width": 8}
-    module = tiny(frame_encoder="resnet10t", frame_encoder_kwargs=cnn)
-    assert module.model.frame_token_side == 4 and module.hparams.frame_encoder_kwargs["img_size"] == 32
+def test_a_cnn_frame_encoder_builds_from_the_vit_recipe_keys_and_loads_back(tmp_path: Path) -> None:
+    from mmpretrain.encoders import load_encoder
+
+    # the recipe's img_size: ${model.image_size} reaches a CNN, which has no img_size: it is dropped, not passed; a
+    # ViT key the recipe set to null (patch_size) never reaches the checkpoint's architecture
+    cnn = {"img_size": 32, "patch_size": None, "output_stride": 8, "channels": [16, 24, 32, 32], "stem_width": 8}
+    module = tiny(frame_encoder="resnet10t", frame_encoder_kwargs=cnn).eval()
+    assert module.model.frame_token_side == 4
     frames = torch.randn(2, 4, 3, 32, 32)
     assert module.model.frame_grid(frames).shape == (2, 4, 4, 4, 32)
+    module.on_save_checkpoint(saved := {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)})
+    assert saved["video_model"]["architecture"]["frame_encoder"]["kwargs"] == {
+        "output_stride": 8, "channels": [16, 24, 32, 32], "stem_width": 8}
+    torch.save(saved, ckpt := tmp_path / "cnn.ckpt")
+    encoder = load_encoder(ckpt, device="cpu")
+    with torch.no_grad():
+        expected = module.model.encode_video((frames - 0.5) / 0.5).numpy()
+    assert encoder.embed_dim == expected.shape[1]
+    np.testing.assert_allclose(encoder.model.encode_video((frames - 0.5) / 0.5).detach().numpy(), expected, atol=1e-5)
+    # a checkpoint written before null keys were left out still loads
+    saved["video_model"]["architecture"]["frame_encoder"]["kwargs"]["patch_size"] = None
+    torch.save(saved, old := tmp_path / "old.ckpt")
+    assert load_encoder(old, device="cpu").embed_dim == expected.shape[1]
     # a ViT still gets the size: its position embedding is sized by it
     assert tiny(image_size=48, frame_encoder_kwargs=VIT | {"img_size": None}).model.frame_encoder.patch_embed.img_size \
         == (48, 48)

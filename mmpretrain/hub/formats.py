@@ -154,6 +154,11 @@ def video_lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[s
         kind = type(ckpt["video_model"]).__name__
         raise CheckpointConfigError(f"{source}: 'video_model' must be a mapping, got {kind}")
     config = dict(ckpt["video_model"])
+    frame = (config.get("architecture") or {}).get("frame_encoder")
+    if isinstance(frame, Mapping) and isinstance(frame.get("kwargs"), Mapping):
+        # a checkpoint written before null frame-encoder keys were left out of its architecture
+        frame = {**frame, "kwargs": model_kwargs(frame["kwargs"])}
+        config["architecture"] = {**config["architecture"], "frame_encoder": frame}
     config["training"] = plain_json(dict(ckpt.get("hyper_parameters") or {}), source)
     prefix = "model."
     state = _tensors(ckpt["state_dict"], source, prefix)

@@ -40,11 +40,18 @@ _SHAPE_INTS = {
     "reg_tokens": 1024,
     "head_dim": 4096,
     "output_stride": 64,
+    # CNNs (ResNet, ConvNeXt): stage widths, stem width, blocks per stage, depthwise kernel sizes
+    "channels": _MAX_WIDTH,
+    "dims": _MAX_WIDTH,
+    "stem_width": _MAX_WIDTH,
+    "layers": _MAX_DEPTH,
+    "kernel_sizes": 31,
 }
 _SHAPE_FLOATS = {"mlp_ratio": 64.0, "init_values": 1e3, "layer_scale_init_value": 1e3}
 _SHAPE_BOOLS = {"qkv_bias", "class_token", "no_embed_class", "fc_norm", "pre_norm", "dynamic_img_size", "ape",
-                "patch_norm", "strict_img_size", "qk_norm"}
-_SHAPE_CHOICES = {"global_pool": {"", "avg", "token", "map", "avgmax", "max"}}
+                "patch_norm", "strict_img_size", "qk_norm", "avg_down", "conv_mlp"}
+_SHAPE_CHOICES = {"global_pool": {"", "avg", "token", "map", "avgmax", "max"},
+                  "stem_type": {"", "deep", "deep_tiered", "patch", "overlap", "overlap_tiered", "overlap_act"}}
 _DROP_RATES = {"drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate"}
 SHAPE_KWARGS = frozenset(_SHAPE_INTS) | frozenset(_SHAPE_FLOATS) | _SHAPE_BOOLS | frozenset(_SHAPE_CHOICES)
 _ARCH_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)?$")

@@ -548,9 +548,11 @@ def create_video_model(
 def video_model_config(
     model: VideoTextFusion, frame_encoder: str, frame_kwargs: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The architecture of ``model`` as plain JSON: enough for :func:`build_video_model` to rebuild it."""
+    """The architecture of ``model`` as plain JSON: enough for :func:`build_video_model` to rebuild it. A ``None``
+    frame-encoder key (a recipe dropping a key it inherits) is left out, as :func:`create_backbone` leaves it out."""
+    kwargs = {key: value for key, value in (frame_kwargs or {}).items() if value is not None}
     return {
-        "frame_encoder": {"name": frame_encoder, "kwargs": dict(frame_kwargs or {})},
+        "frame_encoder": {"name": frame_encoder, "kwargs": kwargs},
         "text_encoder": text_encoder_to_dict(model.text_encoder),
         "fusion": {
             **asdict(model.arch),
