@@ -64,8 +64,11 @@ def video_shards(video_demo: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 
 TINY_VIDEO = [
-    "model.frame_encoder_kwargs.embed_dim=24",
-    "model.frame_encoder_kwargs.depth=1",
+    # the demo's ResNet, narrower, at 32 px (stride 8 keeps its 4x4 token grid)
+    "model.image_size=32",
+    "model.frame_encoder_kwargs.output_stride=8",
+    "model.frame_encoder_kwargs.channels=[8,16,16,16]",
+    "+model.frame_encoder_kwargs.stem_width=8",
     "model.text_pretrained=false",
     "model.text_overrides.num_hidden_layers=1",
     "+model.text_overrides.hidden_size=32",

@@ -71,17 +71,20 @@ def test_experiment_builds_its_model_and_data(name: str, demo_root, video_demo, 
         assert batch["frames"].dtype == torch.uint8
 
 
-def test_moby_frames_demo_is_the_video_demos_frame_encoder(tmp_path) -> None:
-    """A ViT recipe on top of the Swin one: the Swin keys set to null are dropped, and the encoder gives the video
+def test_moby_frames_demo_is_the_vit_video_demos_frame_encoder(tmp_path) -> None:
+    """A ViT recipe on top of the Swin one: the Swin keys set to null are dropped, and the encoder gives the ViT video
     demo's 4x4 token grid per 32-px frame (moby_demo's Swin ends in one token)."""
     from mmpretrain.models import create_backbone
 
     cfg = compose_cfg("train.yaml", ["experiment=moby_frames_demo"], tmp_path)
-    video = compose_cfg("train.yaml", ["experiment=video_fusion_demo"], tmp_path)
+    video = compose_cfg("train.yaml", ["experiment=video_fusion_demo_vit"], tmp_path)
     kwargs = OmegaConf.to_container(cfg.model.backbone_kwargs, resolve=True)
     assert cfg.model.backbone == video.model.frame_encoder
-    assert {k: v for k, v in kwargs.items() if v is not None} == OmegaConf.to_container(
-        video.model.frame_encoder_kwargs, resolve=True)
+    video_kwargs = OmegaConf.to_container(video.model.frame_encoder_kwargs, resolve=True)
+    def set_keys(d: dict) -> dict:
+        return {k: v for k, v in d.items() if v is not None}
+
+    assert set_keys(kwargs) == set_keys(video_kwargs)
     encoder = create_backbone(cfg.model.backbone, **kwargs)
     assert encoder.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 1 + 16, 48)  # class token + 4x4
 

@@ -39,10 +39,10 @@ def create_backbone(
     return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
 
 
-def fixed_input_size(name: str) -> bool:
+def fixed_input_size(name: str | None) -> bool:
     """True for an architecture built for one input size (ViT, Swin: ``img_size`` sizes its position embedding or
     windows), False for one that takes any size (a CNN, which has no ``img_size`` argument)."""
-    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    cfg = timm.get_pretrained_cfg(name) if name and timm.is_model(name) else None
     return bool(getattr(cfg, "fixed_input_size", True))
 
 
