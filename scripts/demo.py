@@ -404,8 +404,9 @@ def _ablation(root: Path, runs: Path, epochs: int | None, seed: int) -> None:
               *QUIET], root)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        layout = (experiment, next((o for o in change if o.startswith("model.arch.temporal_stem=")), "tubelet"))
-        evaluations = [(name, "false")] + ([(f"  random init, {experiment}, {layout[1].split('=')[-1]}", "true")]
+        stem = next((o.split("=", 1)[1] for o in change if o.startswith("model.arch.temporal_stem=")), "tubelet")
+        layout = (experiment, stem)
+        evaluations = [(name, "false")] + ([(f"  random init, {experiment}, {stem}", "true")]
                                            if layout not in random_done else [])
         random_done.add(layout)
         for label, random_init in evaluations:

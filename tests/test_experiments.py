@@ -81,10 +81,8 @@ def test_moby_frames_demo_is_the_vit_video_demos_frame_encoder(tmp_path) -> None
     kwargs = OmegaConf.to_container(cfg.model.backbone_kwargs, resolve=True)
     assert cfg.model.backbone == video.model.frame_encoder
     video_kwargs = OmegaConf.to_container(video.model.frame_encoder_kwargs, resolve=True)
-    def set_keys(d: dict) -> dict:
-        return {k: v for k, v in d.items() if v is not None}
-
-    assert set_keys(kwargs) == set_keys(video_kwargs)
+    assert {k: v for k, v in kwargs.items() if v is not None} == {
+        k: v for k, v in video_kwargs.items() if v is not None}
     encoder = create_backbone(cfg.model.backbone, **kwargs)
     assert encoder.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 1 + 16, 48)  # class token + 4x4
 

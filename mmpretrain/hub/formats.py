@@ -30,6 +30,7 @@ import torch
 from mmpretrain.hub.errors import CheckpointConfigError, CheckpointReadError
 from mmpretrain.hub.registry import DEFAULT_PREPROCESSING
 from mmpretrain.hub.schema import plain_json
+from mmpretrain.models import set_kwargs
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -101,7 +102,7 @@ def _next_stage(match: re.Match[str]) -> str:
 def model_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     """Architecture kwargs without the head and weight switches, which the hub always sets itself, and without keys
     set to ``None`` (left to timm's default, as :func:`~mmpretrain.models.create_backbone` does)."""
-    return {k: v for k, v in dict(kwargs or {}).items() if k not in ("num_classes", "pretrained") and v is not None}
+    return {k: v for k, v in set_kwargs(kwargs).items() if k not in ("num_classes", "pretrained")}
 
 
 def lightning_config(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

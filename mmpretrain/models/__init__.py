@@ -7,6 +7,7 @@ from mmpretrain.models.backbones import (
     backbone_has_batchnorm,
     create_backbone,
     fixed_input_size,
+    set_kwargs,
 )
 from mmpretrain.models.coverage import coverage_warning, unknown_token_share
 from mmpretrain.models.fit import state_fits
@@ -67,6 +68,7 @@ __all__ = [
     "pool_text",
     "read_text_model",
     "resolve_text_model",
+    "set_kwargs",
     "state_fits",
     "text_encoder_from_dict",
     "text_encoder_to_dict",

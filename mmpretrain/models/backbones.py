@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 import timm
@@ -35,8 +36,14 @@ def create_backbone(
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean one of {close}?" if close else "; see timm.list_models()"
         raise ConfigError(f"unknown backbone '{name}' (model.backbone){hint}")
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate,
+                             **set_kwargs(kwargs))
+
+
+def set_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Architecture kwargs without the keys set to ``None``: a recipe drops a key it inherits by nulling it (a ViT
+    recipe on a Swin or ResNet one), and such a key is left to timm's default, never passed or saved."""
+    return {key: value for key, value in (kwargs or {}).items() if value is not None}
 
 
 def fixed_input_size(name: str | None) -> bool:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpretrain.errors import ConfigError
-from mmpretrain.models.backbones import create_backbone
+from mmpretrain.models.backbones import create_backbone, set_kwargs
 from mmpretrain.models.text import (
     TextModel,
     load_text_state,
@@ -550,9 +550,8 @@ def video_model_config(
 ) -> dict[str, Any]:
     """The architecture of ``model`` as plain JSON: enough for :func:`build_video_model` to rebuild it. A ``None``
     frame-encoder key (a recipe dropping a key it inherits) is left out, as :func:`create_backbone` leaves it out."""
-    kwargs = {key: value for key, value in (frame_kwargs or {}).items() if value is not None}
     return {
-        "frame_encoder": {"name": frame_encoder, "kwargs": kwargs},
+        "frame_encoder": {"name": frame_encoder, "kwargs": set_kwargs(frame_kwargs)},
         "text_encoder": text_encoder_to_dict(model.text_encoder),
         "fusion": {
             **asdict(model.arch),
