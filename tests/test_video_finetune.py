@@ -265,6 +265,40 @@ def test_errors_name_the_setting(pretrained, video_demo, tmp_path) -> None:
         model.check_data(_datamodule(video_demo["train"], video_demo["val"], tokenizer=str(tmp_path / "tokenizer")))
 
 
+def test_labels_per_class_trains_on_a_seeded_budget_of_each_class(video_demo, pretrained, tmp_path) -> None:
+    records = _manifest(video_demo["train"])
+    by_class = Counter(r["label"] for r in records)
+
+    def kept(**kwargs) -> list[str]:
+        dm = _datamodule(video_demo["train"], video_demo["val"], labels_per_class=2, **kwargs)
+        dm.setup("fit")
+        assert len(dm.val_records) == len(_manifest(video_demo["val"])) and dm.labels == sorted(by_class)
+        return [r.id for r in dm.train_records]
+
+    ids = kept(seed=3)
+    assert Counter(next(r["label"] for r in records if r["id"] == i) for i in ids) == {c: 2 for c in by_class}
+    assert ids == [r["id"] for r in records if r["id"] in ids]  # manifest order
+    assert kept(seed=3) == ids and kept(seed=7, labels_seed=3) == ids
+    assert len({tuple(kept(seed=s)) for s in range(5)}) > 1
+
+    overrides = [*_finetune_overrides(video_demo, "classify", pretrained), "data.labels_per_class=1", "debug=fdr"]
+    _, objects = train(compose_cfg("train.yaml", overrides, tmp_path))
+    assert len(objects["datamodule"].train_records) == len(by_class)
+    assert objects["model"].head[-1].out_features == len(by_class)
+
+    fewest = min(by_class.values())
+    with pytest.raises(ValueError, match=rf"data\.labels_per_class={fewest + 1} but class '\w+' has {fewest} training"):
+        _datamodule(video_demo["train"], video_demo["val"], labels_per_class=fewest + 1).setup("fit")
+    with pytest.raises(ValueError, match=r"data\.labels_per_class=0 must be >= 1"):
+        _datamodule(video_demo["train"], video_demo["val"], labels_per_class=0).setup("fit")
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"data\.labels_per_class=2 but no training record has a 'label'"):
+        _datamodule(unlabelled, video_demo["val"], labels_per_class=2, with_labels=False).setup("fit")
+    with pytest.raises(ValueError, match=r"data\.labels_per_class needs a training manifest"):
+        VideoDataModule(shards=str(video_demo["train"]), labels_per_class=2, tokenizer=TOKENIZER).setup("fit")
+
+
 # ----------------------------------------------------------------------------------------------- linear probe
 
 

@@ -65,6 +65,30 @@ def split_records(records: Sequence[VideoRecord], fraction: float, seed: int) ->
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
+def labels_per_class(records: Sequence[VideoRecord], per_class: int, seed: int) -> list[VideoRecord]:
+    """A label budget: ``per_class`` records of every label, drawn with ``seed`` (records without a label dropped), in
+    manifest order, so a learning curve measures what a few labelled videos buy.
+
+    Raises:
+        ConfigError: ``per_class`` < 1, no record has a label, or a class has fewer records than asked, naming
+            ``data.labels_per_class``.
+    """
+    if per_class < 1:
+        raise ConfigError(f"data.labels_per_class={per_class} must be >= 1 (null keeps every label)")
+    names = label_vocab(records)
+    if not names:
+        raise ConfigError(f"data.labels_per_class={per_class} but no training record has a 'label'")
+    rng = random.Random(seed)
+    kept: set[int] = set()
+    for name in names:
+        rows = [i for i, r in enumerate(records) if r.label == name]
+        if len(rows) < per_class:
+            raise ConfigError(f"data.labels_per_class={per_class} but class {name!r} has {len(rows)} training "
+                              "records")
+        kept.update(rng.sample(rows, per_class))
+    return [r for i, r in enumerate(records) if i in kept]
+
+
 class VideoDataModule(SampledLoaders):
     """Train/val video–text data from JSON Lines (or CSV) manifests (DESIGN §3).
 
@@ -81,6 +105,8 @@ class VideoDataModule(SampledLoaders):
         crop_scale: random resized crop area range for training clips (same crop for every frame).
         with_labels / with_tags: add class indices / multi-hot tags from the manifest (fine-tuning), or from the
             shards' ``.json`` ``label`` / ``tags`` with the class and tag lists of their ``shards.json``.
+        labels_per_class: train on this many records of each label (drawn with ``labels_seed``, default ``seed``)
+            and leave the rest out: a label budget for few-label fine-tuning; manifests only.
         shards / val_shards: WebDataset shards in video2dataset's layout instead of the manifests (see
             `mmpretrain.video.io.shards`; epochs as in `mmpretrain.data.shards`); no validation without ``val_shards``.
             ``require_caption``: a sample without a caption (``.txt`` or the json's ``caption``) is skipped and counted
@@ -112,6 +138,8 @@ class VideoDataModule(SampledLoaders):
         crop_scale: Sequence[float] = (0.6, 1.0),
         with_labels: bool = False,
         with_tags: bool = False,
+        labels_per_class: int | None = None,
+        labels_seed: int | None = None,
         batch_size: int = 32,
         num_workers: int | str = "auto",
         pin_memory: bool | str = "auto",
@@ -170,6 +198,8 @@ class VideoDataModule(SampledLoaders):
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is not None and (hp.tokenizer == MODEL_TOKENIZER or hp.image_size is None):
             self.follow(module)
+        if hp.shards and hp.labels_per_class is not None:
+            raise ConfigError("data.labels_per_class needs a training manifest (data.train_manifest), not data.shards")
         if hp.shards:
             for key in ("shards", "val_shards"):
                 if hp[key] and key not in self.shard_lists:
@@ -192,6 +222,10 @@ class VideoDataModule(SampledLoaders):
         else:
             self.train_records, self.val_records = split_records(records, hp.val_fraction, hp.seed)
         everything = self.train_records + self.val_records
+        if hp.labels_per_class is not None:
+            seed = hp.seed if hp.labels_seed is None else hp.labels_seed
+            self.train_records = labels_per_class(self.train_records, hp.labels_per_class, seed)
+            log.info("data.labels_per_class=%d: %d training videos", hp.labels_per_class, len(self.train_records))
         if hp.with_labels:
             self.labels = label_vocab(everything)
             if not self.labels:
