@@ -4,6 +4,7 @@ JSON; every refusal is one line ``{"error", "kind"}`` with a 4xx status."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -21,8 +22,6 @@ from mmpretrain.serve.inputs import RequestError, from_base64
 from mmpretrain.serve.service import Service
 
 log = logging.getLogger(__name__)
-
-_JSON = {"application/json": {"schema": {"type": "object"}}}
 
 
 def _body_doc(json_fields: dict[str, Any], form_fields: dict[str, Any]) -> dict[str, Any]:
@@ -55,9 +54,7 @@ class Payload:
             return None
         values = self.fields[name]
         if self.is_json:
-            items = values[0] if len(values) == 1 and isinstance(values[0], list) else values
-            if not isinstance(items, list):
-                items = [items]
+            items = values[0] if isinstance(values[0], list) else [values[0]]
             return [from_base64(v, f"{name}[{i}]") for i, v in enumerate(items)]
         blobs = []
         for i, value in enumerate(values):
@@ -77,8 +74,6 @@ async def read_payload(request: Request, max_files: int) -> Payload:
     """Parse a JSON object or a multipart form (files read into bytes); other content types get 415."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
-        import json
-
         try:
             data = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
