@@ -24,7 +24,8 @@ def _local_overrides(name: str, demo_root: Path, video_demo: dict[str, Path], pr
     video = [*common, f"data.train_manifest={video_demo['train']}", f"data.val_manifest={video_demo['val']}"]
     if name.startswith("video_fusion"):
         return [*video, f"model.text_encoder={LOCAL_TEXT}"]
-    return [*video, f"model.pretrained={pretrained}"]
+    budget = ["data.labels_per_class=2"] if "few" in name else []  # the test videos hold 4 per class
+    return [*video, f"model.pretrained={pretrained}", *budget]
 
 
 def _arguments(value: object) -> object:
