@@ -75,15 +75,13 @@ def test_experiment_builds_its_model_and_data(name: str, demo_root, video_demo, 
 def test_moby_frames_demo_is_the_vit_video_demos_frame_encoder(tmp_path) -> None:
     """A ViT recipe on top of the Swin one: the Swin keys set to null are dropped, and the encoder gives the ViT video
     demo's 4x4 token grid per 32-px frame (moby_demo's Swin ends in one token)."""
-    from mmpretrain.models import create_backbone
+    from mmpretrain.models import create_backbone, set_kwargs
 
     cfg = compose_cfg("train.yaml", ["experiment=moby_frames_demo"], tmp_path)
     video = compose_cfg("train.yaml", ["experiment=video_fusion_demo_vit"], tmp_path)
     kwargs = OmegaConf.to_container(cfg.model.backbone_kwargs, resolve=True)
     assert cfg.model.backbone == video.model.frame_encoder
-    video_kwargs = OmegaConf.to_container(video.model.frame_encoder_kwargs, resolve=True)
-    assert {k: v for k, v in kwargs.items() if v is not None} == {
-        k: v for k, v in video_kwargs.items() if v is not None}
+    assert set_kwargs(kwargs) == set_kwargs(OmegaConf.to_container(video.model.frame_encoder_kwargs, resolve=True))
     encoder = create_backbone(cfg.model.backbone, **kwargs)
     assert encoder.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 1 + 16, 48)  # class token + 4x4
 

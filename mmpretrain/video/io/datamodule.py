@@ -75,17 +75,19 @@ def labels_per_class(records: Sequence[VideoRecord], per_class: int, seed: int) 
     """
     if per_class < 1:
         raise ConfigError(f"data.labels_per_class={per_class} must be >= 1 (null keeps every label)")
-    names = label_vocab(records)
-    if not names:
+    rows: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        if record.label is not None:
+            rows.setdefault(record.label, []).append(i)
+    if not rows:
         raise ConfigError(f"data.labels_per_class={per_class} but no training record has a 'label'")
     rng = random.Random(seed)
     kept: set[int] = set()
-    for name in names:
-        rows = [i for i, r in enumerate(records) if r.label == name]
-        if len(rows) < per_class:
-            raise ConfigError(f"data.labels_per_class={per_class} but class {name!r} has {len(rows)} training "
+    for name in sorted(rows):
+        if len(rows[name]) < per_class:
+            raise ConfigError(f"data.labels_per_class={per_class} but class {name!r} has {len(rows[name])} training "
                               "records")
-        kept.update(rng.sample(rows, per_class))
+        kept.update(rng.sample(rows[name], per_class))
     return [r for i, r in enumerate(records) if i in kept]
 
 
